@@ -1,0 +1,217 @@
+//! The command line. Every client command takes `--addr` (or `CAIRN_ADDR`) and
+//! `--output text|json`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The node clients talk to unless told otherwise.
+pub const ADDR_DEFAULT: &str = "127.0.0.1:7001";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: a replicated JSON document store that manages itself"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Node to talk to: HOST:PORT, a port on 127.0.0.1, or http://HOST:PORT.
+    #[arg(long, global = true, env = "CAIRN_ADDR", default_value = ADDR_DEFAULT)]
+    pub addr: String,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a data node.
+    Node(NodeArgs),
+    /// Store VALUE under KEY in the key-value space.
+    Put { key: String, value: String },
+    /// Print the value under KEY.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = ReadArg::Linearizable)]
+        read: ReadArg,
+    },
+    /// Delete KEY.
+    Delete { key: String },
+    /// Work with documents.
+    #[command(subcommand)]
+    Doc(DocCommand),
+    /// Work with tables.
+    #[command(subcommand)]
+    Table(TableCommand),
+    /// Show this node's health.
+    Health,
+    /// Show the cluster as this node sees it.
+    Cluster,
+    /// An interactive prompt: `put a 1`, `get a`, `get a 7002`, `help`.
+    Shell,
+    /// Measure throughput and latency under concurrent load.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// This node's id (a small positive number).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// Where the node keeps its data (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = ADDR_DEFAULT)]
+    pub listen: SocketAddr,
+    /// Zone label reported by /v1/cluster.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = cairn_server::node::MAX_BODY_BYTES_DEFAULT)]
+    pub max_body_bytes: usize,
+    /// How long a write may wait for its answer, in milliseconds.
+    #[arg(long, default_value_t = cairn_server::node::WRITE_TIMEOUT_MS_DEFAULT)]
+    pub write_timeout_ms: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadArg {
+    Linearizable,
+    Local,
+}
+
+impl From<ReadArg> for cairn_client::Read {
+    fn from(read: ReadArg) -> cairn_client::Read {
+        match read {
+            ReadArg::Linearizable => cairn_client::Read::Linearizable,
+            ReadArg::Local => cairn_client::Read::Local,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictArg {
+    Error,
+    Replace,
+    Update,
+}
+
+impl From<ConflictArg> for cairn_client::Conflict {
+    fn from(conflict: ConflictArg) -> cairn_client::Conflict {
+        match conflict {
+            ConflictArg::Error => cairn_client::Conflict::Error,
+            ConflictArg::Replace => cairn_client::Conflict::Replace,
+            ConflictArg::Update => cairn_client::Conflict::Update,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DocCommand {
+    /// Insert a document (a JSON object) or many (an array); `-` reads stdin.
+    Insert {
+        table: String,
+        json: String,
+        #[arg(long, value_enum, default_value_t = ConflictArg::Error)]
+        conflict: ConflictArg,
+    },
+    /// Print one document.
+    Get {
+        table: String,
+        id: String,
+        #[arg(long, value_enum, default_value_t = ReadArg::Linearizable)]
+        read: ReadArg,
+    },
+    /// Replace (or create) a document; `-` reads stdin.
+    Replace {
+        table: String,
+        id: String,
+        json: String,
+    },
+    /// Apply a JSON merge patch to a document; `-` reads stdin.
+    Update {
+        table: String,
+        id: String,
+        patch: String,
+    },
+    /// Delete a document.
+    Delete { table: String, id: String },
+    /// List documents in id order.
+    List {
+        table: String,
+        /// Start after this id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Documents per page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Follow the cursor to the end of the table.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = ReadArg::Linearizable)]
+        read: ReadArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TableCommand {
+    /// List tables.
+    List,
+    /// Create a table (nothing happens if it exists).
+    Create { table: String },
+    /// Drop a table and every document in it.
+    Drop { table: String },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Nodes to spread clients over, comma-separated (defaults to --addr).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Share of operations that are reads, from 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub read_ratio: f64,
+    /// Keys the workload touches (`bench/0` … `bench/N-1`).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Stop after this many operations (default: 10000 unless --duration).
+    #[arg(long, conflicts_with = "duration")]
+    pub ops: Option<u64>,
+    /// Stop after this long (`10s`, `1m`).
+    #[arg(long)]
+    pub duration: Option<humantime::Duration>,
+    /// Read consistency for reads.
+    #[arg(long, value_enum, default_value_t = ReadArg::Linearizable)]
+    pub read: ReadArg,
+    /// Write every key once before measuring, so reads find values.
+    #[arg(long)]
+    pub prefill: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub result_file: Option<PathBuf>,
+    /// Seed for the operation mix and key choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}

@@ -1,0 +1,235 @@
+//! One-shot client commands: one request, its result printed, exit code 0 on
+//! success, 1 on an error from the node or the network, 2 on bad usage.
+
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use cairn_client::{Client, Read};
+use serde_json::{json, Value};
+
+use crate::args::{Command, DocCommand, Global, Output, TableCommand};
+use crate::output::{self, pretty, value_json};
+
+pub async fn run(global: &Global, command: Command) -> ExitCode {
+    let client = match Client::new(&global.addr) {
+        Ok(client) => client,
+        Err(e) => return output::usage(global.output, &e.to_string()),
+    };
+    execute(&client, global.output, command).await
+}
+
+/// Runs one client command against `client`.
+pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode {
+    match command {
+        Command::Put { key, value } => {
+            let result = client.kv_put(&key, value.into_bytes()).await;
+            report(out, result.map(|index| json!({"index": index})), |v| {
+                format!("OK (index {})", v["index"])
+            })
+        }
+        Command::Get { key, read } => kv_get(client, out, &key, read.into()).await,
+        Command::Delete { key } => {
+            let result = client.kv_delete(&key).await;
+            report(
+                out,
+                result.map(|deleted| json!({"deleted": deleted})),
+                |v| {
+                    if v["deleted"] == true {
+                        "deleted".into()
+                    } else {
+                        "not found (nothing deleted)".into()
+                    }
+                },
+            )
+        }
+        Command::Doc(doc) => doc_command(client, out, doc).await,
+        Command::Table(table) => table_command(client, out, table).await,
+        Command::Health => report(out, client.health().await, pretty),
+        Command::Cluster => report(out, client.cluster().await, pretty),
+        Command::Node(_) | Command::Shell | Command::Bench(_) => {
+            output::usage(out, "this command cannot run here")
+        }
+    }
+}
+
+pub async fn kv_get(client: &Client, out: Output, key: &str, read: Read) -> ExitCode {
+    match client.kv_get(key, read).await {
+        Ok(Some(bytes)) => {
+            let value = value_json(key, &bytes);
+            output::success(out, &value, || String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Ok(None) => not_found(out, format!("key '{key}' does not exist"), "key_not_found"),
+        Err(e) => output::failure(out, &e),
+    }
+}
+
+fn not_found(out: Output, message: String, code: &str) -> ExitCode {
+    let error = cairn_client::Error::Api {
+        status: 404,
+        code: code.into(),
+        message,
+        indeterminate: false,
+    };
+    output::failure(out, &error)
+}
+
+fn report(
+    out: Output,
+    result: Result<Value, cairn_client::Error>,
+    text: impl FnOnce(&Value) -> String,
+) -> ExitCode {
+    match result {
+        Ok(value) => output::success(out, &value, || text(&value)),
+        Err(e) => output::failure(out, &e),
+    }
+}
+
+/// Parses a JSON argument, or standard input when it is `-`.
+fn json_arg(out: Output, arg: &str, what: &str) -> Result<Value, ExitCode> {
+    let text = if arg == "-" {
+        let mut text = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            return Err(output::usage(
+                out,
+                &format!("cannot read {what} from stdin: {e}"),
+            ));
+        }
+        text
+    } else {
+        arg.to_string()
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| output::usage(out, &format!("{what} is not valid JSON: {e}")))
+}
+
+async fn doc_command(client: &Client, out: Output, command: DocCommand) -> ExitCode {
+    match command {
+        DocCommand::Insert {
+            table,
+            json,
+            conflict,
+        } => {
+            let docs = match json_arg(out, &json, "the document") {
+                Ok(docs) => docs,
+                Err(code) => return code,
+            };
+            let result = client.insert(&table, &docs, conflict.into()).await;
+            report(out, result, |v| {
+                let ids: Vec<String> = v["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|id| id.to_string())
+                    .collect();
+                format!(
+                    "inserted {}, replaced {}, updated {} (index {}): {}",
+                    v["inserted"],
+                    v["replaced"],
+                    v["updated"],
+                    v["index"],
+                    ids.join(", ")
+                )
+            })
+        }
+        DocCommand::Get { table, id, read } => match client.get_doc(&table, &id, read.into()).await
+        {
+            Ok(Some(doc)) => output::success(out, &doc, || pretty(&doc)),
+            Ok(None) => not_found(
+                out,
+                format!("document '{id}' does not exist in table '{table}'"),
+                "doc_not_found",
+            ),
+            Err(e) => output::failure(out, &e),
+        },
+        DocCommand::Replace { table, id, json } => {
+            let doc = match json_arg(out, &json, "the document") {
+                Ok(doc) => doc,
+                Err(code) => return code,
+            };
+            report(out, client.replace_doc(&table, &id, &doc).await, |v| {
+                let verb = if v["created"] == true {
+                    "created"
+                } else {
+                    "replaced"
+                };
+                format!("{verb} (index {})", v["index"])
+            })
+        }
+        DocCommand::Update { table, id, patch } => {
+            let patch = match json_arg(out, &patch, "the patch") {
+                Ok(patch) => patch,
+                Err(code) => return code,
+            };
+            report(out, client.update_doc(&table, &id, &patch).await, |v| {
+                pretty(&v["doc"])
+            })
+        }
+        DocCommand::Delete { table, id } => {
+            report(out, client.delete_doc(&table, &id).await, |v| {
+                if v["deleted"] == true {
+                    "deleted".into()
+                } else {
+                    "not found (nothing deleted)".into()
+                }
+            })
+        }
+        DocCommand::List {
+            table,
+            after,
+            limit,
+            all,
+            read,
+        } => list_docs(client, out, &table, after, limit, all, read.into()).await,
+    }
+}
+
+async fn list_docs(
+    client: &Client,
+    out: Output,
+    table: &str,
+    mut after: Option<String>,
+    limit: usize,
+    all: bool,
+    read: Read,
+) -> ExitCode {
+    loop {
+        let page = match client.list_docs(table, after.as_deref(), limit, read).await {
+            Ok(page) => page,
+            Err(e) => return output::failure(out, &e),
+        };
+        for doc in &page.docs {
+            // One document per line, in both modes: easy to pipe.
+            println!("{doc}");
+        }
+        match (page.next, all) {
+            (Some(next), true) => after = Some(next),
+            (Some(next), false) => {
+                if out == Output::Text {
+                    eprintln!("(more: --after {next}, or --all)");
+                }
+                return ExitCode::SUCCESS;
+            }
+            (None, _) => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+async fn table_command(client: &Client, out: Output, command: TableCommand) -> ExitCode {
+    match command {
+        TableCommand::List => match client.list_tables().await {
+            Ok(tables) => output::success(out, &json!({"tables": tables}), || tables.join("\n")),
+            Err(e) => output::failure(out, &e),
+        },
+        TableCommand::Create { table } => report(out, client.create_table(&table).await, |v| {
+            let verb = if v["created"] == true {
+                "created"
+            } else {
+                "already exists"
+            };
+            format!("{verb} (index {})", v["index"])
+        }),
+        TableCommand::Drop { table } => report(out, client.drop_table(&table).await, |v| {
+            format!("dropped (index {})", v["index"])
+        }),
+    }
+}

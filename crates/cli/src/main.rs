@@ -1,0 +1,42 @@
+//! `cairn`: one binary for the data node, the client commands, the interactive
+//! shell and the load generator.
+//!
+//! - `args`: the command line (clap).
+//! - `client_cmd`: `put`, `get`, `delete`, `doc …`, `table …`: one request each,
+//!   printed as text or JSON, with a non-zero exit code on any error.
+//! - `shell`: the interactive prompt.
+//! - `bench`: concurrent load with latency percentiles.
+//! - `node_cmd`: runs a data node until SIGTERM or Ctrl-C.
+
+mod args;
+mod bench;
+mod client_cmd;
+mod node_cmd;
+mod output;
+mod shell;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Node(node) => runtime.block_on(node_cmd::run(node)),
+        Command::Shell => shell::run(&runtime, &cli.global),
+        Command::Bench(bench) => runtime.block_on(bench::run(&cli.global, bench)),
+        command => runtime.block_on(client_cmd::run(&cli.global, command)),
+    }
+}

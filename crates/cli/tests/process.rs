@@ -1,0 +1,401 @@
+//! Process tests: the real `cairn` binary as a user runs it. A node is killed
+//! with SIGKILL in the middle of concurrent writes and must come back with every
+//! acknowledged write; the CLI and the shell are driven as from a terminal
+//! script; SIGTERM stops a node cleanly. Deadlines are generous: these machines
+//! are shared and slow.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, Read};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+/// How long a node may take to start answering.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct NodeProcess {
+    child: Child,
+    addr: String,
+    data_dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NodeProcess {
+    fn start(data_dir: &Path, port: u16) -> NodeProcess {
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(BIN)
+            .args(["node", "--id", "1", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &addr])
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the cairn binary starts");
+        NodeProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    async fn ready(mut self) -> NodeProcess {
+        let client = Client::with_timeout(&self.addr, Duration::from_secs(2)).unwrap();
+        let started = Instant::now();
+        loop {
+            if client.health().await.is_ok() {
+                return self;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("node on {} exited early: {status}", self.addr);
+            }
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "node on {} never became ready",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.addr).unwrap()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill9(mut self) -> PathBuf {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.data_dir.clone()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        cli_at(&self.addr, args, None)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli_at(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("CAIRN_ADDR", addr)
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = stdin.unwrap_or("").to_string();
+    let mut pipe = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn started(dir: &TempDir) -> NodeProcess {
+    NodeProcess::start(&dir.path().join("node1"), free_port())
+        .ready()
+        .await
+}
+
+/// Writers keep writing until told to stop or until the node goes away; every
+/// acknowledged `(key, value)` is recorded.
+async fn write_until_killed(
+    client: Client,
+    writers: usize,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    round: usize,
+) {
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let (client, acked) = (client.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("r{round}/w{writer}/{i}");
+                let value = format!("value of {key}");
+                match client.kv_put(&key, value.clone()).await {
+                    Ok(_) => acked.lock().unwrap().push((key, value)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_write_survives_kill_9() {
+    // Three rounds: write concurrently, SIGKILL mid-stream, restart, check.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node1");
+    let port = free_port();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut node = NodeProcess::start(&data_dir, port).ready().await;
+    for round in 0..3 {
+        let writers = tokio::spawn(write_until_killed(node.client(), 16, acked.clone(), round));
+        // Kill once this round has a few hundred acknowledged writes.
+        let wanted = acked.lock().unwrap().len() + 300;
+        let started = Instant::now();
+        while acked.lock().unwrap().len() < wanted {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "writes stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let data_dir = node.kill9();
+        writers.await.unwrap();
+        node = NodeProcess::start(&data_dir, port).ready().await;
+        let client = node.client();
+        let acked = acked.lock().unwrap().clone();
+        for (key, value) in &acked {
+            let got = client.kv_get(key, Read::Linearizable).await.unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(value.as_bytes()),
+                "acknowledged write {key} lost after kill -9 (round {round})"
+            );
+        }
+        eprintln!(
+            "round {round}: {} acknowledged writes all present after kill -9",
+            acked.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_cli_speaks_to_a_node_with_text_json_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(&dir).await;
+
+    let put = node.cli(&["put", "greeting", "hello world"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(stdout(&put).starts_with("OK (index "), "{}", stdout(&put));
+    let get = node.cli(&["get", "greeting"]);
+    assert_eq!(stdout(&get), "hello world\n");
+    let json = node.cli(&["get", "greeting", "--output", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(value["value"], "hello world");
+
+    let missing = node.cli(&["get", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("key 'nope' does not exist"),
+        "{}",
+        stderr(&missing)
+    );
+    let missing_json = node.cli(&["get", "nope", "--output", "json"]);
+    let error: serde_json::Value = serde_json::from_str(&stdout(&missing_json)).unwrap();
+    assert_eq!(error["error"]["code"], "key_not_found");
+
+    assert!(node.cli(&["table", "create", "users"]).status.success());
+    assert_eq!(stdout(&node.cli(&["table", "list"])), "users\n");
+    let insert = node.cli(&[
+        "doc",
+        "insert",
+        "users",
+        r#"[{"id":"ada","born":1815},{"id":"alan"}]"#,
+    ]);
+    assert!(insert.status.success(), "{}", stderr(&insert));
+    assert!(
+        stdout(&insert).contains("inserted 2"),
+        "{}",
+        stdout(&insert)
+    );
+    let update = node.cli(&[
+        "doc",
+        "update",
+        "users",
+        "ada",
+        r#"{"field":"math"}"#,
+        "--output",
+        "json",
+    ]);
+    let updated: serde_json::Value = serde_json::from_str(&stdout(&update)).unwrap();
+    assert_eq!(updated["doc"]["field"], "math");
+    let list = node.cli(&["doc", "list", "users", "--limit", "1", "--all"]);
+    assert_eq!(stdout(&list).lines().count(), 2, "{}", stdout(&list));
+    let bad = node.cli(&["doc", "insert", "users", "{oops"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("not valid JSON"), "{}", stderr(&bad));
+    let conflict = node.cli(&["doc", "insert", "users", r#"{"id":"ada"}"#]);
+    assert_eq!(conflict.status.code(), Some(1));
+    assert!(
+        stderr(&conflict).contains("conflict"),
+        "{}",
+        stderr(&conflict)
+    );
+    let replace = node.cli(&[
+        "doc",
+        "insert",
+        "users",
+        r#"{"id":"ada"}"#,
+        "--conflict",
+        "replace",
+    ]);
+    assert!(replace.status.success());
+    assert!(node
+        .cli(&["doc", "delete", "users", "alan"])
+        .status
+        .success());
+    assert_eq!(
+        node.cli(&["doc", "get", "users", "alan"]).status.code(),
+        Some(1)
+    );
+    assert!(node.cli(&["delete", "greeting"]).status.success());
+
+    let unreachable = cli_at(&format!("127.0.0.1:{}", free_port()), &["get", "a"], None);
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        stderr(&unreachable).contains("cannot reach"),
+        "{}",
+        stderr(&unreachable)
+    );
+}
+
+#[tokio::test]
+async fn the_shell_runs_commands_and_sends_one_to_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(&dir).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = started(&other_dir).await;
+    let other_port = other.addr.rsplit(':').next().unwrap().to_string();
+
+    let script = format!(
+        "put a 1\nget a\nput b \"two words\"\nget b\nput a 9 {other_port}\nget a {other_port}\nget a\n\
+         table create t\ntable list\nfrobnicate\ndelete a\nget a\n"
+    );
+    let output = cli_at(&node.addr, &["shell"], Some(&script));
+    let out = stdout(&output);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("OK (index "), "{out}");
+    assert_eq!(lines[1], "1", "{out}");
+    assert_eq!(lines[3], "two words", "{out}");
+    assert_eq!(
+        lines[5], "9",
+        "the trailing port sends the command to the other node: {out}"
+    );
+    assert_eq!(lines[6], "1", "the shell's own node is unchanged: {out}");
+    assert!(lines.contains(&"t"), "{out}");
+    assert!(lines.contains(&"deleted"), "{out}");
+    let err = stderr(&output);
+    assert!(
+        err.contains("frobnicate"),
+        "unknown commands are named: {err}"
+    );
+    assert!(err.contains("key 'a' does not exist"), "{err}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a scripted shell reports failed lines"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_node_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = started(&dir).await;
+    node.client().kv_put("k", "v").await.unwrap();
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < READY_TIMEOUT, "node ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a clean stop exits 0: {status}");
+}
+
+#[tokio::test]
+async fn a_node_refuses_a_bad_command_line_and_a_busy_port() {
+    let no_id = Command::new(BIN)
+        .args(["node", "--data-dir", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert_eq!(no_id.status.code(), Some(2));
+    assert!(stderr(&no_id).contains("--id"), "{}", stderr(&no_id));
+    let zero = Command::new(BIN)
+        .args(["node", "--id", "0", "--data-dir", "/tmp/x"])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(&dir).await;
+    let busy = Command::new(BIN)
+        .args(["node", "--id", "2", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--listen", &node.addr])
+        .output()
+        .unwrap();
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(stderr(&busy).contains("cannot listen"), "{}", stderr(&busy));
+}
+
+#[tokio::test]
+async fn bench_reports_throughput_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(&dir).await;
+    let result = dir.path().join("bench.json");
+    let output = node.cli(&[
+        "bench",
+        "--clients",
+        "4",
+        "--ops",
+        "400",
+        "--read-ratio",
+        "0.5",
+        "--keys",
+        "50",
+        "--prefill",
+        "--result-file",
+        result.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("ops/s"), "{}", stdout(&output));
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert_eq!(figures["ops"], 400);
+    assert_eq!(figures["errors"], 0);
+    assert!(figures["reads"]["count"].as_u64().unwrap() > 0);
+    assert!(figures["writes"]["count"].as_u64().unwrap() > 0);
+    assert!(figures["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let bad = node.cli(&["bench", "--read-ratio", "2"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

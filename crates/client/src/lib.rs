@@ -1,0 +1,401 @@
+//! A Rust client for Cairn's HTTP/JSON API, used by the CLI, the shell, the
+//! bench and the tests.
+//!
+//! One [`Client`] talks to one node and keeps its connections alive; clone it to
+//! share the pool. Errors keep the server's answer whole: [`Error::Api`] has the
+//! status, the error code, the message and whether a failed write may still have
+//! taken effect (`indeterminate`).
+//!
+//! The client does not retry: a write that fails with `indeterminate` may have
+//! applied, and only the caller knows whether repeating it is safe.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// How long a request may take by default, server wait included.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error.
+    #[error("{message} ({status} {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        indeterminate: bool,
+    },
+    /// The request did not get an answer (connection refused, reset, timeout).
+    #[error("cannot reach {addr}: {source}")]
+    Transport {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("bad address '{0}': use HOST:PORT, a port, or http://HOST:PORT")]
+    BadAddress(String),
+    #[error("unexpected answer from the server: {0}")]
+    BadResponse(String),
+}
+
+impl Error {
+    /// Whether a failed write may have taken effect anyway. A request that got
+    /// no answer at all is indeterminate too.
+    pub fn is_indeterminate(&self) -> bool {
+        match self {
+            Error::Api { indeterminate, .. } => *indeterminate,
+            Error::Transport { .. } => true,
+            Error::BadAddress(_) | Error::BadResponse(_) => false,
+        }
+    }
+
+    /// The API error code, if the server answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// What happens when an inserted document's id exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Conflict {
+    #[default]
+    Error,
+    Replace,
+    Update,
+}
+
+impl Conflict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Conflict::Error => "error",
+            Conflict::Replace => "replace",
+            Conflict::Update => "update",
+        }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Read {
+    #[default]
+    Linearizable,
+    Local,
+}
+
+impl Read {
+    fn as_str(self) -> &'static str {
+        match self {
+            Read::Linearizable => "linearizable",
+            Read::Local => "local",
+        }
+    }
+}
+
+/// One page of documents.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Page {
+    pub docs: Vec<Value>,
+    pub next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorFields,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    code: String,
+    message: String,
+    #[serde(default)]
+    indeterminate: bool,
+}
+
+/// A connection pool to one node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    addr: String,
+}
+
+/// Turns `7001`, `host:7001` or `http://host:7001` into a base URL.
+pub fn parse_addr(addr: &str) -> Result<Url, Error> {
+    let addr = addr.trim();
+    let with_host = if !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{addr}")
+    } else {
+        addr.to_string()
+    };
+    let full = if with_host.contains("://") {
+        with_host
+    } else {
+        format!("http://{with_host}")
+    };
+    let url = Url::parse(&full).map_err(|_| Error::BadAddress(addr.to_string()))?;
+    if url.scheme() != "http" || url.host_str().is_none() || url.port_or_known_default().is_none() {
+        return Err(Error::BadAddress(addr.to_string()));
+    }
+    Ok(url)
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Result<Client, Error> {
+        Client::with_timeout(addr, Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT))
+    }
+
+    pub fn with_timeout(addr: &str, timeout: Duration) -> Result<Client, Error> {
+        let base = parse_addr(addr)?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Transport {
+                addr: addr.to_string(),
+                source: e,
+            })?;
+        Ok(Client {
+            http,
+            base,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// The node this client talks to, as given.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http URL has a path")
+            .clear()
+            .extend(segments);
+        url
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let transport = |source| Error::Transport {
+            addr: self.addr.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport)?;
+        Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => Error::Api {
+                status: status.as_u16(),
+                code: error.code,
+                message: error.message,
+                indeterminate: error.indeterminate,
+            },
+            Err(_) => Error::Api {
+                status: status.as_u16(),
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+                indeterminate: status == StatusCode::GATEWAY_TIMEOUT,
+            },
+        })
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| Error::BadResponse(format!("body is not JSON: {e}")))
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(segments))
+    }
+
+    fn with_body(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        self.request(method, segments)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+    }
+
+    pub async fn health(&self) -> Result<Value, Error> {
+        self.json(self.request(Method::GET, &["v1", "health"]))
+            .await
+    }
+
+    pub async fn cluster(&self) -> Result<Value, Error> {
+        self.json(self.request(Method::GET, &["v1", "cluster"]))
+            .await
+    }
+
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let response = self.send(self.request(Method::GET, &["metrics"])).await?;
+        response
+            .text()
+            .await
+            .map_err(|e| Error::BadResponse(e.to_string()))
+    }
+
+    pub async fn list_tables(&self) -> Result<Vec<String>, Error> {
+        let value = self
+            .json(self.request(Method::GET, &["v1", "tables"]))
+            .await?;
+        serde_json::from_value(value["tables"].clone())
+            .map_err(|e| Error::BadResponse(format!("tables: {e}")))
+    }
+
+    /// Creates a table; `{"created": bool, "index": n}`.
+    pub async fn create_table(&self, table: &str) -> Result<Value, Error> {
+        self.json(self.request(Method::PUT, &["v1", "tables", table]))
+            .await
+    }
+
+    pub async fn drop_table(&self, table: &str) -> Result<Value, Error> {
+        self.json(self.request(Method::DELETE, &["v1", "tables", table]))
+            .await
+    }
+
+    /// Inserts one document (an object) or many (an array).
+    pub async fn insert(
+        &self,
+        table: &str,
+        docs: &Value,
+        conflict: Conflict,
+    ) -> Result<Value, Error> {
+        let request = self
+            .with_body(Method::POST, &["v1", "tables", table, "docs"], docs)
+            .query(&[("conflict", conflict.as_str())]);
+        self.json(request).await
+    }
+
+    /// One document; `None` when the table has no such id.
+    pub async fn get_doc(&self, table: &str, id: &str, read: Read) -> Result<Option<Value>, Error> {
+        let request = self
+            .request(Method::GET, &["v1", "tables", table, "docs", id])
+            .query(&[("read", read.as_str())]);
+        match self.json(request).await {
+            Ok(doc) => Ok(Some(doc)),
+            Err(error) if error.code() == Some("doc_not_found") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn replace_doc(&self, table: &str, id: &str, doc: &Value) -> Result<Value, Error> {
+        self.json(self.with_body(Method::PUT, &["v1", "tables", table, "docs", id], doc))
+            .await
+    }
+
+    /// Applies a JSON merge patch; answers `{"doc": ..., "index": n}`.
+    pub async fn update_doc(&self, table: &str, id: &str, patch: &Value) -> Result<Value, Error> {
+        self.json(self.with_body(Method::PATCH, &["v1", "tables", table, "docs", id], patch))
+            .await
+    }
+
+    pub async fn delete_doc(&self, table: &str, id: &str) -> Result<Value, Error> {
+        self.json(self.request(Method::DELETE, &["v1", "tables", table, "docs", id]))
+            .await
+    }
+
+    pub async fn list_docs(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: usize,
+        read: Read,
+    ) -> Result<Page, Error> {
+        let mut request = self
+            .request(Method::GET, &["v1", "tables", table, "docs"])
+            .query(&[
+                ("limit", limit.to_string()),
+                ("read", read.as_str().to_string()),
+            ]);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        let value = self.json(request).await?;
+        serde_json::from_value(value).map_err(|e| Error::BadResponse(format!("page: {e}")))
+    }
+
+    /// Stores raw bytes under `key`; answers the index it was applied at.
+    pub async fn kv_put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, Error> {
+        let request = self
+            .request(Method::PUT, &["v1", "kv", key])
+            .body(value.into());
+        let answer = self.json(request).await?;
+        answer["index"]
+            .as_u64()
+            .ok_or_else(|| Error::BadResponse(format!("no index in {answer}")))
+    }
+
+    /// The bytes under `key`; `None` when absent.
+    pub async fn kv_get(&self, key: &str, read: Read) -> Result<Option<Bytes>, Error> {
+        let request = self
+            .request(Method::GET, &["v1", "kv", key])
+            .query(&[("read", read.as_str())]);
+        match self.send(request).await {
+            Ok(response) => {
+                let bytes = response.bytes().await;
+                bytes.map(Some).map_err(|source| Error::Transport {
+                    addr: self.addr.clone(),
+                    source,
+                })
+            }
+            Err(error) if error.code() == Some("key_not_found") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes `key`; answers whether it existed.
+    pub async fn kv_delete(&self, key: &str) -> Result<bool, Error> {
+        let answer = self
+            .json(self.request(Method::DELETE, &["v1", "kv", key]))
+            .await?;
+        answer["deleted"]
+            .as_bool()
+            .ok_or_else(|| Error::BadResponse(format!("no 'deleted' in {answer}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_a_port_a_host_and_port_or_a_url() {
+        assert_eq!(
+            parse_addr("7002").unwrap().as_str(),
+            "http://127.0.0.1:7002/"
+        );
+        assert_eq!(
+            parse_addr("localhost:7001").unwrap().as_str(),
+            "http://localhost:7001/"
+        );
+        assert_eq!(
+            parse_addr("http://10.0.0.1:80").unwrap().host_str(),
+            Some("10.0.0.1")
+        );
+        for bad in ["", "https://x:1", "::::", "ftp://a:1"] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        let client = Client::new("7001").unwrap();
+        let url = client.url(&["v1", "kv", "a/b c"]);
+        assert_eq!(url.path(), "/v1/kv/a%2Fb%20c");
+    }
+}

@@ -1,0 +1,153 @@
+//! Cairn's log: what orders commands before the state machine applies them.
+//!
+//! The node talks to its log through a [`LogHandle`]: it proposes commands and
+//! gets each one's [`Applied`] answer once the command is durable and applied
+//! locally, waits for read barriers, and reads the log's published status. Whatever serves
+//! that handle owns the [`StateMachine`](cairn_storage::StateMachine) and is its
+//! only writer.
+//!
+//! - [`local`]: the log of a single node. Commands are ordered by arrival,
+//!   grouped (group commit) and applied in one synced batch; the batch that
+//!   applies them is also what makes them durable.
+//! - [`proposer`]: gives every write a `(session, seq)` id from a pool of
+//!   sessions, so that a re-proposed write applies exactly once.
+//!
+//! Replication (OmniPaxos) serves the same handle, so the API above it does not
+//! change when a node joins a cluster.
+
+pub mod local;
+pub mod proposer;
+
+use std::sync::{Arc, Mutex};
+
+use cairn_storage::{Applied, Command};
+use tokio::sync::{mpsc, oneshot};
+
+pub use local::LocalLog;
+pub use proposer::Proposer;
+
+/// Errors of the log. Either way the node cannot serve until restarted, and a
+/// write that got one may or may not have taken effect: the last batch may have
+/// become durable before the log could answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The log stopped (shutdown or a storage fault): the node cannot serve.
+    #[error("the log has stopped")]
+    Stopped,
+    /// The state machine failed to write: the node must restart from disk.
+    #[error("storage fault: {0}")]
+    Storage(String),
+}
+
+/// The role of this node in its log's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+/// A snapshot of the log's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: u64,
+    pub role: Role,
+    /// The leader's node id, if one is known.
+    pub leader: Option<u64>,
+    pub configuration_id: u32,
+    pub decided_index: u64,
+    pub applied_index: u64,
+}
+
+/// Requests from the node to its log.
+pub(crate) enum Request {
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+    ReadBarrier {
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+}
+
+/// What the log publishes for readers without a round trip to its loop.
+pub(crate) struct Shared {
+    status: Mutex<Status>,
+    /// Whether local state can lag acknowledged writes (a replica), so reads
+    /// must wait for a barrier. A single node applies before it acknowledges.
+    reads_need_barrier: bool,
+}
+
+/// How the node reaches its log. Cheap to clone; the log stops when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct LogHandle {
+    requests: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl LogHandle {
+    pub(crate) fn new(
+        requests: mpsc::Sender<Request>,
+        status: Status,
+        reads_need_barrier: bool,
+    ) -> LogHandle {
+        let shared = Arc::new(Shared {
+            status: Mutex::new(status),
+            reads_need_barrier,
+        });
+        LogHandle { requests, shared }
+    }
+
+    /// Orders `command`, and answers once it is durable and applied here.
+    pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Propose { command, reply }).await?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Completes once local reads see every write acknowledged before the call.
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        if !self.shared.reads_need_barrier {
+            return if self.requests.is_closed() {
+                Err(Error::Stopped)
+            } else {
+                Ok(())
+            };
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ReadBarrier { reply }).await?;
+        answer.await.map_err(|_| Error::Stopped)?.map(|_| ())
+    }
+
+    /// The log's progress as last published; an error once it has stopped.
+    pub fn status(&self) -> Result<Status, Error> {
+        if self.requests.is_closed() {
+            return Err(Error::Stopped);
+        }
+        Ok(self.shared.status.lock().expect("status lock").clone())
+    }
+
+    pub(crate) fn publish(shared: &Shared, update: impl FnOnce(&mut Status)) {
+        update(&mut shared.status.lock().expect("status lock"));
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    async fn send(&self, request: Request) -> Result<(), Error> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+}

@@ -1,0 +1,110 @@
+//! Exactly-once writes: every write gets a `(session, seq)` id.
+//!
+//! The proposer keeps a pool of sessions opened through the log. A write takes
+//! an idle session, uses its next sequence number, and gives the session back
+//! when it has its answer, so a session never has two commands in flight (the
+//! state machine's dedup remembers only a session's last command). If the log
+//! loses a proposal and the node proposes the same command again, the state
+//! machine answers the repeat from memory: the write takes effect once.
+//!
+//! A write whose future is dropped (a client that hung up, a timeout) still
+//! returns its session: the next command of that session has a higher sequence
+//! number, so at worst the abandoned one is refused as stale, never applied
+//! twice.
+
+use std::sync::Mutex;
+
+use cairn_storage::{Applied, Command, CommandId, Op, Outcome};
+
+use crate::{Error, LogHandle};
+
+/// Idle sessions kept for reuse; more are let go (the state machine evicts
+/// sessions unused for long).
+pub const SESSIONS_POOLED_MAX: usize = 1024;
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    last_seq: u64,
+}
+
+/// Proposes writes with exactly-once ids. Shared by every request of a node.
+pub struct Proposer {
+    log: LogHandle,
+    idle: Mutex<Vec<Session>>,
+}
+
+impl Proposer {
+    pub fn new(log: LogHandle) -> Proposer {
+        Proposer {
+            log,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn log(&self) -> &LogHandle {
+        &self.log
+    }
+
+    /// Applies `op` exactly once and answers with where and how it applied.
+    pub async fn write(&self, op: Op) -> Result<Applied, Error> {
+        let mut lease = self.lease().await?;
+        let session = lease.session.as_mut().expect("a lease holds its session");
+        session.last_seq += 1;
+        let id = CommandId {
+            session: session.id,
+            seq: session.last_seq,
+        };
+        let applied = self.log.propose(Command::new(Some(id), op)).await?;
+        if let Outcome::Failed(cairn_storage::ApplyError::SessionUnknown { .. }) = applied.outcome {
+            // Evicted while idle: forget it. The command did not apply.
+            lease.session = None;
+        }
+        Ok(applied)
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, Error> {
+        let pooled = self.idle.lock().expect("pool lock").pop();
+        let session = match pooled {
+            Some(session) => session,
+            None => self.open().await?,
+        };
+        Ok(Lease {
+            proposer: self,
+            session: Some(session),
+        })
+    }
+
+    async fn open(&self) -> Result<Session, Error> {
+        let applied = self
+            .log
+            .propose(Command::new(None, Op::OpenSession))
+            .await?;
+        match applied.outcome {
+            Outcome::SessionOpened { session } => Ok(Session {
+                id: session,
+                last_seq: 0,
+            }),
+            other => Err(Error::Storage(format!(
+                "opening a session answered {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A session on loan to one write; back to the pool when dropped.
+struct Lease<'a> {
+    proposer: &'a Proposer,
+    session: Option<Session>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let mut idle = self.proposer.idle.lock().expect("pool lock");
+            if idle.len() < SESSIONS_POOLED_MAX {
+                idle.push(session);
+            }
+        }
+    }
+}

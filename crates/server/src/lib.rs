@@ -1,0 +1,25 @@
+//! Cairn's data node: the HTTP/JSON API in front of the log and the store.
+//!
+//! - [`node`]: starting and stopping a node.
+//! - `routes`: one module per group of routes of DESIGN.md's API table.
+//! - `error`: the JSON error contract.
+//! - `extract`: bodies, JSON and query parameters, checked at the edge.
+//! - `metrics`: Prometheus text at `/metrics`.
+//!
+//! Handlers never write to the store themselves: every change is an [`Op`]
+//! proposed through the log, which is what makes the same API replicated once
+//! the log is.
+//!
+//! [`Op`]: cairn_storage::Op
+
+mod error;
+mod extract;
+mod metrics;
+pub mod node;
+mod routes;
+mod state;
+
+pub use node::{Node, NodeConfig};
+
+/// This build's version, reported by `/v1/cluster`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

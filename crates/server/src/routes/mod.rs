@@ -1,0 +1,75 @@
+//! The HTTP API's routes (see DESIGN.md, "Client HTTP API"). Handlers parse and
+//! validate at the edge, turn the request into one state-machine [`Op`] or one
+//! read, and map the outcome to the JSON contract. Unknown routes and methods
+//! get JSON errors too.
+//!
+//! [`Op`]: cairn_storage::Op
+
+mod cluster;
+mod docs;
+mod kv;
+mod tables;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::get;
+use axum::Router;
+use cairn_storage::Applied;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::metrics;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(cluster::health))
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/tables", get(tables::list))
+        .route(
+            "/v1/tables/{table}",
+            axum::routing::put(tables::create).delete(tables::drop),
+        )
+        .route(
+            "/v1/tables/{table}/docs",
+            get(docs::list).post(docs::insert),
+        )
+        .route(
+            "/v1/tables/{table}/docs/{id}",
+            get(docs::get)
+                .put(docs::replace)
+                .patch(docs::update)
+                .delete(docs::delete),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/metrics", get(metrics::scrape))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found("route_not_found", format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// A write's JSON answer: `fields` plus the index it was applied at.
+fn written(applied: &Applied, mut fields: Value) -> Value {
+    fields["index"] = json!(applied.index);
+    fields
+}

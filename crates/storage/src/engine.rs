@@ -1,0 +1,226 @@
+//! The RocksDB engine: one database per node, its column families, key layout,
+//! and the read side of the state machine.
+//!
+//! Column families:
+//! - `tables`: table name → table metadata.
+//! - `docs`: `table ++ 0x00 ++ id` → the document's JSON text. Table names never
+//!   hold `0x00`, so a table's documents are one contiguous range, in id order
+//!   (byte order of UTF-8, which is code point order).
+//! - `kv`: key → raw bytes.
+//! - `sessions`: session id (u64, big-endian) → its last command and outcome.
+//! - `session_lru`: `last_index ++ session` (both big-endian) → nothing; the
+//!   sessions in the order they were last used, for eviction.
+//! - `meta`: the applied index and counters; written in the same `WriteBatch` as
+//!   the effects of the entries they count.
+//!
+//! Reads go through a RocksDB snapshot, so a read that touches two column
+//! families (a table's existence and its documents) sees one state.
+//!
+//! Not here: applying commands (`machine`), the consensus log (its own column
+//! families arrive with replication).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
+};
+
+use crate::Error;
+
+pub(crate) const CF_TABLES: &str = "tables";
+pub(crate) const CF_DOCS: &str = "docs";
+pub(crate) const CF_KV: &str = "kv";
+pub(crate) const CF_SESSIONS: &str = "sessions";
+pub(crate) const CF_SESSION_LRU: &str = "session_lru";
+pub(crate) const CF_META: &str = "meta";
+const COLUMN_FAMILIES: [&str; 6] = [
+    CF_TABLES,
+    CF_DOCS,
+    CF_KV,
+    CF_SESSIONS,
+    CF_SESSION_LRU,
+    CF_META,
+];
+
+pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
+pub(crate) const META_SESSION_COUNT: &[u8] = b"session_count";
+
+/// Most documents one page of a listing returns.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+/// The start of a table's range in `docs`.
+pub(crate) fn doc_prefix(table: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(table.len() + 1);
+    key.extend_from_slice(table.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The first key after a table's range in `docs`.
+pub(crate) fn doc_prefix_end(table: &str) -> Vec<u8> {
+    let mut key = doc_prefix(table);
+    *key.last_mut().expect("a prefix ends with its separator") = 1;
+    key
+}
+
+pub(crate) fn doc_key(table: &str, id: &str) -> Vec<u8> {
+    let mut key = doc_prefix(table);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub(crate) fn u64_from(bytes: &[u8], what: &str) -> Result<u64, Error> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| Error::Corrupt {
+        what: format!("{what}: expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// A node's database, shared by the applier (one writer) and any number of
+/// readers. Cloning is cheap.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<DB>,
+    /// The last applied index, mirrored from `meta` for readers that only need
+    /// the number (health, metrics) without a RocksDB read.
+    pub(crate) applied_index: Arc<AtomicU64>,
+}
+
+/// One page of a table listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Documents as JSON text, in id order.
+    pub docs: Vec<String>,
+    /// The id to pass as `after` for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let store = Store {
+            db: Arc::new(db),
+            applied_index: Arc::new(AtomicU64::new(0)),
+        };
+        let applied = store.read_meta_u64(META_APPLIED_INDEX)?;
+        store.applied_index.store(applied, Ordering::Release);
+        Ok(store)
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family '{name}' is created at open"))
+    }
+
+    pub(crate) fn read_meta_u64(&self, key: &[u8]) -> Result<u64, Error> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            Some(bytes) => u64_from(&bytes, "meta value"),
+            None => Ok(0),
+        }
+    }
+
+    /// The index of the last log entry applied to this state.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Table names in order.
+    pub fn list_tables(&self) -> Result<Vec<String>, Error> {
+        let mut names = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_TABLES), IteratorMode::Start) {
+            let (key, _) = item?;
+            names.push(
+                String::from_utf8(key.into_vec()).map_err(|_| Error::Corrupt {
+                    what: "table name is not UTF-8".into(),
+                })?,
+            );
+        }
+        Ok(names)
+    }
+
+    pub fn table_exists(&self, table: &str) -> Result<bool, Error> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_TABLES), table)?.is_some())
+    }
+
+    /// One document as JSON text; `Ok(None)` when the table has no such id.
+    pub fn get_doc(&self, table: &str, id: &str) -> Result<Option<String>, Error> {
+        let snapshot = self.db.snapshot();
+        if snapshot.get_cf(self.cf(CF_TABLES), table)?.is_none() {
+            return Err(Error::TableNotFound {
+                table: table.to_string(),
+            });
+        }
+        match snapshot.get_cf(self.cf(CF_DOCS), doc_key(table, id))? {
+            Some(bytes) => Ok(Some(json_text(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` documents with ids after `after`, in id order.
+    pub fn list_docs(&self, table: &str, after: Option<&str>, limit: usize) -> Result<Page, Error> {
+        assert!(
+            limit > 0 && limit <= LIST_LIMIT_MAX,
+            "limit {limit} out of range"
+        );
+        let snapshot = self.db.snapshot();
+        if snapshot.get_cf(self.cf(CF_TABLES), table)?.is_none() {
+            return Err(Error::TableNotFound {
+                table: table.to_string(),
+            });
+        }
+        let start = match after {
+            // The smallest key above `table\0after` is `table\0after\0`.
+            Some(after) => {
+                let mut key = doc_key(table, after);
+                key.push(0);
+                key
+            }
+            None => doc_prefix(table),
+        };
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(doc_prefix_end(table));
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let prefix_len = doc_prefix(table).len();
+        let mut docs = Vec::with_capacity(limit.min(64));
+        let mut last_id = None;
+        for item in snapshot.iterator_cf_opt(self.cf(CF_DOCS), read_opts, mode) {
+            let (key, value) = item?;
+            if docs.len() == limit {
+                // There is at least one more: the page gets a cursor.
+                return Ok(Page {
+                    docs,
+                    next: last_id,
+                });
+            }
+            last_id = Some(json_text(key[prefix_len..].to_vec())?);
+            docs.push(json_text(value.into_vec())?);
+        }
+        Ok(Page { docs, next: None })
+    }
+
+    /// The value under a key of the key-value space.
+    pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(CF_KV), key)?)
+    }
+}
+
+fn json_text(bytes: Vec<u8>) -> Result<String, Error> {
+    String::from_utf8(bytes).map_err(|_| Error::Corrupt {
+        what: "stored document is not UTF-8".into(),
+    })
+}

@@ -1,0 +1,42 @@
+//! Cairn's storage: one RocksDB per node holding tables of JSON documents, a
+//! key-value space, and the state machine that changes them.
+//!
+//! Layers, bottom-up:
+//! - [`engine`]: the database, its column families and key layout, and reads.
+//! - [`command`]: the commands the log orders and their outcomes.
+//! - [`machine`]: the single writer, applying batches of log entries atomically.
+//!
+//! The crate does no networking and keeps no clock: what it does depends only on
+//! the commands it is given, which is what lets every replica reach the same
+//! state and lets a simulator drive it.
+
+pub mod command;
+pub mod engine;
+pub mod machine;
+
+pub use command::{ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome};
+pub use engine::{Page, Store, LIST_LIMIT_MAX};
+pub use machine::{Applied, StateMachine};
+
+/// Storage errors. Apart from [`Error::TableNotFound`], which answers a read,
+/// they are faults of the disk or of the data on it: the node must stop and
+/// restart from what is durable rather than carry on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("table '{table}' does not exist")]
+    TableNotFound { table: String },
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt data: {what}")]
+    Corrupt { what: String },
+    #[error("the state machine stopped after a storage error; restart the node")]
+    Poisoned,
+}
+
+impl Error {
+    /// Whether the error is an answer (the same on every try and every replica)
+    /// rather than a fault.
+    pub fn is_deterministic(&self) -> bool {
+        matches!(self, Error::TableNotFound { .. })
+    }
+}

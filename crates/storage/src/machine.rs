@@ -1,0 +1,587 @@
+//! The state machine: applies batches of decided log entries to the store.
+//!
+//! [`StateMachine::apply`] is the one way state changes. It takes entries
+//! `(index, command)` with contiguous indexes starting right after the applied
+//! index, computes every effect, and writes the effects together with the new
+//! applied index in one synced RocksDB `WriteBatch`. A crash therefore leaves the
+//! store at the end of some batch, never inside one, and a restarted node resumes
+//! from [`StateMachine::applied_index`]. Whatever orders the commands (the local
+//! log of a single node, OmniPaxos in a cluster) feeds this same function.
+//!
+//! Invariants:
+//! - Determinism: the outcome of every entry depends only on the state after the
+//!   entry before it, never on how entries were grouped into batches, on time or
+//!   on randomness. Entries later in a batch see the effects of earlier ones
+//!   through an overlay of pending writes.
+//! - Exactly once: a command with an id `(session, seq)` is applied only if `seq`
+//!   is above the session's last; a repeat of the last is answered with the
+//!   stored outcome and index, and changes nothing. Sessions are opened through
+//!   the log ([`Op::OpenSession`]); a command of an unknown session is refused,
+//!   so an expired session can never make a retry apply twice.
+//! - Sessions are bounded: at every index that is a multiple of
+//!   [`SESSION_GC_INTERVAL_ENTRIES`] the least recently used sessions above
+//!   [`SESSIONS_MAX`] are evicted, from the state committed before that entry,
+//!   so every replica evicts the same ones.
+//!
+//! A storage error leaves the in-memory counters unreliable: the state machine
+//! refuses every later call, and the node must stop and restart from disk.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::{
+    validate_doc_id, validate_kv_key, validate_table_name, ApplyError, Command, CommandId,
+    Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX,
+};
+use crate::engine::{
+    doc_key, doc_prefix, doc_prefix_end, Store, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
+    CF_SESSION_LRU, CF_TABLES, META_APPLIED_INDEX, META_SESSION_COUNT,
+};
+use crate::Error;
+
+/// Sessions kept before the least recently used are evicted.
+pub const SESSIONS_MAX: u64 = 65_536;
+/// Eviction runs at indexes that are multiples of this.
+pub const SESSION_GC_INTERVAL_ENTRIES: u64 = 4096;
+
+/// An applied entry's answer, with the index it took effect at (for a repeated
+/// command: the index of its first application).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub index: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionRecord {
+    last_seq: u64,
+    last_index: u64,
+    outcome: Outcome,
+}
+
+/// The single writer of a node's store.
+pub struct StateMachine {
+    store: Store,
+    applied_index: u64,
+    session_count: u64,
+    poisoned: bool,
+}
+
+impl StateMachine {
+    /// Takes over the store as its only writer, resuming from its applied index.
+    pub fn open(store: Store) -> Result<StateMachine, Error> {
+        let applied_index = store.read_meta_u64(META_APPLIED_INDEX)?;
+        let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
+        Ok(StateMachine {
+            store,
+            applied_index,
+            session_count,
+            poisoned: false,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Applies entries whose indexes run on from the applied index without gaps,
+    /// and makes them durable (synced) before returning their outcomes.
+    pub fn apply(&mut self, entries: &[(u64, Command)]) -> Result<Vec<Applied>, Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let result = self.apply_inner(entries);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn apply_inner(&mut self, entries: &[(u64, Command)]) -> Result<Vec<Applied>, Error> {
+        let mut results = Vec::with_capacity(entries.len());
+        let mut batch = Batch::new(self.store.clone());
+        for (index, command) in entries {
+            assert_eq!(
+                *index,
+                self.applied_index + 1,
+                "entries must follow the applied index without gaps"
+            );
+            if index % SESSION_GC_INTERVAL_ENTRIES == 0 {
+                // Evict from committed state only, whatever the batching.
+                self.commit(batch, false)?;
+                batch = Batch::new(self.store.clone());
+                self.evict_sessions(&mut batch)?;
+            }
+            let applied = self.apply_one(&mut batch, *index, command)?;
+            self.applied_index = *index;
+            results.push(applied);
+        }
+        if !entries.is_empty() {
+            self.commit(batch, true)?;
+        }
+        Ok(results)
+    }
+
+    fn commit(&mut self, mut batch: Batch, sync: bool) -> Result<(), Error> {
+        let meta = self.store.cf(CF_META);
+        batch
+            .wb
+            .put_cf(meta, META_APPLIED_INDEX, self.applied_index.to_be_bytes());
+        batch
+            .wb
+            .put_cf(meta, META_SESSION_COUNT, self.session_count.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.store.db.write_opt(batch.wb, &opts)?;
+        self.store
+            .applied_index
+            .store(self.applied_index, Ordering::Release);
+        Ok(())
+    }
+
+    fn apply_one(
+        &mut self,
+        batch: &mut Batch,
+        index: u64,
+        command: &Command,
+    ) -> Result<Applied, Error> {
+        let Some(id) = command.id else {
+            let outcome = self.execute(batch, index, &command.op)?;
+            return Ok(Applied { index, outcome });
+        };
+        if id.seq == 0 {
+            let message = "sequence numbers start at 1".to_string();
+            return Ok(Applied {
+                index,
+                outcome: Outcome::Failed(invalid(message)),
+            });
+        }
+        let Some(record) = batch.session(id.session)? else {
+            let outcome = Outcome::Failed(ApplyError::SessionUnknown {
+                session: id.session,
+            });
+            return Ok(Applied { index, outcome });
+        };
+        if id.seq == record.last_seq {
+            return Ok(Applied {
+                index: record.last_index,
+                outcome: record.outcome,
+            });
+        }
+        if id.seq < record.last_seq {
+            let error = ApplyError::StaleSequence {
+                session: id.session,
+                seq: id.seq,
+                last: record.last_seq,
+            };
+            return Ok(Applied {
+                index,
+                outcome: Outcome::Failed(error),
+            });
+        }
+        let outcome = self.execute(batch, index, &command.op)?;
+        batch.touch_session(id, record.last_index, index, &outcome);
+        Ok(Applied { index, outcome })
+    }
+
+    fn execute(&mut self, batch: &mut Batch, index: u64, op: &Op) -> Result<Outcome, Error> {
+        let outcome = match op {
+            Op::Noop => Ok(Ok(Outcome::Done)),
+            Op::OpenSession => {
+                let id = CommandId {
+                    session: index,
+                    seq: 0,
+                };
+                batch.touch_session(id, 0, index, &Outcome::Done);
+                self.session_count += 1;
+                Ok(Ok(Outcome::SessionOpened { session: index }))
+            }
+            Op::CreateTable { table } => create_table(batch, index, table),
+            Op::DropTable { table } => drop_table(batch, table),
+            Op::Insert {
+                table,
+                docs,
+                conflict,
+            } => insert(batch, table, docs, *conflict),
+            Op::Replace { table, doc } => replace(batch, table, doc),
+            Op::Update { table, id, patch } => update(batch, table, id, patch),
+            Op::Delete { table, id } => delete(batch, table, id),
+            Op::KvPut { key, value } => kv_put(batch, key, value),
+            Op::KvDelete { key } => kv_delete(batch, key),
+        };
+        Ok(match outcome? {
+            Ok(outcome) => outcome,
+            Err(refusal) => Outcome::Failed(refusal),
+        })
+    }
+
+    /// Deletes the least recently used sessions above [`SESSIONS_MAX`].
+    fn evict_sessions(&mut self, batch: &mut Batch) -> Result<(), Error> {
+        if self.session_count <= SESSIONS_MAX {
+            return Ok(());
+        }
+        let excess = self.session_count - SESSIONS_MAX;
+        let lru = self.store.cf(CF_SESSION_LRU);
+        let mut evicted = 0;
+        for item in self.store.db.iterator_cf(lru, IteratorMode::Start) {
+            if evicted == excess {
+                break;
+            }
+            let (key, _) = item?;
+            if key.len() != 16 {
+                return Err(Error::Corrupt {
+                    what: "session_lru key is not 16 bytes".into(),
+                });
+            }
+            batch.delete(Cf::SessionLru, key.to_vec());
+            batch.delete(Cf::Sessions, key[8..].to_vec());
+            evicted += 1;
+        }
+        self.session_count -= evicted;
+        tracing::debug!(
+            evicted,
+            sessions = self.session_count,
+            "evicted idle sessions"
+        );
+        Ok(())
+    }
+}
+
+/// Effects of a command: `Err` is a storage fault, `Ok(Err)` a refusal.
+type Effect = Result<Result<Outcome, ApplyError>, Error>;
+
+fn invalid(message: String) -> ApplyError {
+    ApplyError::Invalid { message }
+}
+
+fn require_table(batch: &Batch, table: &str) -> Result<Result<(), ApplyError>, Error> {
+    if let Err(message) = validate_table_name(table) {
+        return Ok(Err(invalid(message)));
+    }
+    if batch.get(Cf::Tables, table.as_bytes())?.is_none() {
+        return Ok(Err(ApplyError::TableNotFound {
+            table: table.to_string(),
+        }));
+    }
+    Ok(Ok(()))
+}
+
+/// Parses a document and checks that it is an object whose `id` is `id`.
+fn parse_doc(doc: &Doc) -> Result<Value, ApplyError> {
+    validate_doc_id(&doc.id).map_err(invalid)?;
+    let value: Value = serde_json::from_str(&doc.json)
+        .map_err(|e| invalid(format!("document '{}' is not valid JSON: {e}", doc.id)))?;
+    check_doc(&doc.id, &value)?;
+    Ok(value)
+}
+
+fn check_doc(id: &str, value: &Value) -> Result<(), ApplyError> {
+    let Some(object) = value.as_object() else {
+        return Err(invalid(format!("document '{id}' is not a JSON object")));
+    };
+    if object.get("id").and_then(Value::as_str) != Some(id) {
+        return Err(invalid(format!(
+            "document '{id}' must keep \"id\": \"{id}\""
+        )));
+    }
+    Ok(())
+}
+
+fn create_table(batch: &mut Batch, index: u64, table: &str) -> Effect {
+    if let Err(message) = validate_table_name(table) {
+        return Ok(Err(invalid(message)));
+    }
+    if batch.get(Cf::Tables, table.as_bytes())?.is_some() {
+        return Ok(Ok(Outcome::TableCreated { created: false }));
+    }
+    batch.put(
+        Cf::Tables,
+        table.as_bytes().to_vec(),
+        index.to_be_bytes().to_vec(),
+    );
+    Ok(Ok(Outcome::TableCreated { created: true }))
+}
+
+fn drop_table(batch: &mut Batch, table: &str) -> Effect {
+    if let Err(refusal) = require_table(batch, table)? {
+        return Ok(Err(refusal));
+    }
+    batch.delete(Cf::Tables, table.as_bytes().to_vec());
+    batch.drop_docs(table);
+    Ok(Ok(Outcome::TableDropped))
+}
+
+fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> Effect {
+    if let Err(refusal) = require_table(batch, table)? {
+        return Ok(Err(refusal));
+    }
+    if docs.is_empty() || docs.len() > INSERT_DOCS_MAX {
+        let message = format!(
+            "an insert carries 1 to {INSERT_DOCS_MAX} documents (got {})",
+            docs.len()
+        );
+        return Ok(Err(invalid(message)));
+    }
+    let mut seen = HashSet::with_capacity(docs.len());
+    let mut parsed = Vec::with_capacity(docs.len());
+    let mut existing = Vec::with_capacity(docs.len());
+    let mut clashes = Vec::new();
+    for doc in docs {
+        let value = match parse_doc(doc) {
+            Ok(value) => value,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        if !seen.insert(doc.id.as_str()) {
+            return Ok(Err(invalid(format!(
+                "the insert holds id '{}' twice",
+                doc.id
+            ))));
+        }
+        let old = batch.get(Cf::Docs, &doc_key(table, &doc.id))?;
+        if old.is_some() {
+            clashes.push(doc.id.clone());
+        }
+        parsed.push(value);
+        existing.push(old);
+    }
+    if conflict == Conflict::Error && !clashes.is_empty() {
+        return Ok(Err(ApplyError::Conflict {
+            table: table.to_string(),
+            ids: clashes,
+        }));
+    }
+    let (mut inserted, mut replaced, mut updated) = (0, 0, 0);
+    for ((doc, value), old) in docs.iter().zip(parsed).zip(existing) {
+        let json = match (old, conflict) {
+            (None, _) => {
+                inserted += 1;
+                doc.json.clone()
+            }
+            (Some(_), Conflict::Replace | Conflict::Error) => {
+                replaced += 1;
+                doc.json.clone()
+            }
+            (Some(old), Conflict::Update) => {
+                updated += 1;
+                match merge(&doc.id, &old, &value)? {
+                    Ok(json) => json,
+                    Err(refusal) => return Ok(Err(refusal)),
+                }
+            }
+        };
+        batch.put(Cf::Docs, doc_key(table, &doc.id), json.into_bytes());
+    }
+    Ok(Ok(Outcome::Inserted {
+        inserted,
+        replaced,
+        updated,
+    }))
+}
+
+/// Merges `patch` into the stored document `old` (RFC 7396) and checks the result.
+fn merge(id: &str, old: &[u8], patch: &Value) -> Result<Result<String, ApplyError>, Error> {
+    let mut value: Value = serde_json::from_slice(old).map_err(|e| Error::Corrupt {
+        what: format!("stored document '{id}' is not JSON: {e}"),
+    })?;
+    json_patch::merge(&mut value, patch);
+    if let Err(refusal) = check_doc(id, &value) {
+        let message = format!("{refusal}: a patch cannot remove or change a document's id");
+        return Ok(Err(invalid(message)));
+    }
+    Ok(Ok(value.to_string()))
+}
+
+fn replace(batch: &mut Batch, table: &str, doc: &Doc) -> Effect {
+    if let Err(refusal) = require_table(batch, table)? {
+        return Ok(Err(refusal));
+    }
+    if let Err(refusal) = parse_doc(doc) {
+        return Ok(Err(refusal));
+    }
+    let key = doc_key(table, &doc.id);
+    let created = batch.get(Cf::Docs, &key)?.is_none();
+    batch.put(Cf::Docs, key, doc.json.clone().into_bytes());
+    Ok(Ok(Outcome::Replaced { created }))
+}
+
+fn update(batch: &mut Batch, table: &str, id: &str, patch: &str) -> Effect {
+    if let Err(refusal) = require_table(batch, table)? {
+        return Ok(Err(refusal));
+    }
+    if let Err(message) = validate_doc_id(id) {
+        return Ok(Err(invalid(message)));
+    }
+    let patch: Value = match serde_json::from_str(patch) {
+        Ok(patch) => patch,
+        Err(e) => return Ok(Err(invalid(format!("the patch is not valid JSON: {e}")))),
+    };
+    let key = doc_key(table, id);
+    let Some(old) = batch.get(Cf::Docs, &key)? else {
+        return Ok(Err(ApplyError::DocNotFound {
+            table: table.to_string(),
+            id: id.to_string(),
+        }));
+    };
+    let json = match merge(id, &old, &patch)? {
+        Ok(json) => json,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    batch.put(Cf::Docs, key, json.clone().into_bytes());
+    Ok(Ok(Outcome::Updated { json }))
+}
+
+fn delete(batch: &mut Batch, table: &str, id: &str) -> Effect {
+    if let Err(refusal) = require_table(batch, table)? {
+        return Ok(Err(refusal));
+    }
+    if let Err(message) = validate_doc_id(id) {
+        return Ok(Err(invalid(message)));
+    }
+    let key = doc_key(table, id);
+    let existed = batch.get(Cf::Docs, &key)?.is_some();
+    if existed {
+        batch.delete(Cf::Docs, key);
+    }
+    Ok(Ok(Outcome::Deleted { existed }))
+}
+
+fn kv_put(batch: &mut Batch, key: &str, value: &[u8]) -> Effect {
+    if let Err(message) = validate_kv_key(key) {
+        return Ok(Err(invalid(message)));
+    }
+    batch.put(Cf::Kv, key.as_bytes().to_vec(), value.to_vec());
+    Ok(Ok(Outcome::KvWritten))
+}
+
+fn kv_delete(batch: &mut Batch, key: &str) -> Effect {
+    if let Err(message) = validate_kv_key(key) {
+        return Ok(Err(invalid(message)));
+    }
+    let existed = batch.get(Cf::Kv, key.as_bytes())?.is_some();
+    if existed {
+        batch.delete(Cf::Kv, key.as_bytes().to_vec());
+    }
+    Ok(Ok(Outcome::Deleted { existed }))
+}
+
+/// The column families a batch writes, as a hashable name for the overlay.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Cf {
+    Tables,
+    Docs,
+    Kv,
+    Sessions,
+    SessionLru,
+}
+
+impl Cf {
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Tables => CF_TABLES,
+            Cf::Docs => CF_DOCS,
+            Cf::Kv => CF_KV,
+            Cf::Sessions => CF_SESSIONS,
+            Cf::SessionLru => CF_SESSION_LRU,
+        }
+    }
+}
+
+/// A `WriteBatch` that can be read back: pending writes shadow the store.
+struct Batch {
+    store: Store,
+    wb: WriteBatch,
+    /// Pending point writes; `None` is a deletion. Only looked up, never
+    /// iterated, so its order cannot leak into the outcome.
+    pending: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    /// Tables whose documents were range-deleted in this batch.
+    dropped: HashSet<String>,
+}
+
+impl Batch {
+    fn new(store: Store) -> Batch {
+        Batch {
+            store,
+            wb: WriteBatch::default(),
+            pending: HashMap::new(),
+            dropped: HashSet::new(),
+        }
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(value) = self.pending.get(&(cf, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        if cf == Cf::Docs && self.in_dropped_table(key) {
+            return Ok(None);
+        }
+        Ok(self.store.db.get_cf(self.store.cf(cf.name()), key)?)
+    }
+
+    fn in_dropped_table(&self, doc_key: &[u8]) -> bool {
+        let table_len = doc_key
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(doc_key.len());
+        std::str::from_utf8(&doc_key[..table_len]).is_ok_and(|table| self.dropped.contains(table))
+    }
+
+    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.wb.put_cf(self.store.cf(cf.name()), &key, &value);
+        self.pending.insert((cf, key), Some(value));
+    }
+
+    fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.wb.delete_cf(self.store.cf(cf.name()), &key);
+        self.pending.insert((cf, key), None);
+    }
+
+    fn drop_docs(&mut self, table: &str) {
+        let cf = self.store.cf(CF_DOCS);
+        self.wb
+            .delete_range_cf(cf, doc_prefix(table), doc_prefix_end(table));
+        let prefix = doc_prefix(table);
+        self.pending
+            .retain(|(cf, key), _| !(*cf == Cf::Docs && key.starts_with(&prefix)));
+        self.dropped.insert(table.to_string());
+    }
+
+    fn session(&self, session: u64) -> Result<Option<SessionRecord>, Error> {
+        let Some(bytes) = self.get(Cf::Sessions, &session.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let record = postcard::from_bytes(&bytes).map_err(|e| Error::Corrupt {
+            what: format!("session {session}: {e}"),
+        })?;
+        Ok(Some(record))
+    }
+
+    /// Records `outcome` as the session's last command, used at `index`.
+    fn touch_session(&mut self, id: CommandId, previous_index: u64, index: u64, outcome: &Outcome) {
+        let record = SessionRecord {
+            last_seq: id.seq,
+            last_index: index,
+            outcome: outcome.clone(),
+        };
+        let bytes = postcard::to_stdvec(&record).expect("a session record always encodes");
+        self.put(Cf::Sessions, id.session.to_be_bytes().to_vec(), bytes);
+        if previous_index != 0 {
+            self.delete(Cf::SessionLru, lru_key(previous_index, id.session));
+        }
+        self.put(Cf::SessionLru, lru_key(index, id.session), Vec::new());
+    }
+}
+
+fn lru_key(index: u64, session: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&session.to_be_bytes());
+    key
+}
