@@ -186,6 +186,13 @@ impl Command {
     }
 }
 
+/// Commands are OmniPaxos's log entries. OmniPaxos's own snapshots are unused
+/// (`NoSnapshot`): a node that is far behind receives a RocksDB checkpoint of
+/// the state machine instead, which the application ships itself.
+impl omnipaxos::storage::Entry for Command {
+    type Snapshot = omnipaxos::storage::NoSnapshot;
+}
+
 /// Checks a table name: 1 to 64 ASCII letters, digits, `_` or `-`, starting with
 /// a letter or digit (names starting with `_` are kept for the system).
 pub fn validate_table_name(name: &str) -> Result<(), String> {

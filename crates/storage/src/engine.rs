@@ -12,12 +12,13 @@
 //!   sessions in the order they were last used, for eviction.
 //! - `meta`: the applied index and counters; written in the same `WriteBatch` as
 //!   the effects of the entries they count.
+//! - `log`, `log_meta`: OmniPaxos's log and consensus state (`log_store`).
 //!
 //! Reads go through a RocksDB snapshot, so a read that touches two column
 //! families (a table's existence and its documents) sees one state.
 //!
-//! Not here: applying commands (`machine`), the consensus log (its own column
-//! families arrive with replication).
+//! Not here: applying commands (`machine`), the consensus log's logic
+//! (`log_store`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,13 +36,18 @@ pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_SESSIONS: &str = "sessions";
 pub(crate) const CF_SESSION_LRU: &str = "session_lru";
 pub(crate) const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 6] = [
+/// The consensus log and its metadata (`log_store`).
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_LOG_META: &str = "log_meta";
+const COLUMN_FAMILIES: [&str; 8] = [
     CF_TABLES,
     CF_DOCS,
     CF_KV,
     CF_SESSIONS,
     CF_SESSION_LRU,
     CF_META,
+    CF_LOG,
+    CF_LOG_META,
 ];
 
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";

@@ -5,6 +5,8 @@
 //! - [`engine`]: the database, its column families and key layout, and reads.
 //! - [`command`]: the commands the log orders and their outcomes.
 //! - [`machine`]: the single writer, applying batches of log entries atomically.
+//! - [`log_store`]: OmniPaxos's durable log and consensus state, in the same
+//!   database (our own `omnipaxos::Storage`, so only one RocksDB is linked).
 //!
 //! The crate does no networking and keeps no clock: what it does depends only on
 //! the commands it is given, which is what lets every replica reach the same
@@ -12,6 +14,7 @@
 
 pub mod command;
 pub mod engine;
+pub mod log_store;
 pub mod machine;
 
 pub use command::{ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome};
