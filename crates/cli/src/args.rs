@@ -139,17 +139,9 @@ pub enum DocCommand {
         read: ReadArg,
     },
     /// Replace (or create) a document; `-` reads stdin.
-    Replace {
-        table: String,
-        id: String,
-        json: String,
-    },
+    Replace { table: String, id: String, json: String },
     /// Apply a JSON merge patch to a document; `-` reads stdin.
-    Update {
-        table: String,
-        id: String,
-        patch: String,
-    },
+    Update { table: String, id: String, patch: String },
     /// Delete a document.
     Delete { table: String, id: String },
     /// List documents in id order.

@@ -71,12 +71,7 @@ impl Tally {
     fn new() -> Tally {
         let histogram =
             || Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
-        Tally {
-            reads: histogram(),
-            writes: histogram(),
-            errors: 0,
-            first_error: None,
-        }
+        Tally { reads: histogram(), writes: histogram(), errors: 0, first_error: None }
     }
 
     fn merge(&mut self, other: Tally) {
@@ -109,11 +104,8 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
     if let Err(message) = check(&args) {
         return crate::output::usage(global.output, &message);
     }
-    let targets = if args.targets.is_empty() {
-        vec![global.addr.clone()]
-    } else {
-        args.targets.clone()
-    };
+    let targets =
+        if args.targets.is_empty() { vec![global.addr.clone()] } else { args.targets.clone() };
     let mut clients = Vec::with_capacity(targets.len());
     for target in &targets {
         match Client::new(target) {
@@ -158,9 +150,7 @@ async fn prefill(
                 if key >= keys {
                     return Ok(());
                 }
-                client
-                    .kv_put(&format!("bench/{key}"), value.clone())
-                    .await?;
+                client.kv_put(&format!("bench/{key}"), value.clone()).await?;
             }
         });
     }
@@ -185,14 +175,7 @@ async fn measure(clients: &[Client], args: &BenchArgs, value: Bytes) -> (Tally, 
         let (issued, value, progress) = (issued.clone(), value.clone(), progress.clone());
         let (keys, read_ratio, read) = (args.keys, args.read_ratio, args.read.into());
         tasks.spawn(async move {
-            let work = Work {
-                client,
-                rng,
-                keys,
-                read_ratio,
-                read,
-                value,
-            };
+            let work = Work { client, rng, keys, read_ratio, read, value };
             work.run(stop, &issued, &progress).await
         });
     }
@@ -252,10 +235,7 @@ impl Work {
             let result = if is_read {
                 self.client.kv_get(&key, self.read).await.map(|_| ())
             } else {
-                self.client
-                    .kv_put(&key, self.value.clone())
-                    .await
-                    .map(|_| ())
+                self.client.kv_put(&key, self.value.clone()).await.map(|_| ())
             };
             let micros = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
             match result {

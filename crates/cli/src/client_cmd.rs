@@ -30,17 +30,13 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         Command::Get { key, read } => kv_get(client, out, &key, read.into()).await,
         Command::Delete { key } => {
             let result = client.kv_delete(&key).await;
-            report(
-                out,
-                result.map(|deleted| json!({"deleted": deleted})),
-                |v| {
-                    if v["deleted"] == true {
-                        "deleted".into()
-                    } else {
-                        "not found (nothing deleted)".into()
-                    }
-                },
-            )
+            report(out, result.map(|deleted| json!({"deleted": deleted})), |v| {
+                if v["deleted"] == true {
+                    "deleted".into()
+                } else {
+                    "not found (nothing deleted)".into()
+                }
+            })
         }
         Command::Doc(doc) => doc_command(client, out, doc).await,
         Command::Table(table) => table_command(client, out, table).await,
@@ -64,12 +60,8 @@ pub async fn kv_get(client: &Client, out: Output, key: &str, read: Read) -> Exit
 }
 
 fn not_found(out: Output, message: String, code: &str) -> ExitCode {
-    let error = cairn_client::Error::Api {
-        status: 404,
-        code: code.into(),
-        message,
-        indeterminate: false,
-    };
+    let error =
+        cairn_client::Error::Api { status: 404, code: code.into(), message, indeterminate: false };
     output::failure(out, &error)
 }
 
@@ -89,10 +81,7 @@ fn json_arg(out: Output, arg: &str, what: &str) -> Result<Value, ExitCode> {
     let text = if arg == "-" {
         let mut text = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-            return Err(output::usage(
-                out,
-                &format!("cannot read {what} from stdin: {e}"),
-            ));
+            return Err(output::usage(out, &format!("cannot read {what} from stdin: {e}")));
         }
         text
     } else {
@@ -104,23 +93,15 @@ fn json_arg(out: Output, arg: &str, what: &str) -> Result<Value, ExitCode> {
 
 async fn doc_command(client: &Client, out: Output, command: DocCommand) -> ExitCode {
     match command {
-        DocCommand::Insert {
-            table,
-            json,
-            conflict,
-        } => {
+        DocCommand::Insert { table, json, conflict } => {
             let docs = match json_arg(out, &json, "the document") {
                 Ok(docs) => docs,
                 Err(code) => return code,
             };
             let result = client.insert(&table, &docs, conflict.into()).await;
             report(out, result, |v| {
-                let ids: Vec<String> = v["ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|id| id.to_string())
-                    .collect();
+                let ids: Vec<String> =
+                    v["ids"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();
                 format!(
                     "inserted {}, replaced {}, updated {} (index {}): {}",
                     v["inserted"],
@@ -147,11 +128,7 @@ async fn doc_command(client: &Client, out: Output, command: DocCommand) -> ExitC
                 Err(code) => return code,
             };
             report(out, client.replace_doc(&table, &id, &doc).await, |v| {
-                let verb = if v["created"] == true {
-                    "created"
-                } else {
-                    "replaced"
-                };
+                let verb = if v["created"] == true { "created" } else { "replaced" };
                 format!("{verb} (index {})", v["index"])
             })
         }
@@ -160,9 +137,7 @@ async fn doc_command(client: &Client, out: Output, command: DocCommand) -> ExitC
                 Ok(patch) => patch,
                 Err(code) => return code,
             };
-            report(out, client.update_doc(&table, &id, &patch).await, |v| {
-                pretty(&v["doc"])
-            })
+            report(out, client.update_doc(&table, &id, &patch).await, |v| pretty(&v["doc"]))
         }
         DocCommand::Delete { table, id } => {
             report(out, client.delete_doc(&table, &id).await, |v| {
@@ -173,13 +148,9 @@ async fn doc_command(client: &Client, out: Output, command: DocCommand) -> ExitC
                 }
             })
         }
-        DocCommand::List {
-            table,
-            after,
-            limit,
-            all,
-            read,
-        } => list_docs(client, out, &table, after, limit, all, read.into()).await,
+        DocCommand::List { table, after, limit, all, read } => {
+            list_docs(client, out, &table, after, limit, all, read.into()).await
+        }
     }
 }
 
@@ -221,11 +192,7 @@ async fn table_command(client: &Client, out: Output, command: TableCommand) -> E
             Err(e) => output::failure(out, &e),
         },
         TableCommand::Create { table } => report(out, client.create_table(&table).await, |v| {
-            let verb = if v["created"] == true {
-                "created"
-            } else {
-                "already exists"
-            };
+            let verb = if v["created"] == true { "created" } else { "already exists" };
             format!("{verb} (index {})", v["index"])
         }),
         TableCommand::Drop { table } => report(out, client.drop_table(&table).await, |v| {

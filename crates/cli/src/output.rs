@@ -49,12 +49,7 @@ pub fn error_json(error: &cairn_client::Error) -> Value {
 /// applied.
 pub fn error_text(error: &cairn_client::Error) -> String {
     match error {
-        cairn_client::Error::Api {
-            message,
-            code,
-            indeterminate: true,
-            ..
-        } => {
+        cairn_client::Error::Api { message, code, indeterminate: true, .. } => {
             format!("{message} [{code}; the write may or may not have taken effect]")
         }
         cairn_client::Error::Api { message, code, .. } => format!("{message} [{code}]"),

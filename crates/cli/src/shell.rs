@@ -44,12 +44,7 @@ struct Shell<'a> {
 }
 
 pub fn run(runtime: &tokio::runtime::Runtime, global: &Global) -> ExitCode {
-    let mut shell = Shell {
-        runtime,
-        global,
-        clients: HashMap::new(),
-        history: Vec::new(),
-    };
+    let mut shell = Shell { runtime, global, clients: HashMap::new(), history: Vec::new() };
     if let Err(e) = shell.client(&global.addr) {
         return output::usage(global.output, &e.to_string());
     }
@@ -160,34 +155,17 @@ impl Shell<'_> {
                 }
                 Flow::Ok
             }
-            ("put", [key, value]) => self.kv(
-                None,
-                Command::Put {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                },
-            ),
-            ("put", [key, value, node]) => self.kv(
-                Some(*node),
-                Command::Put {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                },
-            ),
+            ("put", [key, value]) => {
+                self.kv(None, Command::Put { key: key.to_string(), value: value.to_string() })
+            }
+            ("put", [key, value, node]) => self
+                .kv(Some(*node), Command::Put { key: key.to_string(), value: value.to_string() }),
             ("get", [key]) => self.get(None, key),
             ("get", [key, node]) => self.get(Some(*node), key),
-            ("delete", [key]) => self.kv(
-                None,
-                Command::Delete {
-                    key: key.to_string(),
-                },
-            ),
-            ("delete", [key, node]) => self.kv(
-                Some(*node),
-                Command::Delete {
-                    key: key.to_string(),
-                },
-            ),
+            ("delete", [key]) => self.kv(None, Command::Delete { key: key.to_string() }),
+            ("delete", [key, node]) => {
+                self.kv(Some(*node), Command::Delete { key: key.to_string() })
+            }
             ("put" | "get" | "delete", _) => {
                 eprintln!(
                     "error: usage: put KEY VALUE [NODE] | get KEY [NODE] | delete KEY [NODE]"
@@ -213,9 +191,7 @@ impl Shell<'_> {
         let Some(client) = self.target(node) else {
             return Flow::Failed;
         };
-        let code = self
-            .runtime
-            .block_on(client_cmd::execute(&client, self.global.output, command));
+        let code = self.runtime.block_on(client_cmd::execute(&client, self.global.output, command));
         Flow::from_exit(code)
     }
 
@@ -239,18 +215,12 @@ impl Shell<'_> {
             Ok(cli) => cli,
             Err(e) => {
                 let rendered = e.render().to_string();
-                eprintln!(
-                    "{}",
-                    rendered.trim_end().replace("cairn <COMMAND>", "COMMAND")
-                );
+                eprintln!("{}", rendered.trim_end().replace("cairn <COMMAND>", "COMMAND"));
                 eprintln!("(type 'help' for the shell's commands)");
                 return Flow::Failed;
             }
         };
-        if matches!(
-            cli.command,
-            Command::Node(_) | Command::Shell | Command::Bench(_)
-        ) {
+        if matches!(cli.command, Command::Node(_) | Command::Shell | Command::Bench(_)) {
             eprintln!("error: '{}' does not run inside the shell", words[0]);
             return Flow::Failed;
         }
@@ -263,15 +233,8 @@ impl Shell<'_> {
         let Some(client) = self.target(Some(&addr)) else {
             return Flow::Failed;
         };
-        let out = if words.contains(&"--output") {
-            cli.global.output
-        } else {
-            self.global.output
-        };
-        Flow::from_exit(
-            self.runtime
-                .block_on(client_cmd::execute(&client, out, cli.command)),
-        )
+        let out = if words.contains(&"--output") { cli.global.output } else { self.global.output };
+        Flow::from_exit(self.runtime.block_on(client_cmd::execute(&client, out, cli.command)))
     }
 }
 

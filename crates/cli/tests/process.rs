@@ -24,11 +24,7 @@ struct NodeProcess {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl NodeProcess {
@@ -43,11 +39,7 @@ impl NodeProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the cairn binary starts");
-        NodeProcess {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-        }
+        NodeProcess { child, addr, data_dir: data_dir.to_path_buf() }
     }
 
     async fn ready(mut self) -> NodeProcess {
@@ -60,11 +52,7 @@ impl NodeProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("node on {} exited early: {status}", self.addr);
             }
-            assert!(
-                started.elapsed() < READY_TIMEOUT,
-                "node on {} never became ready",
-                self.addr
-            );
+            assert!(started.elapsed() < READY_TIMEOUT, "node on {} never became ready", self.addr);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -120,9 +108,7 @@ fn stderr(output: &Output) -> String {
 }
 
 async fn started(dir: &TempDir) -> NodeProcess {
-    NodeProcess::start(&dir.path().join("node1"), free_port())
-        .ready()
-        .await
+    NodeProcess::start(&dir.path().join("node1"), free_port()).ready().await
 }
 
 /// Writers keep writing until told to stop or until the node goes away; every
@@ -166,10 +152,7 @@ async fn every_acknowledged_write_survives_kill_9() {
         let wanted = acked.lock().unwrap().len() + 300;
         let started = Instant::now();
         while acked.lock().unwrap().len() < wanted {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "writes stalled"
-            );
+            assert!(started.elapsed() < Duration::from_secs(120), "writes stalled");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let data_dir = node.kill9();
@@ -185,10 +168,7 @@ async fn every_acknowledged_write_survives_kill_9() {
                 "acknowledged write {key} lost after kill -9 (round {round})"
             );
         }
-        eprintln!(
-            "round {round}: {} acknowledged writes all present after kill -9",
-            acked.len()
-        );
+        eprintln!("round {round}: {} acknowledged writes all present after kill -9", acked.len());
     }
 }
 
@@ -208,38 +188,19 @@ async fn the_cli_speaks_to_a_node_with_text_json_and_exit_codes() {
 
     let missing = node.cli(&["get", "nope"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(
-        stderr(&missing).contains("key 'nope' does not exist"),
-        "{}",
-        stderr(&missing)
-    );
+    assert!(stderr(&missing).contains("key 'nope' does not exist"), "{}", stderr(&missing));
     let missing_json = node.cli(&["get", "nope", "--output", "json"]);
     let error: serde_json::Value = serde_json::from_str(&stdout(&missing_json)).unwrap();
     assert_eq!(error["error"]["code"], "key_not_found");
 
     assert!(node.cli(&["table", "create", "users"]).status.success());
     assert_eq!(stdout(&node.cli(&["table", "list"])), "users\n");
-    let insert = node.cli(&[
-        "doc",
-        "insert",
-        "users",
-        r#"[{"id":"ada","born":1815},{"id":"alan"}]"#,
-    ]);
+    let insert =
+        node.cli(&["doc", "insert", "users", r#"[{"id":"ada","born":1815},{"id":"alan"}]"#]);
     assert!(insert.status.success(), "{}", stderr(&insert));
-    assert!(
-        stdout(&insert).contains("inserted 2"),
-        "{}",
-        stdout(&insert)
-    );
-    let update = node.cli(&[
-        "doc",
-        "update",
-        "users",
-        "ada",
-        r#"{"field":"math"}"#,
-        "--output",
-        "json",
-    ]);
+    assert!(stdout(&insert).contains("inserted 2"), "{}", stdout(&insert));
+    let update =
+        node.cli(&["doc", "update", "users", "ada", r#"{"field":"math"}"#, "--output", "json"]);
     let updated: serde_json::Value = serde_json::from_str(&stdout(&update)).unwrap();
     assert_eq!(updated["doc"]["field"], "math");
     let list = node.cli(&["doc", "list", "users", "--limit", "1", "--all"]);
@@ -249,37 +210,16 @@ async fn the_cli_speaks_to_a_node_with_text_json_and_exit_codes() {
     assert!(stderr(&bad).contains("not valid JSON"), "{}", stderr(&bad));
     let conflict = node.cli(&["doc", "insert", "users", r#"{"id":"ada"}"#]);
     assert_eq!(conflict.status.code(), Some(1));
-    assert!(
-        stderr(&conflict).contains("conflict"),
-        "{}",
-        stderr(&conflict)
-    );
-    let replace = node.cli(&[
-        "doc",
-        "insert",
-        "users",
-        r#"{"id":"ada"}"#,
-        "--conflict",
-        "replace",
-    ]);
+    assert!(stderr(&conflict).contains("conflict"), "{}", stderr(&conflict));
+    let replace = node.cli(&["doc", "insert", "users", r#"{"id":"ada"}"#, "--conflict", "replace"]);
     assert!(replace.status.success());
-    assert!(node
-        .cli(&["doc", "delete", "users", "alan"])
-        .status
-        .success());
-    assert_eq!(
-        node.cli(&["doc", "get", "users", "alan"]).status.code(),
-        Some(1)
-    );
+    assert!(node.cli(&["doc", "delete", "users", "alan"]).status.success());
+    assert_eq!(node.cli(&["doc", "get", "users", "alan"]).status.code(), Some(1));
     assert!(node.cli(&["delete", "greeting"]).status.success());
 
     let unreachable = cli_at(&format!("127.0.0.1:{}", free_port()), &["get", "a"], None);
     assert_eq!(unreachable.status.code(), Some(1));
-    assert!(
-        stderr(&unreachable).contains("cannot reach"),
-        "{}",
-        stderr(&unreachable)
-    );
+    assert!(stderr(&unreachable).contains("cannot reach"), "{}", stderr(&unreachable));
 }
 
 #[tokio::test]
@@ -300,24 +240,14 @@ async fn the_shell_runs_commands_and_sends_one_to_another_node() {
     assert!(lines[0].starts_with("OK (index "), "{out}");
     assert_eq!(lines[1], "1", "{out}");
     assert_eq!(lines[3], "two words", "{out}");
-    assert_eq!(
-        lines[5], "9",
-        "the trailing port sends the command to the other node: {out}"
-    );
+    assert_eq!(lines[5], "9", "the trailing port sends the command to the other node: {out}");
     assert_eq!(lines[6], "1", "the shell's own node is unchanged: {out}");
     assert!(lines.contains(&"t"), "{out}");
     assert!(lines.contains(&"deleted"), "{out}");
     let err = stderr(&output);
-    assert!(
-        err.contains("frobnicate"),
-        "unknown commands are named: {err}"
-    );
+    assert!(err.contains("frobnicate"), "unknown commands are named: {err}");
     assert!(err.contains("key 'a' does not exist"), "{err}");
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "a scripted shell reports failed lines"
-    );
+    assert_eq!(output.status.code(), Some(1), "a scripted shell reports failed lines");
 }
 
 #[tokio::test]
@@ -326,11 +256,7 @@ async fn sigterm_stops_a_node_cleanly() {
     let mut node = started(&dir).await;
     node.client().kv_put("k", "v").await.unwrap();
     let pid = node.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let started = Instant::now();
     let status = loop {
         if let Some(status) = node.child.try_wait().unwrap() {
@@ -344,16 +270,11 @@ async fn sigterm_stops_a_node_cleanly() {
 
 #[tokio::test]
 async fn a_node_refuses_a_bad_command_line_and_a_busy_port() {
-    let no_id = Command::new(BIN)
-        .args(["node", "--data-dir", "/tmp/x"])
-        .output()
-        .unwrap();
+    let no_id = Command::new(BIN).args(["node", "--data-dir", "/tmp/x"]).output().unwrap();
     assert_eq!(no_id.status.code(), Some(2));
     assert!(stderr(&no_id).contains("--id"), "{}", stderr(&no_id));
-    let zero = Command::new(BIN)
-        .args(["node", "--id", "0", "--data-dir", "/tmp/x"])
-        .output()
-        .unwrap();
+    let zero =
+        Command::new(BIN).args(["node", "--id", "0", "--data-dir", "/tmp/x"]).output().unwrap();
     assert_eq!(zero.status.code(), Some(2));
 
     let dir = tempfile::tempdir().unwrap();

@@ -23,18 +23,10 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 pub enum Error {
     /// The server answered with an error.
     #[error("{message} ({status} {code})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-        indeterminate: bool,
-    },
+    Api { status: u16, code: String, message: String, indeterminate: bool },
     /// The request did not get an answer (connection refused, reset, timeout).
     #[error("cannot reach {addr}: {source}")]
-    Transport {
-        addr: String,
-        source: reqwest::Error,
-    },
+    Transport { addr: String, source: reqwest::Error },
     #[error("bad address '{0}': use HOST:PORT, a port, or http://HOST:PORT")]
     BadAddress(String),
     #[error("unexpected answer from the server: {0}")]
@@ -133,11 +125,7 @@ pub fn parse_addr(addr: &str) -> Result<Url, Error> {
     } else {
         addr.to_string()
     };
-    let full = if with_host.contains("://") {
-        with_host
-    } else {
-        format!("http://{with_host}")
-    };
+    let full = if with_host.contains("://") { with_host } else { format!("http://{with_host}") };
     let url = Url::parse(&full).map_err(|_| Error::BadAddress(addr.to_string()))?;
     if url.scheme() != "http" || url.host_str().is_none() || url.port_or_known_default().is_none() {
         return Err(Error::BadAddress(addr.to_string()));
@@ -156,15 +144,8 @@ impl Client {
             .timeout(timeout)
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| Error::Transport {
-                addr: addr.to_string(),
-                source: e,
-            })?;
-        Ok(Client {
-            http,
-            base,
-            addr: addr.to_string(),
-        })
+            .map_err(|e| Error::Transport { addr: addr.to_string(), source: e })?;
+        Ok(Client { http, base, addr: addr.to_string() })
     }
 
     /// The node this client talks to, as given.
@@ -174,18 +155,12 @@ impl Client {
 
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("an http URL has a path")
-            .clear()
-            .extend(segments);
+        url.path_segments_mut().expect("an http URL has a path").clear().extend(segments);
         url
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        let transport = |source| Error::Transport {
-            addr: self.addr.clone(),
-            source,
-        };
+        let transport = |source| Error::Transport { addr: self.addr.clone(), source };
         let response = request.send().await.map_err(transport)?;
         if response.status().is_success() {
             return Ok(response);
@@ -210,10 +185,7 @@ impl Client {
 
     async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
         let response = self.send(request).await?;
-        response
-            .json()
-            .await
-            .map_err(|e| Error::BadResponse(format!("body is not JSON: {e}")))
+        response.json().await.map_err(|e| Error::BadResponse(format!("body is not JSON: {e}")))
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
@@ -232,40 +204,31 @@ impl Client {
     }
 
     pub async fn health(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "health"]))
-            .await
+        self.json(self.request(Method::GET, &["v1", "health"])).await
     }
 
     pub async fn cluster(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "cluster"]))
-            .await
+        self.json(self.request(Method::GET, &["v1", "cluster"])).await
     }
 
     pub async fn metrics(&self) -> Result<String, Error> {
         let response = self.send(self.request(Method::GET, &["metrics"])).await?;
-        response
-            .text()
-            .await
-            .map_err(|e| Error::BadResponse(e.to_string()))
+        response.text().await.map_err(|e| Error::BadResponse(e.to_string()))
     }
 
     pub async fn list_tables(&self) -> Result<Vec<String>, Error> {
-        let value = self
-            .json(self.request(Method::GET, &["v1", "tables"]))
-            .await?;
+        let value = self.json(self.request(Method::GET, &["v1", "tables"])).await?;
         serde_json::from_value(value["tables"].clone())
             .map_err(|e| Error::BadResponse(format!("tables: {e}")))
     }
 
     /// Creates a table; `{"created": bool, "index": n}`.
     pub async fn create_table(&self, table: &str) -> Result<Value, Error> {
-        self.json(self.request(Method::PUT, &["v1", "tables", table]))
-            .await
+        self.json(self.request(Method::PUT, &["v1", "tables", table])).await
     }
 
     pub async fn drop_table(&self, table: &str) -> Result<Value, Error> {
-        self.json(self.request(Method::DELETE, &["v1", "tables", table]))
-            .await
+        self.json(self.request(Method::DELETE, &["v1", "tables", table])).await
     }
 
     /// Inserts one document (an object) or many (an array).
@@ -294,19 +257,16 @@ impl Client {
     }
 
     pub async fn replace_doc(&self, table: &str, id: &str, doc: &Value) -> Result<Value, Error> {
-        self.json(self.with_body(Method::PUT, &["v1", "tables", table, "docs", id], doc))
-            .await
+        self.json(self.with_body(Method::PUT, &["v1", "tables", table, "docs", id], doc)).await
     }
 
     /// Applies a JSON merge patch; answers `{"doc": ..., "index": n}`.
     pub async fn update_doc(&self, table: &str, id: &str, patch: &Value) -> Result<Value, Error> {
-        self.json(self.with_body(Method::PATCH, &["v1", "tables", table, "docs", id], patch))
-            .await
+        self.json(self.with_body(Method::PATCH, &["v1", "tables", table, "docs", id], patch)).await
     }
 
     pub async fn delete_doc(&self, table: &str, id: &str) -> Result<Value, Error> {
-        self.json(self.request(Method::DELETE, &["v1", "tables", table, "docs", id]))
-            .await
+        self.json(self.request(Method::DELETE, &["v1", "tables", table, "docs", id])).await
     }
 
     pub async fn list_docs(
@@ -318,10 +278,7 @@ impl Client {
     ) -> Result<Page, Error> {
         let mut request = self
             .request(Method::GET, &["v1", "tables", table, "docs"])
-            .query(&[
-                ("limit", limit.to_string()),
-                ("read", read.as_str().to_string()),
-            ]);
+            .query(&[("limit", limit.to_string()), ("read", read.as_str().to_string())]);
         if let Some(after) = after {
             request = request.query(&[("after", after)]);
         }
@@ -331,27 +288,21 @@ impl Client {
 
     /// Stores raw bytes under `key`; answers the index it was applied at.
     pub async fn kv_put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, Error> {
-        let request = self
-            .request(Method::PUT, &["v1", "kv", key])
-            .body(value.into());
+        let request = self.request(Method::PUT, &["v1", "kv", key]).body(value.into());
         let answer = self.json(request).await?;
-        answer["index"]
-            .as_u64()
-            .ok_or_else(|| Error::BadResponse(format!("no index in {answer}")))
+        answer["index"].as_u64().ok_or_else(|| Error::BadResponse(format!("no index in {answer}")))
     }
 
     /// The bytes under `key`; `None` when absent.
     pub async fn kv_get(&self, key: &str, read: Read) -> Result<Option<Bytes>, Error> {
-        let request = self
-            .request(Method::GET, &["v1", "kv", key])
-            .query(&[("read", read.as_str())]);
+        let request =
+            self.request(Method::GET, &["v1", "kv", key]).query(&[("read", read.as_str())]);
         match self.send(request).await {
             Ok(response) => {
                 let bytes = response.bytes().await;
-                bytes.map(Some).map_err(|source| Error::Transport {
-                    addr: self.addr.clone(),
-                    source,
-                })
+                bytes
+                    .map(Some)
+                    .map_err(|source| Error::Transport { addr: self.addr.clone(), source })
             }
             Err(error) if error.code() == Some("key_not_found") => Ok(None),
             Err(error) => Err(error),
@@ -360,9 +311,7 @@ impl Client {
 
     /// Deletes `key`; answers whether it existed.
     pub async fn kv_delete(&self, key: &str) -> Result<bool, Error> {
-        let answer = self
-            .json(self.request(Method::DELETE, &["v1", "kv", key]))
-            .await?;
+        let answer = self.json(self.request(Method::DELETE, &["v1", "kv", key])).await?;
         answer["deleted"]
             .as_bool()
             .ok_or_else(|| Error::BadResponse(format!("no 'deleted' in {answer}")))
@@ -375,18 +324,9 @@ mod tests {
 
     #[test]
     fn addresses_take_a_port_a_host_and_port_or_a_url() {
-        assert_eq!(
-            parse_addr("7002").unwrap().as_str(),
-            "http://127.0.0.1:7002/"
-        );
-        assert_eq!(
-            parse_addr("localhost:7001").unwrap().as_str(),
-            "http://localhost:7001/"
-        );
-        assert_eq!(
-            parse_addr("http://10.0.0.1:80").unwrap().host_str(),
-            Some("10.0.0.1")
-        );
+        assert_eq!(parse_addr("7002").unwrap().as_str(), "http://127.0.0.1:7002/");
+        assert_eq!(parse_addr("localhost:7001").unwrap().as_str(), "http://localhost:7001/");
+        assert_eq!(parse_addr("http://10.0.0.1:80").unwrap().host_str(), Some("10.0.0.1"));
         for bad in ["", "https://x:1", "::::", "ftp://a:1"] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }

@@ -69,13 +69,8 @@ pub struct Status {
 
 /// Requests from the node to its log.
 pub(crate) enum Request {
-    Propose {
-        command: Command,
-        reply: oneshot::Sender<Result<Applied, Error>>,
-    },
-    ReadBarrier {
-        reply: oneshot::Sender<Result<u64, Error>>,
-    },
+    Propose { command: Command, reply: oneshot::Sender<Result<Applied, Error>> },
+    ReadBarrier { reply: oneshot::Sender<Result<u64, Error>> },
 }
 
 /// What the log publishes for readers without a round trip to its loop.
@@ -100,10 +95,7 @@ impl LogHandle {
         status: Status,
         reads_need_barrier: bool,
     ) -> LogHandle {
-        let shared = Arc::new(Shared {
-            status: Mutex::new(status),
-            reads_need_barrier,
-        });
+        let shared = Arc::new(Shared { status: Mutex::new(status), reads_need_barrier });
         LogHandle { requests, shared }
     }
 
@@ -117,11 +109,7 @@ impl LogHandle {
     /// Completes once local reads see every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<(), Error> {
         if !self.shared.reads_need_barrier {
-            return if self.requests.is_closed() {
-                Err(Error::Stopped)
-            } else {
-                Ok(())
-            };
+            return if self.requests.is_closed() { Err(Error::Stopped) } else { Ok(()) };
         }
         let (reply, answer) = oneshot::channel();
         self.send(Request::ReadBarrier { reply }).await?;
@@ -145,9 +133,6 @@ impl LogHandle {
     }
 
     async fn send(&self, request: Request) -> Result<(), Error> {
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| Error::Stopped)
+        self.requests.send(request).await.map_err(|_| Error::Stopped)
     }
 }

@@ -50,20 +50,12 @@ impl LocalLog {
         };
         let handle = LogHandle::new(tx, status, false);
         let shared = handle.shared();
-        let thread = thread::Builder::new()
-            .name("cairn-log".into())
-            .spawn(move || {
-                run(sm, rx, &shared);
-                // Close the queue before saying so: handles see `Stopped` at once.
-                drop(stopped_tx);
-            })?;
-        Ok((
-            LocalLog {
-                thread,
-                stopped: Some(stopped),
-            },
-            handle,
-        ))
+        let thread = thread::Builder::new().name("cairn-log".into()).spawn(move || {
+            run(sm, rx, &shared);
+            // Close the queue before saying so: handles see `Stopped` at once.
+            drop(stopped_tx);
+        })?;
+        Ok((LocalLog { thread, stopped: Some(stopped) }, handle))
     }
 
     /// Completes when the log thread has exited: after the last handle is

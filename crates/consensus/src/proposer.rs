@@ -36,10 +36,7 @@ pub struct Proposer {
 
 impl Proposer {
     pub fn new(log: LogHandle) -> Proposer {
-        Proposer {
-            log,
-            idle: Mutex::new(Vec::new()),
-        }
+        Proposer { log, idle: Mutex::new(Vec::new()) }
     }
 
     pub fn log(&self) -> &LogHandle {
@@ -51,10 +48,7 @@ impl Proposer {
         let mut lease = self.lease().await?;
         let session = lease.session.as_mut().expect("a lease holds its session");
         session.last_seq += 1;
-        let id = CommandId {
-            session: session.id,
-            seq: session.last_seq,
-        };
+        let id = CommandId { session: session.id, seq: session.last_seq };
         let applied = self.log.propose(Command::new(Some(id), op)).await?;
         if let Outcome::Failed(cairn_storage::ApplyError::SessionUnknown { .. }) = applied.outcome {
             // Evicted while idle: forget it. The command did not apply.
@@ -69,25 +63,14 @@ impl Proposer {
             Some(session) => session,
             None => self.open().await?,
         };
-        Ok(Lease {
-            proposer: self,
-            session: Some(session),
-        })
+        Ok(Lease { proposer: self, session: Some(session) })
     }
 
     async fn open(&self) -> Result<Session, Error> {
-        let applied = self
-            .log
-            .propose(Command::new(None, Op::OpenSession))
-            .await?;
+        let applied = self.log.propose(Command::new(None, Op::OpenSession)).await?;
         match applied.outcome {
-            Outcome::SessionOpened { session } => Ok(Session {
-                id: session,
-                last_seq: 0,
-            }),
-            other => Err(Error::Storage(format!(
-                "opening a session answered {other:?}"
-            ))),
+            Outcome::SessionOpened { session } => Ok(Session { id: session, last_seq: 0 }),
+            other => Err(Error::Storage(format!("opening a session answered {other:?}"))),
         }
     }
 }

@@ -20,10 +20,7 @@ async fn concurrent_proposals_get_distinct_contiguous_indexes() {
         tasks.push(tokio::spawn(async move {
             let mut indexes = Vec::new();
             for i in 0..50 {
-                let op = Op::KvPut {
-                    key: format!("{task}/{i}"),
-                    value: vec![],
-                };
+                let op = Op::KvPut { key: format!("{task}/{i}"), value: vec![] };
                 let applied = handle.propose(Command::new(None, op)).await.unwrap();
                 assert_eq!(applied.outcome, Outcome::KvWritten);
                 indexes.push(applied.index);
@@ -40,10 +37,7 @@ async fn concurrent_proposals_get_distinct_contiguous_indexes() {
     all.sort();
     assert_eq!(all, (1..=800).collect::<Vec<u64>>());
     let status = handle.status().unwrap();
-    assert_eq!(
-        (status.role, status.leader, status.applied_index),
-        (Role::Leader, Some(7), 800)
-    );
+    assert_eq!((status.role, status.leader, status.applied_index), (Role::Leader, Some(7), 800));
     drop(handle);
     log.join();
     // Durable: a new state machine on the same directory is at 800.
@@ -61,10 +55,7 @@ async fn proposer_writes_carry_session_ids_and_reuse_sessions() {
         let proposer = proposer.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
-                let op = Op::KvPut {
-                    key: format!("{task}/{i}"),
-                    value: vec![1],
-                };
+                let op = Op::KvPut { key: format!("{task}/{i}"), value: vec![1] };
                 proposer.write(op).await.unwrap();
             }
         }));
@@ -88,10 +79,7 @@ async fn the_log_stops_when_its_last_handle_is_dropped() {
     handle.propose(Command::new(None, Op::Noop)).await.unwrap();
     let other = handle.clone();
     drop(handle);
-    assert!(
-        other.read_barrier().await.is_ok(),
-        "one handle still keeps it running"
-    );
+    assert!(other.read_barrier().await.is_ok(), "one handle still keeps it running");
     drop(other);
     tokio::time::timeout(std::time::Duration::from_secs(30), stopped)
         .await

@@ -22,12 +22,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            indeterminate: false,
-        }
+        ApiError { status, code, message: message.into(), indeterminate: false }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -133,8 +128,5 @@ pub fn body_error(rejection: BytesRejection, limit_bytes: usize) -> ApiError {
             format!("the request body is over the limit of {limit_bytes} bytes"),
         );
     }
-    ApiError::bad_request(format!(
-        "could not read the request body: {}",
-        rejection.body_text()
-    ))
+    ApiError::bad_request(format!("could not read the request body: {}", rejection.body_text()))
 }

@@ -51,22 +51,13 @@ impl Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let applied_index = Gauge::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            latency.clone(),
-        );
+        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register(
             "applied_index",
             "Last log index applied to the state machine",
             applied_index.clone(),
         );
-        Metrics {
-            registry,
-            requests,
-            latency,
-            applied_index,
-        }
+        Metrics { registry, requests, latency, applied_index }
     }
 }
 
@@ -88,20 +79,8 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let status = response.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
     let metrics = &state.metrics;
-    metrics
-        .latency
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-        })
-        .observe(elapsed);
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            status,
-        })
-        .inc();
+    metrics.latency.get_or_create(&RouteLabels { route: route.clone() }).observe(elapsed);
+    metrics.requests.get_or_create(&RequestLabels { route, method, status }).inc();
     response
 }
 

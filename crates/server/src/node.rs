@@ -52,15 +52,9 @@ impl NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the data directory {dir}: {source}")]
-    Open {
-        dir: PathBuf,
-        source: cairn_storage::Error,
-    },
+    Open { dir: PathBuf, source: cairn_storage::Error },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the log: {0}")]
     Log(std::io::Error),
     #[error("the HTTP server failed: {0}")]
@@ -79,23 +73,14 @@ pub struct Node {
 impl Node {
     /// Opens the store, starts the log and binds the listener.
     pub async fn start(mut config: NodeConfig) -> Result<Node, Error> {
-        let open_error = |source| Error::Open {
-            dir: config.data_dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            open_error(cairn_storage::Error::Corrupt {
-                what: e.to_string(),
-            })
-        })?;
+        let open_error = |source| Error::Open { dir: config.data_dir.clone(), source };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| open_error(cairn_storage::Error::Corrupt { what: e.to_string() }))?;
         let store = Store::open(&config.data_dir).map_err(open_error)?;
         let sm = StateMachine::open(store.clone()).map_err(open_error)?;
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| Error::Listen {
-                addr: config.listen,
-                source,
-            })?;
+            .map_err(|source| Error::Listen { addr: config.listen, source })?;
         // Port 0 picks a free port: advertise the real one.
         config.listen = listener.local_addr().map_err(Error::Serve)?;
         let (log, handle) = LocalLog::start(config.id, sm).map_err(Error::Log)?;
@@ -105,11 +90,7 @@ impl Node {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
         };
-        Ok(Node {
-            listener,
-            state,
-            log,
-        })
+        Ok(Node { listener, state, log })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,11 +102,7 @@ impl Node {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Node {
-            listener,
-            state,
-            mut log,
-        } = self;
+        let Node { listener, state, mut log } = self;
         let log_stopped = log.stopped();
         let app = router(state);
         tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "serving the HTTP API");

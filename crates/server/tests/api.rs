@@ -33,12 +33,7 @@ impl TestNode {
         let task = tokio::spawn(node.serve(async move {
             let _ = stopped.await;
         }));
-        TestNode {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-            dir,
-        }
+        TestNode { addr, stop: Some(stop), task: Some(task), dir }
     }
 
     fn client(&self) -> Client {
@@ -55,12 +50,8 @@ impl TestNode {
         path: &str,
         body: impl Into<reqwest::Body>,
     ) -> (StatusCode, Vec<u8>) {
-        let response = reqwest::Client::new()
-            .request(method, self.url(path))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response =
+            reqwest::Client::new().request(method, self.url(path)).body(body).send().await.unwrap();
         (response.status(), response.bytes().await.unwrap().to_vec())
     }
 
@@ -120,22 +111,13 @@ async fn tables_are_listed_created_idempotently_and_dropped() {
     assert_eq!(status, StatusCode::CREATED);
     let again = client.create_table("users").await.unwrap();
     assert_eq!(again["created"], false);
-    assert!(
-        again["index"].as_u64().unwrap() > 0,
-        "writes answer with their index"
-    );
+    assert!(again["index"].as_u64().unwrap() > 0, "writes answer with their index");
     client.create_table("posts").await.unwrap();
     assert_eq!(client.list_tables().await.unwrap(), vec!["posts", "users"]);
     assert_eq!(client.drop_table("posts").await.unwrap()["dropped"], true);
     assert_eq!(client.list_tables().await.unwrap(), vec!["users"]);
-    node.refused(
-        Method::DELETE,
-        "/v1/tables/posts",
-        "",
-        StatusCode::NOT_FOUND,
-        "table_not_found",
-    )
-    .await;
+    node.refused(Method::DELETE, "/v1/tables/posts", "", StatusCode::NOT_FOUND, "table_not_found")
+        .await;
 }
 
 #[tokio::test]
@@ -145,28 +127,15 @@ async fn documents_go_through_their_whole_life() {
     client.create_table("users").await.unwrap();
 
     // One document without an id gets a generated one.
-    let one = client
-        .insert("users", &json!({"name": "ada"}), Conflict::Error)
-        .await
-        .unwrap();
+    let one = client.insert("users", &json!({"name": "ada"}), Conflict::Error).await.unwrap();
     assert_eq!(one["inserted"], 1);
     let generated = one["ids"][0].as_str().unwrap().to_string();
-    let doc = client
-        .get_doc("users", &generated, Read::Linearizable)
-        .await
-        .unwrap()
-        .unwrap();
+    let doc = client.get_doc("users", &generated, Read::Linearizable).await.unwrap().unwrap();
     assert_eq!(doc, json!({"id": generated, "name": "ada"}));
 
     // Many at once; an existing id conflicts unless replace or update is asked.
     let many = json!([{"id": "a", "n": 1, "keep": true}, {"id": "b", "n": 2}]);
-    assert_eq!(
-        client
-            .insert("users", &many, Conflict::Error)
-            .await
-            .unwrap()["inserted"],
-        2
-    );
+    assert_eq!(client.insert("users", &many, Conflict::Error).await.unwrap()["inserted"], 2);
     let clash = client
         .insert("users", &json!([{"id": "c"}, {"id": "a"}]), Conflict::Error)
         .await
@@ -174,69 +143,34 @@ async fn documents_go_through_their_whole_life() {
     assert_eq!(clash.code(), Some("conflict"));
     assert!(clash.to_string().contains("'a'"), "{clash}");
     assert_eq!(
-        client
-            .get_doc("users", "c", Read::Linearizable)
-            .await
-            .unwrap(),
+        client.get_doc("users", "c", Read::Linearizable).await.unwrap(),
         None,
         "nothing written"
     );
-    let updated = client
-        .insert("users", &json!({"id": "a", "n": 10}), Conflict::Update)
-        .await
-        .unwrap();
+    let updated =
+        client.insert("users", &json!({"id": "a", "n": 10}), Conflict::Update).await.unwrap();
     assert_eq!(updated["updated"], 1);
-    let a = client
-        .get_doc("users", "a", Read::Local)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = client.get_doc("users", "a", Read::Local).await.unwrap().unwrap();
     assert_eq!(a, json!({"id": "a", "n": 10, "keep": true}));
-    let replaced = client
-        .insert("users", &json!({"id": "a", "n": 11}), Conflict::Replace)
-        .await
-        .unwrap();
+    let replaced =
+        client.insert("users", &json!({"id": "a", "n": 11}), Conflict::Replace).await.unwrap();
     assert_eq!(replaced["replaced"], 1);
 
     // PUT creates or replaces; PATCH merges; DELETE says whether it existed.
-    let (status, _) = node
-        .raw(Method::PUT, "/v1/tables/users/docs/z", r#"{"v":1}"#)
-        .await;
+    let (status, _) = node.raw(Method::PUT, "/v1/tables/users/docs/z", r#"{"v":1}"#).await;
     assert_eq!(status, StatusCode::CREATED);
-    let put = client
-        .replace_doc("users", "z", &json!({"id": "z", "v": 2}))
-        .await
-        .unwrap();
+    let put = client.replace_doc("users", "z", &json!({"id": "z", "v": 2})).await.unwrap();
     assert_eq!(put["created"], false);
-    let patched = client
-        .update_doc("users", "z", &json!({"v": null, "w": [1]}))
-        .await
-        .unwrap();
+    let patched = client.update_doc("users", "z", &json!({"v": null, "w": [1]})).await.unwrap();
     assert_eq!(patched["doc"], json!({"id": "z", "w": [1]}));
-    assert_eq!(
-        client.delete_doc("users", "z").await.unwrap()["deleted"],
-        true
-    );
-    assert_eq!(
-        client.delete_doc("users", "z").await.unwrap()["deleted"],
-        false
-    );
-    let missing = client
-        .update_doc("users", "z", &json!({}))
-        .await
-        .unwrap_err();
+    assert_eq!(client.delete_doc("users", "z").await.unwrap()["deleted"], true);
+    assert_eq!(client.delete_doc("users", "z").await.unwrap()["deleted"], false);
+    let missing = client.update_doc("users", "z", &json!({})).await.unwrap_err();
     assert_eq!(missing.code(), Some("doc_not_found"));
 
     // Ids with slashes and spaces survive the path.
-    client
-        .replace_doc("users", "x/y z", &json!({}))
-        .await
-        .unwrap();
-    let odd = client
-        .get_doc("users", "x/y z", Read::Linearizable)
-        .await
-        .unwrap()
-        .unwrap();
+    client.replace_doc("users", "x/y z", &json!({})).await.unwrap();
+    let odd = client.get_doc("users", "x/y z", Read::Linearizable).await.unwrap().unwrap();
     assert_eq!(odd["id"], "x/y z");
 }
 
@@ -246,25 +180,12 @@ async fn listing_pages_through_a_table_with_a_cursor() {
     let client = node.client();
     client.create_table("t").await.unwrap();
     let docs: Vec<Value> = (0..7).map(|i| json!({"id": format!("d{i}")})).collect();
-    client
-        .insert("t", &Value::Array(docs), Conflict::Error)
-        .await
-        .unwrap();
-    let first = client
-        .list_docs("t", None, 3, Read::Linearizable)
-        .await
-        .unwrap();
+    client.insert("t", &Value::Array(docs), Conflict::Error).await.unwrap();
+    let first = client.list_docs("t", None, 3, Read::Linearizable).await.unwrap();
     assert_eq!(first.docs.len(), 3);
     assert_eq!(first.next.as_deref(), Some("d2"));
-    let rest = client
-        .list_docs("t", Some("d2"), 10, Read::Local)
-        .await
-        .unwrap();
-    let ids: Vec<&str> = rest
-        .docs
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
+    let rest = client.list_docs("t", Some("d2"), 10, Read::Local).await.unwrap();
+    let ids: Vec<&str> = rest.docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["d3", "d4", "d5", "d6"]);
     assert_eq!(rest.next, None);
 }
@@ -277,40 +198,17 @@ async fn the_key_value_space_stores_raw_bytes() {
     let index = client.kv_put("bin/a b", bytes.clone()).await.unwrap();
     assert!(index > 0);
     assert_eq!(
-        client
-            .kv_get("bin/a b", Read::Linearizable)
-            .await
-            .unwrap()
-            .unwrap()
-            .to_vec(),
+        client.kv_get("bin/a b", Read::Linearizable).await.unwrap().unwrap().to_vec(),
         bytes
     );
     let (status, raw) = node.raw(Method::GET, "/v1/kv/bin/a%20b", "").await;
     assert_eq!((status, raw), (StatusCode::OK, bytes));
     client.kv_put("empty", Vec::new()).await.unwrap();
-    assert_eq!(
-        client
-            .kv_get("empty", Read::Local)
-            .await
-            .unwrap()
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(client.kv_get("empty", Read::Local).await.unwrap().unwrap().len(), 0);
     assert!(client.kv_delete("bin/a b").await.unwrap());
     assert!(!client.kv_delete("bin/a b").await.unwrap());
-    assert_eq!(
-        client.kv_get("bin/a b", Read::Linearizable).await.unwrap(),
-        None
-    );
-    node.refused(
-        Method::GET,
-        "/v1/kv/nope",
-        "",
-        StatusCode::NOT_FOUND,
-        "key_not_found",
-    )
-    .await;
+    assert_eq!(client.kv_get("bin/a b", Read::Linearizable).await.unwrap(), None);
+    node.refused(Method::GET, "/v1/kv/nope", "", StatusCode::NOT_FOUND, "key_not_found").await;
 }
 
 #[tokio::test]
@@ -320,137 +218,39 @@ async fn bad_input_gets_a_clear_json_error_and_writes_nothing() {
     let bad = StatusCode::BAD_REQUEST;
     let post = "/v1/tables/t/docs";
 
-    let message = node
-        .refused(Method::POST, post, "{\"a\": ", bad, "invalid_json")
-        .await;
+    let message = node.refused(Method::POST, post, "{\"a\": ", bad, "invalid_json").await;
     assert!(message.contains("not valid JSON"), "{message}");
-    node.refused(Method::POST, post, "", bad, "invalid_json")
-        .await;
-    let message = node
-        .refused(Method::POST, post, "[1]", bad, "bad_request")
-        .await;
-    assert!(
-        message.contains("document 0") && message.contains("object"),
-        "{message}"
-    );
-    node.refused(Method::POST, post, "\"text\"", bad, "bad_request")
-        .await;
-    let message = node
-        .refused(Method::POST, post, r#"{"id": 5}"#, bad, "bad_request")
-        .await;
+    node.refused(Method::POST, post, "", bad, "invalid_json").await;
+    let message = node.refused(Method::POST, post, "[1]", bad, "bad_request").await;
+    assert!(message.contains("document 0") && message.contains("object"), "{message}");
+    node.refused(Method::POST, post, "\"text\"", bad, "bad_request").await;
+    let message = node.refused(Method::POST, post, r#"{"id": 5}"#, bad, "bad_request").await;
     assert!(message.contains("\"id\" must be a string"), "{message}");
-    node.refused(Method::POST, post, r#"{"id": ""}"#, bad, "bad_request")
-        .await;
-    node.refused(Method::POST, post, "[]", bad, "bad_request")
-        .await;
-    let message = node
-        .refused(Method::PUT, "/v1/tables/bad%20name", "", bad, "bad_request")
-        .await;
+    node.refused(Method::POST, post, r#"{"id": ""}"#, bad, "bad_request").await;
+    node.refused(Method::POST, post, "[]", bad, "bad_request").await;
+    let message = node.refused(Method::PUT, "/v1/tables/bad%20name", "", bad, "bad_request").await;
     assert!(message.contains("bad table name"), "{message}");
-    node.refused(Method::PUT, "/v1/tables/_system", "", bad, "bad_request")
-        .await;
-    node.refused(
-        Method::POST,
-        &format!("{post}?conflict=maybe"),
-        "{}",
-        bad,
-        "bad_request",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/t/docs/x?read=sometimes",
-        "",
-        bad,
-        "bad_request",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/t/docs?limit=0",
-        "",
-        bad,
-        "bad_request",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/t/docs?limit=5000",
-        "",
-        bad,
-        "bad_request",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/t/docs?limit=ten",
-        "",
-        bad,
-        "bad_request",
-    )
-    .await;
-    node.refused(Method::GET, "/v1/tables?unknown=1", "", bad, "bad_request")
-        .await;
-    let message = node
-        .refused(
-            Method::PUT,
-            "/v1/tables/t/docs/a",
-            r#"{"id":"b"}"#,
-            bad,
-            "bad_request",
-        )
-        .await;
+    node.refused(Method::PUT, "/v1/tables/_system", "", bad, "bad_request").await;
+    node.refused(Method::POST, &format!("{post}?conflict=maybe"), "{}", bad, "bad_request").await;
+    node.refused(Method::GET, "/v1/tables/t/docs/x?read=sometimes", "", bad, "bad_request").await;
+    node.refused(Method::GET, "/v1/tables/t/docs?limit=0", "", bad, "bad_request").await;
+    node.refused(Method::GET, "/v1/tables/t/docs?limit=5000", "", bad, "bad_request").await;
+    node.refused(Method::GET, "/v1/tables/t/docs?limit=ten", "", bad, "bad_request").await;
+    node.refused(Method::GET, "/v1/tables?unknown=1", "", bad, "bad_request").await;
+    let message =
+        node.refused(Method::PUT, "/v1/tables/t/docs/a", r#"{"id":"b"}"#, bad, "bad_request").await;
     assert!(message.contains("differs"), "{message}");
-    node.refused(Method::PUT, "/v1/tables/t/docs/a", "[]", bad, "bad_request")
-        .await;
-    node.refused(
-        Method::PATCH,
-        "/v1/tables/t/docs/a",
-        "[1]",
-        bad,
-        "bad_request",
-    )
-    .await;
-    node.refused(Method::GET, "/v1/tables/t/docs/%FF", "", bad, "bad_request")
-        .await;
+    node.refused(Method::PUT, "/v1/tables/t/docs/a", "[]", bad, "bad_request").await;
+    node.refused(Method::PATCH, "/v1/tables/t/docs/a", "[1]", bad, "bad_request").await;
+    node.refused(Method::GET, "/v1/tables/t/docs/%FF", "", bad, "bad_request").await;
 
     let missing = StatusCode::NOT_FOUND;
-    node.refused(
-        Method::POST,
-        "/v1/tables/nope/docs",
-        "{}",
-        missing,
-        "table_not_found",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/nope/docs/a",
-        "",
-        missing,
-        "table_not_found",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/nope/docs",
-        "",
-        missing,
-        "table_not_found",
-    )
-    .await;
-    node.refused(
-        Method::GET,
-        "/v1/tables/t/docs/a",
-        "",
-        missing,
-        "doc_not_found",
-    )
-    .await;
-    node.refused(Method::GET, "/v2/anything", "", missing, "route_not_found")
-        .await;
-    node.refused(Method::GET, "/", "", missing, "route_not_found")
-        .await;
+    node.refused(Method::POST, "/v1/tables/nope/docs", "{}", missing, "table_not_found").await;
+    node.refused(Method::GET, "/v1/tables/nope/docs/a", "", missing, "table_not_found").await;
+    node.refused(Method::GET, "/v1/tables/nope/docs", "", missing, "table_not_found").await;
+    node.refused(Method::GET, "/v1/tables/t/docs/a", "", missing, "doc_not_found").await;
+    node.refused(Method::GET, "/v2/anything", "", missing, "route_not_found").await;
+    node.refused(Method::GET, "/", "", missing, "route_not_found").await;
     let message = node
         .refused(
             Method::POST,
@@ -471,11 +271,7 @@ async fn bad_input_gets_a_clear_json_error_and_writes_nothing() {
     .await;
 
     // None of it wrote anything.
-    let page = node
-        .client()
-        .list_docs("t", None, 10, Read::Linearizable)
-        .await
-        .unwrap();
+    let page = node.client().list_docs("t", None, 10, Read::Linearizable).await.unwrap();
     assert!(page.docs.is_empty(), "{:?}", page.docs);
     assert_eq!(node.client().list_tables().await.unwrap(), vec!["t"]);
 }
@@ -487,30 +283,13 @@ async fn bodies_over_the_limit_are_refused_with_413() {
     node.client().create_table("t").await.unwrap();
     let big = format!(r#"{{"id":"a","pad":"{}"}}"#, "x".repeat(2000));
     let too_large = StatusCode::PAYLOAD_TOO_LARGE;
-    let message = node
-        .refused(
-            Method::POST,
-            "/v1/tables/t/docs",
-            &big,
-            too_large,
-            "payload_too_large",
-        )
-        .await;
+    let message =
+        node.refused(Method::POST, "/v1/tables/t/docs", &big, too_large, "payload_too_large").await;
     assert!(message.contains("1024 bytes"), "{message}");
-    node.refused(
-        Method::PUT,
-        "/v1/kv/k",
-        &"v".repeat(1025),
-        too_large,
-        "payload_too_large",
-    )
-    .await;
+    node.refused(Method::PUT, "/v1/kv/k", &"v".repeat(1025), too_large, "payload_too_large").await;
     // Just under the limit is fine.
     node.client().kv_put("k", vec![b'v'; 1000]).await.unwrap();
-    assert_eq!(
-        node.client().get_doc("t", "a", Read::Local).await.unwrap(),
-        None
-    );
+    assert_eq!(node.client().get_doc("t", "a", Read::Local).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -522,10 +301,7 @@ async fn metrics_count_requests_by_route_in_prometheus_text() {
     let text = client.metrics().await.unwrap();
     assert!(text.contains("cairn_http_requests_total{"), "{text}");
     assert!(text.contains("route=\"/v1/kv/{*key}\""), "{text}");
-    assert!(
-        text.contains("cairn_http_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains("cairn_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("cairn_applied_index"), "{text}");
 }
 
@@ -534,20 +310,13 @@ async fn a_node_stopped_gracefully_restarts_with_its_data() {
     let node = TestNode::start().await;
     let client = node.client();
     client.create_table("t").await.unwrap();
-    client
-        .insert("t", &json!({"id": "kept"}), Conflict::Error)
-        .await
-        .unwrap();
+    client.insert("t", &json!({"id": "kept"}), Conflict::Error).await.unwrap();
     let index = client.kv_put("k", "v").await.unwrap();
     let dir = node.stop().await;
 
     let node = TestNode::start_with(dir, |_| {}).await;
     let client = node.client();
-    assert!(client
-        .get_doc("t", "kept", Read::Linearizable)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(client.get_doc("t", "kept", Read::Linearizable).await.unwrap().is_some());
     assert_eq!(client.health().await.unwrap()["applied_index"], index);
     // New writes continue the index sequence.
     assert!(client.kv_put("k2", "v").await.unwrap() > index);
@@ -581,11 +350,8 @@ async fn concurrent_writers_each_get_their_own_answer() {
     all.dedup();
     assert_eq!(all.len(), 32 * 20, "every write has its own log index");
     for writer in [0, 17, 31] {
-        let value = client
-            .kv_get(&format!("w{writer}/19"), Read::Linearizable)
-            .await
-            .unwrap()
-            .unwrap();
+        let value =
+            client.kv_get(&format!("w{writer}/19"), Read::Linearizable).await.unwrap().unwrap();
         assert_eq!(value, format!("{writer}:19").as_bytes());
     }
 }

@@ -175,9 +175,8 @@ impl Command {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Command, crate::Error> {
-        postcard::from_bytes(bytes).map_err(|e| crate::Error::Corrupt {
-            what: format!("command: {e}"),
-        })
+        postcard::from_bytes(bytes)
+            .map_err(|e| crate::Error::Corrupt { what: format!("command: {e}") })
     }
 
     /// Whether the command changes state (everything but barriers).
@@ -196,13 +195,8 @@ impl omnipaxos::storage::Entry for Command {
 /// Checks a table name: 1 to 64 ASCII letters, digits, `_` or `-`, starting with
 /// a letter or digit (names starting with `_` are kept for the system).
 pub fn validate_table_name(name: &str) -> Result<(), String> {
-    let starts_ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric());
-    let chars_ok = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let starts_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let chars_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if name.is_empty() || name.len() > TABLE_NAME_BYTES_MAX || !starts_ok || !chars_ok {
         return Err(format!(
             "bad table name '{}': use 1 to {TABLE_NAME_BYTES_MAX} letters, digits, '_' or '-', starting with a letter or digit",
@@ -244,10 +238,7 @@ mod tests {
             Some(CommandId { session: 7, seq: 3 }),
             Op::Insert {
                 table: "users".into(),
-                docs: vec![Doc {
-                    id: "a".into(),
-                    json: r#"{"id":"a","n":1}"#.into(),
-                }],
+                docs: vec![Doc { id: "a".into(), json: r#"{"id":"a","n":1}"#.into() }],
                 conflict: Conflict::Update,
             },
         );
@@ -284,11 +275,7 @@ mod tests {
     #[test]
     fn conflict_messages_stay_short() {
         let ids: Vec<String> = (0..25).map(|i| i.to_string()).collect();
-        let msg = ApplyError::Conflict {
-            table: "t".into(),
-            ids,
-        }
-        .to_string();
+        let msg = ApplyError::Conflict { table: "t".into(), ids }.to_string();
         assert!(msg.ends_with("and 15 more"), "{msg}");
     }
 }

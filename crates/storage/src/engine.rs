@@ -39,16 +39,8 @@ pub(crate) const CF_META: &str = "meta";
 /// The consensus log and its metadata (`log_store`).
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_LOG_META: &str = "log_meta";
-const COLUMN_FAMILIES: [&str; 8] = [
-    CF_TABLES,
-    CF_DOCS,
-    CF_KV,
-    CF_SESSIONS,
-    CF_SESSION_LRU,
-    CF_META,
-    CF_LOG,
-    CF_LOG_META,
-];
+const COLUMN_FAMILIES: [&str; 8] =
+    [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META, CF_LOG, CF_LOG_META];
 
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub(crate) const META_SESSION_COUNT: &[u8] = b"session_count";
@@ -118,10 +110,7 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        let store = Store {
-            db: Arc::new(db),
-            applied_index: Arc::new(AtomicU64::new(0)),
-        };
+        let store = Store { db: Arc::new(db), applied_index: Arc::new(AtomicU64::new(0)) };
         let applied = store.read_meta_u64(META_APPLIED_INDEX)?;
         store.applied_index.store(applied, Ordering::Release);
         Ok(store)
@@ -151,9 +140,8 @@ impl Store {
         for item in self.db.iterator_cf(self.cf(CF_TABLES), IteratorMode::Start) {
             let (key, _) = item?;
             names.push(
-                String::from_utf8(key.into_vec()).map_err(|_| Error::Corrupt {
-                    what: "table name is not UTF-8".into(),
-                })?,
+                String::from_utf8(key.into_vec())
+                    .map_err(|_| Error::Corrupt { what: "table name is not UTF-8".into() })?,
             );
         }
         Ok(names)
@@ -167,9 +155,7 @@ impl Store {
     pub fn get_doc(&self, table: &str, id: &str) -> Result<Option<String>, Error> {
         let snapshot = self.db.snapshot();
         if snapshot.get_cf(self.cf(CF_TABLES), table)?.is_none() {
-            return Err(Error::TableNotFound {
-                table: table.to_string(),
-            });
+            return Err(Error::TableNotFound { table: table.to_string() });
         }
         match snapshot.get_cf(self.cf(CF_DOCS), doc_key(table, id))? {
             Some(bytes) => Ok(Some(json_text(bytes)?)),
@@ -179,15 +165,10 @@ impl Store {
 
     /// Up to `limit` documents with ids after `after`, in id order.
     pub fn list_docs(&self, table: &str, after: Option<&str>, limit: usize) -> Result<Page, Error> {
-        assert!(
-            limit > 0 && limit <= LIST_LIMIT_MAX,
-            "limit {limit} out of range"
-        );
+        assert!(limit > 0 && limit <= LIST_LIMIT_MAX, "limit {limit} out of range");
         let snapshot = self.db.snapshot();
         if snapshot.get_cf(self.cf(CF_TABLES), table)?.is_none() {
-            return Err(Error::TableNotFound {
-                table: table.to_string(),
-            });
+            return Err(Error::TableNotFound { table: table.to_string() });
         }
         let start = match after {
             // The smallest key above `table\0after` is `table\0after\0`.
@@ -208,10 +189,7 @@ impl Store {
             let (key, value) = item?;
             if docs.len() == limit {
                 // There is at least one more: the page gets a cursor.
-                return Ok(Page {
-                    docs,
-                    next: last_id,
-                });
+                return Ok(Page { docs, next: last_id });
             }
             last_id = Some(json_text(key[prefix_len..].to_vec())?);
             docs.push(json_text(value.into_vec())?);
@@ -226,7 +204,6 @@ impl Store {
 }
 
 fn json_text(bytes: Vec<u8>) -> Result<String, Error> {
-    String::from_utf8(bytes).map_err(|_| Error::Corrupt {
-        what: "stored document is not UTF-8".into(),
-    })
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Corrupt { what: "stored document is not UTF-8".into() })
 }

@@ -122,11 +122,7 @@ impl LogStore {
         // A stored snapshot that does not decode should stop the node now,
         // not when a lagging peer first asks for it.
         read_value::<Snapshot>(store, META_SNAPSHOT)?;
-        Ok(LogStore {
-            store: store.clone(),
-            cache,
-            poisoned: false,
-        })
+        Ok(LogStore { store: store.clone(), cache, poisoned: false })
     }
 
     /// Stages `ops` in order and writes them as one synced batch; the caches
@@ -177,11 +173,7 @@ impl LogStore {
         let mode = IteratorMode::From(&start, Direction::Forward);
         let mut entries = Vec::with_capacity((to - from).min(READ_RESERVE_ENTRIES_MAX));
         let mut expected = from;
-        for item in self
-            .store
-            .db
-            .iterator_cf_opt(self.store.cf(CF_LOG), read_opts, mode)
-        {
+        for item in self.store.db.iterator_cf_opt(self.store.cf(CF_LOG), read_opts, mode) {
             let (key, value) = item?;
             let idx = index_from_key(&key)?;
             if idx != expected {
@@ -243,13 +235,9 @@ impl Staged<'_> {
 
     fn append(&mut self, entries: &[Command]) {
         for entry in entries {
-            self.batch
-                .put_cf(self.log, entry_key(self.cache.end_idx), entry.encode());
-            self.cache.end_idx = self
-                .cache
-                .end_idx
-                .checked_add(1)
-                .expect("log indexes stay far below usize::MAX");
+            self.batch.put_cf(self.log, entry_key(self.cache.end_idx), entry.encode());
+            self.cache.end_idx =
+                self.cache.end_idx.checked_add(1).expect("log indexes stay far below usize::MAX");
         }
     }
 
@@ -293,8 +281,7 @@ impl Staged<'_> {
     }
 
     fn put_index(&mut self, key: &[u8], idx: usize) {
-        self.batch
-            .put_cf(self.meta, key, (idx as u64).to_be_bytes());
+        self.batch.put_cf(self.meta, key, (idx as u64).to_be_bytes());
     }
 
     fn put_value<V: Serialize>(&mut self, key: &[u8], value: &V) {
@@ -327,17 +314,13 @@ fn index_from_key(key: &[u8]) -> Result<usize, Error> {
 
 fn decode_entry(idx: usize, bytes: &[u8]) -> Result<Command, Error> {
     Command::decode(bytes).map_err(|e| match e {
-        Error::Corrupt { what } => Error::Corrupt {
-            what: format!("log entry {idx}: {what}"),
-        },
+        Error::Corrupt { what } => Error::Corrupt { what: format!("log entry {idx}: {what}") },
         other => other,
     })
 }
 
 fn missing_entry(idx: usize) -> Error {
-    Error::Corrupt {
-        what: format!("log entry {idx} is missing from the middle of the log"),
-    }
+    Error::Corrupt { what: format!("log entry {idx} is missing from the middle of the log") }
 }
 
 fn meta_name(key: &[u8]) -> String {
@@ -351,10 +334,7 @@ fn read_index(store: &Store, key: &[u8]) -> Result<usize, Error> {
     };
     let idx = u64_from(&bytes, &meta_name(key))?;
     usize::try_from(idx).map_err(|_| Error::Corrupt {
-        what: format!(
-            "{}: {idx} does not fit this platform's usize",
-            meta_name(key)
-        ),
+        what: format!("{}: {idx} does not fit this platform's usize", meta_name(key)),
     })
 }
 
@@ -364,9 +344,7 @@ fn read_value<V: DeserializeOwned>(store: &Store, key: &[u8]) -> Result<Option<V
     let Some(bytes) = store.db.get_pinned_cf(store.cf(CF_LOG_META), key)? else {
         return Ok(None);
     };
-    let corrupt = |reason: String| Error::Corrupt {
-        what: format!("{}: {reason}", meta_name(key)),
-    };
+    let corrupt = |reason: String| Error::Corrupt { what: format!("{}: {reason}", meta_name(key)) };
     match postcard::take_from_bytes::<V>(&bytes) {
         Ok((value, [])) => Ok(Some(value)),
         Ok((_, rest)) => Err(corrupt(format!("{} trailing bytes", rest.len()))),
@@ -388,9 +366,7 @@ fn recover_end_idx(store: &Store, first_idx: usize) -> Result<usize, Error> {
         });
     }
     let Some(last) = store.db.iterator_cf(log, IteratorMode::End).next() else {
-        return Err(Error::Corrupt {
-            what: "the log has a first entry but no last one".into(),
-        });
+        return Err(Error::Corrupt { what: "the log has a first entry but no last one".into() });
     };
     let highest = index_from_key(&last?.0)?;
     highest.checked_add(1).ok_or_else(|| Error::Corrupt {

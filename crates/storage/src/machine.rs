@@ -76,12 +76,7 @@ impl StateMachine {
     pub fn open(store: Store) -> Result<StateMachine, Error> {
         let applied_index = store.read_meta_u64(META_APPLIED_INDEX)?;
         let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
-        Ok(StateMachine {
-            store,
-            applied_index,
-            session_count,
-            poisoned: false,
-        })
+        Ok(StateMachine { store, applied_index, session_count, poisoned: false })
     }
 
     pub fn store(&self) -> &Store {
@@ -132,18 +127,12 @@ impl StateMachine {
 
     fn commit(&mut self, mut batch: Batch, sync: bool) -> Result<(), Error> {
         let meta = self.store.cf(CF_META);
-        batch
-            .wb
-            .put_cf(meta, META_APPLIED_INDEX, self.applied_index.to_be_bytes());
-        batch
-            .wb
-            .put_cf(meta, META_SESSION_COUNT, self.session_count.to_be_bytes());
+        batch.wb.put_cf(meta, META_APPLIED_INDEX, self.applied_index.to_be_bytes());
+        batch.wb.put_cf(meta, META_SESSION_COUNT, self.session_count.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.store.db.write_opt(batch.wb, &opts)?;
-        self.store
-            .applied_index
-            .store(self.applied_index, Ordering::Release);
+        self.store.applied_index.store(self.applied_index, Ordering::Release);
         Ok(())
     }
 
@@ -159,22 +148,14 @@ impl StateMachine {
         };
         if id.seq == 0 {
             let message = "sequence numbers start at 1".to_string();
-            return Ok(Applied {
-                index,
-                outcome: Outcome::Failed(invalid(message)),
-            });
+            return Ok(Applied { index, outcome: Outcome::Failed(invalid(message)) });
         }
         let Some(record) = batch.session(id.session)? else {
-            let outcome = Outcome::Failed(ApplyError::SessionUnknown {
-                session: id.session,
-            });
+            let outcome = Outcome::Failed(ApplyError::SessionUnknown { session: id.session });
             return Ok(Applied { index, outcome });
         };
         if id.seq == record.last_seq {
-            return Ok(Applied {
-                index: record.last_index,
-                outcome: record.outcome,
-            });
+            return Ok(Applied { index: record.last_index, outcome: record.outcome });
         }
         if id.seq < record.last_seq {
             let error = ApplyError::StaleSequence {
@@ -182,10 +163,7 @@ impl StateMachine {
                 seq: id.seq,
                 last: record.last_seq,
             };
-            return Ok(Applied {
-                index,
-                outcome: Outcome::Failed(error),
-            });
+            return Ok(Applied { index, outcome: Outcome::Failed(error) });
         }
         let outcome = self.execute(batch, index, &command.op)?;
         batch.touch_session(id, record.last_index, index, &outcome);
@@ -196,21 +174,14 @@ impl StateMachine {
         let outcome = match op {
             Op::Noop => Ok(Ok(Outcome::Done)),
             Op::OpenSession => {
-                let id = CommandId {
-                    session: index,
-                    seq: 0,
-                };
+                let id = CommandId { session: index, seq: 0 };
                 batch.touch_session(id, 0, index, &Outcome::Done);
                 self.session_count += 1;
                 Ok(Ok(Outcome::SessionOpened { session: index }))
             }
             Op::CreateTable { table } => create_table(batch, index, table),
             Op::DropTable { table } => drop_table(batch, table),
-            Op::Insert {
-                table,
-                docs,
-                conflict,
-            } => insert(batch, table, docs, *conflict),
+            Op::Insert { table, docs, conflict } => insert(batch, table, docs, *conflict),
             Op::Replace { table, doc } => replace(batch, table, doc),
             Op::Update { table, id, patch } => update(batch, table, id, patch),
             Op::Delete { table, id } => delete(batch, table, id),
@@ -237,20 +208,14 @@ impl StateMachine {
             }
             let (key, _) = item?;
             if key.len() != 16 {
-                return Err(Error::Corrupt {
-                    what: "session_lru key is not 16 bytes".into(),
-                });
+                return Err(Error::Corrupt { what: "session_lru key is not 16 bytes".into() });
             }
             batch.delete(Cf::SessionLru, key.to_vec());
             batch.delete(Cf::Sessions, key[8..].to_vec());
             evicted += 1;
         }
         self.session_count -= evicted;
-        tracing::debug!(
-            evicted,
-            sessions = self.session_count,
-            "evicted idle sessions"
-        );
+        tracing::debug!(evicted, sessions = self.session_count, "evicted idle sessions");
         Ok(())
     }
 }
@@ -267,9 +232,7 @@ fn require_table(batch: &Batch, table: &str) -> Result<Result<(), ApplyError>, E
         return Ok(Err(invalid(message)));
     }
     if batch.get(Cf::Tables, table.as_bytes())?.is_none() {
-        return Ok(Err(ApplyError::TableNotFound {
-            table: table.to_string(),
-        }));
+        return Ok(Err(ApplyError::TableNotFound { table: table.to_string() }));
     }
     Ok(Ok(()))
 }
@@ -288,9 +251,7 @@ fn check_doc(id: &str, value: &Value) -> Result<(), ApplyError> {
         return Err(invalid(format!("document '{id}' is not a JSON object")));
     };
     if object.get("id").and_then(Value::as_str) != Some(id) {
-        return Err(invalid(format!(
-            "document '{id}' must keep \"id\": \"{id}\""
-        )));
+        return Err(invalid(format!("document '{id}' must keep \"id\": \"{id}\"")));
     }
     Ok(())
 }
@@ -302,11 +263,7 @@ fn create_table(batch: &mut Batch, index: u64, table: &str) -> Effect {
     if batch.get(Cf::Tables, table.as_bytes())?.is_some() {
         return Ok(Ok(Outcome::TableCreated { created: false }));
     }
-    batch.put(
-        Cf::Tables,
-        table.as_bytes().to_vec(),
-        index.to_be_bytes().to_vec(),
-    );
+    batch.put(Cf::Tables, table.as_bytes().to_vec(), index.to_be_bytes().to_vec());
     Ok(Ok(Outcome::TableCreated { created: true }))
 }
 
@@ -324,10 +281,8 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
         return Ok(Err(refusal));
     }
     if docs.is_empty() || docs.len() > INSERT_DOCS_MAX {
-        let message = format!(
-            "an insert carries 1 to {INSERT_DOCS_MAX} documents (got {})",
-            docs.len()
-        );
+        let message =
+            format!("an insert carries 1 to {INSERT_DOCS_MAX} documents (got {})", docs.len());
         return Ok(Err(invalid(message)));
     }
     let mut seen = HashSet::with_capacity(docs.len());
@@ -340,10 +295,7 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
             Err(refusal) => return Ok(Err(refusal)),
         };
         if !seen.insert(doc.id.as_str()) {
-            return Ok(Err(invalid(format!(
-                "the insert holds id '{}' twice",
-                doc.id
-            ))));
+            return Ok(Err(invalid(format!("the insert holds id '{}' twice", doc.id))));
         }
         let old = batch.get(Cf::Docs, &doc_key(table, &doc.id))?;
         if old.is_some() {
@@ -353,10 +305,7 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
         existing.push(old);
     }
     if conflict == Conflict::Error && !clashes.is_empty() {
-        return Ok(Err(ApplyError::Conflict {
-            table: table.to_string(),
-            ids: clashes,
-        }));
+        return Ok(Err(ApplyError::Conflict { table: table.to_string(), ids: clashes }));
     }
     let (mut inserted, mut replaced, mut updated) = (0, 0, 0);
     for ((doc, value), old) in docs.iter().zip(parsed).zip(existing) {
@@ -379,18 +328,13 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
         };
         batch.put(Cf::Docs, doc_key(table, &doc.id), json.into_bytes());
     }
-    Ok(Ok(Outcome::Inserted {
-        inserted,
-        replaced,
-        updated,
-    }))
+    Ok(Ok(Outcome::Inserted { inserted, replaced, updated }))
 }
 
 /// Merges `patch` into the stored document `old` (RFC 7396) and checks the result.
 fn merge(id: &str, old: &[u8], patch: &Value) -> Result<Result<String, ApplyError>, Error> {
-    let mut value: Value = serde_json::from_slice(old).map_err(|e| Error::Corrupt {
-        what: format!("stored document '{id}' is not JSON: {e}"),
-    })?;
+    let mut value: Value = serde_json::from_slice(old)
+        .map_err(|e| Error::Corrupt { what: format!("stored document '{id}' is not JSON: {e}") })?;
     json_patch::merge(&mut value, patch);
     if let Err(refusal) = check_doc(id, &value) {
         let message = format!("{refusal}: a patch cannot remove or change a document's id");
@@ -425,10 +369,7 @@ fn update(batch: &mut Batch, table: &str, id: &str, patch: &str) -> Effect {
     };
     let key = doc_key(table, id);
     let Some(old) = batch.get(Cf::Docs, &key)? else {
-        return Ok(Err(ApplyError::DocNotFound {
-            table: table.to_string(),
-            id: id.to_string(),
-        }));
+        return Ok(Err(ApplyError::DocNotFound { table: table.to_string(), id: id.to_string() }));
     };
     let json = match merge(id, &old, &patch)? {
         Ok(json) => json,
@@ -507,12 +448,7 @@ struct Batch {
 
 impl Batch {
     fn new(store: Store) -> Batch {
-        Batch {
-            store,
-            wb: WriteBatch::default(),
-            pending: HashMap::new(),
-            dropped: HashSet::new(),
-        }
+        Batch { store, wb: WriteBatch::default(), pending: HashMap::new(), dropped: HashSet::new() }
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -526,10 +462,7 @@ impl Batch {
     }
 
     fn in_dropped_table(&self, doc_key: &[u8]) -> bool {
-        let table_len = doc_key
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(doc_key.len());
+        let table_len = doc_key.iter().position(|&b| b == 0).unwrap_or(doc_key.len());
         std::str::from_utf8(&doc_key[..table_len]).is_ok_and(|table| self.dropped.contains(table))
     }
 
@@ -545,11 +478,9 @@ impl Batch {
 
     fn drop_docs(&mut self, table: &str) {
         let cf = self.store.cf(CF_DOCS);
-        self.wb
-            .delete_range_cf(cf, doc_prefix(table), doc_prefix_end(table));
+        self.wb.delete_range_cf(cf, doc_prefix(table), doc_prefix_end(table));
         let prefix = doc_prefix(table);
-        self.pending
-            .retain(|(cf, key), _| !(*cf == Cf::Docs && key.starts_with(&prefix)));
+        self.pending.retain(|(cf, key), _| !(*cf == Cf::Docs && key.starts_with(&prefix)));
         self.dropped.insert(table.to_string());
     }
 
@@ -557,19 +488,15 @@ impl Batch {
         let Some(bytes) = self.get(Cf::Sessions, &session.to_be_bytes())? else {
             return Ok(None);
         };
-        let record = postcard::from_bytes(&bytes).map_err(|e| Error::Corrupt {
-            what: format!("session {session}: {e}"),
-        })?;
+        let record = postcard::from_bytes(&bytes)
+            .map_err(|e| Error::Corrupt { what: format!("session {session}: {e}") })?;
         Ok(Some(record))
     }
 
     /// Records `outcome` as the session's last command, used at `index`.
     fn touch_session(&mut self, id: CommandId, previous_index: u64, index: u64, outcome: &Outcome) {
-        let record = SessionRecord {
-            last_seq: id.seq,
-            last_index: index,
-            outcome: outcome.clone(),
-        };
+        let record =
+            SessionRecord { last_seq: id.seq, last_index: index, outcome: outcome.clone() };
         let bytes = postcard::to_stdvec(&record).expect("a session record always encodes");
         self.put(Cf::Sessions, id.session.to_be_bytes().to_vec(), bytes);
         if previous_index != 0 {

@@ -71,10 +71,7 @@ fn with_raw_db(dir: &Path, change: impl FnOnce(&rocksdb::DB)) {
 fn cmd(n: u64) -> Command {
     Command::new(
         Some(CommandId { session: 1, seq: n }),
-        Op::KvPut {
-            key: format!("k{n}"),
-            value: n.to_be_bytes().to_vec(),
-        },
+        Op::KvPut { key: format!("k{n}"), value: n.to_be_bytes().to_vec() },
     )
 }
 
@@ -166,11 +163,7 @@ fn run_alone(storage: &mut impl Storage<Command>, op: StorageOp<Command>) {
 fn assert_same_state(mem: &MemoryStorage<Command>, disk: &LogStore, first: usize, step: usize) {
     let ctx = format!("after step {step}");
     let ok = "a getter succeeds";
-    assert_eq!(
-        disk.get_log_len().expect(ok),
-        mem.get_log_len().expect(ok),
-        "log_len {ctx}"
-    );
+    assert_eq!(disk.get_log_len().expect(ok), mem.get_log_len().expect(ok), "log_len {ctx}");
     assert_eq!(
         disk.get_decided_idx().expect(ok),
         mem.get_decided_idx().expect(ok),
@@ -181,26 +174,14 @@ fn assert_same_state(mem: &MemoryStorage<Command>, disk: &LogStore, first: usize
         mem.get_compacted_idx().expect(ok),
         "compacted_idx {ctx}"
     );
-    assert_eq!(
-        disk.get_promise().expect(ok),
-        mem.get_promise().expect(ok),
-        "promise {ctx}"
-    );
+    assert_eq!(disk.get_promise().expect(ok), mem.get_promise().expect(ok), "promise {ctx}");
     assert_eq!(
         disk.get_accepted_round().expect(ok),
         mem.get_accepted_round().expect(ok),
         "accepted_round {ctx}"
     );
-    assert_eq!(
-        disk.get_stopsign().expect(ok),
-        mem.get_stopsign().expect(ok),
-        "stopsign {ctx}"
-    );
-    assert_eq!(
-        disk.get_snapshot().expect(ok),
-        mem.get_snapshot().expect(ok),
-        "snapshot {ctx}"
-    );
+    assert_eq!(disk.get_stopsign().expect(ok), mem.get_stopsign().expect(ok), "stopsign {ctx}");
+    assert_eq!(disk.get_snapshot().expect(ok), mem.get_snapshot().expect(ok), "snapshot {ctx}");
     assert_eq!(
         disk.get_suffix(first).expect(ok),
         mem.get_suffix(first).expect(ok),
@@ -276,13 +257,9 @@ fn ballot() -> impl Strategy<Value = Ballot> {
 }
 
 fn stopsign() -> impl Strategy<Value = StopSign> {
-    let quorum =
-        prop::option::of(
-            (1..4usize, 1..4usize).prop_map(|(read, write)| FlexibleQuorum {
-                read_quorum_size: read,
-                write_quorum_size: write,
-            }),
-        );
+    let quorum = prop::option::of((1..4usize, 1..4usize).prop_map(|(read, write)| {
+        FlexibleQuorum { read_quorum_size: read, write_quorum_size: write }
+    }));
     (
         1..5u32,
         prop::collection::vec(1..6u64, 2..5),
@@ -290,11 +267,7 @@ fn stopsign() -> impl Strategy<Value = StopSign> {
         prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
     )
         .prop_map(|(configuration_id, nodes, flexible_quorum, metadata)| {
-            let config = ClusterConfig {
-                configuration_id,
-                nodes,
-                flexible_quorum,
-            };
+            let config = ClusterConfig { configuration_id, nodes, flexible_quorum };
             StopSign::with(config, metadata)
         })
 }
@@ -355,11 +328,7 @@ fn write_atomically_is_durable_across_a_restart() {
     disk.log.append_entries(cmds(0..5)).unwrap();
     let round = Ballot::with(1, 3, 0, 2);
     let stopsign = StopSign::with(
-        ClusterConfig {
-            configuration_id: 2,
-            nodes: vec![1, 2, 3],
-            flexible_quorum: None,
-        },
+        ClusterConfig { configuration_id: 2, nodes: vec![1, 2, 3], flexible_quorum: None },
         Some(vec![7]),
     );
     disk.log
@@ -427,10 +396,7 @@ fn a_trimmed_log_keeps_absolute_indexes() {
         assert_eq!(log.get_entries(8, 10).unwrap(), cmds(8..10));
         assert_eq!(log.get_suffix(7).unwrap(), cmds(7..10));
         assert!(log.get_entries(2, 6).unwrap().is_empty(), "partly trimmed");
-        assert!(
-            log.get_entries(8, 11).unwrap().is_empty(),
-            "partly past the end"
-        );
+        assert!(log.get_entries(8, 11).unwrap().is_empty(), "partly past the end");
         assert!(log.get_entries(6, 5).unwrap().is_empty(), "reversed");
         assert!(log.get_suffix(10).unwrap().is_empty(), "at the end");
     };
@@ -464,8 +430,7 @@ fn a_corrupt_entry_is_an_error_naming_it() {
     drop(log);
     with_raw_db(dir.path(), |db| {
         let cf = db.cf_handle(CF_LOG).unwrap();
-        db.put_cf(cf, 3u64.to_be_bytes(), [0xff, 0xff, 0xff])
-            .unwrap();
+        db.put_cf(cf, 3u64.to_be_bytes(), [0xff, 0xff, 0xff]).unwrap();
     });
 
     let log = open_log(dir.path()).unwrap();
@@ -505,23 +470,14 @@ fn corrupt_metadata_fails_the_open_naming_it() {
         db.put_cf(cf, b"promise", [0xff; 3]).unwrap();
         db.put_cf(cf, b"decided_idx", [1, 2, 3]).unwrap();
     });
-    let err = open_log(dir.path())
-        .err()
-        .expect("the open fails")
-        .to_string();
-    assert!(
-        err.contains("decided_idx") || err.contains("promise"),
-        "{err}"
-    );
+    let err = open_log(dir.path()).err().expect("the open fails").to_string();
+    assert!(err.contains("decided_idx") || err.contains("promise"), "{err}");
 
     with_raw_db(dir.path(), |db| {
         let cf = db.cf_handle(CF_LOG_META).unwrap();
         db.put_cf(cf, b"decided_idx", 9u64.to_be_bytes()).unwrap();
     });
-    let err = open_log(dir.path())
-        .err()
-        .expect("the open fails")
-        .to_string();
+    let err = open_log(dir.path()).err().expect("the open fails").to_string();
     assert!(err.contains("log_meta 'promise'"), "{err}");
 }
 
@@ -537,10 +493,7 @@ fn a_log_below_its_first_index_fails_the_open() {
         let cf = db.cf_handle(CF_LOG).unwrap();
         db.put_cf(cf, 1u64.to_be_bytes(), cmd(1).encode()).unwrap();
     });
-    let err = open_log(dir.path())
-        .err()
-        .expect("the open fails")
-        .to_string();
+    let err = open_log(dir.path()).err().expect("the open fails").to_string();
     assert!(err.contains("starts at entry 1"), "{err}");
 }
 

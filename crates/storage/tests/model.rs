@@ -32,10 +32,7 @@ enum Step {
 }
 
 fn doc(id: &str, n: i64) -> Doc {
-    Doc {
-        id: id.into(),
-        json: json!({"id": id, "n": n}).to_string(),
-    }
+    Doc { id: id.into(), json: json!({"id": id, "n": n}).to_string() }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -46,31 +43,18 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         table.clone().prop_map(|table| Op::CreateTable { table }),
         table.clone().prop_map(|table| Op::DropTable { table }),
-        (
-            table.clone(),
-            prop::collection::vec((id.clone(), 0..5i64), 1..3),
-            conflict
-        )
-            .prop_map(|(table, docs, conflict)| Op::Insert {
+        (table.clone(), prop::collection::vec((id.clone(), 0..5i64), 1..3), conflict).prop_map(
+            |(table, docs, conflict)| Op::Insert {
                 table,
                 docs: docs.iter().map(|(id, n)| doc(id, *n)).collect(),
                 conflict
-            }),
-        (table.clone(), id.clone(), 0..5i64).prop_map(|(table, id, n)| Op::Replace {
-            doc: doc(&id, n),
-            table
-        }),
-        (table.clone(), id.clone(), 0..5i64, any::<bool>()).prop_map(|(table, id, n, remove)| {
-            let patch = if remove {
-                json!({"n": null})
-            } else {
-                json!({"m": n})
-            };
-            Op::Update {
-                table,
-                id,
-                patch: patch.to_string(),
             }
+        ),
+        (table.clone(), id.clone(), 0..5i64)
+            .prop_map(|(table, id, n)| Op::Replace { doc: doc(&id, n), table }),
+        (table.clone(), id.clone(), 0..5i64, any::<bool>()).prop_map(|(table, id, n, remove)| {
+            let patch = if remove { json!({"n": null}) } else { json!({"m": n}) };
+            Op::Update { table, id, patch: patch.to_string() }
         }),
         (table, id).prop_map(|(table, id)| Op::Delete { table, id }),
         (key.clone(), prop::collection::vec(any::<u8>(), 0..4))
@@ -105,11 +89,7 @@ impl Model {
     }
 
     fn table(&mut self, table: &str) -> Result<&mut BTreeMap<String, Value>, ApplyError> {
-        self.tables
-            .get_mut(table)
-            .ok_or_else(|| ApplyError::TableNotFound {
-                table: table.into(),
-            })
+        self.tables.get_mut(table).ok_or_else(|| ApplyError::TableNotFound { table: table.into() })
     }
 
     fn try_apply(&mut self, op: &Op) -> Result<Outcome, ApplyError> {
@@ -126,18 +106,12 @@ impl Model {
                 self.tables.remove(table);
                 Outcome::TableDropped
             }
-            Op::Insert {
-                table,
-                docs,
-                conflict,
-            } => {
+            Op::Insert { table, docs, conflict } => {
                 let rows = self.table(table)?;
                 let mut ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
                 ids.sort();
                 if ids.windows(2).any(|w| w[0] == w[1]) {
-                    return Err(ApplyError::Invalid {
-                        message: String::new(),
-                    });
+                    return Err(ApplyError::Invalid { message: String::new() });
                 }
                 let clashes: Vec<String> = docs
                     .iter()
@@ -145,10 +119,7 @@ impl Model {
                     .map(|d| d.id.clone())
                     .collect();
                 if *conflict == Conflict::Error && !clashes.is_empty() {
-                    return Err(ApplyError::Conflict {
-                        table: table.clone(),
-                        ids: clashes,
-                    });
+                    return Err(ApplyError::Conflict { table: table.clone(), ids: clashes });
                 }
                 let (mut inserted, mut replaced, mut updated) = (0, 0, 0);
                 for d in docs {
@@ -168,11 +139,7 @@ impl Model {
                         }
                     }
                 }
-                Outcome::Inserted {
-                    inserted,
-                    replaced,
-                    updated,
-                }
+                Outcome::Inserted { inserted, replaced, updated }
             }
             Op::Replace { table, doc } => {
                 let rows = self.table(table)?;
@@ -187,9 +154,7 @@ impl Model {
                     id: id.clone(),
                 })?;
                 json_patch::merge(old, &serde_json::from_str(patch).unwrap());
-                Outcome::Updated {
-                    json: old.to_string(),
-                }
+                Outcome::Updated { json: old.to_string() }
             }
             Op::Delete { table, id } => {
                 let existed = self.table(table)?.remove(id).is_some();
@@ -199,9 +164,7 @@ impl Model {
                 self.kv.insert(key.clone(), value.clone());
                 Outcome::KvWritten
             }
-            Op::KvDelete { key } => Outcome::Deleted {
-                existed: self.kv.remove(key).is_some(),
-            },
+            Op::KvDelete { key } => Outcome::Deleted { existed: self.kv.remove(key).is_some() },
         })
     }
 }
@@ -209,12 +172,12 @@ impl Model {
 /// Messages of `Invalid` refusals are prose; compare their kind only.
 fn normalize(outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Failed(ApplyError::Invalid { .. }) => Outcome::Failed(ApplyError::Invalid {
-            message: String::new(),
-        }),
-        Outcome::Updated { json } => Outcome::Updated {
-            json: serde_json::from_str::<Value>(&json).unwrap().to_string(),
-        },
+        Outcome::Failed(ApplyError::Invalid { .. }) => {
+            Outcome::Failed(ApplyError::Invalid { message: String::new() })
+        }
+        Outcome::Updated { json } => {
+            Outcome::Updated { json: serde_json::from_str::<Value>(&json).unwrap().to_string() }
+        }
         other => other,
     }
 }
@@ -222,9 +185,7 @@ fn normalize(outcome: Outcome) -> Outcome {
 fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = StateMachine::open(Store::open(dir.path()).unwrap()).unwrap();
-    let opened = sm
-        .apply(&[(1, Command::new(None, Op::OpenSession))])
-        .unwrap();
+    let opened = sm.apply(&[(1, Command::new(None, Op::OpenSession))]).unwrap();
     let Outcome::SessionOpened { session } = opened[0].outcome else {
         return Err(TestCaseError::fail("no session"));
     };
@@ -237,9 +198,8 @@ fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
                  pending: &mut Vec<(Command, Outcome)>|
      -> Result<(), TestCaseError> {
         let first = sm.applied_index() + 1;
-        let entries: Vec<(u64, Command)> = (first..)
-            .zip(pending.iter().map(|(c, _)| c.clone()))
-            .collect();
+        let entries: Vec<(u64, Command)> =
+            (first..).zip(pending.iter().map(|(c, _)| c.clone())).collect();
         let answers = sm.apply(&entries).unwrap();
         for ((command, expected), got) in pending.drain(..).zip(answers) {
             prop_assert_eq!(normalize(got.outcome), expected, "command {:?}", command);
@@ -275,21 +235,12 @@ fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
     prop_assert_eq!(store.list_tables().unwrap(), tables);
     for (table, rows) in &model.tables {
         let page = store.list_docs(table, None, 100).unwrap();
-        let got: Vec<Value> = page
-            .docs
-            .iter()
-            .map(|j| serde_json::from_str(j).unwrap())
-            .collect();
+        let got: Vec<Value> = page.docs.iter().map(|j| serde_json::from_str(j).unwrap()).collect();
         let want: Vec<Value> = rows.values().cloned().collect();
         prop_assert_eq!(got, want, "table {}", table);
     }
     for key in KEYS {
-        prop_assert_eq!(
-            store.kv_get(key).unwrap(),
-            model.kv.get(key).cloned(),
-            "key {}",
-            key
-        );
+        prop_assert_eq!(store.kv_get(key).unwrap(), model.kv.get(key).cloned(), "key {}", key);
     }
     Ok(())
 }

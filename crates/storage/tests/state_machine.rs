@@ -46,24 +46,15 @@ impl Node {
 fn doc(id: &str, body: &str) -> Doc {
     let mut value: serde_json::Value = serde_json::from_str(body).unwrap();
     value["id"] = id.into();
-    Doc {
-        id: id.into(),
-        json: value.to_string(),
-    }
+    Doc { id: id.into(), json: value.to_string() }
 }
 
 fn create(table: &str) -> Op {
-    Op::CreateTable {
-        table: table.into(),
-    }
+    Op::CreateTable { table: table.into() }
 }
 
 fn insert(table: &str, docs: Vec<Doc>, conflict: Conflict) -> Op {
-    Op::Insert {
-        table: table.into(),
-        docs,
-        conflict,
-    }
+    Op::Insert { table: table.into(), docs, conflict }
 }
 
 fn stored(node: &Node, table: &str, id: &str) -> Option<serde_json::Value> {
@@ -74,152 +65,68 @@ fn stored(node: &Node, table: &str, id: &str) -> Option<serde_json::Value> {
 #[test]
 fn tables_are_created_idempotently_and_dropped_with_their_documents() {
     let mut node = Node::new();
-    assert_eq!(
-        node.run(create("users")),
-        Outcome::TableCreated { created: true }
-    );
-    assert_eq!(
-        node.run(create("users")),
-        Outcome::TableCreated { created: false }
-    );
+    assert_eq!(node.run(create("users")), Outcome::TableCreated { created: true });
+    assert_eq!(node.run(create("users")), Outcome::TableCreated { created: false });
     node.run(insert("users", vec![doc("a", "{}")], Conflict::Error));
-    assert_eq!(
-        node.sm.store().list_tables().unwrap(),
-        vec!["users".to_string()]
-    );
-    assert_eq!(
-        node.run(Op::DropTable {
-            table: "users".into()
-        }),
-        Outcome::TableDropped
-    );
+    assert_eq!(node.sm.store().list_tables().unwrap(), vec!["users".to_string()]);
+    assert_eq!(node.run(Op::DropTable { table: "users".into() }), Outcome::TableDropped);
     assert!(node.sm.store().list_tables().unwrap().is_empty());
     // A new table of the same name starts empty.
     node.run(create("users"));
     assert_eq!(stored(&node, "users", "a"), None);
-    let missing = node.run(Op::DropTable {
-        table: "nope".into(),
-    });
-    assert_eq!(
-        missing,
-        Outcome::Failed(ApplyError::TableNotFound {
-            table: "nope".into()
-        })
-    );
+    let missing = node.run(Op::DropTable { table: "nope".into() });
+    assert_eq!(missing, Outcome::Failed(ApplyError::TableNotFound { table: "nope".into() }));
 }
 
 #[test]
 fn an_insert_that_clashes_writes_nothing_unless_asked_to_replace_or_update() {
     let mut node = Node::new();
     node.run(create("t"));
-    node.run(insert(
-        "t",
-        vec![doc("a", r#"{"n":1,"keep":true}"#)],
-        Conflict::Error,
-    ));
-    let clash = node.run(insert(
-        "t",
-        vec![doc("b", "{}"), doc("a", r#"{"n":2}"#)],
-        Conflict::Error,
-    ));
+    node.run(insert("t", vec![doc("a", r#"{"n":1,"keep":true}"#)], Conflict::Error));
+    let clash =
+        node.run(insert("t", vec![doc("b", "{}"), doc("a", r#"{"n":2}"#)], Conflict::Error));
     assert_eq!(
         clash,
-        Outcome::Failed(ApplyError::Conflict {
-            table: "t".into(),
-            ids: vec!["a".into()]
-        })
+        Outcome::Failed(ApplyError::Conflict { table: "t".into(), ids: vec!["a".into()] })
     );
-    assert_eq!(
-        stored(&node, "t", "b"),
-        None,
-        "a refused insert writes none of its documents"
-    );
+    assert_eq!(stored(&node, "t", "b"), None, "a refused insert writes none of its documents");
 
     let replaced = node.run(insert("t", vec![doc("a", r#"{"n":2}"#)], Conflict::Replace));
-    assert_eq!(
-        replaced,
-        Outcome::Inserted {
-            inserted: 0,
-            replaced: 1,
-            updated: 0
-        }
-    );
-    assert_eq!(
-        stored(&node, "t", "a").unwrap(),
-        serde_json::json!({"id": "a", "n": 2})
-    );
+    assert_eq!(replaced, Outcome::Inserted { inserted: 0, replaced: 1, updated: 0 });
+    assert_eq!(stored(&node, "t", "a").unwrap(), serde_json::json!({"id": "a", "n": 2}));
 
-    let updated = node.run(insert(
-        "t",
-        vec![doc("a", r#"{"m":3}"#), doc("c", "{}")],
-        Conflict::Update,
-    ));
-    assert_eq!(
-        updated,
-        Outcome::Inserted {
-            inserted: 1,
-            replaced: 0,
-            updated: 1
-        }
-    );
-    assert_eq!(
-        stored(&node, "t", "a").unwrap(),
-        serde_json::json!({"id": "a", "n": 2, "m": 3})
-    );
+    let updated =
+        node.run(insert("t", vec![doc("a", r#"{"m":3}"#), doc("c", "{}")], Conflict::Update));
+    assert_eq!(updated, Outcome::Inserted { inserted: 1, replaced: 0, updated: 1 });
+    assert_eq!(stored(&node, "t", "a").unwrap(), serde_json::json!({"id": "a", "n": 2, "m": 3}));
 }
 
 #[test]
 fn merge_patch_follows_rfc_7396_and_cannot_touch_the_id() {
     let mut node = Node::new();
     node.run(create("t"));
-    node.run(insert(
-        "t",
-        vec![doc("a", r#"{"a":{"b":1,"c":2},"d":[1,2]}"#)],
-        Conflict::Error,
-    ));
+    node.run(insert("t", vec![doc("a", r#"{"a":{"b":1,"c":2},"d":[1,2]}"#)], Conflict::Error));
     let patch = r#"{"a":{"b":null,"e":3},"d":[9]}"#.to_string();
-    let outcome = node.run(Op::Update {
-        table: "t".into(),
-        id: "a".into(),
-        patch,
-    });
+    let outcome = node.run(Op::Update { table: "t".into(), id: "a".into(), patch });
     let expected = serde_json::json!({"id":"a","a":{"c":2,"e":3},"d":[9]});
     match outcome {
         Outcome::Updated { json } => {
-            assert_eq!(
-                serde_json::from_str::<serde_json::Value>(&json).unwrap(),
-                expected
-            )
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap(), expected)
         }
         other => panic!("unexpected {other:?}"),
     }
     for bad in [r#"{"id":null}"#, r#"{"id":"b"}"#, "[1]", "7"] {
-        let outcome = node.run(Op::Update {
-            table: "t".into(),
-            id: "a".into(),
-            patch: bad.into(),
-        });
+        let outcome = node.run(Op::Update { table: "t".into(), id: "a".into(), patch: bad.into() });
         assert!(
             matches!(outcome, Outcome::Failed(ApplyError::Invalid { .. })),
             "{bad}: {outcome:?}"
         );
     }
-    assert_eq!(
-        stored(&node, "t", "a").unwrap(),
-        expected,
-        "refused patches change nothing"
-    );
-    let missing = node.run(Op::Update {
-        table: "t".into(),
-        id: "zz".into(),
-        patch: "{}".into(),
-    });
+    assert_eq!(stored(&node, "t", "a").unwrap(), expected, "refused patches change nothing");
+    let missing = node.run(Op::Update { table: "t".into(), id: "zz".into(), patch: "{}".into() });
     assert_eq!(
         missing,
-        Outcome::Failed(ApplyError::DocNotFound {
-            table: "t".into(),
-            id: "zz".into()
-        })
+        Outcome::Failed(ApplyError::DocNotFound { table: "t".into(), id: "zz".into() })
     );
 }
 
@@ -228,47 +135,22 @@ fn malformed_commands_from_the_log_are_refused_the_same_way_everywhere() {
     let mut node = Node::new();
     node.run(create("t"));
     let bad_docs = [
-        Doc {
-            id: "a".into(),
-            json: "{not json".into(),
-        },
-        Doc {
-            id: "a".into(),
-            json: "[1,2]".into(),
-        },
-        Doc {
-            id: "a".into(),
-            json: r#"{"id":"b"}"#.into(),
-        },
-        Doc {
-            id: "".into(),
-            json: r#"{"id":""}"#.into(),
-        },
+        Doc { id: "a".into(), json: "{not json".into() },
+        Doc { id: "a".into(), json: "[1,2]".into() },
+        Doc { id: "a".into(), json: r#"{"id":"b"}"#.into() },
+        Doc { id: "".into(), json: r#"{"id":""}"#.into() },
     ];
     for bad in bad_docs {
         let outcome = node.run(insert("t", vec![bad.clone()], Conflict::Error));
-        assert!(
-            matches!(outcome, Outcome::Failed(ApplyError::Invalid { .. })),
-            "{bad:?}"
-        );
+        assert!(matches!(outcome, Outcome::Failed(ApplyError::Invalid { .. })), "{bad:?}");
     }
-    let twice = node.run(insert(
-        "t",
-        vec![doc("a", "{}"), doc("a", "{}")],
-        Conflict::Replace,
-    ));
+    let twice = node.run(insert("t", vec![doc("a", "{}"), doc("a", "{}")], Conflict::Replace));
     assert!(matches!(twice, Outcome::Failed(ApplyError::Invalid { .. })));
     let empty = node.run(insert("t", vec![], Conflict::Error));
     assert!(matches!(empty, Outcome::Failed(ApplyError::Invalid { .. })));
     let bad_table = node.run(create("_system"));
-    assert!(matches!(
-        bad_table,
-        Outcome::Failed(ApplyError::Invalid { .. })
-    ));
-    assert_eq!(
-        node.sm.store().list_docs("t", None, 10).unwrap().docs.len(),
-        0
-    );
+    assert!(matches!(bad_table, Outcome::Failed(ApplyError::Invalid { .. })));
+    assert_eq!(node.sm.store().list_docs("t", None, 10).unwrap().docs.len(), 0);
 }
 
 #[test]
@@ -279,14 +161,7 @@ fn a_retried_command_is_answered_from_memory_and_applied_once() {
     let id = CommandId { session, seq: 1 };
     let add = Command::new(Some(id), insert("t", vec![doc("a", "{}")], Conflict::Error));
     let first = node.apply(vec![add.clone()]).remove(0);
-    assert_eq!(
-        first.outcome,
-        Outcome::Inserted {
-            inserted: 1,
-            replaced: 0,
-            updated: 0
-        }
-    );
+    assert_eq!(first.outcome, Outcome::Inserted { inserted: 1, replaced: 0, updated: 0 });
 
     // The same command again, later, and twice within one batch: each answer is
     // the first one, with the first index; a second application would conflict.
@@ -301,24 +176,11 @@ fn a_retried_command_is_answered_from_memory_and_applied_once() {
     // The next command of the session applies; then the old one is stale.
     let next = Command::new(
         Some(CommandId { session, seq: 2 }),
-        Op::Delete {
-            table: "t".into(),
-            id: "a".into(),
-        },
+        Op::Delete { table: "t".into(), id: "a".into() },
     );
-    assert_eq!(
-        node.apply(vec![next]).remove(0).outcome,
-        Outcome::Deleted { existed: true }
-    );
+    assert_eq!(node.apply(vec![next]).remove(0).outcome, Outcome::Deleted { existed: true });
     let stale = node.apply(vec![add]).remove(0).outcome;
-    assert_eq!(
-        stale,
-        Outcome::Failed(ApplyError::StaleSequence {
-            session,
-            seq: 1,
-            last: 2
-        })
-    );
+    assert_eq!(stale, Outcome::Failed(ApplyError::StaleSequence { session, seq: 1, last: 2 }));
     assert_eq!(stored(&node, "t", "a"), None);
 }
 
@@ -327,38 +189,17 @@ fn a_retry_within_one_batch_is_deduplicated() {
     let mut node = Node::new();
     let session = node.open_session();
     let id = Some(CommandId { session, seq: 5 });
-    let put = Command::new(
-        id,
-        Op::KvPut {
-            key: "k".into(),
-            value: b"v".to_vec(),
-        },
-    );
+    let put = Command::new(id, Op::KvPut { key: "k".into(), value: b"v".to_vec() });
     let out = node.apply(vec![put.clone(), put]);
-    assert_eq!(
-        out[0].index, out[1].index,
-        "the repeat reports the first index"
-    );
+    assert_eq!(out[0].index, out[1].index, "the repeat reports the first index");
 }
 
 #[test]
 fn commands_of_unknown_sessions_are_refused() {
     let mut node = Node::new();
-    let id = Some(CommandId {
-        session: 999,
-        seq: 1,
-    });
-    let out = node.apply(vec![Command::new(
-        id,
-        Op::KvPut {
-            key: "k".into(),
-            value: vec![],
-        },
-    )]);
-    assert_eq!(
-        out[0].outcome,
-        Outcome::Failed(ApplyError::SessionUnknown { session: 999 })
-    );
+    let id = Some(CommandId { session: 999, seq: 1 });
+    let out = node.apply(vec![Command::new(id, Op::KvPut { key: "k".into(), value: vec![] })]);
+    assert_eq!(out[0].outcome, Outcome::Failed(ApplyError::SessionUnknown { session: 999 }));
     assert_eq!(node.sm.store().kv_get("k").unwrap(), None);
 }
 
@@ -367,10 +208,7 @@ fn the_applied_index_and_every_effect_survive_a_restart() {
     let mut node = Node::new();
     node.run(create("t"));
     for i in 0..50 {
-        node.run(Op::KvPut {
-            key: format!("k{i}"),
-            value: vec![i as u8],
-        });
+        node.run(Op::KvPut { key: format!("k{i}"), value: vec![i as u8] });
     }
     let applied = node.sm.applied_index();
     assert_eq!(applied, 51);
@@ -399,11 +237,7 @@ fn listing_pages_through_a_table_in_id_order_and_stays_inside_it() {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let Page { docs, next } = node
-            .sm
-            .store()
-            .list_docs("a", after.as_deref(), 10)
-            .unwrap();
+        let Page { docs, next } = node.sm.store().list_docs("a", after.as_deref(), 10).unwrap();
         for json in docs {
             let value: serde_json::Value = serde_json::from_str(&json).unwrap();
             seen.push(value["id"].as_str().unwrap().to_string());

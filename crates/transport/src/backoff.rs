@@ -22,12 +22,7 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub fn new(initial_ms: u64, max_ms: u64, seed: u64) -> Backoff {
         assert!(0 < initial_ms && initial_ms <= max_ms, "backoff bounds");
-        Backoff {
-            initial_ms,
-            max_ms,
-            next_ms: initial_ms,
-            rng: SplitMix64(seed),
-        }
+        Backoff { initial_ms, max_ms, next_ms: initial_ms, rng: SplitMix64(seed) }
     }
 
     /// The delay before the next attempt; later delays grow.
@@ -72,10 +67,7 @@ mod tests {
         let mut ceiling = 50;
         for _ in 0..10 {
             let delay = backoff.next_delay().as_millis() as u64;
-            assert!(
-                ceiling / 2 <= delay && delay <= ceiling,
-                "{delay} vs {ceiling}"
-            );
+            assert!(ceiling / 2 <= delay && delay <= ceiling, "{delay} vs {ceiling}");
             ceiling = (ceiling * 2).min(2_000);
         }
         backoff.reset();

@@ -183,13 +183,7 @@ impl TransportConfig {
         listen: SocketAddr,
         peers: BTreeMap<u64, SocketAddr>,
     ) -> TransportConfig {
-        TransportConfig {
-            node_id,
-            cluster_id,
-            listen,
-            peers,
-            limits: Limits::default(),
-        }
+        TransportConfig { node_id, cluster_id, listen, peers, limits: Limits::default() }
     }
 
     /// Refuses a configuration that cannot work, naming the field.
@@ -211,19 +205,13 @@ pub(crate) fn validate_peers(node_id: u64, peers: &BTreeMap<u64, SocketAddr>) ->
         return Err(config_error("peers", "node id 0 is reserved"));
     }
     if peers.contains_key(&node_id) {
-        return Err(config_error(
-            "peers",
-            format!("contains this node's own id {node_id}"),
-        ));
+        return Err(config_error("peers", format!("contains this node's own id {node_id}")));
     }
     Ok(())
 }
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::Config {
-        field,
-        reason: reason.into(),
-    }
+    Error::Config { field, reason: reason.into() }
 }
 
 #[cfg(test)]

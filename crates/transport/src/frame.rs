@@ -97,9 +97,8 @@ impl Default for FrameCodec {
 impl FrameCodec {
     /// A codec in the handshake phase.
     pub fn new() -> FrameCodec {
-        let framing = LengthDelimitedCodec::builder()
-            .max_frame_length(HANDSHAKE_FRAME_BYTES_MAX)
-            .new_codec();
+        let framing =
+            LengthDelimitedCodec::builder().max_frame_length(HANDSHAKE_FRAME_BYTES_MAX).new_codec();
         FrameCodec { framing }
     }
 
@@ -160,10 +159,7 @@ fn encoded_len(frame: &Frame) -> usize {
     KIND_BYTES
         + match frame {
             Frame::Hello(_) | Frame::Ack(_) => HELLO_BODY_BYTES,
-            Frame::Batch(messages) => messages
-                .iter()
-                .map(|m| MESSAGE_HEADER_BYTES + m.len())
-                .sum(),
+            Frame::Batch(messages) => messages.iter().map(|m| MESSAGE_HEADER_BYTES + m.len()).sum(),
             Frame::Ping => 0,
         }
 }
@@ -193,9 +189,7 @@ fn parse(mut payload: Bytes) -> Result<Frame, Error> {
 
 fn parse_hello(mut body: Bytes) -> Result<Hello, Error> {
     if body.len() < MAGIC.len() + 2 || body[..MAGIC.len()] != MAGIC {
-        return Err(Error::handshake(
-            "not a Cairn transport handshake (bad magic)",
-        ));
+        return Err(Error::handshake("not a Cairn transport handshake (bad magic)"));
     }
     body.advance(MAGIC.len());
     let version = body.get_u16();
@@ -210,11 +204,7 @@ fn parse_hello(mut body: Bytes) -> Result<Hello, Error> {
             body.len() + MAGIC.len() + 2
         )));
     }
-    Ok(Hello {
-        cluster_id: body.get_u64(),
-        from: body.get_u64(),
-        to: body.get_u64(),
-    })
+    Ok(Hello { cluster_id: body.get_u64(), from: body.get_u64(), to: body.get_u64() })
 }
 
 fn parse_batch(mut body: Bytes) -> Result<Vec<Bytes>, Error> {
@@ -265,15 +255,9 @@ mod tests {
     // The handshake frame has the documented size and layout.
     #[test]
     fn hello_matches_the_documented_layout() {
-        let hello = Hello {
-            cluster_id: 7,
-            from: 1,
-            to: 2,
-        };
+        let hello = Hello { cluster_id: 7, from: 1, to: 2 };
         let mut buf = BytesMut::new();
-        FrameCodec::new()
-            .encode(Frame::Hello(hello), &mut buf)
-            .expect("encodes");
+        FrameCodec::new().encode(Frame::Hello(hello), &mut buf).expect("encodes");
         let mut expected = vec![0, 0, 0, 35, KIND_HELLO];
         expected.extend_from_slice(b"CAIRN-TP");
         expected.extend_from_slice(&[0, 1]);
@@ -288,9 +272,7 @@ mod tests {
     #[test]
     fn large_frame_is_refused_before_the_handshake() {
         let mut buf = BytesMut::from(&[0u8, 0, 4, 0, KIND_PING][..]);
-        let err = FrameCodec::new()
-            .decode(&mut buf)
-            .expect_err("over the limit");
+        let err = FrameCodec::new().decode(&mut buf).expect_err("over the limit");
         assert!(matches!(err, Error::Protocol { .. }), "{err}");
     }
 
@@ -299,14 +281,8 @@ mod tests {
     fn other_version_is_refused_by_name() {
         let mut buf = BytesMut::new();
         let mut codec = FrameCodec::new();
-        let hello = Hello {
-            cluster_id: 1,
-            from: 1,
-            to: 2,
-        };
-        codec
-            .encode(Frame::Hello(hello), &mut buf)
-            .expect("encodes");
+        let hello = Hello { cluster_id: 1, from: 1, to: 2 };
+        codec.encode(Frame::Hello(hello), &mut buf).expect("encodes");
         buf[4 + 1 + 8 + 1] = 9; // low byte of the version
         let err = codec.decode(&mut buf).expect_err("other version");
         assert!(err.to_string().contains("version 9"), "{err}");
@@ -326,9 +302,7 @@ mod tests {
         let big = Bytes::from(vec![0u8; MESSAGE_BYTES_MAX]);
         let mut buf = BytesMut::new();
         let mut codec = established();
-        codec
-            .encode(Frame::Batch(vec![big.clone()]), &mut buf)
-            .expect("one maximal message fits");
+        codec.encode(Frame::Batch(vec![big.clone()]), &mut buf).expect("one maximal message fits");
         let err = codec
             .encode(Frame::Batch(vec![big, Bytes::new()]), &mut BytesMut::new())
             .expect_err("over the frame limit");

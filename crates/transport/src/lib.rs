@@ -123,10 +123,7 @@ pub enum Error {
     QueueFull { peer: u64 },
     /// The message cannot fit in one frame; it was dropped.
     #[error("message of {size_bytes} bytes exceeds the limit of {size_bytes_max} bytes")]
-    MessageTooLarge {
-        size_bytes: usize,
-        size_bytes_max: usize,
-    },
+    MessageTooLarge { size_bytes: usize, size_bytes_max: usize },
     /// The transport was shut down (or its handle dropped).
     #[error("the transport is shut down")]
     ShutDown,
@@ -145,9 +142,7 @@ pub enum Error {
 /// holding one of its locks, and every guarded state is consistent between
 /// statements, so a poisoned lock is still safe to use.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Error {
@@ -164,14 +159,10 @@ impl Error {
     }
 
     pub(crate) fn handshake(reason: impl Into<String>) -> Error {
-        Error::Handshake {
-            reason: reason.into(),
-        }
+        Error::Handshake { reason: reason.into() }
     }
 
     pub(crate) fn protocol(reason: impl Into<String>) -> Error {
-        Error::Protocol {
-            reason: reason.into(),
-        }
+        Error::Protocol { reason: reason.into() }
     }
 }

@@ -176,21 +176,13 @@ impl Link {
             let _ = predecessor.await;
         }
         let seed = (self.ctx.node_id << 32) ^ self.peer.id;
-        let backoff = Backoff::new(
-            self.ctx.limits.backoff_initial_ms,
-            self.ctx.limits.backoff_max_ms,
-            seed,
-        );
+        let backoff =
+            Backoff::new(self.ctx.limits.backoff_initial_ms, self.ctx.limits.backoff_max_ms, seed);
         let _ = self.connect_forever(backoff).await;
         lock(&self.peer.current).take();
         let discarded = self.peer.queue.close();
         Counters::add(&self.ctx.counters.messages_dropped, discarded as u64);
-        debug!(
-            node = self.ctx.node_id,
-            peer = self.peer.id,
-            discarded,
-            "link stopped"
-        );
+        debug!(node = self.ctx.node_id, peer = self.peer.id, discarded, "link stopped");
     }
 
     async fn connect_forever(&self, mut backoff: Backoff) -> Result<(), Stopped> {
@@ -233,10 +225,7 @@ impl Link {
                 }
                 Ended::Severed => info!(node, peer, "disconnected on request"),
                 Ended::Replaced(conn) => {
-                    info!(
-                        node,
-                        peer, "a newer connection from the peer replaces this one"
-                    );
+                    info!(node, peer, "a newer connection from the peer replaces this one");
                     next = Some(conn);
                 }
                 Ended::Closed => info!(node, peer, "peer closed the connection"),
@@ -269,8 +258,7 @@ impl Link {
         let mut failures: u64 = 0;
         loop {
             if after_delay {
-                self.until_stopped(tokio::time::sleep(backoff.next_delay()))
-                    .await?;
+                self.until_stopped(tokio::time::sleep(backoff.next_delay())).await?;
             }
             after_delay = true;
             match self.until_stopped(dial_once(&self.ctx, peer, addr)).await? {
@@ -366,10 +354,7 @@ impl Link {
             Counters::add(&counters.frames_received, 1);
             Counters::add(&counters.messages_received, messages.len() as u64);
             for msg in messages {
-                let event = Event::Message {
-                    from: self.peer.id,
-                    msg,
-                };
+                let event = Event::Message { from: self.peer.id, msg };
                 if self.events.send(event).await.is_err() {
                     return Ended::ReceiverGone;
                 }
@@ -429,10 +414,7 @@ struct Counted<R> {
 
 impl<R> Counted<R> {
     fn new(inner: R) -> Counted<R> {
-        Counted {
-            inner,
-            bytes_read: 0,
-        }
+        Counted { inner, bytes_read: 0 }
     }
 }
 
@@ -451,35 +433,24 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
 
 /// One attempt: connect, send HELLO, expect the peer's ACK.
 async fn dial_once(ctx: &Context, peer: u64, addr: SocketAddr) -> Result<Conn, Error> {
-    let stream = timeout(ctx.limits.connect_timeout(), TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
+    let stream =
+        timeout(ctx.limits.connect_timeout(), TcpStream::connect(addr)).await.map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!(
-                    "connect timed out after {} ms",
-                    ctx.limits.connect_timeout_ms
-                ),
+                format!("connect timed out after {} ms", ctx.limits.connect_timeout_ms),
             )
         })??;
     // Batching is done here; Nagle would only add latency to each frame.
     stream.set_nodelay(true)?;
     let mut conn = Framed::new(stream, FrameCodec::new());
-    let hello = Hello {
-        cluster_id: ctx.cluster_id,
-        from: ctx.node_id,
-        to: peer,
-    };
+    let hello = Hello { cluster_id: ctx.cluster_id, from: ctx.node_id, to: peer };
     let answer = timeout(ctx.limits.handshake_timeout(), async {
         conn.send(Frame::Hello(hello)).await?;
         conn.next().await.transpose()
     })
     .await
     .map_err(|_| {
-        Error::handshake(format!(
-            "no answer within {} ms",
-            ctx.limits.handshake_timeout_ms
-        ))
+        Error::handshake(format!("no answer within {} ms", ctx.limits.handshake_timeout_ms))
     })??;
     match answer {
         Some(Frame::Ack(ack)) => check_ack(ctx, peer, ack)?,

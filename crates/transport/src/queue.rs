@@ -61,10 +61,7 @@ pub struct OutboundQueue {
 impl OutboundQueue {
     /// An empty queue with the given bounds.
     pub fn new(messages_max: usize, bytes_max: usize) -> OutboundQueue {
-        assert!(
-            messages_max > 0 && bytes_max > 0,
-            "queue bounds must be set"
-        );
+        assert!(messages_max > 0 && bytes_max > 0, "queue bounds must be set");
         OutboundQueue {
             state: Mutex::new(State::default()),
             pushed: Notify::new(),
@@ -118,10 +115,7 @@ impl OutboundQueue {
             batch_bytes += weight;
             batch.push(message);
         }
-        assert!(
-            state.messages.is_empty() == (state.bytes == 0),
-            "byte count drifted"
-        );
+        assert!(state.messages.is_empty() == (state.bytes == 0), "byte count drifted");
         (!batch.is_empty()).then_some(batch)
     }
 
@@ -182,11 +176,7 @@ mod tests {
     fn byte_bound_counts_headers_and_lets_a_big_message_alone() {
         let queue = OutboundQueue::new(100, 10);
         assert_eq!(queue.push(message(6)), Ok(()));
-        assert_eq!(
-            queue.push(Bytes::new()),
-            Err(Refused::Full),
-            "6+4 + 0+4 > 10"
-        );
+        assert_eq!(queue.push(Bytes::new()), Err(Refused::Full), "6+4 + 0+4 > 10");
         queue.try_take_batch(100).expect("one queued");
         assert_eq!(queue.push(message(50)), Ok(()), "empty queue takes it");
         assert_eq!(queue.push(Bytes::new()), Err(Refused::Full));

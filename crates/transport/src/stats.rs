@@ -81,10 +81,7 @@ pub(crate) struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     pub fn new(counters: &'a Counters, messages: usize) -> InFlight<'a> {
-        InFlight {
-            counters,
-            messages: messages as u64,
-        }
+        InFlight { counters, messages: messages as u64 }
     }
 
     /// The messages reached the socket.

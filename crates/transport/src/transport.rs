@@ -79,10 +79,8 @@ impl Transport {
     ) -> Result<(TransportHandle, mpsc::Receiver<Event>), Error> {
         config.validate()?;
         let listener = bind(config.listen)?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
         let (events, receiver) = mpsc::channel(config.limits.inbound_events_max);
         let shared = Arc::new(Shared {
             ctx: Arc::new(Context {
@@ -102,10 +100,7 @@ impl Transport {
         });
         let acceptor = tokio::spawn(accept_loop(shared.clone(), listener));
         let handle = TransportHandle {
-            inner: Arc::new(HandleInner {
-                shared,
-                acceptor: Mutex::new(Some(acceptor)),
-            }),
+            inner: Arc::new(HandleInner { shared, acceptor: Mutex::new(Some(acceptor)) }),
         };
         handle.set_peers(config.peers)?;
         info!(node = config.node_id, %local_addr, "transport listening");
@@ -209,10 +204,9 @@ impl TransportHandle {
                 Ok(()) => return Ok(()),
                 Err(Refused::Full) => Error::QueueFull { peer: to },
                 Err(Refused::Closed) => Error::UnknownPeer { peer: to },
-                Err(Refused::TooLarge) => Error::MessageTooLarge {
-                    size_bytes,
-                    size_bytes_max: crate::MESSAGE_BYTES_MAX,
-                },
+                Err(Refused::TooLarge) => {
+                    Error::MessageTooLarge { size_bytes, size_bytes_max: crate::MESSAGE_BYTES_MAX }
+                }
             }
         };
         shared.drop_messages(1);
@@ -287,12 +281,7 @@ impl TransportHandle {
             predecessor,
         };
         let task = shared.runtime.spawn(link.run());
-        PeerEntry {
-            addr,
-            peer,
-            cancel,
-            task,
-        }
+        PeerEntry { addr, peer, cancel, task }
     }
 
     /// The configured peers and their addresses.
@@ -303,10 +292,7 @@ impl TransportHandle {
 
     /// Whether a connection to `peer` is up now.
     pub fn is_connected(&self, peer: u64) -> bool {
-        self.inner
-            .shared
-            .peer(peer)
-            .is_some_and(|p| p.is_connected())
+        self.inner.shared.peer(peer).is_some_and(|p| p.is_connected())
     }
 
     /// Fault injection: cuts the connection to `peer` as a network failure
@@ -319,12 +305,7 @@ impl TransportHandle {
     /// The counters, now.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
-        let queued: usize = shared
-            .registry()
-            .peers
-            .values()
-            .map(|e| e.peer.queue.len())
-            .sum();
+        let queued: usize = shared.registry().peers.values().map(|e| e.peer.queue.len()).sum();
         shared.ctx.counters.snapshot(queued as u64)
     }
 
@@ -338,9 +319,7 @@ impl TransportHandle {
             let mut registry = shared.registry();
             registry.events = None;
             let peers = std::mem::take(&mut registry.peers);
-            let mut tasks: Vec<_> = std::mem::take(&mut registry.retired)
-                .into_values()
-                .collect();
+            let mut tasks: Vec<_> = std::mem::take(&mut registry.retired).into_values().collect();
             for entry in peers.into_values() {
                 shared.drop_messages(entry.peer.queue.close());
                 tasks.push(entry.task);
@@ -360,12 +339,8 @@ impl TransportHandle {
 /// even while connections of its previous run linger in TIME_WAIT.
 fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     let bind_error = |source| Error::Bind { addr, source };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(bind_error)?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(bind_error)?;
     socket.set_reuseaddr(true).map_err(bind_error)?;
     socket.bind(addr).map_err(bind_error)?;
     socket.listen(LISTEN_BACKLOG).map_err(bind_error)
@@ -403,17 +378,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// or closes it with a log line.
 async fn accept_one(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let ctx = &shared.ctx;
-    let outcome = timeout(
-        ctx.limits.handshake_timeout(),
-        accept_handshake(&shared, stream),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::handshake(format!(
-            "no handshake within {} ms",
-            ctx.limits.handshake_timeout_ms
-        )))
-    });
+    let outcome = timeout(ctx.limits.handshake_timeout(), accept_handshake(&shared, stream))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::handshake(format!(
+                "no handshake within {} ms",
+                ctx.limits.handshake_timeout_ms
+            )))
+        });
     match outcome {
         Ok((peer, conn)) => {
             debug!(node = ctx.node_id, peer = peer.id, %remote, "accepted connection");
@@ -454,16 +426,9 @@ async fn accept_handshake(shared: &Shared, stream: TcpStream) -> Result<(Arc<Pee
         )));
     }
     let Some(peer) = shared.peer(hello.from) else {
-        return Err(Error::handshake(format!(
-            "node {} is not a configured peer",
-            hello.from
-        )));
+        return Err(Error::handshake(format!("node {} is not a configured peer", hello.from)));
     };
-    let ack = Hello {
-        cluster_id: ctx.cluster_id,
-        from: ctx.node_id,
-        to: hello.from,
-    };
+    let ack = Hello { cluster_id: ctx.cluster_id, from: ctx.node_id, to: hello.from };
     conn.send(Frame::Ack(ack)).await?;
     conn.codec_mut().establish();
     Ok((peer, conn))

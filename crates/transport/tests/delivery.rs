@@ -24,9 +24,7 @@ async fn three_nodes_exchange_all_to_all_in_order() {
     for node in &nodes {
         for &to in ids.iter().filter(|&&to| to != node.id) {
             for seq in 0..PER_PAIR {
-                node.handle
-                    .send(to, tagged(node.id, to, seq))
-                    .expect("queue has room");
+                node.handle.send(to, tagged(node.id, to, seq)).expect("queue has room");
             }
         }
     }
@@ -62,30 +60,21 @@ async fn three_nodes_exchange_all_to_all_in_order() {
 #[tokio::test]
 async fn many_small_messages_share_frames() {
     const MESSAGES: usize = 20_000;
-    let limits = Limits {
-        queue_messages_max: MESSAGES,
-        ..limits()
-    };
+    let limits = Limits { queue_messages_max: MESSAGES, ..limits() };
     let mut nodes = cluster(&[1, 2], limits).await;
     wait_all_connected(&mut nodes).await;
-    let [one, two] = &mut nodes[..] else {
-        unreachable!("two nodes")
-    };
+    let [one, two] = &mut nodes[..] else { unreachable!("two nodes") };
     // The test runs on one thread: the writer gets to run only after the
     // whole burst is queued, as under load.
     for seq in 0..MESSAGES {
-        one.handle
-            .send(2, tagged(1, 2, seq))
-            .expect("queue has room");
+        one.handle.send(2, tagged(1, 2, seq)).expect("queue has room");
     }
     let got = two.recv_from(1, MESSAGES).await;
     let expected: Vec<Bytes> = (0..MESSAGES).map(|s| tagged(1, 2, s)).collect();
     assert!(got == expected, "messages lost or out of order");
     let handle = &one.handle;
-    eventually("the burst counted as sent", || {
-        handle.stats().messages_sent == MESSAGES as u64
-    })
-    .await;
+    eventually("the burst counted as sent", || handle.stats().messages_sent == MESSAGES as u64)
+        .await;
     let stats = one.handle.stats();
     assert!(
         stats.frames_sent * 100 <= stats.messages_sent,
@@ -101,18 +90,10 @@ async fn many_small_messages_share_frames() {
 async fn full_queue_drops_and_counts_instead_of_blocking() {
     const BOUND: usize = 8;
     const SENT: usize = 20;
-    let limits = Limits {
-        queue_messages_max: BOUND,
-        ..limits()
-    };
+    let limits = Limits { queue_messages_max: BOUND, ..limits() };
     let addr2 = unused_addr();
-    let one = Node::start(
-        1,
-        common::loopback(),
-        BTreeMap::from([(2, addr2)]),
-        limits.clone(),
-    )
-    .await;
+    let one =
+        Node::start(1, common::loopback(), BTreeMap::from([(2, addr2)]), limits.clone()).await;
     for seq in 0..SENT {
         match one.handle.send(2, tagged(1, 2, seq)) {
             Ok(()) => assert!(seq < BOUND, "message {seq} queued past the bound"),
@@ -129,14 +110,8 @@ async fn full_queue_drops_and_counts_instead_of_blocking() {
 
     // A message no frame can carry is refused too, and counted.
     let too_big = Bytes::from(vec![0u8; MESSAGE_BYTES_MAX + 1]);
-    assert!(matches!(
-        one.handle.send(2, too_big),
-        Err(Error::MessageTooLarge { .. })
-    ));
-    assert!(matches!(
-        one.handle.send(9, Bytes::new()),
-        Err(Error::UnknownPeer { peer: 9 })
-    ));
+    assert!(matches!(one.handle.send(2, too_big), Err(Error::MessageTooLarge { .. })));
+    assert!(matches!(one.handle.send(9, Bytes::new()), Err(Error::UnknownPeer { peer: 9 })));
     let dropped = (SENT - BOUND + 2) as u64;
     assert_eq!(one.handle.stats().messages_dropped, dropped);
 
@@ -161,16 +136,10 @@ async fn full_queue_drops_and_counts_instead_of_blocking() {
 async fn slow_receiver_makes_the_sender_drop_not_block() {
     const MESSAGE_BYTES: usize = 256 * 1024;
     const ATTEMPTS_MAX: usize = 4_000;
-    let limits = Limits {
-        queue_messages_max: 64,
-        inbound_events_max: 16,
-        ..limits()
-    };
+    let limits = Limits { queue_messages_max: 64, inbound_events_max: 16, ..limits() };
     let mut nodes = cluster(&[1, 2], limits).await;
     wait_all_connected(&mut nodes).await;
-    let [one, two] = &mut nodes[..] else {
-        unreachable!("two nodes")
-    };
+    let [one, two] = &mut nodes[..] else { unreachable!("two nodes") };
     let mut attempts = 0;
     let mut first_refusal = None;
     while first_refusal.is_none() {
@@ -188,10 +157,8 @@ async fn slow_receiver_makes_the_sender_drop_not_block() {
     }
     let accepted = attempts - 1;
     let got = two.recv_from(1, accepted).await;
-    let seqs: Vec<u64> = got
-        .iter()
-        .map(|m| u64::from_be_bytes(m[..8].try_into().expect("8 bytes")))
-        .collect();
+    let seqs: Vec<u64> =
+        got.iter().map(|m| u64::from_be_bytes(m[..8].try_into().expect("8 bytes"))).collect();
     let expected: Vec<u64> = (0..accepted as u64).collect();
     assert_eq!(seqs, expected, "accepted messages arrive in order");
     let handle = &one.handle;

@@ -25,10 +25,7 @@ use tokio_util::codec::{Encoder, Framed};
 
 /// Sends one message each way and waits for both.
 async fn assert_messages_flow(a: &mut Node, b: &mut Node, tag: &str) {
-    let (a_to_b, b_to_a) = (
-        Bytes::from(format!("{tag} a->b")),
-        Bytes::from(format!("{tag} b->a")),
-    );
+    let (a_to_b, b_to_a) = (Bytes::from(format!("{tag} a->b")), Bytes::from(format!("{tag} b->a")));
     a.handle.send(b.id, a_to_b.clone()).expect("queued");
     b.handle.send(a.id, b_to_a.clone()).expect("queued");
     assert_eq!(b.recv_from(a.id, 1).await, vec![a_to_b]);
@@ -42,18 +39,12 @@ async fn assert_messages_flow(a: &mut Node, b: &mut Node, tag: &str) {
 async fn severed_connection_reconnects_on_both_sides() {
     let mut nodes = cluster(&[1, 2], limits()).await;
     wait_all_connected(&mut nodes).await;
-    let [one, two] = &mut nodes[..] else {
-        unreachable!("two nodes")
-    };
+    let [one, two] = &mut nodes[..] else { unreachable!("two nodes") };
     assert_messages_flow(one, two, "before").await;
 
     // Cut by the dialing side, then by the accepting side.
     for (round, cut_by_dialer) in [(1, true), (2, false)] {
-        let cut = if cut_by_dialer {
-            one.handle.disconnect(2)
-        } else {
-            two.handle.disconnect(1)
-        };
+        let cut = if cut_by_dialer { one.handle.disconnect(2) } else { two.handle.disconnect(1) };
         assert!(cut, "round {round}: a connection was up to cut");
         for (node, peer) in [(&mut *one, 2), (&mut *two, 1)] {
             node.wait_for(Event::Disconnected { peer }).await;
@@ -98,21 +89,10 @@ async fn restarted_peer_is_reconnected() {
 async fn handshake_as(from: u64, to: u64, addr: SocketAddr) -> Framed<TcpStream, FrameCodec> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut conn = Framed::new(stream, FrameCodec::new());
-    let hello = Hello {
-        cluster_id: CLUSTER,
-        from,
-        to,
-    };
+    let hello = Hello { cluster_id: CLUSTER, from, to };
     conn.send(Frame::Hello(hello)).await.expect("send HELLO");
     let ack = conn.next().await.expect("an answer").expect("a frame");
-    assert_eq!(
-        ack,
-        Frame::Ack(Hello {
-            cluster_id: CLUSTER,
-            from: to,
-            to: from
-        })
-    );
+    assert_eq!(ack, Frame::Ack(Hello { cluster_id: CLUSTER, from: to, to: from }));
     conn.codec_mut().establish();
     conn
 }
@@ -136,13 +116,7 @@ async fn next_batch(conn: &mut Framed<TcpStream, FrameCodec>) -> Vec<Bytes> {
 /// the new one. (Node 1 here is played by raw sockets.)
 #[tokio::test]
 async fn newest_connection_from_a_peer_wins() {
-    let mut two = Node::start(
-        2,
-        loopback(),
-        BTreeMap::from([(1, unused_addr())]),
-        limits(),
-    )
-    .await;
+    let mut two = Node::start(2, loopback(), BTreeMap::from([(1, unused_addr())]), limits()).await;
     let mut first = handshake_as(1, 2, two.addr()).await;
     two.wait_connected(1).await;
     let mut second = handshake_as(1, 2, two.addr()).await;
@@ -150,21 +124,13 @@ async fn newest_connection_from_a_peer_wins() {
     two.wait_connected(1).await;
     closed_by_peer(first.get_mut(), "the replaced connection").await;
 
-    two.handle
-        .send(1, Bytes::from_static(b"to the newest"))
-        .expect("queued");
-    assert_eq!(
-        next_batch(&mut second).await,
-        vec![Bytes::from_static(b"to the newest")]
-    );
+    two.handle.send(1, Bytes::from_static(b"to the newest")).expect("queued");
+    assert_eq!(next_batch(&mut second).await, vec![Bytes::from_static(b"to the newest")]);
     second
         .send(Frame::Batch(vec![Bytes::from_static(b"from the newest")]))
         .await
         .expect("send a batch");
-    assert_eq!(
-        two.recv_from(1, 1).await,
-        vec![Bytes::from_static(b"from the newest")]
-    );
+    assert_eq!(two.recv_from(1, 1).await, vec![Bytes::from_static(b"from the newest")]);
     assert_eq!(two.handle.stats().reconnects, 1);
 }
 
@@ -186,24 +152,13 @@ fn hello_bytes(magic: &[u8; 8], cluster_id: u64, from: u64, to: u64) -> Vec<u8> 
 /// counted; the real peers stay connected and keep exchanging messages.
 #[tokio::test]
 async fn bad_handshakes_are_refused_without_harm() {
-    let limits = Limits {
-        handshake_timeout_ms: 1_000,
-        ..limits()
-    };
+    let limits = Limits { handshake_timeout_ms: 1_000, ..limits() };
     let mut nodes = cluster(&[1, 5], limits).await;
     wait_all_connected(&mut nodes).await;
-    let [one, five] = &mut nodes[..] else {
-        unreachable!("two nodes")
-    };
+    let [one, five] = &mut nodes[..] else { unreachable!("two nodes") };
     let strangers: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "an HTTP request",
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        ),
-        (
-            "a huge length prefix",
-            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
-        ),
+        ("an HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a huge length prefix", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
         ("a wrong magic", hello_bytes(b"NOT-CAIR", CLUSTER, 1, 5)),
         ("another cluster", hello_bytes(&MAGIC, CLUSTER + 1, 1, 5)),
         ("another target", hello_bytes(&MAGIC, CLUSTER, 1, 4)),
@@ -240,9 +195,7 @@ async fn bad_handshakes_are_refused_without_harm() {
 async fn corrupt_frames_close_only_their_connection() {
     let mut nodes = cluster(&[1, 5], limits()).await;
     wait_all_connected(&mut nodes).await;
-    let [one, five] = &mut nodes[..] else {
-        unreachable!("two nodes")
-    };
+    let [one, five] = &mut nodes[..] else { unreachable!("two nodes") };
     let peers = BTreeMap::from([(1, one.addr()), (3, unused_addr())]);
     five.handle.set_peers(peers).expect("valid peers");
 
@@ -253,14 +206,8 @@ async fn corrupt_frames_close_only_their_connection() {
     let mut oversized = BytesMut::new();
     oversized.put_u32(FRAME_BYTES_MAX as u32 + 1);
     let mut handshake_again = BytesMut::new();
-    let hello = Hello {
-        cluster_id: CLUSTER,
-        from: 3,
-        to: 5,
-    };
-    FrameCodec::new()
-        .encode(Frame::Hello(hello), &mut handshake_again)
-        .expect("encode HELLO");
+    let hello = Hello { cluster_id: CLUSTER, from: 3, to: 5 };
+    FrameCodec::new().encode(Frame::Hello(hello), &mut handshake_again).expect("encode HELLO");
     for (what, bytes) in [
         ("a corrupt batch", corrupt_batch),
         ("an oversized frame", oversized),
@@ -275,11 +222,8 @@ async fn corrupt_frames_close_only_their_connection() {
     assert_eq!(five.handle.stats().connections_rejected, 3);
     assert_messages_flow(one, five, "after the corrupt frames").await;
     assert!(five.handle.is_connected(1));
-    let disturbed: Vec<Event> = one
-        .pending_events()
-        .into_iter()
-        .filter(|e| !matches!(e, Event::Message { .. }))
-        .collect();
+    let disturbed: Vec<Event> =
+        one.pending_events().into_iter().filter(|e| !matches!(e, Event::Message { .. })).collect();
     assert!(disturbed.is_empty(), "node 1 disturbed: {disturbed:?}");
 }
 
@@ -289,11 +233,7 @@ async fn corrupt_frames_close_only_their_connection() {
 #[tokio::test]
 async fn silent_peer_is_disconnected_but_a_slow_frame_is_not() {
     const TRICKLE_PAUSE: Duration = Duration::from_millis(250);
-    let limits = Limits {
-        heartbeat_interval_ms: 200,
-        idle_timeout_ms: 1_000,
-        ..limits()
-    };
+    let limits = Limits { heartbeat_interval_ms: 200, idle_timeout_ms: 1_000, ..limits() };
     let mut two = Node::start(2, loopback(), BTreeMap::from([(1, unused_addr())]), limits).await;
 
     // A slow frame: each byte comes well within the idle timeout, the whole
@@ -312,14 +252,8 @@ async fn silent_peer_is_disconnected_but_a_slow_frame_is_not() {
         // Pacing, not an assertion: the trickle must outlast the timeout.
         tokio::time::sleep(TRICKLE_PAUSE).await;
     }
-    assert_eq!(
-        two.recv_from(1, 1).await,
-        vec![Bytes::from_static(b"slowly")]
-    );
-    assert!(
-        two.pending_events().is_empty(),
-        "the slow frame cut the connection"
-    );
+    assert_eq!(two.recv_from(1, 1).await, vec![Bytes::from_static(b"slowly")]);
+    assert!(two.pending_events().is_empty(), "the slow frame cut the connection");
 
     // Now silence: the connection is closed.
     two.wait_for(Event::Disconnected { peer: 1 }).await;

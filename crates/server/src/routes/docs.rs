@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::tables::{table_name, unexpected};
-use super::written;
+use super::{created_answer, written};
 use crate::error::ApiError;
 use crate::extract::{Body, ReadMode, ReadParams};
 use crate::state::AppState;
@@ -51,16 +51,9 @@ enum ConflictParam {
 
 /// Turns one JSON value of an insert into a document, generating its id.
 fn new_doc(value: Value, position: Option<usize>) -> Result<Doc, ApiError> {
-    let at = || {
-        position
-            .map(|i| format!("document {i}: "))
-            .unwrap_or_default()
-    };
+    let at = || position.map(|i| format!("document {i}: ")).unwrap_or_default();
     let Value::Object(mut object) = value else {
-        return Err(ApiError::bad_request(format!(
-            "{}a document must be a JSON object",
-            at()
-        )));
+        return Err(ApiError::bad_request(format!("{}a document must be a JSON object", at())));
     };
     let id = match object.get("id") {
         None => uuid::Uuid::new_v4().to_string(),
@@ -75,10 +68,7 @@ fn new_doc(value: Value, position: Option<usize>) -> Result<Doc, ApiError> {
     };
     validate_doc_id(&id).map_err(|e| ApiError::bad_request(format!("{}{e}", at())))?;
     object.insert("id".into(), Value::String(id.clone()));
-    Ok(Doc {
-        id,
-        json: Value::Object(object).to_string(),
-    })
+    Ok(Doc { id, json: Value::Object(object).to_string() })
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -112,28 +102,15 @@ pub async fn insert(
                     values.len()
                 )));
             }
-            let docs = values
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| new_doc(v, Some(i)));
+            let docs = values.into_iter().enumerate().map(|(i, v)| new_doc(v, Some(i)));
             docs.collect::<Result<Vec<_>, _>>()?
         }
         value => vec![new_doc(value, None)?],
     };
     let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
-    let applied = state
-        .write(Op::Insert {
-            table,
-            docs,
-            conflict,
-        })
-        .await?;
+    let applied = state.write(Op::Insert { table, docs, conflict }).await?;
     match applied.outcome {
-        Outcome::Inserted {
-            inserted,
-            replaced,
-            updated,
-        } => {
+        Outcome::Inserted { inserted, replaced, updated } => {
             let fields =
                 json!({"inserted": inserted, "replaced": replaced, "updated": updated, "ids": ids});
             Ok((StatusCode::CREATED, Json(written(&applied, fields))))
@@ -169,23 +146,10 @@ pub async fn replace(
     };
     check_id_matches(&object, &id)?;
     object.insert("id".into(), Value::String(id.clone()));
-    let doc = Doc {
-        id,
-        json: Value::Object(object).to_string(),
-    };
+    let doc = Doc { id, json: Value::Object(object).to_string() };
     let applied = state.write(Op::Replace { table, doc }).await?;
     match applied.outcome {
-        Outcome::Replaced { created } => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((
-                status,
-                Json(written(&applied, json!({ "created": created }))),
-            ))
-        }
+        Outcome::Replaced { created } => Ok(created_answer(&applied, created)),
         other => Err(unexpected(other)),
     }
 }
@@ -209,18 +173,10 @@ pub async fn update(
     let (table, id) = doc_path(path)?;
     let patch = body.json("a JSON merge patch (an object)")?;
     let Value::Object(object) = &patch else {
-        return Err(ApiError::bad_request(
-            "a merge patch for a document must be a JSON object",
-        ));
+        return Err(ApiError::bad_request("a merge patch for a document must be a JSON object"));
     };
     check_id_matches(object, &id)?;
-    let applied = state
-        .write(Op::Update {
-            table,
-            id,
-            patch: patch.to_string(),
-        })
-        .await?;
+    let applied = state.write(Op::Update { table, id, patch: patch.to_string() }).await?;
     match applied.outcome {
         Outcome::Updated { ref json } => {
             let doc: Value = serde_json::from_str(json)
@@ -263,9 +219,7 @@ pub async fn list(
         )));
     }
     ReadParams { read: params.read }.barrier(&state).await?;
-    let page = state
-        .store
-        .list_docs(&table, params.after.as_deref(), limit)?;
+    let page = state.store.list_docs(&table, params.after.as_deref(), limit)?;
     // The documents are stored as JSON text: splice them in rather than parse.
     let mut body = String::with_capacity(page.docs.iter().map(|d| d.len() + 1).sum::<usize>() + 64);
     body.push_str("{\"docs\":[");

@@ -27,12 +27,7 @@ pub async fn put(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(path)?;
-    let applied = state
-        .write(Op::KvPut {
-            key,
-            value: body.0.to_vec(),
-        })
-        .await?;
+    let applied = state.write(Op::KvPut { key, value: body.0.to_vec() }).await?;
     match applied.outcome {
         Outcome::KvWritten => Ok(Json(written(&applied, json!({})))),
         other => Err(unexpected(other)),
@@ -50,10 +45,7 @@ pub async fn get(
         Some(value) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
         }
-        None => Err(ApiError::not_found(
-            "key_not_found",
-            format!("key '{key}' does not exist"),
-        )),
+        None => Err(ApiError::not_found("key_not_found", format!("key '{key}' does not exist"))),
     }
 }
 

@@ -13,7 +13,7 @@ mod tables;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use cairn_storage::Applied;
 use serde_json::{json, Value};
 
@@ -26,33 +26,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(cluster::health))
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/tables", get(tables::list))
-        .route(
-            "/v1/tables/{table}",
-            axum::routing::put(tables::create).delete(tables::drop),
-        )
-        .route(
-            "/v1/tables/{table}/docs",
-            get(docs::list).post(docs::insert),
-        )
+        .route("/v1/tables/{table}", axum::routing::put(tables::create).delete(tables::drop))
+        .route("/v1/tables/{table}/docs", get(docs::list).post(docs::insert))
         .route(
             "/v1/tables/{table}/docs/{id}",
-            get(docs::get)
-                .put(docs::replace)
-                .patch(docs::update)
-                .delete(docs::delete),
+            get(docs::get).put(docs::replace).patch(docs::update).delete(docs::delete),
         )
-        .route(
-            "/v1/kv/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
-        )
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
 
@@ -66,6 +51,12 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+/// The answer to a write that may create: 201 when it did, 200 otherwise.
+fn created_answer(applied: &Applied, created: bool) -> (StatusCode, Json<Value>) {
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(written(applied, json!({ "created": created }))))
 }
 
 /// A write's JSON answer: `fields` plus the index it was applied at.

@@ -8,7 +8,7 @@ use cairn_storage::command::validate_table_name;
 use cairn_storage::{Op, Outcome};
 use serde_json::{json, Value};
 
-use super::written;
+use super::{created_answer, written};
 use crate::error::ApiError;
 use crate::extract::ReadParams;
 use crate::state::AppState;
@@ -35,17 +35,7 @@ pub async fn create(
     let table = table_name(path)?;
     let applied = state.write(Op::CreateTable { table }).await?;
     match applied.outcome {
-        Outcome::TableCreated { created } => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((
-                status,
-                Json(written(&applied, json!({ "created": created }))),
-            ))
-        }
+        Outcome::TableCreated { created } => Ok(created_answer(&applied, created)),
         other => Err(unexpected(other)),
     }
 }

@@ -24,11 +24,7 @@ pub const CLUSTER: u64 = 7;
 
 /// Default limits with quick reconnects, so tests do not wait on backoff.
 pub fn limits() -> Limits {
-    Limits {
-        backoff_initial_ms: 20,
-        backoff_max_ms: 300,
-        ..Limits::default()
-    }
+    Limits { backoff_initial_ms: 20, backoff_max_ms: 300, ..Limits::default() }
 }
 
 pub fn loopback() -> SocketAddr {
@@ -146,10 +142,7 @@ pub async fn wait_all_connected(nodes: &mut [Node]) {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !condition() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "not within {DEADLINE:?}: {what}"
-        );
+        assert!(start.elapsed() < DEADLINE, "not within {DEADLINE:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -167,10 +160,7 @@ pub async fn closed_by_peer(stream: &mut TcpStream, what: &str) {
         }
     })
     .await;
-    assert!(
-        closed.is_ok(),
-        "{what}: connection still open after {DEADLINE:?}"
-    );
+    assert!(closed.is_ok(), "{what}: connection still open after {DEADLINE:?}");
 }
 
 /// A message payload naming its sender, receiver and sequence number.
