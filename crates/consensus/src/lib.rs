@@ -11,12 +11,16 @@
 //!   applies them is also what makes them durable.
 //! - [`proposer`]: gives every write a `(session, seq)` id from a pool of
 //!   sessions, so that a re-proposed write applies exactly once.
+//! - [`replica`]: the IO-free wrapper around OmniPaxos that a replicated
+//!   node's event loop drives: messages and ticks in, messages and decided
+//!   entries out, lost proposals re-proposed.
 //!
 //! Replication (OmniPaxos) serves the same handle, so the API above it does not
 //! change when a node joins a cluster.
 
 pub mod local;
 pub mod proposer;
+pub mod replica;
 
 use std::sync::{Arc, Mutex};
 

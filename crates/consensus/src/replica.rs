@@ -1,0 +1,589 @@
+//! The replica: OmniPaxos behind an IO-free interface that an event loop drives.
+//!
+//! A [`Replica`] owns one `OmniPaxos<Command, LogStore>` instance, whose log
+//! and consensus state live in the node's RocksDB (`cairn_storage::log_store`).
+//! It does no IO of its own apart from those synced storage writes, keeps no
+//! clock and draws no randomness except from the seed it is given, so a whole
+//! cluster of replicas can run in one thread under a simulator and replay
+//! exactly from a seed. The event loop around it is thin:
+//!
+//! - in: [`Replica::step`] for each message from a peer, [`Replica::tick`] at a
+//!   fixed period, [`Replica::propose`] for each command a client sent here,
+//!   [`Replica::reconnected`] when the link to a peer comes back;
+//! - out: [`Replica::drain_outgoing`] for the messages to send, and
+//!   [`Replica::take_decided`] for the decided entries to apply, in order.
+//!
+//! Restarting is building the replica again from the same
+//! [`Store`]: OmniPaxos recovers its promise, log and
+//! decided index from the store, and the replica resumes handing out decided
+//! entries after the state machine's applied index, which the caller passes in.
+//!
+//! # Indexes
+//!
+//! OmniPaxos numbers its entries from 0; the node's *global* log index is the
+//! OmniPaxos index plus one, so that a fresh node is at applied index 0 and
+//! [`take_decided`](Replica::take_decided) yields `(index, command)` pairs that
+//! `StateMachine::apply` takes as they are: contiguous, right after the applied
+//! index. Every index this module shows is global.
+//!
+//! # Lost proposals and exactly-once writes
+//!
+//! A follower's `append` forwards the entry to the leader and returns `Ok` even
+//! when the forward is lost, and OmniPaxos never retries it (omnipaxos #136); a
+//! leader's own entries can be overwritten when it loses leadership before they
+//! are decided. So the replica remembers every proposal that carries a
+//! [`CommandId`], with the tick it is next due, and re-appends the ones that
+//! are not decided within the re-proposal timeout (at most
+//! [`REPROPOSALS_PER_TICK_MAX`] per tick, oldest first). A decided entry that
+//! carries a pending id clears it once the caller takes it, and also clears
+//! the same session's pending commands with a lower sequence number: a
+//! session has one command in flight (`proposer`), so those were abandoned
+//! and can only be refused as stale.
+//!
+//! A re-proposed command can be decided twice. That is safe: the state machine
+//! answers a repeated `(session, seq)` from memory, and every write takes
+//! effect once. Commands without an id (read barriers, `OpenSession`) are
+//! proposed once and never re-proposed here: repeating them is harmless but
+//! only their caller knows when to give up, so their caller tracks them (a
+//! barrier that is not decided in time is simply proposed again).
+//!
+//! Re-proposals wait until this node is in the accept phase under a known
+//! leader, so that an election does not pile copies into OmniPaxos's buffers.
+//! Their deadlines carry a little jitter drawn from the seed, so that replicas
+//! that lost the same leader do not re-propose in lockstep.
+//!
+//! # Invariants
+//!
+//! - `taken_index` (the last global index handed out) never goes back, and
+//!   entries are handed out once each, in log order, without gaps.
+//! - The pending set holds at most [`PENDING_PROPOSALS_MAX`] commands; beyond
+//!   that [`propose`](Replica::propose) refuses with a retryable error.
+//! - Every pending command is in the due queue exactly once (checked after
+//!   every change in debug builds).
+//! - A message from a node outside the configuration, from this node itself or
+//!   addressed to another node never reaches OmniPaxos (it would index its
+//!   per-peer tables out of bounds and panic).
+//!
+//! # Not here
+//!
+//! - Applying entries: the caller owns the `StateMachine` and applies what
+//!   [`take_decided`](Replica::take_decided) returns.
+//! - Snapshots and catch-up by state transfer: a replica whose next entries
+//!   were compacted away reports [`Decided::NeedsSnapshot`] and waits for the
+//!   caller to install one ([`Replica::snapshot_installed`]).
+//! - Trimming the log, and membership changes: a decided StopSign is reported
+//!   as [`Decided::Reconfigured`]; starting the next configuration is the
+//!   caller's work.
+//! - Storage faults: OmniPaxos panics on a storage error (omnipaxos #124), and
+//!   the node restarts from disk; the replica does not try to carry on.
+//! - Validating the content of messages from members: peers are trusted to run
+//!   OmniPaxos (the transport checks which node each connection claims to be;
+//!   it does not authenticate).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_storage::log_store::LogStore;
+use cairn_storage::{Command, CommandId, Store};
+use omnipaxos::storage::StopSign;
+use omnipaxos::util::LogEntry;
+use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ProposeErr, ServerConfig};
+
+use crate::Role;
+
+/// A node's id in a configuration (OmniPaxos's pid): non-zero and small.
+pub type NodeId = u64;
+/// The messages replicas exchange.
+pub type Message = omnipaxos::messages::Message<Command>;
+
+/// Most members of one configuration (Cairn runs 1, 3, 5 or 7 replicas).
+pub const MEMBERS_MAX: usize = 9;
+/// Largest node id. OmniPaxos sizes its per-peer tables by the largest id in
+/// the configuration (omnipaxos #156), so ids are kept small and reused.
+pub const NODE_ID_MAX: NodeId = 64;
+/// Most proposals with an id awaiting their decision on one node.
+pub const PENDING_PROPOSALS_MAX: usize = 4096;
+/// Most pending proposals re-appended in one tick, so a backlog after a long
+/// partition goes out over several ticks instead of one burst.
+pub const REPROPOSALS_PER_TICK_MAX: usize = 64;
+/// Most decided entries one [`Replica::take_decided`] call returns.
+pub const TAKE_DECIDED_ENTRIES_MAX: usize = 1024;
+/// Messages OmniPaxos reserves room for in its outgoing buffer (it grows past
+/// this; the event loop drains it every turn).
+const OUTGOING_RESERVE_MESSAGES: usize = 1024;
+
+/// Errors of the replica, grouped by how the caller reacts.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration cannot run (bad ids, too few members): fix it.
+    #[error("bad replica configuration: {0}")]
+    Config(String),
+    /// The node's store could not be read: restart from disk, or repair it.
+    #[error("storage: {0}")]
+    Storage(#[from] cairn_storage::Error),
+    /// Too many proposals await their decision here; retry later.
+    #[error("{pending} proposals await their decision on this node; retry later")]
+    Busy { pending: usize },
+    /// The configuration is being replaced (a StopSign was accepted); retry in
+    /// the next configuration.
+    #[error("configuration {configuration_id} is stopping for a membership change")]
+    Stopping { configuration_id: u32 },
+    /// A message that is not for this node, or not from a member; dropped.
+    #[error("dropped a message from node {from} to node {to}: not a peer of node {node_id}")]
+    Misaddressed { node_id: NodeId, from: NodeId, to: NodeId },
+    /// A peer id outside the configuration.
+    #[error("node {peer} is not a peer in this configuration")]
+    UnknownPeer { peer: NodeId },
+}
+
+impl Error {
+    /// Whether the same request may succeed later unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Busy { .. } | Error::Stopping { .. })
+    }
+}
+
+/// Timing of the replica, in ticks of the event loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Length of a heartbeat round of leader election; a dead leader is
+    /// replaced after about two rounds.
+    pub election_timeout_ticks: u64,
+    /// After how long OmniPaxos resends a prepare, promise or decide that got
+    /// no answer.
+    pub resend_timeout_ticks: u64,
+    /// After how long a proposal that is not decided is appended again.
+    pub repropose_timeout_ticks: u64,
+}
+
+impl Default for Timing {
+    /// For a 10 ms tick: election rounds of 100 ms, resends after 200 ms,
+    /// re-proposals after 500 ms.
+    fn default() -> Timing {
+        Timing { election_timeout_ticks: 10, resend_timeout_ticks: 20, repropose_timeout_ticks: 50 }
+    }
+}
+
+/// What a replica is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    /// Every member of the configuration, this node included.
+    pub members: Vec<NodeId>,
+    /// Non-zero; raised with every membership change.
+    pub configuration_id: u32,
+    pub timing: Timing,
+    /// Seeds the jitter of re-proposal deadlines.
+    pub seed: u64,
+}
+
+/// The next thing [`Replica::take_decided`] has for the caller.
+#[derive(Debug)]
+pub enum Decided {
+    /// Decided entries with contiguous global indexes right after the last
+    /// taken one; empty when nothing new is decided.
+    Entries(Vec<(u64, Command)>),
+    /// The entries after the taken index up to `through_index` were compacted
+    /// away here: the state machine needs a snapshot that covers at least
+    /// `through_index`, then [`Replica::snapshot_installed`].
+    NeedsSnapshot { through_index: u64 },
+    /// A StopSign was decided at `index`: this configuration takes no more
+    /// entries, and its members move to `stopsign.next_config`.
+    Reconfigured { index: u64, stopsign: StopSign },
+}
+
+/// A snapshot of the replica's progress, for status pages and the event loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub node_id: NodeId,
+    /// Leader once this node has won an election and finished its prepare
+    /// phase, so it orders entries itself.
+    pub role: Role,
+    /// The node this one has promised to follow (possibly itself), if any.
+    pub leader: Option<NodeId>,
+    pub configuration_id: u32,
+    /// Global index of the last decided entry known here.
+    pub decided_index: u64,
+    /// Global index of the last entry handed out by `take_decided`.
+    pub taken_index: u64,
+    pub pending_proposals: usize,
+}
+
+/// A proposal with an id, awaiting its decision.
+struct Pending {
+    command: Command,
+    /// The tick at which it is appended again if still pending.
+    due_tick: u64,
+}
+
+/// A pending command's key: `(session, seq)`, ordered so that one session's
+/// commands are one range.
+type Key = (u64, u64);
+
+fn key(id: CommandId) -> Key {
+    (id.session, id.seq)
+}
+
+/// One replica of the log. See the module docs.
+pub struct Replica {
+    node_id: NodeId,
+    /// Sorted, without duplicates.
+    members: Vec<NodeId>,
+    configuration_id: u32,
+    timing: Timing,
+    omni: OmniPaxos<Command, LogStore>,
+    now_ticks: u64,
+    taken_index: u64,
+    pending: BTreeMap<Key, Pending>,
+    /// `(due_tick, key)` for every pending command, earliest first.
+    due: BTreeSet<(u64, Key)>,
+    rng: Rng,
+    /// Scratch for OmniPaxos's outgoing messages, reused across calls.
+    outgoing: Vec<Message>,
+}
+
+impl Replica {
+    /// Builds the replica over the node's store, resuming after
+    /// `applied_index`, the state machine's applied index (0 on a fresh node).
+    pub fn open(
+        config: ReplicaConfig,
+        store: &Store,
+        applied_index: u64,
+    ) -> Result<Replica, Error> {
+        let members = check_config(&config)?;
+        let ReplicaConfig { node_id, configuration_id, timing, seed, .. } = config;
+        let cluster =
+            ClusterConfig { configuration_id, nodes: members.clone(), flexible_quorum: None };
+        let server = ServerConfig {
+            pid: node_id,
+            election_tick_timeout: timing.election_timeout_ticks,
+            resend_message_tick_timeout: timing.resend_timeout_ticks,
+            buffer_size: OUTGOING_RESERVE_MESSAGES,
+            batch_size: 1,
+            ..ServerConfig::default()
+        };
+        let log = LogStore::open(store)?;
+        let omni = OmniPaxosConfig { cluster_config: cluster, server_config: server }
+            .build(log)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Replica {
+            node_id,
+            members,
+            configuration_id,
+            timing,
+            omni,
+            now_ticks: 0,
+            taken_index: applied_index,
+            pending: BTreeMap::new(),
+            due: BTreeSet::new(),
+            rng: Rng::new(seed ^ node_id),
+            outgoing: Vec::with_capacity(OUTGOING_RESERVE_MESSAGES),
+        })
+    }
+
+    /// Hands a message from a peer to OmniPaxos. A message from outside the
+    /// configuration or for another node is refused and changes nothing.
+    pub fn step(&mut self, message: Message) -> Result<(), Error> {
+        let (from, to) = (message.get_sender(), message.get_receiver());
+        if to != self.node_id || from == self.node_id || !self.is_member(from) {
+            return Err(Error::Misaddressed { node_id: self.node_id, from, to });
+        }
+        self.omni.handle_incoming(message);
+        Ok(())
+    }
+
+    /// Advances time by one tick: elections, resends, and re-proposals that
+    /// are due.
+    pub fn tick(&mut self) {
+        self.now_ticks += 1;
+        self.omni.tick();
+        self.repropose_due();
+    }
+
+    /// Appends `command` to the log. A command with an id is remembered and
+    /// appended again until it is decided; proposing an id that is already
+    /// pending changes nothing. Commands without an id are appended once.
+    pub fn propose(&mut self, command: Command) -> Result<(), Error> {
+        let Some(id) = command.id else {
+            return self.append(command);
+        };
+        if self.pending.contains_key(&key(id)) {
+            return Ok(());
+        }
+        if self.pending.len() >= PENDING_PROPOSALS_MAX {
+            return Err(Error::Busy { pending: self.pending.len() });
+        }
+        self.append(command.clone())?;
+        let due_tick = self.next_due_tick();
+        self.pending.insert(key(id), Pending { command, due_tick });
+        self.due.insert((due_tick, key(id)));
+        self.check_pending();
+        Ok(())
+    }
+
+    /// Tells OmniPaxos that the link to `peer` is back, so it resynchronises
+    /// with it (omnipaxos #21, #68, #115).
+    pub fn reconnected(&mut self, peer: NodeId) -> Result<(), Error> {
+        if peer == self.node_id || !self.is_member(peer) {
+            return Err(Error::UnknownPeer { peer });
+        }
+        self.omni.reconnected(peer);
+        Ok(())
+    }
+
+    /// Moves the messages to send into `out`, each with the node it is for.
+    pub fn drain_outgoing(&mut self, out: &mut Vec<(NodeId, Message)>) {
+        self.omni.take_outgoing_messages(&mut self.outgoing);
+        out.extend(self.outgoing.drain(..).map(|message| (message.get_receiver(), message)));
+    }
+
+    /// The next decided entries, at most `max_entries` (and at most
+    /// [`TAKE_DECIDED_ENTRIES_MAX`]), after the last taken index; or why the
+    /// log cannot give them. Entries are handed out once: the caller applies
+    /// them before it takes more.
+    pub fn take_decided(&mut self, max_entries: usize) -> Decided {
+        let decided = self.decided_index();
+        let count = (max_entries.min(TAKE_DECIDED_ENTRIES_MAX) as u64)
+            .min(decided.saturating_sub(self.taken_index));
+        if count == 0 {
+            return Decided::Entries(Vec::new());
+        }
+        // Global index `taken + 1` is OmniPaxos index `taken`.
+        let from = omni_index(self.taken_index);
+        let to = omni_index(self.taken_index + count);
+        let Some(read) = self.omni.read_entries(from..to) else {
+            return Decided::Entries(Vec::new());
+        };
+        let mut entries = Vec::with_capacity(read.len());
+        for entry in read {
+            let index = self.taken_index + 1;
+            match entry {
+                LogEntry::Decided(command) => {
+                    self.clear_pending(&command);
+                    entries.push((index, command));
+                    self.taken_index = index;
+                }
+                // Compaction leaves one marker for everything below it.
+                LogEntry::Trimmed(compacted) if entries.is_empty() => {
+                    return Decided::NeedsSnapshot { through_index: compacted as u64 };
+                }
+                LogEntry::Snapshotted(snapshot) if entries.is_empty() => {
+                    return Decided::NeedsSnapshot { through_index: snapshot.trimmed_idx as u64 };
+                }
+                LogEntry::StopSign(stopsign, true) if entries.is_empty() => {
+                    self.taken_index = index;
+                    return Decided::Reconfigured { index, stopsign };
+                }
+                // Anything else ends this batch; the next call starts there.
+                _ => break,
+            }
+        }
+        assert!(self.taken_index <= decided, "took past the decided index {decided}");
+        Decided::Entries(entries)
+    }
+
+    /// After the caller installed a snapshot of the state machine at
+    /// `applied_index`, resumes taking entries after it.
+    pub fn snapshot_installed(&mut self, applied_index: u64) {
+        assert!(
+            applied_index >= self.taken_index,
+            "a snapshot at {applied_index} would go back before the taken index {}",
+            self.taken_index
+        );
+        self.taken_index = applied_index;
+    }
+
+    /// Whether this node orders entries itself (leader, accept phase).
+    /// OmniPaxos has no leases: a leader cut off from the others stays one
+    /// here until it hears of a newer leader, so this alone never makes a
+    /// local read linearizable (reads go through a barrier in the log).
+    pub fn is_leader(&self) -> bool {
+        self.omni.get_current_leader() == Some((self.node_id, true))
+    }
+
+    /// The node this one follows (possibly itself), if it knows one.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.omni.get_current_leader().map(|(leader, _)| leader)
+    }
+
+    /// Global index of the last decided entry known here.
+    pub fn decided_index(&self) -> u64 {
+        self.omni.get_decided_idx() as u64
+    }
+
+    /// Global index of the last entry handed out by `take_decided`.
+    pub fn taken_index(&self) -> u64 {
+        self.taken_index
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The members of the configuration, sorted.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// The ticks this replica has seen since it was built.
+    pub fn now_ticks(&self) -> u64 {
+        self.now_ticks
+    }
+
+    /// How many proposals with an id await their decision.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether a command with `id` awaits its decision here.
+    pub fn is_pending(&self, id: CommandId) -> bool {
+        self.pending.contains_key(&key(id))
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            node_id: self.node_id,
+            role: if self.is_leader() { Role::Leader } else { Role::Follower },
+            leader: self.leader(),
+            configuration_id: self.configuration_id,
+            decided_index: self.decided_index(),
+            taken_index: self.taken_index,
+            pending_proposals: self.pending.len(),
+        }
+    }
+
+    fn is_member(&self, node: NodeId) -> bool {
+        self.members.binary_search(&node).is_ok()
+    }
+
+    fn append(&mut self, command: Command) -> Result<(), Error> {
+        match self.omni.append(command) {
+            Ok(()) => Ok(()),
+            Err(ProposeErr::PendingReconfigEntry(_)) => {
+                Err(Error::Stopping { configuration_id: self.configuration_id })
+            }
+            Err(other) => unreachable!("append of an entry failed with {other:?}"),
+        }
+    }
+
+    /// The tick a proposal made now is due again: the timeout plus up to a
+    /// quarter of it in jitter.
+    fn next_due_tick(&mut self) -> u64 {
+        let timeout = self.timing.repropose_timeout_ticks;
+        self.now_ticks + timeout + self.rng.below(timeout / 4 + 1)
+    }
+
+    /// Appends again the proposals whose time is up, oldest first, once this
+    /// node can reach a leader that accepts entries.
+    fn repropose_due(&mut self) {
+        if !matches!(self.omni.get_current_leader(), Some((_, true))) {
+            return;
+        }
+        for _ in 0..REPROPOSALS_PER_TICK_MAX {
+            let Some(&(due_tick, k)) = self.due.first() else { break };
+            if due_tick > self.now_ticks {
+                break;
+            }
+            self.due.pop_first();
+            let next = self.next_due_tick();
+            let pending = self.pending.get_mut(&k).expect("every due key is pending");
+            pending.due_tick = next;
+            let command = pending.command.clone();
+            self.due.insert((next, k));
+            if self.append(command).is_err() {
+                // Stopping: nothing more is decided in this configuration, so
+                // the caller fails these proposals over to the next one.
+                break;
+            }
+        }
+        self.check_pending();
+    }
+
+    /// A decided command settles its own proposal, and any of its session's
+    /// with a lower sequence number.
+    fn clear_pending(&mut self, command: &Command) {
+        let Some(id) = command.id else { return };
+        let settled: Vec<Key> =
+            self.pending.range((id.session, 0)..=(id.session, id.seq)).map(|(k, _)| *k).collect();
+        for k in settled {
+            let pending = self.pending.remove(&k).expect("the key was just found");
+            assert!(self.due.remove(&(pending.due_tick, k)), "a pending key is due once");
+        }
+        self.check_pending();
+    }
+
+    fn check_pending(&self) {
+        assert!(self.pending.len() <= PENDING_PROPOSALS_MAX, "the pending set is bounded");
+        debug_assert_eq!(self.pending.len(), self.due.len(), "one due entry per pending");
+    }
+}
+
+/// Checks the configuration and returns its members sorted.
+fn check_config(config: &ReplicaConfig) -> Result<Vec<NodeId>, Error> {
+    let mut members = config.members.clone();
+    members.sort_unstable();
+    members.dedup();
+    let bad = |why: String| Err(Error::Config(why));
+    if members.len() != config.members.len() {
+        return bad(format!("members {:?} name a node twice", config.members));
+    }
+    if members.len() < 2 || members.len() > MEMBERS_MAX {
+        return bad(format!("{} members: OmniPaxos needs 2 to {MEMBERS_MAX}", members.len()));
+    }
+    if members.first() == Some(&0) || members.last() > Some(&NODE_ID_MAX) {
+        return bad(format!("members {members:?}: node ids run from 1 to {NODE_ID_MAX}"));
+    }
+    if !members.contains(&config.node_id) {
+        return bad(format!("node {} is not among the members {members:?}", config.node_id));
+    }
+    if config.configuration_id == 0 {
+        return bad("the configuration id must not be 0".into());
+    }
+    let timing = config.timing;
+    if timing.election_timeout_ticks == 0
+        || timing.resend_timeout_ticks == 0
+        || timing.repropose_timeout_ticks == 0
+    {
+        return bad(format!("every timeout must be at least one tick: {timing:?}"));
+    }
+    Ok(members)
+}
+
+/// OmniPaxos's index of the entry after global index `global`.
+fn omni_index(global: u64) -> usize {
+    usize::try_from(global).expect("log indexes fit in usize")
+}
+
+/// A small seeded generator (SplitMix64): the only randomness of the replica,
+/// and of the simulations that drive it, so a seed replays a run exactly.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `[0, n)`; 0 when `n` is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
