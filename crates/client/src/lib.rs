@@ -115,6 +115,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     addr: String,
+    /// `(session, seq)` sent with every write, for exactly-once retries.
+    write_id: Option<(u64, u64)>,
 }
 
 /// Turns `7001`, `host:7001` or `http://host:7001` into a base URL.
@@ -145,7 +147,7 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Transport { addr: addr.to_string(), source: e })?;
-        Ok(Client { http, base, addr: addr.to_string() })
+        Ok(Client { http, base, addr: addr.to_string(), write_id: None })
     }
 
     /// The node this client talks to, as given.
@@ -189,7 +191,30 @@ impl Client {
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(segments))
+        let is_write = method != Method::GET;
+        let request = self.http.request(method, self.url(segments));
+        match self.write_id {
+            Some((session, seq)) if is_write => request
+                .header("cairn-session", session.to_string())
+                .header("cairn-seq", seq.to_string()),
+            _ => request,
+        }
+    }
+
+    /// Opens a session for exactly-once writes; see [`Client::with_write_id`].
+    pub async fn open_session(&self) -> Result<u64, Error> {
+        let answer = self.json(self.request(Method::POST, &["v1", "sessions"])).await?;
+        answer["session"]
+            .as_u64()
+            .ok_or_else(|| Error::BadResponse(format!("no session in {answer}")))
+    }
+
+    /// A client whose writes carry `(session, seq)`. Send one write per `seq`
+    /// (1, 2, …), one at a time; when a write fails as indeterminate, send it
+    /// again with the same `seq`: the node answers a repeat from memory, so the
+    /// write takes effect once however often it is sent.
+    pub fn with_write_id(&self, session: u64, seq: u64) -> Client {
+        Client { write_id: Some((session, seq)), ..self.clone() }
     }
 
     fn with_body(

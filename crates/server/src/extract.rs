@@ -2,7 +2,9 @@
 //! that say where it broke, and the query parameters shared by routes.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use cairn_storage::CommandId;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -63,6 +65,44 @@ impl ReadParams {
         match self.read {
             ReadMode::Linearizable => state.read_barrier().await,
             ReadMode::Local => Ok(()),
+        }
+    }
+}
+
+/// Header naming a client's session (from `POST /v1/sessions`).
+pub const SESSION_HEADER: &str = "cairn-session";
+/// Header numbering a write within the client's session, from 1 up.
+pub const SEQ_HEADER: &str = "cairn-seq";
+
+/// The exactly-once id a client gave its write, if any. A client that retries
+/// a write after a timeout or a broken connection sends the same
+/// `Cairn-Session` and `Cairn-Seq` again, and the state machine answers the
+/// repeat from memory instead of applying it twice. Without them the node
+/// gives the write an id of its own, which covers the node's retries only.
+pub struct WriteId(pub Option<CommandId>);
+
+fn header_u64(parts: &Parts, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = parts.headers.get(name) else { return Ok(None) };
+    let parsed = value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok());
+    match parsed {
+        Some(number) => Ok(Some(number)),
+        None => Err(ApiError::bad_request(format!("header {name} must be a whole number"))),
+    }
+}
+
+impl FromRequestParts<AppState> for WriteId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<WriteId, ApiError> {
+        match (header_u64(parts, SESSION_HEADER)?, header_u64(parts, SEQ_HEADER)?) {
+            (None, None) => Ok(WriteId(None)),
+            (Some(_), Some(0)) => {
+                Err(ApiError::bad_request(format!("header {SEQ_HEADER} starts at 1")))
+            }
+            (Some(session), Some(seq)) => Ok(WriteId(Some(CommandId { session, seq }))),
+            _ => Err(ApiError::bad_request(format!(
+                "send both {SESSION_HEADER} and {SEQ_HEADER}, or neither"
+            ))),
         }
     }
 }

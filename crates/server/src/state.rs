@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_consensus::{LogHandle, Proposer};
-use cairn_storage::{Applied, Op, Store};
+use cairn_storage::{Applied, ApplyError, Command, Op, Outcome, Store};
 
 use crate::error::ApiError;
+use crate::extract::WriteId;
 use crate::metrics::Metrics;
 use crate::NodeConfig;
 
@@ -24,10 +25,38 @@ impl AppState {
         self.proposer.log()
     }
 
-    /// Applies a write exactly once, within the node's write timeout.
-    pub async fn write(&self, op: Op) -> Result<Applied, ApiError> {
+    /// Applies a write exactly once, within the node's write timeout: under the
+    /// client's id when it sent one, else under one from the node's pool.
+    pub async fn write(&self, op: Op, id: WriteId) -> Result<Applied, ApiError> {
+        let applied = match id.0 {
+            Some(id) => {
+                let command = Command::new(Some(id), op);
+                self.within_timeout(self.log().propose(command)).await?
+            }
+            None => self.within_timeout(self.proposer.write(op)).await?,
+        };
+        if let (Some(id), Outcome::Failed(ApplyError::SessionUnknown { .. })) =
+            (id.0, &applied.outcome)
+        {
+            return Err(ApiError::not_found(
+                "session_not_found",
+                format!("session {} is unknown or expired: open a new one (POST /v1/sessions); the write did not apply", id.session),
+            ));
+        }
+        Ok(applied)
+    }
+
+    /// Opens a session for a client's exactly-once writes.
+    pub async fn open_session(&self) -> Result<Applied, ApiError> {
+        self.within_timeout(self.log().propose(Command::new(None, Op::OpenSession))).await
+    }
+
+    async fn within_timeout(
+        &self,
+        write: impl std::future::Future<Output = Result<Applied, cairn_consensus::Error>>,
+    ) -> Result<Applied, ApiError> {
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match tokio::time::timeout(timeout, self.proposer.write(op)).await {
+        match tokio::time::timeout(timeout, write).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(ApiError::timeout(format!(
                 "the write was not applied within {} ms; it may still take effect",

@@ -355,3 +355,45 @@ async fn concurrent_writers_each_get_their_own_answer() {
         assert_eq!(value, format!("{writer}:19").as_bytes());
     }
 }
+
+#[tokio::test]
+async fn a_client_retrying_with_its_session_id_writes_once() {
+    let node = TestNode::start().await;
+    let client = node.client();
+    client.create_table("t").await.unwrap();
+    let session = client.open_session().await.unwrap();
+
+    // The same insert sent three times under (session, 1), as a client would
+    // after timeouts: one effect, one index, the first answer every time.
+    let first_try = client.with_write_id(session, 1);
+    let first = first_try.insert("t", &json!({"id": "a"}), Conflict::Error).await.unwrap();
+    for _ in 0..2 {
+        let again = first_try.insert("t", &json!({"id": "a"}), Conflict::Error).await.unwrap();
+        assert_eq!(again, first, "a repeat is answered from memory, not refused as a conflict");
+    }
+
+    // The next write of the session applies; the old one is now stale.
+    let next = client.with_write_id(session, 2).kv_put("k", "v").await.unwrap();
+    assert!(next > first["index"].as_u64().unwrap());
+    let stale = first_try.insert("t", &json!({"id": "b"}), Conflict::Error).await.unwrap_err();
+    assert_eq!(stale.code(), Some("stale_sequence"));
+    assert_eq!(client.get_doc("t", "b", Read::Linearizable).await.unwrap(), None);
+
+    let unknown = client.with_write_id(999_999, 1).kv_put("k", "w").await.unwrap_err();
+    assert_eq!(unknown.code(), Some("session_not_found"));
+    assert_eq!(client.kv_get("k", Read::Linearizable).await.unwrap().unwrap(), "v".as_bytes());
+
+    for (session, seq) in [("1", "x"), ("abc", "1"), ("1", "0")] {
+        let response = reqwest::Client::new()
+            .put(node.url("/v1/kv/k"))
+            .header("cairn-session", session)
+            .header("cairn-seq", seq)
+            .body("z")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{session}/{seq}");
+    }
+    let only_one = reqwest::Client::new().delete(node.url("/v1/kv/k")).header("cairn-seq", "3");
+    assert_eq!(only_one.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+}

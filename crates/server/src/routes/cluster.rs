@@ -36,3 +36,19 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         "reconciliation": null,
     })))
 }
+
+/// Opens a session for exactly-once writes: the client then sends
+/// `Cairn-Session: <session>` and `Cairn-Seq: 1, 2, …` with its writes, one
+/// write in flight at a time, and repeats the same pair when it retries.
+pub async fn open_session(
+    State(state): State<AppState>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let applied = state.open_session().await?;
+    match applied.outcome {
+        cairn_storage::Outcome::SessionOpened { session } => Ok((
+            axum::http::StatusCode::CREATED,
+            Json(json!({ "session": session, "index": applied.index })),
+        )),
+        other => Err(super::tables::unexpected(other)),
+    }
+}

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use super::tables::{table_name, unexpected};
 use super::{created_answer, written};
 use crate::error::ApiError;
+use crate::extract::WriteId;
 use crate::extract::{Body, ReadMode, ReadParams};
 use crate::state::AppState;
 
@@ -84,6 +85,7 @@ fn json_kind(value: &Value) -> &'static str {
 
 pub async fn insert(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: TablePath,
     params: Result<Query<InsertParams>, QueryRejection>,
     body: Body,
@@ -108,7 +110,7 @@ pub async fn insert(
         value => vec![new_doc(value, None)?],
     };
     let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
-    let applied = state.write(Op::Insert { table, docs, conflict }).await?;
+    let applied = state.write(Op::Insert { table, docs, conflict }, write_id).await?;
     match applied.outcome {
         Outcome::Inserted { inserted, replaced, updated } => {
             let fields =
@@ -137,6 +139,7 @@ pub async fn get(
 
 pub async fn replace(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: DocPath,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -147,7 +150,7 @@ pub async fn replace(
     check_id_matches(&object, &id)?;
     object.insert("id".into(), Value::String(id.clone()));
     let doc = Doc { id, json: Value::Object(object).to_string() };
-    let applied = state.write(Op::Replace { table, doc }).await?;
+    let applied = state.write(Op::Replace { table, doc }, write_id).await?;
     match applied.outcome {
         Outcome::Replaced { created } => Ok(created_answer(&applied, created)),
         other => Err(unexpected(other)),
@@ -167,6 +170,7 @@ fn check_id_matches(object: &Map<String, Value>, id: &str) -> Result<(), ApiErro
 
 pub async fn update(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: DocPath,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -176,7 +180,7 @@ pub async fn update(
         return Err(ApiError::bad_request("a merge patch for a document must be a JSON object"));
     };
     check_id_matches(object, &id)?;
-    let applied = state.write(Op::Update { table, id, patch: patch.to_string() }).await?;
+    let applied = state.write(Op::Update { table, id, patch: patch.to_string() }, write_id).await?;
     match applied.outcome {
         Outcome::Updated { ref json } => {
             let doc: Value = serde_json::from_str(json)
@@ -187,9 +191,13 @@ pub async fn update(
     }
 }
 
-pub async fn delete(State(state): State<AppState>, path: DocPath) -> Result<Json<Value>, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    write_id: WriteId,
+    path: DocPath,
+) -> Result<Json<Value>, ApiError> {
     let (table, id) = doc_path(path)?;
-    let applied = state.write(Op::Delete { table, id }).await?;
+    let applied = state.write(Op::Delete { table, id }, write_id).await?;
     match applied.outcome {
         Outcome::Deleted { existed } => Ok(Json(written(&applied, json!({ "deleted": existed })))),
         other => Err(unexpected(other)),

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::tables::unexpected;
 use super::written;
 use crate::error::ApiError;
+use crate::extract::WriteId;
 use crate::extract::{Body, ReadParams};
 use crate::state::AppState;
 
@@ -23,11 +24,12 @@ fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
 
 pub async fn put(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(path)?;
-    let applied = state.write(Op::KvPut { key, value: body.0.to_vec() }).await?;
+    let applied = state.write(Op::KvPut { key, value: body.0.to_vec() }, write_id).await?;
     match applied.outcome {
         Outcome::KvWritten => Ok(Json(written(&applied, json!({})))),
         other => Err(unexpected(other)),
@@ -51,10 +53,11 @@ pub async fn get(
 
 pub async fn delete(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(path)?;
-    let applied = state.write(Op::KvDelete { key }).await?;
+    let applied = state.write(Op::KvDelete { key }, write_id).await?;
     match applied.outcome {
         Outcome::Deleted { existed } => Ok(Json(written(&applied, json!({ "deleted": existed })))),
         other => Err(unexpected(other)),

@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(cluster::health))
         .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/sessions", axum::routing::post(cluster::open_session))
         .route("/v1/tables", get(tables::list))
         .route("/v1/tables/{table}", axum::routing::put(tables::create).delete(tables::drop))
         .route("/v1/tables/{table}/docs", get(docs::list).post(docs::insert))

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{created_answer, written};
 use crate::error::ApiError;
 use crate::extract::ReadParams;
+use crate::extract::WriteId;
 use crate::state::AppState;
 
 pub async fn list(
@@ -30,10 +31,11 @@ pub fn table_name(path: Result<Path<String>, PathRejection>) -> Result<String, A
 
 pub async fn create(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let table = table_name(path)?;
-    let applied = state.write(Op::CreateTable { table }).await?;
+    let applied = state.write(Op::CreateTable { table }, write_id).await?;
     match applied.outcome {
         Outcome::TableCreated { created } => Ok(created_answer(&applied, created)),
         other => Err(unexpected(other)),
@@ -42,10 +44,11 @@ pub async fn create(
 
 pub async fn drop(
     State(state): State<AppState>,
+    write_id: WriteId,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let table = table_name(path)?;
-    let applied = state.write(Op::DropTable { table }).await?;
+    let applied = state.write(Op::DropTable { table }, write_id).await?;
     match applied.outcome {
         Outcome::TableDropped => Ok(Json(written(&applied, json!({ "dropped": true })))),
         other => Err(unexpected(other)),
