@@ -282,6 +282,7 @@ fn summary(args: &BenchArgs, targets: &[String], tally: &Tally, elapsed: Duratio
         "read_ratio": args.read_ratio,
         "read": format!("{:?}", args.read).to_lowercase(),
         "keys": args.keys,
+        "prefill": args.prefill,
         "seed": args.seed,
         "elapsed_s": seconds,
         "ops": ops,

@@ -225,7 +225,7 @@ impl Shell<'_> {
             return Flow::Failed;
         }
         // `--addr` on the line wins; otherwise the shell's node.
-        let addr = if words.contains(&"--addr") {
+        let addr = if words.iter().any(|w| w.starts_with("--addr")) {
             cli.global.addr.clone()
         } else {
             self.global.addr.clone()
@@ -233,7 +233,11 @@ impl Shell<'_> {
         let Some(client) = self.target(Some(&addr)) else {
             return Flow::Failed;
         };
-        let out = if words.contains(&"--output") { cli.global.output } else { self.global.output };
+        let out = if words.iter().any(|w| w.starts_with("--output")) {
+            cli.global.output
+        } else {
+            self.global.output
+        };
         Flow::from_exit(self.runtime.block_on(client_cmd::execute(&client, out, cli.command)))
     }
 }

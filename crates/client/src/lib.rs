@@ -31,6 +31,9 @@ pub enum Error {
     BadAddress(String),
     #[error("unexpected answer from the server: {0}")]
     BadResponse(String),
+    /// The request cannot be expressed (nothing was sent).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl Error {
@@ -40,7 +43,7 @@ impl Error {
         match self {
             Error::Api { indeterminate, .. } => *indeterminate,
             Error::Transport { .. } => true,
-            Error::BadAddress(_) | Error::BadResponse(_) => false,
+            Error::BadAddress(_) | Error::BadResponse(_) | Error::BadRequest(_) => false,
         }
     }
 
@@ -190,20 +193,27 @@ impl Client {
         response.json().await.map_err(|e| Error::BadResponse(format!("body is not JSON: {e}")))
     }
 
-    fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
+    fn request(&self, method: Method, segments: &[&str]) -> Result<reqwest::RequestBuilder, Error> {
+        // URL parsing drops `.` and `..` segments: refuse them rather than
+        // send a request for another path.
+        if let Some(dot) = segments.iter().find(|s| **s == "." || **s == "..") {
+            return Err(Error::BadRequest(format!(
+                "'{dot}' cannot be used as a table, id or key: URLs treat it as a path step"
+            )));
+        }
         let is_write = method != Method::GET;
         let request = self.http.request(method, self.url(segments));
-        match self.write_id {
+        Ok(match self.write_id {
             Some((session, seq)) if is_write => request
                 .header("cairn-session", session.to_string())
                 .header("cairn-seq", seq.to_string()),
             _ => request,
-        }
+        })
     }
 
     /// Opens a session for exactly-once writes; see [`Client::with_write_id`].
     pub async fn open_session(&self) -> Result<u64, Error> {
-        let answer = self.json(self.request(Method::POST, &["v1", "sessions"])).await?;
+        let answer = self.json(self.request(Method::POST, &["v1", "sessions"])?).await?;
         answer["session"]
             .as_u64()
             .ok_or_else(|| Error::BadResponse(format!("no session in {answer}")))
@@ -222,38 +232,39 @@ impl Client {
         method: Method,
         segments: &[&str],
         body: &Value,
-    ) -> reqwest::RequestBuilder {
-        self.request(method, segments)
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        Ok(self
+            .request(method, segments)?
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
+            .body(body.to_string()))
     }
 
     pub async fn health(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "health"])).await
+        self.json(self.request(Method::GET, &["v1", "health"])?).await
     }
 
     pub async fn cluster(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "cluster"])).await
+        self.json(self.request(Method::GET, &["v1", "cluster"])?).await
     }
 
     pub async fn metrics(&self) -> Result<String, Error> {
-        let response = self.send(self.request(Method::GET, &["metrics"])).await?;
+        let response = self.send(self.request(Method::GET, &["metrics"])?).await?;
         response.text().await.map_err(|e| Error::BadResponse(e.to_string()))
     }
 
     pub async fn list_tables(&self) -> Result<Vec<String>, Error> {
-        let value = self.json(self.request(Method::GET, &["v1", "tables"])).await?;
+        let value = self.json(self.request(Method::GET, &["v1", "tables"])?).await?;
         serde_json::from_value(value["tables"].clone())
             .map_err(|e| Error::BadResponse(format!("tables: {e}")))
     }
 
     /// Creates a table; `{"created": bool, "index": n}`.
     pub async fn create_table(&self, table: &str) -> Result<Value, Error> {
-        self.json(self.request(Method::PUT, &["v1", "tables", table])).await
+        self.json(self.request(Method::PUT, &["v1", "tables", table])?).await
     }
 
     pub async fn drop_table(&self, table: &str) -> Result<Value, Error> {
-        self.json(self.request(Method::DELETE, &["v1", "tables", table])).await
+        self.json(self.request(Method::DELETE, &["v1", "tables", table])?).await
     }
 
     /// Inserts one document (an object) or many (an array).
@@ -264,7 +275,7 @@ impl Client {
         conflict: Conflict,
     ) -> Result<Value, Error> {
         let request = self
-            .with_body(Method::POST, &["v1", "tables", table, "docs"], docs)
+            .with_body(Method::POST, &["v1", "tables", table, "docs"], docs)?
             .query(&[("conflict", conflict.as_str())]);
         self.json(request).await
     }
@@ -272,7 +283,7 @@ impl Client {
     /// One document; `None` when the table has no such id.
     pub async fn get_doc(&self, table: &str, id: &str, read: Read) -> Result<Option<Value>, Error> {
         let request = self
-            .request(Method::GET, &["v1", "tables", table, "docs", id])
+            .request(Method::GET, &["v1", "tables", table, "docs", id])?
             .query(&[("read", read.as_str())]);
         match self.json(request).await {
             Ok(doc) => Ok(Some(doc)),
@@ -282,16 +293,16 @@ impl Client {
     }
 
     pub async fn replace_doc(&self, table: &str, id: &str, doc: &Value) -> Result<Value, Error> {
-        self.json(self.with_body(Method::PUT, &["v1", "tables", table, "docs", id], doc)).await
+        self.json(self.with_body(Method::PUT, &["v1", "tables", table, "docs", id], doc)?).await
     }
 
     /// Applies a JSON merge patch; answers `{"doc": ..., "index": n}`.
     pub async fn update_doc(&self, table: &str, id: &str, patch: &Value) -> Result<Value, Error> {
-        self.json(self.with_body(Method::PATCH, &["v1", "tables", table, "docs", id], patch)).await
+        self.json(self.with_body(Method::PATCH, &["v1", "tables", table, "docs", id], patch)?).await
     }
 
     pub async fn delete_doc(&self, table: &str, id: &str) -> Result<Value, Error> {
-        self.json(self.request(Method::DELETE, &["v1", "tables", table, "docs", id])).await
+        self.json(self.request(Method::DELETE, &["v1", "tables", table, "docs", id])?).await
     }
 
     pub async fn list_docs(
@@ -302,7 +313,7 @@ impl Client {
         read: Read,
     ) -> Result<Page, Error> {
         let mut request = self
-            .request(Method::GET, &["v1", "tables", table, "docs"])
+            .request(Method::GET, &["v1", "tables", table, "docs"])?
             .query(&[("limit", limit.to_string()), ("read", read.as_str().to_string())]);
         if let Some(after) = after {
             request = request.query(&[("after", after)]);
@@ -313,7 +324,7 @@ impl Client {
 
     /// Stores raw bytes under `key`; answers the index it was applied at.
     pub async fn kv_put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64, Error> {
-        let request = self.request(Method::PUT, &["v1", "kv", key]).body(value.into());
+        let request = self.request(Method::PUT, &["v1", "kv", key])?.body(value.into());
         let answer = self.json(request).await?;
         answer["index"].as_u64().ok_or_else(|| Error::BadResponse(format!("no index in {answer}")))
     }
@@ -321,7 +332,7 @@ impl Client {
     /// The bytes under `key`; `None` when absent.
     pub async fn kv_get(&self, key: &str, read: Read) -> Result<Option<Bytes>, Error> {
         let request =
-            self.request(Method::GET, &["v1", "kv", key]).query(&[("read", read.as_str())]);
+            self.request(Method::GET, &["v1", "kv", key])?.query(&[("read", read.as_str())]);
         match self.send(request).await {
             Ok(response) => {
                 let bytes = response.bytes().await;
@@ -336,7 +347,7 @@ impl Client {
 
     /// Deletes `key`; answers whether it existed.
     pub async fn kv_delete(&self, key: &str) -> Result<bool, Error> {
-        let answer = self.json(self.request(Method::DELETE, &["v1", "kv", key])).await?;
+        let answer = self.json(self.request(Method::DELETE, &["v1", "kv", key])?).await?;
         answer["deleted"]
             .as_bool()
             .ok_or_else(|| Error::BadResponse(format!("no 'deleted' in {answer}")))
@@ -355,6 +366,16 @@ mod tests {
         for bad in ["", "https://x:1", "::::", "ftp://a:1"] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_before_sending() {
+        let client = Client::new("7001").unwrap();
+        for dot in [".", ".."] {
+            let error = client.request(Method::GET, &["v1", "kv", dot]).unwrap_err();
+            assert!(error.to_string().contains("path step"), "{error}");
+        }
+        assert!(client.request(Method::GET, &["v1", "kv", "..."]).is_ok());
     }
 
     #[test]

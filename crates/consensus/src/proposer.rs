@@ -7,11 +7,18 @@
 //! loses a proposal and the node proposes the same command again, the state
 //! machine answers the repeat from memory: the write takes effect once.
 //!
+//! The pool is first in, first out: every pooled session is used in turn, so
+//! none sits idle long enough to be the least recently used the state machine
+//! evicts. If one is evicted all the same (many client sessions opened since),
+//! its write is refused as `SessionUnknown` without applying, the session is
+//! forgotten, and the caller may retry.
+//!
 //! A write whose future is dropped (a client that hung up, a timeout) still
 //! returns its session: the next command of that session has a higher sequence
 //! number, so at worst the abandoned one is refused as stale, never applied
 //! twice.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use cairn_storage::{Applied, Command, CommandId, Op, Outcome};
@@ -31,12 +38,12 @@ struct Session {
 /// Proposes writes with exactly-once ids. Shared by every request of a node.
 pub struct Proposer {
     log: LogHandle,
-    idle: Mutex<Vec<Session>>,
+    idle: Mutex<VecDeque<Session>>,
 }
 
 impl Proposer {
     pub fn new(log: LogHandle) -> Proposer {
-        Proposer { log, idle: Mutex::new(Vec::new()) }
+        Proposer { log, idle: Mutex::new(VecDeque::new()) }
     }
 
     pub fn log(&self) -> &LogHandle {
@@ -58,7 +65,7 @@ impl Proposer {
     }
 
     async fn lease(&self) -> Result<Lease<'_>, Error> {
-        let pooled = self.idle.lock().expect("pool lock").pop();
+        let pooled = self.idle.lock().expect("pool lock").pop_front();
         let session = match pooled {
             Some(session) => session,
             None => self.open().await?,
@@ -86,7 +93,7 @@ impl Drop for Lease<'_> {
         if let Some(session) = self.session.take() {
             let mut idle = self.proposer.idle.lock().expect("pool lock");
             if idle.len() < SESSIONS_POOLED_MAX {
-                idle.push(session);
+                idle.push_back(session);
             }
         }
     }

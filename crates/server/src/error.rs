@@ -83,6 +83,9 @@ impl From<ApplyError> for ApiError {
             ApplyError::StaleSequence { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "stale_sequence", message)
             }
+            ApplyError::SequenceReused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "sequence_reused", message)
+            }
         }
     }
 }

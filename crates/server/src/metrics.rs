@@ -73,7 +73,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         Some(path) => path.as_str().to_string(),
         None => "unmatched".to_string(),
     };
-    let method = request.method().to_string();
+    // Any method a client invents would be a new label set: fold the rare ones.
+    let method = match request.method().as_str() {
+        known @ ("GET" | "PUT" | "POST" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => known,
+        _ => "other",
+    }
+    .to_string();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();

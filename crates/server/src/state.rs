@@ -38,10 +38,19 @@ impl AppState {
         if let (Some(id), Outcome::Failed(ApplyError::SessionUnknown { .. })) =
             (id.0, &applied.outcome)
         {
-            return Err(ApiError::not_found(
-                "session_not_found",
-                format!("session {} is unknown or expired: open a new one (POST /v1/sessions); the write did not apply", id.session),
-            ));
+            // An earlier attempt may have applied before the session was
+            // evicted: the client cannot know, so neither can this answer.
+            return Err(ApiError {
+                indeterminate: true,
+                ..ApiError::not_found(
+                    "session_not_found",
+                    format!(
+                        "session {} is unknown or expired: open a new one (POST /v1/sessions); \
+                     this attempt did not apply, an earlier one may have",
+                        id.session
+                    ),
+                )
+            });
         }
         Ok(applied)
     }
@@ -69,7 +78,10 @@ impl AppState {
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         match tokio::time::timeout(timeout, self.log().read_barrier()).await {
-            Ok(result) => result.map_err(ApiError::from),
+            // A read changes nothing: its failure is never indeterminate.
+            Ok(result) => {
+                result.map_err(|e| ApiError { indeterminate: false, ..ApiError::from(e) })
+            }
             Err(_) => Err(ApiError::new(
                 axum::http::StatusCode::GATEWAY_TIMEOUT,
                 "timeout",

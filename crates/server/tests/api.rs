@@ -365,12 +365,17 @@ async fn a_client_retrying_with_its_session_id_writes_once() {
 
     // The same insert sent three times under (session, 1), as a client would
     // after timeouts: one effect, one index, the first answer every time.
+    // The document has no id: the node generates one per request, yet every
+    // answer names the id that was stored.
     let first_try = client.with_write_id(session, 1);
-    let first = first_try.insert("t", &json!({"id": "a"}), Conflict::Error).await.unwrap();
+    let first = first_try.insert("t", &json!({"x": 1}), Conflict::Error).await.unwrap();
     for _ in 0..2 {
-        let again = first_try.insert("t", &json!({"id": "a"}), Conflict::Error).await.unwrap();
-        assert_eq!(again, first, "a repeat is answered from memory, not refused as a conflict");
+        let again = first_try.insert("t", &json!({"x": 1}), Conflict::Error).await.unwrap();
+        assert_eq!(again, first, "a repeat is answered from memory");
     }
+    let stored_id = first["ids"][0].as_str().unwrap();
+    assert!(client.get_doc("t", stored_id, Read::Linearizable).await.unwrap().is_some());
+    assert_eq!(client.list_docs("t", None, 10, Read::Linearizable).await.unwrap().docs.len(), 1);
 
     // The next write of the session applies; the old one is now stale.
     let next = client.with_write_id(session, 2).kv_put("k", "v").await.unwrap();
@@ -379,7 +384,10 @@ async fn a_client_retrying_with_its_session_id_writes_once() {
     assert_eq!(stale.code(), Some("stale_sequence"));
     assert_eq!(client.get_doc("t", "b", Read::Linearizable).await.unwrap(), None);
 
+    let reused = client.with_write_id(session, 2).kv_put("other", "v").await.unwrap_err();
+    assert_eq!(reused.code(), Some("sequence_reused"));
     let unknown = client.with_write_id(999_999, 1).kv_put("k", "w").await.unwrap_err();
+    assert!(unknown.is_indeterminate(), "an earlier attempt may have applied");
     assert_eq!(unknown.code(), Some("session_not_found"));
     assert_eq!(client.kv_get("k", Read::Linearizable).await.unwrap().unwrap(), "v".as_bytes());
 

@@ -117,10 +117,13 @@ pub enum Outcome {
         created: bool,
     },
     TableDropped,
+    /// Counts, and the ids in the order given: a retry answered from memory
+    /// reports the ids that were stored, even ones the edge generated.
     Inserted {
         inserted: u64,
         replaced: u64,
         updated: u64,
+        ids: Vec<String>,
     },
     Replaced {
         created: bool,
@@ -152,6 +155,8 @@ pub enum ApplyError {
     SessionUnknown { session: u64 },
     #[error("sequence {seq} of session {session} is older than its last command ({last})")]
     StaleSequence { session: u64, seq: u64, last: u64 },
+    #[error("sequence {seq} of session {session} was already used for a different command")]
+    SequenceReused { session: u64, seq: u64 },
 }
 
 fn quoted(ids: &[String]) -> String {
@@ -206,8 +211,12 @@ pub fn validate_table_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a document id: a non-empty string of at most 512 bytes.
+/// Checks a document id: a string of 1 to 512 bytes, other than `.` and `..`
+/// (URL clients resolve those as path steps, so they could never be read).
 pub fn validate_doc_id(id: &str) -> Result<(), String> {
+    if id == "." || id == ".." {
+        return Err(format!("bad document id '{id}': '.' and '..' cannot stand in a URL path"));
+    }
     if id.is_empty() || id.len() > DOC_ID_BYTES_MAX {
         return Err(format!(
             "bad document id: an id is a string of 1 to {DOC_ID_BYTES_MAX} bytes (got {} bytes)",
@@ -217,8 +226,11 @@ pub fn validate_doc_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a key of the key-value space: 1 to 1024 bytes.
+/// Checks a key of the key-value space: 1 to 1024 bytes, other than `.` and `..`.
 pub fn validate_kv_key(key: &str) -> Result<(), String> {
+    if key == "." || key == ".." {
+        return Err(format!("bad key '{key}': '.' and '..' cannot stand in a URL path"));
+    }
     if key.is_empty() || key.len() > KV_KEY_BYTES_MAX {
         return Err(format!(
             "bad key: a key is 1 to {KV_KEY_BYTES_MAX} bytes (got {} bytes)",
@@ -265,6 +277,8 @@ mod tests {
     #[test]
     fn ids_and_keys_are_bounded() {
         assert!(validate_doc_id("").is_err());
+        assert!(validate_doc_id(".").is_err() && validate_doc_id("..").is_err());
+        assert!(validate_kv_key("..").is_err() && validate_kv_key("...").is_ok());
         assert!(validate_doc_id(&"x".repeat(DOC_ID_BYTES_MAX)).is_ok());
         assert!(validate_doc_id(&"x".repeat(DOC_ID_BYTES_MAX + 1)).is_err());
         assert!(validate_kv_key("").is_err());

@@ -60,6 +60,8 @@ pub struct Applied {
 struct SessionRecord {
     last_seq: u64,
     last_index: u64,
+    /// Fingerprint of the last command's op: a repeat must be the same command.
+    op_hash: u64,
     outcome: Outcome,
 }
 
@@ -154,7 +156,14 @@ impl StateMachine {
             let outcome = Outcome::Failed(ApplyError::SessionUnknown { session: id.session });
             return Ok(Applied { index, outcome });
         };
+        let hash = op_hash(&command.op);
         if id.seq == record.last_seq {
+            if record.op_hash != hash {
+                // A client bug (or a guessed session): answering the first
+                // command's outcome would acknowledge a write never applied.
+                let error = ApplyError::SequenceReused { session: id.session, seq: id.seq };
+                return Ok(Applied { index, outcome: Outcome::Failed(error) });
+            }
             return Ok(Applied { index: record.last_index, outcome: record.outcome });
         }
         if id.seq < record.last_seq {
@@ -166,7 +175,7 @@ impl StateMachine {
             return Ok(Applied { index, outcome: Outcome::Failed(error) });
         }
         let outcome = self.execute(batch, index, &command.op)?;
-        batch.touch_session(id, record.last_index, index, &outcome);
+        batch.touch_session(id, record.last_index, index, hash, &outcome);
         Ok(Applied { index, outcome })
     }
 
@@ -175,7 +184,7 @@ impl StateMachine {
             Op::Noop => Ok(Ok(Outcome::Done)),
             Op::OpenSession => {
                 let id = CommandId { session: index, seq: 0 };
-                batch.touch_session(id, 0, index, &Outcome::Done);
+                batch.touch_session(id, 0, index, 0, &Outcome::Done);
                 self.session_count += 1;
                 Ok(Ok(Outcome::SessionOpened { session: index }))
             }
@@ -307,7 +316,10 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
     if conflict == Conflict::Error && !clashes.is_empty() {
         return Ok(Err(ApplyError::Conflict { table: table.to_string(), ids: clashes }));
     }
+    // Every document's final JSON first, then the writes: a refusal midway
+    // must leave nothing of the insert behind.
     let (mut inserted, mut replaced, mut updated) = (0, 0, 0);
+    let mut writes = Vec::with_capacity(docs.len());
     for ((doc, value), old) in docs.iter().zip(parsed).zip(existing) {
         let json = match (old, conflict) {
             (None, _) => {
@@ -326,9 +338,13 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
                 }
             }
         };
-        batch.put(Cf::Docs, doc_key(table, &doc.id), json.into_bytes());
+        writes.push((doc_key(table, &doc.id), json.into_bytes()));
     }
-    Ok(Ok(Outcome::Inserted { inserted, replaced, updated }))
+    for (key, json) in writes {
+        batch.put(Cf::Docs, key, json);
+    }
+    let ids = docs.iter().map(|doc| doc.id.clone()).collect();
+    Ok(Ok(Outcome::Inserted { inserted, replaced, updated, ids }))
 }
 
 /// Merges `patch` into the stored document `old` (RFC 7396) and checks the result.
@@ -494,9 +510,20 @@ impl Batch {
     }
 
     /// Records `outcome` as the session's last command, used at `index`.
-    fn touch_session(&mut self, id: CommandId, previous_index: u64, index: u64, outcome: &Outcome) {
-        let record =
-            SessionRecord { last_seq: id.seq, last_index: index, outcome: outcome.clone() };
+    fn touch_session(
+        &mut self,
+        id: CommandId,
+        previous_index: u64,
+        index: u64,
+        op_hash: u64,
+        outcome: &Outcome,
+    ) {
+        let record = SessionRecord {
+            last_seq: id.seq,
+            last_index: index,
+            op_hash,
+            outcome: outcome.clone(),
+        };
         let bytes = postcard::to_stdvec(&record).expect("a session record always encodes");
         self.put(Cf::Sessions, id.session.to_be_bytes().to_vec(), bytes);
         if previous_index != 0 {
@@ -511,4 +538,13 @@ fn lru_key(index: u64, session: u64) -> Vec<u8> {
     key.extend_from_slice(&index.to_be_bytes());
     key.extend_from_slice(&session.to_be_bytes());
     key
+}
+
+/// A stable fingerprint of an op: FNV-1a over its log encoding. Stable across
+/// builds and replicas (unlike `std`'s hasher), which the state machine needs.
+fn op_hash(op: &Op) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = postcard::to_stdvec(op).expect("an op always encodes");
+    bytes.iter().fold(FNV_OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME))
 }

@@ -139,7 +139,8 @@ impl Model {
                         }
                     }
                 }
-                Outcome::Inserted { inserted, replaced, updated }
+                let ids = docs.iter().map(|d| d.id.clone()).collect();
+                Outcome::Inserted { inserted, replaced, updated, ids }
             }
             Op::Replace { table, doc } => {
                 let rows = self.table(table)?;

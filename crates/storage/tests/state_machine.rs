@@ -49,6 +49,10 @@ fn doc(id: &str, body: &str) -> Doc {
     Doc { id: id.into(), json: value.to_string() }
 }
 
+fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|id| id.to_string()).collect()
+}
+
 fn create(table: &str) -> Op {
     Op::CreateTable { table: table.into() }
 }
@@ -92,12 +96,18 @@ fn an_insert_that_clashes_writes_nothing_unless_asked_to_replace_or_update() {
     assert_eq!(stored(&node, "t", "b"), None, "a refused insert writes none of its documents");
 
     let replaced = node.run(insert("t", vec![doc("a", r#"{"n":2}"#)], Conflict::Replace));
-    assert_eq!(replaced, Outcome::Inserted { inserted: 0, replaced: 1, updated: 0 });
+    assert_eq!(
+        replaced,
+        Outcome::Inserted { inserted: 0, replaced: 1, updated: 0, ids: ids(&["a"]) }
+    );
     assert_eq!(stored(&node, "t", "a").unwrap(), serde_json::json!({"id": "a", "n": 2}));
 
     let updated =
         node.run(insert("t", vec![doc("a", r#"{"m":3}"#), doc("c", "{}")], Conflict::Update));
-    assert_eq!(updated, Outcome::Inserted { inserted: 1, replaced: 0, updated: 1 });
+    assert_eq!(
+        updated,
+        Outcome::Inserted { inserted: 1, replaced: 0, updated: 1, ids: ids(&["a", "c"]) }
+    );
     assert_eq!(stored(&node, "t", "a").unwrap(), serde_json::json!({"id": "a", "n": 2, "m": 3}));
 }
 
@@ -161,7 +171,10 @@ fn a_retried_command_is_answered_from_memory_and_applied_once() {
     let id = CommandId { session, seq: 1 };
     let add = Command::new(Some(id), insert("t", vec![doc("a", "{}")], Conflict::Error));
     let first = node.apply(vec![add.clone()]).remove(0);
-    assert_eq!(first.outcome, Outcome::Inserted { inserted: 1, replaced: 0, updated: 0 });
+    assert_eq!(
+        first.outcome,
+        Outcome::Inserted { inserted: 1, replaced: 0, updated: 0, ids: ids(&["a"]) }
+    );
 
     // The same command again, later, and twice within one batch: each answer is
     // the first one, with the first index; a second application would conflict.
@@ -182,6 +195,18 @@ fn a_retried_command_is_answered_from_memory_and_applied_once() {
     let stale = node.apply(vec![add]).remove(0).outcome;
     assert_eq!(stale, Outcome::Failed(ApplyError::StaleSequence { session, seq: 1, last: 2 }));
     assert_eq!(stored(&node, "t", "a"), None);
+}
+
+#[test]
+fn a_sequence_number_reused_for_another_command_is_refused() {
+    let mut node = Node::new();
+    let session = node.open_session();
+    let id = Some(CommandId { session, seq: 1 });
+    node.apply(vec![Command::new(id, Op::KvPut { key: "a".into(), value: b"1".to_vec() })]);
+    let other = Command::new(id, Op::KvPut { key: "b".into(), value: b"2".to_vec() });
+    let refused = node.apply(vec![other]).remove(0).outcome;
+    assert_eq!(refused, Outcome::Failed(ApplyError::SequenceReused { session, seq: 1 }));
+    assert_eq!(node.sm.store().kv_get("b").unwrap(), None, "never acknowledged as applied");
 }
 
 #[test]

@@ -50,14 +50,32 @@ enum ConflictParam {
     Update,
 }
 
+/// The id for a document sent without one. A write with a client's
+/// `(session, seq)` gets ids derived from it, so a retry carries the same
+/// command (the state machine checks that a repeat is the same command);
+/// otherwise a random UUID.
+fn generated_id(write_id: &WriteId, position: usize) -> String {
+    match write_id.0 {
+        Some(id) => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&id.session.to_be_bytes());
+            // The low 48 bits of seq: a session never lives 2^48 writes.
+            bytes[8..14].copy_from_slice(&id.seq.to_be_bytes()[2..]);
+            bytes[14..].copy_from_slice(&(position as u16).to_be_bytes());
+            uuid::Uuid::new_v8(bytes).to_string()
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
 /// Turns one JSON value of an insert into a document, generating its id.
-fn new_doc(value: Value, position: Option<usize>) -> Result<Doc, ApiError> {
+fn new_doc(value: Value, position: Option<usize>, write_id: &WriteId) -> Result<Doc, ApiError> {
     let at = || position.map(|i| format!("document {i}: ")).unwrap_or_default();
     let Value::Object(mut object) = value else {
         return Err(ApiError::bad_request(format!("{}a document must be a JSON object", at())));
     };
     let id = match object.get("id") {
-        None => uuid::Uuid::new_v4().to_string(),
+        None => generated_id(write_id, position.unwrap_or(0)),
         Some(Value::String(id)) => id.clone(),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
@@ -104,20 +122,21 @@ pub async fn insert(
                     values.len()
                 )));
             }
-            let docs = values.into_iter().enumerate().map(|(i, v)| new_doc(v, Some(i)));
+            let docs = values.into_iter().enumerate().map(|(i, v)| new_doc(v, Some(i), &write_id));
             docs.collect::<Result<Vec<_>, _>>()?
         }
-        value => vec![new_doc(value, None)?],
+        value => vec![new_doc(value, None, &write_id)?],
     };
-    let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
     let applied = state.write(Op::Insert { table, docs, conflict }, write_id).await?;
-    match applied.outcome {
-        Outcome::Inserted { inserted, replaced, updated } => {
+    match &applied.outcome {
+        // The ids come from the outcome: a retry answered from memory reports
+        // the ids first stored, not the ones generated for the retry.
+        Outcome::Inserted { inserted, replaced, updated, ids } => {
             let fields =
                 json!({"inserted": inserted, "replaced": replaced, "updated": updated, "ids": ids});
             Ok((StatusCode::CREATED, Json(written(&applied, fields))))
         }
-        other => Err(unexpected(other)),
+        other => Err(unexpected(other.clone())),
     }
 }
 
