@@ -85,6 +85,13 @@ pub(crate) struct Shared {
     reads_need_barrier: bool,
 }
 
+impl Shared {
+    /// Updates the published status (called by the loop that owns the log).
+    pub(crate) fn publish(&self, update: impl FnOnce(&mut Status)) {
+        update(&mut self.status.lock().expect("status lock"));
+    }
+}
+
 /// How the node reaches its log. Cheap to clone; the log stops when the last
 /// handle is dropped.
 #[derive(Clone)]
@@ -126,10 +133,6 @@ impl LogHandle {
             return Err(Error::Stopped);
         }
         Ok(self.shared.status.lock().expect("status lock").clone())
-    }
-
-    pub(crate) fn publish(shared: &Shared, update: impl FnOnce(&mut Status)) {
-        update(&mut shared.status.lock().expect("status lock"));
     }
 
     pub(crate) fn shared(&self) -> Arc<Shared> {

@@ -106,7 +106,7 @@ fn run(mut sm: StateMachine, mut rx: mpsc::Receiver<Request>, shared: &Shared) {
             Ok(applied) => {
                 assert_eq!(applied.len(), replies.len(), "one answer per entry");
                 let index = sm.applied_index();
-                LogHandle::publish(shared, |status| {
+                shared.publish(|status| {
                     status.decided_index = index;
                     status.applied_index = index;
                 });

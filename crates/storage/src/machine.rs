@@ -76,7 +76,8 @@ pub struct StateMachine {
 impl StateMachine {
     /// Takes over the store as its only writer, resuming from its applied index.
     pub fn open(store: Store) -> Result<StateMachine, Error> {
-        let applied_index = store.read_meta_u64(META_APPLIED_INDEX)?;
+        // `Store::open` already read the applied index from disk.
+        let applied_index = store.applied_index();
         let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
         Ok(StateMachine { store, applied_index, session_count, poisoned: false })
     }
