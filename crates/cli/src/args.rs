@@ -1,6 +1,7 @@
 //! The command line. Every client command takes `--addr` (or `CAIRN_ADDR`) and
 //! `--output text|json`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -88,6 +89,62 @@ pub struct NodeArgs {
     /// How long a write may wait for its answer, in milliseconds.
     #[arg(long, default_value_t = cairn_server::node::WRITE_TIMEOUT_MS_DEFAULT)]
     pub write_timeout_ms: u64,
+    /// Address to listen on for peers (replication); defaults to this node's
+    /// address in --peers.
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Every member's peer address, this node's included:
+    /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. The initial configuration when
+    /// the data directory is empty; leave out to run a single node.
+    #[arg(long, value_parser = parse_peers, default_value = "")]
+    pub peers: Peers,
+    /// The replica's tick, in milliseconds.
+    #[arg(long, default_value_t = cairn_server::node::TICK_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tick_ms: u64,
+    /// One round of leader election, in milliseconds (a dead leader is
+    /// replaced after about two).
+    #[arg(long, default_value_t = cairn_server::node::ELECTION_TIMEOUT_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(20..=60_000))]
+    pub election_timeout_ms: u64,
+}
+
+/// Peer addresses by node id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers(pub BTreeMap<u64, SocketAddr>);
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`; names what is wrong.
+pub fn parse_peers(text: &str) -> Result<Peers, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not ID=HOST:PORT (e.g. 1=127.0.0.1:7101)"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| (1..=cairn_consensus::replica::NODE_ID_MAX).contains(id))
+            .ok_or_else(|| {
+                format!(
+                    "'{id}' in '{part}' is not a node id (1 to {})",
+                    cairn_consensus::replica::NODE_ID_MAX
+                )
+            })?;
+        let addr = resolve(addr.trim()).map_err(|e| format!("'{part}': {e}"))?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("node {id} is named twice"));
+        }
+    }
+    Ok(Peers(peers))
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{addr}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{addr}' resolves to no address"))
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,10 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.zone = args.zone;
     config.max_body_bytes = args.max_body_bytes;
     config.write_timeout_ms = args.write_timeout_ms;
+    config.peer_listen = args.peer_listen;
+    config.peers = args.peers.0;
+    config.tick_ms = args.tick_ms;
+    config.election_timeout_ms = args.election_timeout_ms;
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {

@@ -11,18 +11,25 @@
 //!   applies them is also what makes them durable.
 //! - [`proposer`]: gives every write a `(session, seq)` id from a pool of
 //!   sessions, so that a re-proposed write applies exactly once.
-//! - [`replica`]: the IO-free wrapper around OmniPaxos that a replicated
-//!   node's event loop drives: messages and ticks in, messages and decided
-//!   entries out, lost proposals re-proposed.
+//! - [`replica`]: the IO-free wrapper around OmniPaxos: messages and ticks
+//!   in, messages and decided entries out, lost proposals re-proposed.
+//! - [`driver`]: the IO-free heart of a replicated node: the replica, the
+//!   state machine, and the requests waiting for them (writes, sessions,
+//!   linearizable reads through barrier entries).
+//! - [`replicated`]: the thin event loop that serves a handle with a driver
+//!   and the peer transport.
 //!
-//! Replication (OmniPaxos) serves the same handle, so the API above it does not
-//! change when a node joins a cluster.
+//! Both logs serve the same handle, so the API above it does not change when
+//! a node joins a cluster.
 
+pub mod driver;
 pub mod local;
 pub mod proposer;
 pub mod replica;
+pub mod replicated;
 
 use std::sync::{Arc, Mutex};
+use std::thread;
 
 use cairn_storage::{Applied, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +48,23 @@ pub enum Error {
     /// The state machine failed to write: the node must restart from disk.
     #[error("storage fault: {0}")]
     Storage(String),
+    /// This node cannot reach a quorum of its configuration, so nothing can be
+    /// ordered through it now; the request was not proposed. Retry, here later
+    /// or on another node.
+    #[error("no quorum: {reason}")]
+    Unavailable { reason: String },
+    /// Too many requests await their decision on this node; the request was
+    /// not proposed. Retry later.
+    #[error("busy: {reason}")]
+    Busy { reason: String },
+}
+
+impl Error {
+    /// Whether the request certainly did not take effect, so that a retry
+    /// cannot apply it twice even without an exactly-once id.
+    pub fn is_determinate(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Busy { .. })
+    }
 }
 
 /// The role of this node in its log's configuration.
@@ -71,15 +95,35 @@ pub struct Status {
     pub applied_index: u64,
 }
 
+/// One node of the cluster as this node last heard of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub node_id: u64,
+    /// The node's HTTP API address, once it has told it.
+    pub api_address: Option<String>,
+    /// The node's peer (replication) address.
+    pub peer_address: Option<String>,
+    pub zone: Option<String>,
+    pub version: Option<String>,
+    pub role: Option<Role>,
+    pub decided_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Whether this node heard from it recently (always true for itself).
+    pub reachable: bool,
+}
+
 /// Requests from the node to its log.
 pub(crate) enum Request {
     Propose { command: Command, reply: oneshot::Sender<Result<Applied, Error>> },
+    OpenSession { reply: oneshot::Sender<Result<Applied, Error>> },
     ReadBarrier { reply: oneshot::Sender<Result<u64, Error>> },
 }
 
 /// What the log publishes for readers without a round trip to its loop.
 pub(crate) struct Shared {
     status: Mutex<Status>,
+    /// Every member of the configuration, this node included, in id order.
+    members: Mutex<Vec<Member>>,
     /// Whether local state can lag acknowledged writes (a replica), so reads
     /// must wait for a barrier. A single node applies before it acknowledges.
     reads_need_barrier: bool,
@@ -89,6 +133,51 @@ impl Shared {
     /// Updates the published status (called by the loop that owns the log).
     pub(crate) fn publish(&self, update: impl FnOnce(&mut Status)) {
         update(&mut self.status.lock().expect("status lock"));
+    }
+
+    /// Replaces the published view of the members.
+    pub(crate) fn publish_members(&self, members: Vec<Member>) {
+        *self.members.lock().expect("members lock") = members;
+    }
+}
+
+/// The thread that serves a log.
+pub struct LogThread {
+    thread: thread::JoinHandle<()>,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl LogThread {
+    /// Runs `serve` on a thread of its own; [`stopped`](LogThread::stopped)
+    /// completes when it returns.
+    pub(crate) fn spawn(
+        name: &str,
+        serve: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<LogThread> {
+        let (stopped_tx, stopped) = oneshot::channel::<()>();
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            serve();
+            drop(stopped_tx);
+        })?;
+        Ok(LogThread { thread, stopped: Some(stopped) })
+    }
+
+    /// Completes when the log thread has exited: after the last handle is
+    /// dropped, or at once after a storage fault.
+    pub fn stopped(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.stopped.take();
+        async move {
+            if let Some(stopped) = stopped {
+                let _ = stopped.await;
+            }
+        }
+    }
+
+    /// Waits for the log to finish its last batch after every handle is gone.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the log thread panicked");
+        }
     }
 }
 
@@ -106,7 +195,11 @@ impl LogHandle {
         status: Status,
         reads_need_barrier: bool,
     ) -> LogHandle {
-        let shared = Arc::new(Shared { status: Mutex::new(status), reads_need_barrier });
+        let shared = Arc::new(Shared {
+            status: Mutex::new(status),
+            members: Mutex::new(Vec::new()),
+            reads_need_barrier,
+        });
         LogHandle { requests, shared }
     }
 
@@ -114,6 +207,14 @@ impl LogHandle {
     pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Propose { command, reply }).await?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Opens a session for exactly-once writes through the log; the answer's
+    /// outcome is `SessionOpened`.
+    pub async fn open_session(&self) -> Result<Applied, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::OpenSession { reply }).await?;
         answer.await.map_err(|_| Error::Stopped)?
     }
 
@@ -133,6 +234,12 @@ impl LogHandle {
             return Err(Error::Stopped);
         }
         Ok(self.shared.status.lock().expect("status lock").clone())
+    }
+
+    /// The members of the configuration as last published (empty until the
+    /// log publishes them).
+    pub fn members(&self) -> Vec<Member> {
+        self.shared.members.lock().expect("members lock").clone()
     }
 
     pub(crate) fn shared(&self) -> Arc<Shared> {

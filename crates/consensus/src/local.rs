@@ -14,31 +14,25 @@
 //! A storage fault stops the thread: pending and later requests get
 //! [`Error::Storage`] or [`Error::Stopped`], and the node must restart.
 
-use std::thread;
-
-use cairn_storage::{Command, StateMachine};
+use cairn_storage::{Command, Op, StateMachine};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, LogHandle, Request, Role, Shared, Status};
+use crate::{Error, LogHandle, LogThread, Request, Role, Shared, Status};
 
 /// Most entries applied in one batch (one fsync).
 pub const BATCH_ENTRIES_MAX: usize = 1024;
 /// Requests that may wait for the log before senders are slowed down.
 pub const REQUESTS_QUEUED_MAX: usize = 8192;
 
-/// A running single-node log.
-pub struct LocalLog {
-    thread: thread::JoinHandle<()>,
-    stopped: Option<oneshot::Receiver<()>>,
-}
+/// The single-node log.
+pub struct LocalLog;
 
 type Reply = oneshot::Sender<Result<cairn_storage::Applied, Error>>;
 
 impl LocalLog {
     /// Starts the log thread; it stops once every handle is dropped.
-    pub fn start(node_id: u64, sm: StateMachine) -> std::io::Result<(LocalLog, LogHandle)> {
+    pub fn start(node_id: u64, sm: StateMachine) -> std::io::Result<(LogThread, LogHandle)> {
         let (tx, rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
-        let (stopped_tx, stopped) = oneshot::channel::<()>();
         let applied = sm.applied_index();
         let status = Status {
             node_id,
@@ -50,30 +44,10 @@ impl LocalLog {
         };
         let handle = LogHandle::new(tx, status, false);
         let shared = handle.shared();
-        let thread = thread::Builder::new().name("cairn-log".into()).spawn(move || {
-            run(sm, rx, &shared);
-            // Close the queue before saying so: handles see `Stopped` at once.
-            drop(stopped_tx);
-        })?;
-        Ok((LocalLog { thread, stopped: Some(stopped) }, handle))
-    }
-
-    /// Completes when the log thread has exited: after the last handle is
-    /// dropped, or at once after a storage fault.
-    pub fn stopped(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let stopped = self.stopped.take();
-        async move {
-            if let Some(stopped) = stopped {
-                let _ = stopped.await;
-            }
-        }
-    }
-
-    /// Waits for the log to finish its last batch after every handle is gone.
-    pub fn join(self) {
-        if self.thread.join().is_err() {
-            tracing::error!("the log thread panicked");
-        }
+        // Returning closes the queue before `stopped` fires: handles see
+        // `Stopped` at once.
+        let thread = LogThread::spawn("cairn-log", move || run(sm, rx, &shared))?;
+        Ok((thread, handle))
     }
 }
 
@@ -87,6 +61,12 @@ fn run(mut sm: StateMachine, mut rx: mpsc::Receiver<Request>, shared: &Shared) {
                 Request::Propose { command, reply } => {
                     let index = sm.applied_index() + 1 + entries.len() as u64;
                     entries.push((index, command));
+                    replies.push(reply);
+                }
+                Request::OpenSession { reply } => {
+                    // Entries are this node's own: no token is needed.
+                    let index = sm.applied_index() + 1 + entries.len() as u64;
+                    entries.push((index, Command::new(None, Op::OpenSession { token: 0 })));
                     replies.push(reply);
                 }
                 Request::ReadBarrier { reply } => {

@@ -74,7 +74,7 @@ impl Proposer {
     }
 
     async fn open(&self) -> Result<Session, Error> {
-        let applied = self.log.propose(Command::new(None, Op::OpenSession)).await?;
+        let applied = self.log.open_session().await?;
         match applied.outcome {
             Outcome::SessionOpened { session } => Ok(Session { id: session, last_seq: 0 }),
             other => Err(Error::Storage(format!("opening a session answered {other:?}"))),

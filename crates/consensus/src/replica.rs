@@ -42,15 +42,20 @@
 //!
 //! A re-proposed command can be decided twice. That is safe: the state machine
 //! answers a repeated `(session, seq)` from memory, and every write takes
-//! effect once. Commands without an id (read barriers, `OpenSession`) are
-//! proposed once and never re-proposed here: repeating them is harmless but
-//! only their caller knows when to give up, so their caller tracks them (a
-//! barrier that is not decided in time is simply proposed again).
+//! effect once. Id-less commands that carry a token (read barriers,
+//! `OpenSession`) are remembered and re-proposed the same way, keyed by their
+//! token; a repeated barrier changes nothing and a repeated session opening
+//! opens a session nobody uses, which eviction reclaims. A caller that stops
+//! waiting for a command [`forget`](Replica::forget)s it. Commands with
+//! neither an id nor a token are appended once.
 //!
 //! Re-proposals wait until this node is in the accept phase under a known
 //! leader, so that an election does not pile copies into OmniPaxos's buffers.
-//! Their deadlines carry a little jitter drawn from the seed, so that replicas
-//! that lost the same leader do not re-propose in lockstep.
+//! When the leader changes, every pending command falls due at once: what was
+//! forwarded to the old leader is likely lost, and waiting out the timeout
+//! would add it to every failover. Deadlines carry a little jitter drawn from
+//! the seed, so that replicas that lost the same leader do not re-propose in
+//! lockstep.
 //!
 //! # Invariants
 //!
@@ -83,7 +88,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_storage::log_store::LogStore;
-use cairn_storage::{Command, CommandId, Store};
+use cairn_storage::{Command, CommandId, Store, WaitKey};
 use omnipaxos::storage::StopSign;
 use omnipaxos::util::LogEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ProposeErr, ServerConfig};
@@ -215,13 +220,9 @@ struct Pending {
     due_tick: u64,
 }
 
-/// A pending command's key: `(session, seq)`, ordered so that one session's
-/// commands are one range.
-type Key = (u64, u64);
-
-fn key(id: CommandId) -> Key {
-    (id.session, id.seq)
-}
+/// A pending command's key: its id or token. Ids order by `(session, seq)`,
+/// so one session's commands are one range.
+type Key = WaitKey;
 
 /// One replica of the log. See the module docs.
 pub struct Replica {
@@ -237,6 +238,8 @@ pub struct Replica {
     /// `(due_tick, key)` for every pending command, earliest first.
     due: BTreeSet<(u64, Key)>,
     rng: Rng,
+    /// The leader seen at the last tick, to notice a change.
+    last_leader: Option<NodeId>,
     /// Scratch for OmniPaxos's outgoing messages, reused across calls.
     outgoing: Vec<Message>,
 }
@@ -276,6 +279,7 @@ impl Replica {
             pending: BTreeMap::new(),
             due: BTreeSet::new(),
             rng: Rng::new(seed ^ node_id),
+            last_leader: None,
             outgoing: Vec::with_capacity(OUTGOING_RESERVE_MESSAGES),
         })
     }
@@ -299,14 +303,14 @@ impl Replica {
         self.repropose_due();
     }
 
-    /// Appends `command` to the log. A command with an id is remembered and
-    /// appended again until it is decided; proposing an id that is already
-    /// pending changes nothing. Commands without an id are appended once.
+    /// Appends `command` to the log. A command with an id or a token is
+    /// remembered and appended again until it is decided; proposing a key that
+    /// is already pending changes nothing. Other commands are appended once.
     pub fn propose(&mut self, command: Command) -> Result<(), Error> {
-        let Some(id) = command.id else {
+        let Some(k) = command.wait_key() else {
             return self.append(command);
         };
-        if self.pending.contains_key(&key(id)) {
+        if self.pending.contains_key(&k) {
             return Ok(());
         }
         if self.pending.len() >= PENDING_PROPOSALS_MAX {
@@ -314,10 +318,19 @@ impl Replica {
         }
         self.append(command.clone())?;
         let due_tick = self.next_due_tick();
-        self.pending.insert(key(id), Pending { command, due_tick });
-        self.due.insert((due_tick, key(id)));
+        self.pending.insert(k, Pending { command, due_tick });
+        self.due.insert((due_tick, k));
         self.check_pending();
         Ok(())
+    }
+
+    /// Stops re-proposing the command with key `k` (its caller gave up). The
+    /// command may still be decided from a copy already appended.
+    pub fn forget(&mut self, k: WaitKey) {
+        if let Some(pending) = self.pending.remove(&k) {
+            assert!(self.due.remove(&(pending.due_tick, k)), "a pending key is due once");
+        }
+        self.check_pending();
     }
 
     /// Tells OmniPaxos that the link to `peer` is back, so it resynchronises
@@ -436,7 +449,7 @@ impl Replica {
 
     /// Whether a command with `id` awaits its decision here.
     pub fn is_pending(&self, id: CommandId) -> bool {
-        self.pending.contains_key(&key(id))
+        self.pending.contains_key(&WaitKey::Id(id))
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -475,8 +488,14 @@ impl Replica {
     /// Appends again the proposals whose time is up, oldest first, once this
     /// node can reach a leader that accepts entries.
     fn repropose_due(&mut self) {
-        if !matches!(self.omni.get_current_leader(), Some((_, true))) {
+        let current = self.omni.get_current_leader();
+        if !matches!(current, Some((_, true))) {
             return;
+        }
+        let leader = current.map(|(leader, _)| leader);
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            self.make_all_due();
         }
         for _ in 0..REPROPOSALS_PER_TICK_MAX {
             let Some(&(due_tick, k)) = self.due.first() else { break };
@@ -498,15 +517,32 @@ impl Replica {
         self.check_pending();
     }
 
+    /// Makes every pending command due now (keeping their order).
+    fn make_all_due(&mut self) {
+        let now = self.now_ticks;
+        let keys: Vec<(u64, Key)> = std::mem::take(&mut self.due).into_iter().collect();
+        for (_, k) in keys {
+            self.pending.get_mut(&k).expect("every due key is pending").due_tick = now;
+            self.due.insert((now, k));
+        }
+        self.check_pending();
+    }
+
     /// A decided command settles its own proposal, and any of its session's
     /// with a lower sequence number.
     fn clear_pending(&mut self, command: &Command) {
-        let Some(id) = command.id else { return };
-        let settled: Vec<Key> =
-            self.pending.range((id.session, 0)..=(id.session, id.seq)).map(|(k, _)| *k).collect();
+        let Some(k) = command.wait_key() else { return };
+        let settled: Vec<Key> = match k {
+            WaitKey::Token(_) => vec![k],
+            WaitKey::Id(id) => {
+                let first = WaitKey::Id(CommandId { session: id.session, seq: 0 });
+                self.pending.range(first..=k).map(|(k, _)| *k).collect()
+            }
+        };
         for k in settled {
-            let pending = self.pending.remove(&k).expect("the key was just found");
-            assert!(self.due.remove(&(pending.due_tick, k)), "a pending key is due once");
+            if let Some(pending) = self.pending.remove(&k) {
+                assert!(self.due.remove(&(pending.due_tick, k)), "a pending key is due once");
+            }
         }
         self.check_pending();
     }

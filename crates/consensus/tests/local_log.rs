@@ -5,7 +5,7 @@
 use cairn_consensus::{LocalLog, Proposer, Role};
 use cairn_storage::{Command, Op, Outcome, StateMachine, Store};
 
-fn start(dir: &std::path::Path) -> (LocalLog, cairn_consensus::LogHandle) {
+fn start(dir: &std::path::Path) -> (cairn_consensus::LogThread, cairn_consensus::LogHandle) {
     let sm = StateMachine::open(Store::open(dir).unwrap()).unwrap();
     LocalLog::start(7, sm).unwrap()
 }

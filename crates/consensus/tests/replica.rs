@@ -321,8 +321,9 @@ impl Sim {
         let leader = self.elect();
         let before = self.node(leader).history.len();
         self.replica(leader).propose(Command::new(None, create_table())).expect("propose");
-        for _ in 0..sessions {
-            self.replica(leader).propose(Command::new(None, Op::OpenSession)).expect("propose");
+        for token in 1..=sessions as u64 {
+            let open = Command::new(None, Op::OpenSession { token });
+            self.replica(leader).propose(open).expect("propose");
         }
         self.run_until(200, "set up", |sim| {
             sim.node(leader).history.len() == before + 1 + sessions

@@ -106,7 +106,21 @@ impl From<cairn_storage::Error> for ApiError {
 
 impl From<cairn_consensus::Error> for ApiError {
     fn from(error: cairn_consensus::Error) -> ApiError {
-        ApiError::unavailable(format!("the node cannot serve: {error}"))
+        use cairn_consensus::Error;
+        match &error {
+            // Never proposed: a retry cannot apply the request twice.
+            Error::Unavailable { .. } => ApiError {
+                indeterminate: false,
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", error.to_string())
+            },
+            Error::Busy { .. } => ApiError {
+                indeterminate: false,
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string())
+            },
+            Error::Stopped | Error::Storage(_) => {
+                ApiError::unavailable(format!("the node cannot serve: {error}"))
+            }
+        }
     }
 }
 

@@ -1,13 +1,28 @@
 //! Running a node: open the store, start the log, serve the API until told to
 //! stop, then let the log finish its last batch.
+//!
+//! A node runs one of two logs:
+//! - **single node** (no `peers`, and a data directory that never belonged to
+//!   a cluster): the local group-commit log;
+//! - **replicated**: OmniPaxos over the peer transport. The first start on an
+//!   empty data directory takes `peers` as the initial configuration and
+//!   stores it; later starts use what is stored (like etcd's initial cluster
+//!   flags, `peers` is then only checked against it).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use cairn_consensus::{LocalLog, Proposer};
-use cairn_storage::{StateMachine, Store};
+use cairn_consensus::driver::DriverConfig;
+use cairn_consensus::replica::{ReplicaConfig, Timing};
+use cairn_consensus::replicated::{self, Hello, ReplicatedConfig};
+use cairn_consensus::{LocalLog, LogThread, Proposer};
+use cairn_storage::{Durability, StateMachine, Store};
+use cairn_transport::{Transport, TransportConfig, TransportHandle};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -18,6 +33,11 @@ use crate::state::AppState;
 pub const MAX_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 /// How long a write may wait for its answer by default.
 pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The replica's tick by default.
+pub const TICK_MS_DEFAULT: u64 = 10;
+/// One round of leader election by default; a dead leader is replaced after
+/// about two rounds.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 250;
 
 /// A node's settings.
 #[derive(Clone, Debug)]
@@ -28,6 +48,13 @@ pub struct NodeConfig {
     pub zone: Option<String>,
     pub max_body_bytes: usize,
     pub write_timeout_ms: u64,
+    /// Where peers reach this node (replicated mode).
+    pub peer_listen: Option<SocketAddr>,
+    /// Every member's peer address, this node's included: the initial
+    /// configuration of a new cluster. Empty for a single node.
+    pub peers: BTreeMap<u64, SocketAddr>,
+    pub tick_ms: u64,
+    pub election_timeout_ms: u64,
 }
 
 impl NodeConfig {
@@ -39,6 +66,10 @@ impl NodeConfig {
             zone: None,
             max_body_bytes: MAX_BODY_BYTES_DEFAULT,
             write_timeout_ms: WRITE_TIMEOUT_MS_DEFAULT,
+            peer_listen: None,
+            peers: BTreeMap::new(),
+            tick_ms: TICK_MS_DEFAULT,
+            election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
         }
     }
 
@@ -57,6 +88,10 @@ pub enum Error {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the log: {0}")]
     Log(std::io::Error),
+    #[error("bad cluster settings: {0}")]
+    Cluster(String),
+    #[error("cannot start replication: {0}")]
+    Replication(String),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("the log stopped after a storage fault; restart the node to recover from disk")]
@@ -67,7 +102,92 @@ pub enum Error {
 pub struct Node {
     listener: TcpListener,
     state: AppState,
-    log: LocalLog,
+    log: LogThread,
+    transport: Option<TransportHandle>,
+}
+
+/// The replication settings stored with a replicated node's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredCluster {
+    /// Carried in every peer handshake: nodes of another cluster are refused.
+    cluster_id: u64,
+    configuration_id: u32,
+    /// Every member's peer address.
+    members: BTreeMap<u64, SocketAddr>,
+}
+
+impl StoredCluster {
+    fn load(store: &Store) -> Result<Option<StoredCluster>, Error> {
+        let Some(bytes) = store.cluster_config().map_err(|e| Error::Cluster(e.to_string()))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Cluster(format!("the stored cluster settings do not decode: {e}")))
+    }
+
+    fn save(&self, store: &Store) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Cluster(e.to_string()))?;
+        store.set_cluster_config(&bytes).map_err(|e| Error::Cluster(e.to_string()))
+    }
+
+    /// The cluster id of a new cluster: a hash of its initial members, so
+    /// that every node started with the same `--peers` agrees on it.
+    fn new(members: BTreeMap<u64, SocketAddr>) -> StoredCluster {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for (id, addr) in &members {
+            for byte in format!("{id}={addr};").bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        StoredCluster { cluster_id: hash.max(1), configuration_id: 1, members }
+    }
+}
+
+/// Decides how this node replicates: `None` for a single node.
+fn cluster_settings(config: &NodeConfig, store: &Store) -> Result<Option<StoredCluster>, Error> {
+    if let Some(stored) = StoredCluster::load(store)? {
+        if !config.peers.is_empty() && config.peers != stored.members {
+            tracing::warn!(
+                stored = ?stored.members,
+                given = ?config.peers,
+                "--peers differs from the configuration stored in the data directory; using the stored one"
+            );
+        }
+        if !stored.members.contains_key(&config.id) {
+            return Err(Error::Cluster(format!(
+                "this data directory belongs to node(s) {:?}, not node {}",
+                stored.members.keys().collect::<Vec<_>>(),
+                config.id
+            )));
+        }
+        return Ok(Some(stored));
+    }
+    if config.peers.is_empty() {
+        return Ok(None);
+    }
+    if !config.peers.contains_key(&config.id) {
+        return Err(Error::Cluster(format!(
+            "--peers must name this node ({}) with its peer address; it names {:?}",
+            config.id,
+            config.peers.keys().collect::<Vec<_>>()
+        )));
+    }
+    if config.peers.len() < 2 {
+        return Err(Error::Cluster(
+            "--peers names one node: leave it out to run a single node, or name 3 or 5".into(),
+        ));
+    }
+    if store.applied_index() > 0 {
+        return Err(Error::Cluster(format!(
+            "the data directory holds a single node's data (applied index {}): it cannot \
+             start a new cluster; start from an empty directory",
+            store.applied_index()
+        )));
+    }
+    let stored = StoredCluster::new(config.peers.clone());
+    stored.save(store)?;
+    Ok(Some(stored))
 }
 
 impl Node {
@@ -83,14 +203,23 @@ impl Node {
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
         // Port 0 picks a free port: advertise the real one.
         config.listen = listener.local_addr().map_err(Error::Serve)?;
-        let (log, handle) = LocalLog::start(config.id, sm).map_err(Error::Log)?;
+        let (log, handle, transport) = match cluster_settings(&config, &store)? {
+            None => {
+                let (log, handle) = LocalLog::start(config.id, sm).map_err(Error::Log)?;
+                (log, handle, None)
+            }
+            Some(cluster) => {
+                let (log, handle, transport) = start_replicated(&mut config, cluster, sm).await?;
+                (log, handle, Some(transport))
+            }
+        };
         let state = AppState {
             store,
             proposer: Arc::new(Proposer::new(handle)),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
         };
-        Ok(Node { listener, state, log })
+        Ok(Node { listener, state, log, transport })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -102,7 +231,7 @@ impl Node {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Node { listener, state, mut log } = self;
+        let Node { listener, state, mut log, transport } = self;
         let log_stopped = log.stopped();
         let app = router(state);
         tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "serving the HTTP API");
@@ -113,6 +242,62 @@ impl Node {
         };
         // The router and its handles are gone: the log finishes and exits.
         tokio::task::spawn_blocking(move || log.join()).await.ok();
+        if let Some(transport) = transport {
+            transport.shutdown().await;
+        }
         result
     }
+}
+
+/// Starts the peer transport and the replicated log.
+async fn start_replicated(
+    config: &mut NodeConfig,
+    cluster: StoredCluster,
+    sm: StateMachine,
+) -> Result<(LogThread, cairn_consensus::LogHandle, TransportHandle), Error> {
+    let own = cluster.members[&config.id];
+    let listen = config.peer_listen.unwrap_or(own);
+    let peers: BTreeMap<u64, SocketAddr> =
+        cluster.members.iter().filter(|(id, _)| **id != config.id).map(|(i, a)| (*i, *a)).collect();
+    let transport_config = TransportConfig::new(config.id, cluster.cluster_id, listen, peers);
+    let (transport, events) =
+        Transport::start(transport_config).await.map_err(|e| Error::Replication(e.to_string()))?;
+    config.peer_listen = Some(transport.local_addr());
+    let tick_ms = config.tick_ms.max(1);
+    let election_ticks = (config.election_timeout_ms / tick_ms).max(2);
+    let timing = Timing {
+        election_timeout_ticks: election_ticks,
+        resend_timeout_ticks: election_ticks * 2,
+        repropose_timeout_ticks: election_ticks * 4,
+    };
+    let replica = ReplicaConfig {
+        node_id: config.id,
+        members: cluster.members.keys().copied().collect(),
+        configuration_id: cluster.configuration_id,
+        timing,
+        seed: uuid::Uuid::new_v4().as_u64_pair().0,
+    };
+    let replicated_config = ReplicatedConfig {
+        driver: DriverConfig { replica, peer_silence_ticks: election_ticks * 3 },
+        tick: Duration::from_millis(tick_ms),
+        hello_interval_ticks: election_ticks,
+        me: Hello {
+            api_address: config.advertise_address(),
+            peer_address: own.to_string(),
+            zone: config.zone.clone(),
+            version: crate::VERSION.to_string(),
+            ..Hello::default()
+        },
+    };
+    // One sync per turn of the event loop instead of one per write.
+    sm.store().set_durability(Durability::Deferred);
+    let (log, handle) = replicated::start(replicated_config, sm, transport.clone(), events)
+        .map_err(|e| Error::Replication(e.to_string()))?;
+    tracing::info!(
+        id = config.id,
+        peer_listen = %listen,
+        members = ?cluster.members.keys().collect::<Vec<_>>(),
+        "replicating"
+    );
+    Ok((log, handle, transport))
 }

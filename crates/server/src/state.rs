@@ -57,7 +57,7 @@ impl AppState {
 
     /// Opens a session for a client's exactly-once writes.
     pub async fn open_session(&self) -> Result<Applied, ApiError> {
-        self.within_timeout(self.log().propose(Command::new(None, Op::OpenSession))).await
+        self.within_timeout(self.log().open_session()).await
     }
 
     async fn within_timeout(

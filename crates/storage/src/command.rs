@@ -28,10 +28,19 @@ pub const INSERT_DOCS_MAX: usize = 10_000;
 /// The identity of a command for exactly-once application: a session opened
 /// through the log, and a sequence number that grows with every command of that
 /// session. A retried command carries the same id and is answered from memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CommandId {
     pub session: u64,
     pub seq: u64,
+}
+
+/// How the node that proposed a command recognises it among decided entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WaitKey {
+    /// A write with an exactly-once id.
+    Id(CommandId),
+    /// An id-less command (barrier, session opening) with its random token.
+    Token(u64),
 }
 
 /// One entry of the replicated log.
@@ -66,10 +75,19 @@ pub struct Doc {
 /// The operations of the state machine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    /// Changes nothing; used as a read barrier.
+    /// Changes nothing.
     Noop,
+    /// Changes nothing: a read barrier. `token` (random, drawn by the node
+    /// that proposed it) tells that node which decided entry is its own.
+    Barrier {
+        token: u64,
+    },
     /// Opens a session for exactly-once commands; its id is the entry's index.
-    OpenSession,
+    /// `token` is drawn by the proposing node to recognise its entry; it does
+    /// not take part in applying.
+    OpenSession {
+        token: u64,
+    },
     CreateTable {
         table: String,
     },
@@ -184,9 +202,22 @@ impl Command {
             .map_err(|e| crate::Error::Corrupt { what: format!("command: {e}") })
     }
 
-    /// Whether the command changes state (everything but barriers).
+    /// Whether the command changes state (everything but no-ops and barriers).
     pub fn is_write(&self) -> bool {
-        !matches!(self.op, Op::Noop)
+        !matches!(self.op, Op::Noop | Op::Barrier { .. })
+    }
+
+    /// What a proposing node waits on to recognise this command once it is
+    /// decided: its `(session, seq)` id, or the token of an id-less command.
+    /// `None` for commands nobody waits for.
+    pub fn wait_key(&self) -> Option<WaitKey> {
+        match (&self.id, &self.op) {
+            (Some(id), _) => Some(WaitKey::Id(*id)),
+            (None, Op::Barrier { token } | Op::OpenSession { token }) => {
+                Some(WaitKey::Token(*token))
+            }
+            (None, _) => None,
+        }
     }
 }
 

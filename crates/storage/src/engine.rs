@@ -21,7 +21,7 @@
 //! (`log_store`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -44,6 +44,8 @@ const COLUMN_FAMILIES: [&str; 8] =
 
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub(crate) const META_SESSION_COUNT: &[u8] = b"session_count";
+/// In `log_meta`: the node's replication settings (`Store::cluster_config`).
+const META_CLUSTER_CONFIG: &[u8] = b"cluster_config";
 
 /// Most documents one page of a listing returns.
 pub const LIST_LIMIT_MAX: usize = 1000;
@@ -84,6 +86,21 @@ pub struct Store {
     /// The last applied index, mirrored from `meta` for readers that only need
     /// the number (health, metrics) without a RocksDB read.
     pub(crate) applied_index: Arc<AtomicU64>,
+    /// Whether writers sync each write (`Durability::Synced`) or leave it to
+    /// [`Store::sync`] (`Durability::Deferred`).
+    deferred: Arc<AtomicBool>,
+}
+
+/// When the state machine's and the log's writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every write is synced before it returns (the default).
+    Synced,
+    /// Writes reach the operating system at once (a crashed process loses
+    /// nothing) and the disk at the owner's next [`Store::sync`]. The owner
+    /// must let nothing depend on a write (a message, an answer) before that
+    /// sync: one sync then covers every write of a turn.
+    Deferred,
 }
 
 /// One page of a table listing.
@@ -110,7 +127,11 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        let store = Store { db: Arc::new(db), applied_index: Arc::new(AtomicU64::new(0)) };
+        let store = Store {
+            db: Arc::new(db),
+            applied_index: Arc::new(AtomicU64::new(0)),
+            deferred: Arc::new(AtomicBool::new(false)),
+        };
         let applied = store.read_meta_u64(META_APPLIED_INDEX)?;
         store.applied_index.store(applied, Ordering::Release);
         Ok(store)
@@ -127,6 +148,46 @@ impl Store {
             Some(bytes) => u64_from(&bytes, "meta value"),
             None => Ok(0),
         }
+    }
+
+    /// Chooses when writes reach the disk, for every handle on this store.
+    /// Set it before the writers start.
+    pub fn set_durability(&self, durability: Durability) {
+        self.deferred.store(durability == Durability::Deferred, Ordering::Release);
+    }
+
+    pub fn durability(&self) -> Durability {
+        if self.deferred.load(Ordering::Acquire) {
+            Durability::Deferred
+        } else {
+            Durability::Synced
+        }
+    }
+
+    /// Whether a writer syncs each write itself.
+    pub(crate) fn syncs_each_write(&self) -> bool {
+        !self.deferred.load(Ordering::Acquire)
+    }
+
+    /// Makes every write so far durable (syncs the write-ahead log).
+    pub fn sync(&self) -> Result<(), Error> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    /// The replication settings this node's data belongs to (written once,
+    /// when a replicated node first starts on an empty directory), as the
+    /// node encoded them; `None` for a single node.
+    pub fn cluster_config(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(CF_LOG_META), META_CLUSTER_CONFIG)?)
+    }
+
+    /// Stores the replication settings (synced).
+    pub fn set_cluster_config(&self, encoded: &[u8]) -> Result<(), Error> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(CF_LOG_META), META_CLUSTER_CONFIG, encoded);
+        Ok(self.db.write_opt(batch, &opts)?)
     }
 
     /// The index of the last log entry applied to this state.

@@ -17,8 +17,8 @@ pub mod engine;
 pub mod log_store;
 pub mod machine;
 
-pub use command::{ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome};
-pub use engine::{Page, Store, LIST_LIMIT_MAX};
+pub use command::{ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome, WaitKey};
+pub use engine::{Durability, Page, Store, LIST_LIMIT_MAX};
 pub use machine::{Applied, StateMachine};
 
 /// Storage errors. Apart from [`Error::TableNotFound`], which answers a read,

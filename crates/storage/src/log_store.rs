@@ -3,7 +3,9 @@
 //!
 //! [`LogStore`] implements `omnipaxos::storage::Storage<Command>`. OmniPaxos
 //! treats whatever a storage call returns as durable, so every mutating call
-//! writes one RocksDB `WriteBatch` with `sync` before it returns. The crate
+//! writes one RocksDB `WriteBatch` with `sync` before it returns, unless the
+//! store's durability is `Deferred`: then the event loop syncs once per turn,
+//! before any message that depends on the writes leaves the node. The crate
 //! `omnipaxos_storage` has a persistent storage of its own, but it pins an older
 //! `rocksdb`, and two `librocksdb-sys` cannot link into one binary.
 //!
@@ -143,7 +145,7 @@ impl LogStore {
             return Ok(());
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(self.store.syncs_each_write());
         if let Err(e) = self.store.db.write_opt(batch, &opts) {
             self.poisoned = true;
             return Err(e.into());

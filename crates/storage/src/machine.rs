@@ -133,7 +133,7 @@ impl StateMachine {
         batch.wb.put_cf(meta, META_APPLIED_INDEX, self.applied_index.to_be_bytes());
         batch.wb.put_cf(meta, META_SESSION_COUNT, self.session_count.to_be_bytes());
         let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
+        opts.set_sync(sync && self.store.syncs_each_write());
         self.store.db.write_opt(batch.wb, &opts)?;
         self.store.applied_index.store(self.applied_index, Ordering::Release);
         Ok(())
@@ -182,8 +182,8 @@ impl StateMachine {
 
     fn execute(&mut self, batch: &mut Batch, index: u64, op: &Op) -> Result<Outcome, Error> {
         let outcome = match op {
-            Op::Noop => Ok(Ok(Outcome::Done)),
-            Op::OpenSession => {
+            Op::Noop | Op::Barrier { .. } => Ok(Ok(Outcome::Done)),
+            Op::OpenSession { .. } => {
                 let id = CommandId { session: index, seq: 0 };
                 batch.touch_session(id, 0, index, 0, &Outcome::Done);
                 self.session_count += 1;

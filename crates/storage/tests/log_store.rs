@@ -243,7 +243,8 @@ fn command() -> impl Strategy<Value = Command> {
     );
     let op = prop_oneof![
         Just(Op::Noop),
-        Just(Op::OpenSession),
+        Just(Op::OpenSession { token: 7 }),
+        Just(Op::Barrier { token: 9 }),
         ("[a-c]{1,3}", prop::collection::vec(any::<u8>(), 0..16))
             .prop_map(|(key, value)| Op::KvPut { key, value }),
         "[a-z]{1,8}".prop_map(|table| Op::CreateTable { table }),

@@ -94,8 +94,8 @@ impl Model {
 
     fn try_apply(&mut self, op: &Op) -> Result<Outcome, ApplyError> {
         Ok(match op {
-            Op::Noop => Outcome::Done,
-            Op::OpenSession => unreachable!("the test opens its session first"),
+            Op::Noop | Op::Barrier { .. } => Outcome::Done,
+            Op::OpenSession { .. } => unreachable!("the test opens its session first"),
             Op::CreateTable { table } => {
                 let created = !self.tables.contains_key(table);
                 self.tables.entry(table.clone()).or_default();
@@ -186,7 +186,7 @@ fn normalize(outcome: Outcome) -> Outcome {
 fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = StateMachine::open(Store::open(dir.path()).unwrap()).unwrap();
-    let opened = sm.apply(&[(1, Command::new(None, Op::OpenSession))]).unwrap();
+    let opened = sm.apply(&[(1, Command::new(None, Op::OpenSession { token: 1 }))]).unwrap();
     let Outcome::SessionOpened { session } = opened[0].outcome else {
         return Err(TestCaseError::fail("no session"));
     };

@@ -36,7 +36,7 @@ impl Node {
     }
 
     fn open_session(&mut self) -> u64 {
-        match self.run(Op::OpenSession) {
+        match self.run(Op::OpenSession { token: 0 }) {
             Outcome::SessionOpened { session } => session,
             other => panic!("expected a session, got {other:?}"),
         }

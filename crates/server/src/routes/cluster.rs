@@ -19,18 +19,48 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 
 pub async fn cluster(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let status = state.log().status()?;
-    let node = json!({
-        "id": status.node_id,
-        "address": state.config.advertise_address(),
-        "zone": state.config.zone,
-        "version": crate::VERSION,
-        "role": status.role.as_str(),
-        "decided_index": status.decided_index,
-        "applied_index": status.applied_index,
-        "reachable": true,
-    });
+    let members = state.log().members();
+    let nodes: Vec<Value> = if members.is_empty() {
+        // A single node: only itself.
+        vec![json!({
+            "id": status.node_id,
+            "address": state.config.advertise_address(),
+            "peer_address": null,
+            "zone": state.config.zone,
+            "version": crate::VERSION,
+            "role": status.role.as_str(),
+            "decided_index": status.decided_index,
+            "applied_index": status.applied_index,
+            "reachable": true,
+        })]
+    } else {
+        // This node's own progress and its view of the leader are live; a
+        // peer's progress is as of its last hello (a fraction of a second).
+        members
+            .iter()
+            .map(|m| {
+                let own = m.node_id == status.node_id;
+                let role = match (status.leader, m.role) {
+                    (Some(leader), _) if leader == m.node_id => Some("leader"),
+                    (_, Some(_)) => Some("follower"),
+                    (_, None) => None,
+                };
+                json!({
+                    "id": m.node_id,
+                    "address": m.api_address,
+                    "peer_address": m.peer_address,
+                    "zone": m.zone,
+                    "version": m.version,
+                    "role": role,
+                    "decided_index": if own { Some(status.decided_index) } else { m.decided_index },
+                    "applied_index": if own { Some(status.applied_index) } else { m.applied_index },
+                    "reachable": m.reachable,
+                })
+            })
+            .collect()
+    };
     Ok(Json(json!({
-        "nodes": [node],
+        "nodes": nodes,
         "leader": status.leader,
         "configuration_id": status.configuration_id,
         "reconciliation": null,

@@ -1,0 +1,390 @@
+//! The replicated log: the thin event loop that serves a [`LogHandle`] with a
+//! [`Driver`] and the peer transport.
+//!
+//! One thread owns the driver (and so the replica and the state machine). It
+//! runs a small single-threaded tokio runtime of its own, so that a synced
+//! write in the driver stalls only this loop, never the HTTP server. Each turn
+//! it waits for the first of: a request from the node, an event from the
+//! transport, or the next tick; takes whatever else is already queued (up to a
+//! bound); then polls the driver once, sends the messages it produced and
+//! delivers its answers. Under load one turn carries many requests and
+//! messages, and one apply batch.
+//!
+//! Besides consensus messages, every node sends its peers a small `Hello` at a
+//! fixed period (and when a link comes up): its API address, zone, version and
+//! progress, which make up the cluster view of [`LogHandle::members`].
+//!
+//! Everything here is plumbing: no decision is taken outside the driver, so a
+//! simulator that drives [`Driver`] directly tests the logic this loop runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_storage::{Applied, StateMachine};
+use cairn_transport::{Event, TransportHandle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::driver::{Answer, Driver, DriverConfig, Output, RequestId};
+use crate::replica::{Message, NodeId};
+use crate::{Error, LogHandle, LogThread, Member, Request, Role, Shared, Status};
+
+/// Requests that may wait for the loop before senders are slowed down.
+pub const REQUESTS_QUEUED_MAX: usize = 8192;
+/// Most requests, and most transport events, taken in one turn.
+pub const TURN_INPUTS_MAX: usize = 1024;
+
+/// What this node tells its peers about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub api_address: String,
+    pub peer_address: String,
+    pub zone: Option<String>,
+    pub version: String,
+    pub leader: bool,
+    pub decided_index: u64,
+    pub applied_index: u64,
+}
+
+/// A message between nodes: consensus, or news about the sender. OmniPaxos's
+/// messages do not say which configuration they belong to, so each carries
+/// its configuration id and one for another configuration is dropped.
+#[derive(Serialize, Deserialize)]
+enum Wire {
+    Paxos { configuration_id: u32, message: Message },
+    Hello(Hello),
+}
+
+/// Settings of the replicated log.
+#[derive(Clone, Debug)]
+pub struct ReplicatedConfig {
+    pub driver: DriverConfig,
+    /// The period of one tick of the replica.
+    pub tick: Duration,
+    /// How often, in ticks, the node sends its `Hello` and looks for
+    /// requests whose caller gave up.
+    pub hello_interval_ticks: u64,
+    /// This node's own `Hello` (progress fields are filled in as it runs).
+    pub me: Hello,
+}
+
+/// Starts the replicated log over `sm` and a running transport; the loop
+/// stops once every handle is dropped (or on a storage fault).
+pub fn start(
+    config: ReplicatedConfig,
+    sm: StateMachine,
+    transport: TransportHandle,
+    events: mpsc::Receiver<Event>,
+) -> Result<(LogThread, LogHandle), StartError> {
+    let driver = Driver::open(config.driver.clone(), sm)?;
+    let (tx, rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
+    let handle = LogHandle::new(tx, driver.status(), true);
+    let shared = handle.shared();
+    let thread = LogThread::spawn("cairn-replica", move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the replica's runtime");
+                return;
+            }
+        };
+        let mut event_loop = EventLoop {
+            driver,
+            transport,
+            shared,
+            config,
+            replies: HashMap::new(),
+            next_request: 0,
+            peers: BTreeMap::new(),
+            out: Output::default(),
+        };
+        runtime.block_on(event_loop.run(rx, events));
+    })
+    .map_err(StartError::Thread)?;
+    Ok((thread, handle))
+}
+
+/// Why the replicated log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Replica(#[from] crate::replica::Error),
+    #[error("cannot start the replica thread: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Reply {
+    Write(oneshot::Sender<Result<Applied, Error>>),
+    Read(oneshot::Sender<Result<u64, Error>>),
+}
+
+impl Reply {
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Write(tx) => tx.is_closed(),
+            Reply::Read(tx) => tx.is_closed(),
+        }
+    }
+
+    fn send(self, answer: Answer) {
+        match (self, answer) {
+            (Reply::Write(tx), Answer::Applied(applied)) => {
+                let _ = tx.send(Ok(applied));
+            }
+            (Reply::Read(tx), Answer::ReadReady { index }) => {
+                let _ = tx.send(Ok(index));
+            }
+            (Reply::Write(tx), Answer::Failed(error)) => {
+                let _ = tx.send(Err(error));
+            }
+            (Reply::Read(tx), Answer::Failed(error)) => {
+                let _ = tx.send(Err(error));
+            }
+            (Reply::Write(tx), other) => {
+                let _ = tx.send(Err(Error::Storage(format!("a write was answered {other:?}"))));
+            }
+            (Reply::Read(tx), other) => {
+                let _ = tx.send(Err(Error::Storage(format!("a read was answered {other:?}"))));
+            }
+        }
+    }
+}
+
+struct EventLoop {
+    driver: Driver,
+    transport: TransportHandle,
+    shared: std::sync::Arc<Shared>,
+    config: ReplicatedConfig,
+    replies: HashMap<RequestId, Reply>,
+    next_request: RequestId,
+    /// The last `Hello` from each peer, with the tick it arrived.
+    peers: BTreeMap<NodeId, (Hello, u64)>,
+    out: Output,
+}
+
+impl EventLoop {
+    async fn run(
+        &mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut events: mpsc::Receiver<Event>,
+    ) {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let hello_every = self.config.hello_interval_ticks.max(1);
+        self.publish_members();
+        loop {
+            tokio::select! {
+                biased;
+                request = requests.recv() => match request {
+                    Some(request) => self.request(request),
+                    // Every handle is gone: the node is shutting down.
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Some(event) => self.event(event),
+                    None => {
+                        tracing::info!("the transport stopped: the replica stops");
+                        break;
+                    }
+                },
+                _ = ticker.tick() => {
+                    self.driver.tick();
+                    if self.driver.now_ticks().is_multiple_of(hello_every) {
+                        self.say_hello(None);
+                        self.sweep_abandoned();
+                        self.publish_members();
+                    }
+                }
+            }
+            for _ in 0..TURN_INPUTS_MAX {
+                match requests.try_recv() {
+                    Ok(request) => self.request(request),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..TURN_INPUTS_MAX {
+                match events.try_recv() {
+                    Ok(event) => self.event(event),
+                    Err(_) => break,
+                }
+            }
+            if self.flush().is_err() {
+                requests.close();
+                // Answer whatever is still queued, then stop.
+                while let Ok(request) = requests.try_recv() {
+                    self.request(request);
+                }
+                let _ = self.flush();
+                for (_, reply) in self.replies.drain() {
+                    reply.send(Answer::Failed(Error::Stopped));
+                }
+                return;
+            }
+        }
+        for (_, reply) in self.replies.drain() {
+            reply.send(Answer::Failed(Error::Stopped));
+        }
+    }
+
+    fn request(&mut self, request: Request) {
+        let id = self.next_request;
+        self.next_request += 1;
+        match request {
+            Request::Propose { command, reply } => {
+                self.replies.insert(id, Reply::Write(reply));
+                self.driver.propose(id, command, &mut self.out);
+            }
+            Request::OpenSession { reply } => {
+                self.replies.insert(id, Reply::Write(reply));
+                self.driver.open_session(id, &mut self.out);
+            }
+            Request::ReadBarrier { reply } => {
+                self.replies.insert(id, Reply::Read(reply));
+                self.driver.read(id, &mut self.out);
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Message { from, msg } => match postcard::from_bytes::<Wire>(&msg) {
+                Ok(Wire::Paxos { configuration_id, message }) => {
+                    if configuration_id == self.driver.status().configuration_id {
+                        self.driver.step(from, message);
+                    } else {
+                        tracing::debug!(
+                            from,
+                            configuration_id,
+                            "dropped a message of another configuration"
+                        );
+                    }
+                }
+                Ok(Wire::Hello(hello)) => {
+                    self.peers.insert(from, (hello, self.driver.now_ticks()));
+                }
+                Err(error) => {
+                    tracing::warn!(from, %error, "dropped a message that does not decode")
+                }
+            },
+            Event::Connected { peer } => {
+                self.driver.reconnected(peer);
+                self.say_hello(Some(peer));
+            }
+            Event::Disconnected { .. } => {}
+        }
+    }
+
+    /// Polls the driver, sends its messages and delivers its answers.
+    fn flush(&mut self) -> Result<(), Error> {
+        let result = self.driver.poll(&mut self.out);
+        let configuration_id = self.driver.status().configuration_id;
+        for (to, message) in self.out.messages.drain(..) {
+            send(&self.transport, to, &Wire::Paxos { configuration_id, message });
+        }
+        for (id, answer) in self.out.answers.drain(..) {
+            if let Some(reply) = self.replies.remove(&id) {
+                reply.send(answer);
+            }
+        }
+        let status = self.driver.status();
+        self.shared.publish(|published| *published = status);
+        result
+    }
+
+    fn say_hello(&self, only: Option<NodeId>) {
+        let status = self.driver.status();
+        let hello = Hello {
+            leader: status.role == Role::Leader,
+            decided_index: status.decided_index,
+            applied_index: status.applied_index,
+            ..self.config.me.clone()
+        };
+        let wire = Wire::Hello(hello);
+        let me = self.driver.replica().node_id();
+        for &peer in self.driver.replica().members() {
+            if peer != me && only.is_none_or(|only| only == peer) {
+                send(&self.transport, peer, &wire);
+            }
+        }
+    }
+
+    /// Cancels the requests whose caller stopped waiting (a timeout, a client
+    /// that hung up), so their commands are no longer re-proposed.
+    fn sweep_abandoned(&mut self) {
+        let abandoned: Vec<RequestId> =
+            self.replies.iter().filter(|(_, reply)| reply.is_closed()).map(|(id, _)| *id).collect();
+        for id in abandoned {
+            self.replies.remove(&id);
+            self.driver.cancel(id);
+        }
+    }
+
+    fn publish_members(&self) {
+        let status: Status = self.driver.status();
+        let silence = self.config.driver.peer_silence_ticks;
+        let members = self
+            .driver
+            .replica()
+            .members()
+            .iter()
+            .map(|&id| {
+                if id == status.node_id {
+                    let me = &self.config.me;
+                    return Member {
+                        node_id: id,
+                        api_address: Some(me.api_address.clone()),
+                        peer_address: Some(me.peer_address.clone()),
+                        zone: me.zone.clone(),
+                        version: Some(me.version.clone()),
+                        role: Some(status.role),
+                        decided_index: Some(status.decided_index),
+                        applied_index: Some(status.applied_index),
+                        reachable: true,
+                    };
+                }
+                let heard = self.driver.heard_ticks_ago(id).is_some_and(|ago| ago <= silence);
+                match self.peers.get(&id) {
+                    Some((hello, _)) => Member {
+                        node_id: id,
+                        api_address: Some(hello.api_address.clone()),
+                        peer_address: Some(hello.peer_address.clone()),
+                        zone: hello.zone.clone(),
+                        version: Some(hello.version.clone()),
+                        role: Some(if hello.leader { Role::Leader } else { Role::Follower }),
+                        decided_index: Some(hello.decided_index),
+                        applied_index: Some(hello.applied_index),
+                        reachable: heard,
+                    },
+                    None => Member {
+                        node_id: id,
+                        api_address: None,
+                        peer_address: self.transport.peers().get(&id).map(|addr| addr.to_string()),
+                        zone: None,
+                        version: None,
+                        role: None,
+                        decided_index: None,
+                        applied_index: None,
+                        reachable: heard,
+                    },
+                }
+            })
+            .collect();
+        self.shared.publish_members(members);
+    }
+}
+
+/// Encodes and sends one message; a message the transport drops is left to
+/// consensus to make up for.
+fn send(transport: &TransportHandle, to: NodeId, wire: &Wire) {
+    let bytes = match postcard::to_stdvec(wire) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%error, "a message does not encode");
+            return;
+        }
+    };
+    if let Err(error) = transport.send(to, Bytes::from(bytes)) {
+        tracing::trace!(to, %error, "a message was dropped");
+    }
+}

@@ -1,0 +1,320 @@
+//! Scenarios for the driver: three drivers in one thread, each on its own
+//! RocksDB, joined by an in-memory network with one tick of latency that can
+//! cut links. They check what clients of a replicated node see: writes on any
+//! node answered once applied there, linearizable reads through barriers,
+//! refusals when no quorum is in sight, cancelled requests, and progress after
+//! the leader stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_consensus::driver::{Answer, Driver, DriverConfig, Output, RequestId};
+use cairn_consensus::replica::{Message, NodeId, ReplicaConfig, Timing};
+use cairn_consensus::Error;
+use cairn_storage::{Command, CommandId, Durability, Op, Outcome, StateMachine, Store};
+use tempfile::TempDir;
+
+const NODES: [NodeId; 3] = [1, 2, 3];
+const TIMING: Timing =
+    Timing { election_timeout_ticks: 5, resend_timeout_ticks: 10, repropose_timeout_ticks: 15 };
+const SILENCE_TICKS: u64 = 15;
+
+struct Net {
+    drivers: BTreeMap<NodeId, Driver>,
+    /// Drivers that no longer run (crashed), by id.
+    down: BTreeSet<NodeId>,
+    _dirs: Vec<TempDir>,
+    /// Messages to deliver at the next step: (to, message).
+    wire: Vec<(NodeId, Message)>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    answers: BTreeMap<RequestId, (NodeId, Answer)>,
+    next_request: RequestId,
+}
+
+impl Net {
+    fn new(seed: u64) -> Net {
+        let mut drivers = BTreeMap::new();
+        let mut dirs = Vec::new();
+        for id in NODES {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            // As a replicated node runs: one sync per poll.
+            store.set_durability(Durability::Deferred);
+            let sm = StateMachine::open(store).unwrap();
+            let config = DriverConfig {
+                replica: ReplicaConfig {
+                    node_id: id,
+                    members: NODES.to_vec(),
+                    configuration_id: 1,
+                    timing: TIMING,
+                    seed,
+                },
+                peer_silence_ticks: SILENCE_TICKS,
+            };
+            drivers.insert(id, Driver::open(config, sm).unwrap());
+            dirs.push(dir);
+        }
+        Net {
+            drivers,
+            down: BTreeSet::new(),
+            _dirs: dirs,
+            wire: Vec::new(),
+            cut: BTreeSet::new(),
+            answers: BTreeMap::new(),
+            next_request: 0,
+        }
+    }
+
+    /// One tick: deliver what is on the wire, tick everyone, poll everyone.
+    fn step(&mut self) {
+        for (to, message) in std::mem::take(&mut self.wire) {
+            let from = message.get_sender();
+            if self.down.contains(&to) || self.cut.contains(&(from, to)) {
+                continue;
+            }
+            self.drivers.get_mut(&to).unwrap().step(from, message);
+        }
+        for (&id, driver) in self.drivers.iter_mut() {
+            if self.down.contains(&id) {
+                continue;
+            }
+            driver.tick();
+            let mut out = Output::default();
+            driver.poll(&mut out).expect("poll");
+            self.wire.extend(out.messages);
+            for (request, answer) in out.answers {
+                assert!(
+                    self.answers.insert(request, (id, answer)).is_none(),
+                    "request {request} was answered twice"
+                );
+            }
+        }
+    }
+
+    fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.step();
+        }
+    }
+
+    fn run_until(&mut self, ticks: u64, what: &str, done: impl Fn(&Net) -> bool) {
+        for _ in 0..ticks {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        assert!(done(self), "not within {ticks} ticks: {what}");
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.drivers
+            .iter()
+            .filter(|(id, _)| !self.down.contains(id))
+            .find(|(_, d)| d.replica().is_leader())
+            .map(|(id, _)| *id)
+    }
+
+    fn request(&mut self) -> RequestId {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    fn submit(
+        &mut self,
+        node: NodeId,
+        f: impl FnOnce(&mut Driver, RequestId, &mut Output),
+    ) -> RequestId {
+        let request = self.request();
+        let mut out = Output::default();
+        f(self.drivers.get_mut(&node).unwrap(), request, &mut out);
+        for (r, answer) in out.answers {
+            self.answers.insert(r, (node, answer));
+        }
+        self.wire.extend(out.messages);
+        request
+    }
+
+    fn write(&mut self, node: NodeId, id: CommandId, key: &str, value: &str) -> RequestId {
+        let command =
+            Command::new(Some(id), Op::KvPut { key: key.into(), value: value.as_bytes().to_vec() });
+        self.submit(node, |d, r, out| d.propose(r, command, out))
+    }
+
+    fn read(&mut self, node: NodeId) -> RequestId {
+        self.submit(node, |d, r, out| d.read(r, out))
+    }
+
+    fn open_session(&mut self, node: NodeId) -> u64 {
+        let request = self.submit(node, |d, r, out| d.open_session(r, out));
+        self.run_until(200, "a session opens", |net| net.answers.contains_key(&request));
+        match &self.answers[&request].1 {
+            Answer::Applied(applied) => match applied.outcome {
+                Outcome::SessionOpened { session } => session,
+                ref other => panic!("opened a session: {other:?}"),
+            },
+            other => panic!("opened a session: {other:?}"),
+        }
+    }
+
+    fn kv(&self, node: NodeId, key: &str) -> Option<String> {
+        let store = self.drivers[&node].state_machine().store();
+        store.kv_get(key).unwrap().map(|v| String::from_utf8(v).unwrap())
+    }
+
+    fn isolate(&mut self, node: NodeId) {
+        for other in NODES {
+            if other != node {
+                self.cut.insert((node, other));
+                self.cut.insert((other, node));
+            }
+        }
+    }
+
+    /// Runs until every node has heard from a majority.
+    fn settle(&mut self) -> NodeId {
+        self.run_until(300, "a leader with a quorum in sight everywhere", |net| {
+            net.leader().is_some()
+                && net
+                    .drivers
+                    .iter()
+                    .filter(|(id, _)| !net.down.contains(id))
+                    .all(|(_, d)| d.quorum_in_sight())
+        });
+        self.leader().unwrap()
+    }
+}
+
+fn applied_index(answer: &Answer) -> u64 {
+    match answer {
+        Answer::Applied(applied) => applied.index,
+        other => panic!("expected an applied write, got {other:?}"),
+    }
+}
+
+#[test]
+fn writes_on_any_node_are_answered_once_applied_there() {
+    let mut net = Net::new(1);
+    net.settle();
+    let session = net.open_session(2);
+    let mut requests = Vec::new();
+    for (seq, node) in [(1, 1), (2, 2), (3, 3)] {
+        let id = CommandId { session, seq };
+        let request = net.write(node, id, &format!("k{seq}"), "v");
+        net.run_until(200, "the write is answered", |n| n.answers.contains_key(&request));
+        requests.push((node, request));
+    }
+    for (node, request) in requests {
+        let (answered_by, answer) = &net.answers[&request];
+        assert_eq!(*answered_by, node);
+        let index = applied_index(answer);
+        assert!(net.drivers[&node].state_machine().applied_index() >= index);
+    }
+    net.run_until(100, "every node applies everything", |n| {
+        let applied: BTreeSet<u64> =
+            n.drivers.values().map(|d| d.state_machine().applied_index()).collect();
+        applied.len() == 1
+    });
+    for node in NODES {
+        assert_eq!(net.kv(node, "k3").as_deref(), Some("v"));
+    }
+}
+
+#[test]
+fn a_read_waits_for_every_write_acknowledged_before_it() {
+    let mut net = Net::new(2);
+    let leader = net.settle();
+    let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
+    let session = net.open_session(leader);
+    // The follower falls behind: it hears nothing from the leader's side for
+    // a while, but not long enough to refuse requests.
+    for other in NODES {
+        if other != follower {
+            net.cut.insert((other, follower));
+        }
+    }
+    let write = net.write(leader, CommandId { session, seq: 1 }, "x", "1");
+    net.run_until(100, "the write is acknowledged", |n| n.answers.contains_key(&write));
+    let acknowledged_at = applied_index(&net.answers[&write].1);
+    assert_eq!(net.kv(follower, "x"), None, "the follower is behind");
+    assert!(net.drivers[&follower].quorum_in_sight(), "still within the silence");
+    let read = net.read(follower);
+    net.run(3);
+    assert!(!net.answers.contains_key(&read), "a read cannot be answered while behind");
+    net.cut.clear();
+    net.run_until(200, "the read is ready", |n| n.answers.contains_key(&read));
+    match &net.answers[&read] {
+        (node, Answer::ReadReady { index }) => {
+            assert_eq!(*node, follower);
+            assert!(*index > acknowledged_at, "the barrier comes after the write");
+        }
+        other => panic!("expected a ready read, got {other:?}"),
+    }
+    assert_eq!(net.kv(follower, "x").as_deref(), Some("1"));
+}
+
+#[test]
+fn a_node_without_a_quorum_in_sight_refuses_at_once_and_recovers() {
+    let mut net = Net::new(3);
+    net.settle();
+    let session = net.open_session(1);
+    net.isolate(3);
+    net.run(SILENCE_TICKS + 2);
+    let write = net.write(3, CommandId { session, seq: 1 }, "y", "1");
+    let read = net.read(3);
+    for request in [write, read] {
+        match &net.answers[&request].1 {
+            Answer::Failed(Error::Unavailable { .. }) => {}
+            other => panic!("expected no quorum, got {other:?}"),
+        }
+    }
+    assert_eq!(net.drivers[&3].replica().pending_len(), 0, "nothing was proposed");
+    // The majority side carries on.
+    let write = net.write(1, CommandId { session, seq: 2 }, "y", "2");
+    net.run_until(200, "the majority writes", |n| n.answers.contains_key(&write));
+    net.cut.clear();
+    net.run_until(300, "node 3 rejoins", |n| n.drivers[&3].quorum_in_sight());
+    let read = net.read(3);
+    net.run_until(300, "node 3 reads again", |n| n.answers.contains_key(&read));
+    assert!(matches!(net.answers[&read].1, Answer::ReadReady { .. }));
+    assert_eq!(net.kv(3, "y").as_deref(), Some("2"));
+}
+
+#[test]
+fn a_cancelled_request_gets_no_answer_and_is_not_re_proposed() {
+    let mut net = Net::new(4);
+    net.settle();
+    let session = net.open_session(2);
+    // Node 2 is cut off but does not know yet: its requests are proposed.
+    net.isolate(2);
+    let write = net.write(2, CommandId { session, seq: 1 }, "z", "1");
+    let read = net.read(2);
+    net.run(2);
+    assert!(net.drivers[&2].replica().pending_len() >= 1);
+    for request in [write, read] {
+        net.drivers.get_mut(&2).unwrap().cancel(request);
+    }
+    assert_eq!(net.drivers[&2].replica().pending_len(), 0);
+    assert_eq!(net.drivers[&2].waiting_len(), 0);
+    net.cut.clear();
+    net.run(300);
+    assert!(!net.answers.contains_key(&write) && !net.answers.contains_key(&read));
+}
+
+#[test]
+fn writes_resume_after_the_leader_stops() {
+    let mut net = Net::new(5);
+    let leader = net.settle();
+    let session = net.open_session(leader);
+    net.down.insert(leader);
+    let survivor = NODES.into_iter().find(|n| *n != leader).unwrap();
+    let write = net.write(survivor, CommandId { session, seq: 1 }, "after", "1");
+    net.run_until(500, "a write after the leader stopped", |n| n.answers.contains_key(&write));
+    let index = applied_index(&net.answers[&write].1);
+    assert!(index > 0);
+    let new_leader = net.leader().expect("a new leader");
+    assert_ne!(new_leader, leader);
+    // The same write again (a client retry) is answered from memory.
+    let retry = net.write(survivor, CommandId { session, seq: 1 }, "after", "1");
+    net.run_until(200, "the retry is answered", |n| n.answers.contains_key(&retry));
+    assert_eq!(applied_index(&net.answers[&retry].1), index);
+}
