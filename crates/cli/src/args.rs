@@ -107,6 +107,10 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = cairn_server::node::ELECTION_TIMEOUT_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(20..=60_000))]
     pub election_timeout_ms: u64,
+    /// Log entries kept behind the applied index, so that a peer lagging by
+    /// fewer catches up from the log rather than from a snapshot.
+    #[arg(long, default_value_t = cairn_server::node::LOG_RETAIN_ENTRIES_DEFAULT)]
+    pub log_retain_entries: u64,
 }
 
 /// Peer addresses by node id.

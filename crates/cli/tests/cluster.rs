@@ -37,6 +37,8 @@ struct Cluster {
     api: BTreeMap<u64, String>,
     peers: String,
     processes: BTreeMap<u64, Child>,
+    /// Extra flags for every node.
+    flags: Vec<String>,
 }
 
 impl Cluster {
@@ -47,7 +49,13 @@ impl Cluster {
             .map(|id| format!("{id}=127.0.0.1:{}", free_port()))
             .collect::<Vec<_>>()
             .join(",");
-        Cluster { dir: tempfile::tempdir().unwrap(), api, peers, processes: BTreeMap::new() }
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            api,
+            peers,
+            processes: BTreeMap::new(),
+            flags: Vec::new(),
+        }
     }
 
     fn data_dir(&self, id: u64) -> PathBuf {
@@ -60,6 +68,7 @@ impl Cluster {
             .arg(self.data_dir(id))
             .args(["--listen", &self.api[&id], "--peers", &self.peers])
             .args(["--write-timeout-ms", "5000"])
+            .args(&self.flags)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -69,7 +78,12 @@ impl Cluster {
     }
 
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> Cluster {
         let mut cluster = Cluster::new();
+        cluster.flags = flags.iter().map(|f| f.to_string()).collect();
         for id in NODES {
             cluster.spawn(id);
         }
@@ -351,6 +365,52 @@ async fn cluster_shows_every_node_and_the_leader() {
             }
         }
     }
+}
+
+/// A follower down while thousands of writes happen comes back behind the
+/// others' compacted logs and catches up by a snapshot of a peer's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_restarted_far_behind_catches_up_by_snapshot() {
+    let behind_writes: u64 =
+        std::env::var("CAIRN_CATCH_UP_WRITES").ok().and_then(|w| w.parse().ok()).unwrap_or(2000);
+    let mut cluster = Cluster::start_with(&["--log-retain-entries", "100"]);
+    let leader = cluster.ready().await;
+    let follower = NODES.into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill9(follower);
+    let writers = Writers::start(&cluster, 16);
+    writers.wait_for(behind_writes, "with a follower down").await;
+    let acked = writers.stop().await;
+    let target = cluster.applied_indexes().await[&leader];
+    let restarted = Instant::now();
+    cluster.spawn(follower);
+    let started = Instant::now();
+    loop {
+        let applied = match cluster.client(follower).health().await {
+            Ok(health) => health["applied_index"].as_u64().unwrap_or(0),
+            Err(_) => 0,
+        };
+        if applied >= target {
+            break;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "node {follower} stuck at {applied} of {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "node {follower}: {} writes ({target} entries) behind, caught up {:?} after restart",
+        acked.len(),
+        restarted.elapsed()
+    );
+    let metrics = cluster.client(follower).metrics().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cairn_catch_up_snapshots_installed ") && !l.ends_with(" 0")),
+        "caught up by snapshot:\n{metrics}"
+    );
+    check_everywhere(&cluster, &acked).await;
 }
 
 /// Measures failover: kill the leader under load, time the first

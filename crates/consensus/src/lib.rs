@@ -93,6 +93,23 @@ pub struct Status {
     pub configuration_id: u32,
     pub decided_index: u64,
     pub applied_index: u64,
+    /// Compaction and catch-up so far (zero on a single node).
+    pub catch_up: CatchUpStats,
+}
+
+/// Counters of compaction and catch-up since the log started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CatchUpStats {
+    /// Gaps filled, by either way.
+    pub gaps_filled: u64,
+    /// Entries applied from peers' logs.
+    pub entries_fetched: u64,
+    /// Snapshots installed from peers.
+    pub snapshots_installed: u64,
+    /// Snapshot transfers started for peers.
+    pub snapshots_served: u64,
+    /// Times the log was compacted.
+    pub compactions: u64,
 }
 
 /// One node of the cluster as this node last heard of it.

@@ -17,7 +17,7 @@
 use cairn_storage::{Command, Op, StateMachine};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, LogHandle, LogThread, Request, Role, Shared, Status};
+use crate::{CatchUpStats, Error, LogHandle, LogThread, Request, Role, Shared, Status};
 
 /// Most entries applied in one batch (one fsync).
 pub const BATCH_ENTRIES_MAX: usize = 1024;
@@ -41,6 +41,7 @@ impl LocalLog {
             configuration_id: 0,
             decided_index: applied,
             applied_index: applied,
+            catch_up: CatchUpStats::default(),
         };
         let handle = LogHandle::new(tx, status, false);
         let shared = handle.shared();

@@ -405,6 +405,56 @@ impl Replica {
         self.taken_index = applied_index;
     }
 
+    /// Compacts this node's log through global index `through` (at most the
+    /// decided index, and only behind what the caller has applied): the
+    /// entries go, OmniPaxos keeps a content-free marker in their place, and
+    /// a peer that needs them later syncs with the marker and fetches the
+    /// state from a peer. Local only: each node compacts its own log, so a
+    /// node that is down holds no one back. Answers whether anything was
+    /// compacted.
+    pub fn compact(&mut self, through: u64) -> bool {
+        let through = through.min(self.decided_index()).min(self.taken_index);
+        if through <= self.compacted_index() {
+            return false;
+        }
+        match self.omni.snapshot(Some(omni_index(through)), true) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(?error, through, "compaction refused");
+                false
+            }
+        }
+    }
+
+    /// Global index of the last entry compacted away here (0: none).
+    pub fn compacted_index(&self) -> u64 {
+        self.omni.get_compacted_idx() as u64
+    }
+
+    /// Decided entries from global index `from` on, at most `max_entries`,
+    /// for a peer that lacks them; `None` when `from` was compacted away here
+    /// or is not decided yet.
+    pub fn read_decided(&self, from: u64, max_entries: usize) -> Option<Vec<Command>> {
+        let decided = self.decided_index();
+        if from == 0 || from <= self.compacted_index() || from > decided {
+            return None;
+        }
+        let to = decided.min(from + max_entries.max(1) as u64 - 1);
+        let read = self.omni.read_entries(omni_index(from - 1)..omni_index(to))?;
+        let mut commands = Vec::with_capacity(read.len());
+        for entry in read {
+            match entry {
+                LogEntry::Decided(command) => commands.push(command),
+                _ => break,
+            }
+        }
+        if commands.is_empty() {
+            None
+        } else {
+            Some(commands)
+        }
+    }
+
     /// Whether this node orders entries itself (leader, accept phase).
     /// OmniPaxos has no leases: a leader cut off from the others stays one
     /// here until it hears of a newer leader, so this alone never makes a

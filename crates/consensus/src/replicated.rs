@@ -10,51 +10,29 @@
 //! delivers its answers. Under load one turn carries many requests and
 //! messages, and one apply batch.
 //!
-//! Besides consensus messages, every node sends its peers a small `Hello` at a
-//! fixed period (and when a link comes up): its API address, zone, version and
-//! progress, which make up the cluster view of [`LogHandle::members`].
+//! Messages are the driver's [`PeerMessage`]s, encoded with postcard: consensus,
+//! each node's `Hello` (its API address, zone, version and progress, which make
+//! up the cluster view of [`LogHandle::members`]), and catch-up requests.
 //!
 //! Everything here is plumbing: no decision is taken outside the driver, so a
 //! simulator that drives [`Driver`] directly tests the logic this loop runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_storage::{Applied, StateMachine};
 use cairn_transport::{Event, TransportHandle};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::{Answer, Driver, DriverConfig, Output, RequestId};
-use crate::replica::{Message, NodeId};
-use crate::{Error, LogHandle, LogThread, Member, Request, Role, Shared, Status};
+use crate::driver::{Answer, Driver, DriverConfig, Output, PeerMessage, RequestId};
+use crate::replica::NodeId;
+use crate::{Error, LogHandle, LogThread, Request, Shared};
 
 /// Requests that may wait for the loop before senders are slowed down.
 pub const REQUESTS_QUEUED_MAX: usize = 8192;
 /// Most requests, and most transport events, taken in one turn.
 pub const TURN_INPUTS_MAX: usize = 1024;
-
-/// What this node tells its peers about itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    pub api_address: String,
-    pub peer_address: String,
-    pub zone: Option<String>,
-    pub version: String,
-    pub leader: bool,
-    pub decided_index: u64,
-    pub applied_index: u64,
-}
-
-/// A message between nodes: consensus, or news about the sender. OmniPaxos's
-/// messages do not say which configuration they belong to, so each carries
-/// its configuration id and one for another configuration is dropped.
-#[derive(Serialize, Deserialize)]
-enum Wire {
-    Paxos { configuration_id: u32, message: Message },
-    Hello(Hello),
-}
 
 /// Settings of the replicated log.
 #[derive(Clone, Debug)]
@@ -62,11 +40,9 @@ pub struct ReplicatedConfig {
     pub driver: DriverConfig,
     /// The period of one tick of the replica.
     pub tick: Duration,
-    /// How often, in ticks, the node sends its `Hello` and looks for
+    /// How often, in ticks, the loop publishes the cluster view and looks for
     /// requests whose caller gave up.
-    pub hello_interval_ticks: u64,
-    /// This node's own `Hello` (progress fields are filled in as it runs).
-    pub me: Hello,
+    pub housekeeping_interval_ticks: u64,
 }
 
 /// Starts the replicated log over `sm` and a running transport; the loop
@@ -96,7 +72,6 @@ pub fn start(
             config,
             replies: HashMap::new(),
             next_request: 0,
-            peers: BTreeMap::new(),
             out: Output::default(),
         };
         runtime.block_on(event_loop.run(rx, events));
@@ -158,8 +133,6 @@ struct EventLoop {
     config: ReplicatedConfig,
     replies: HashMap<RequestId, Reply>,
     next_request: RequestId,
-    /// The last `Hello` from each peer, with the tick it arrived.
-    peers: BTreeMap<NodeId, (Hello, u64)>,
     out: Output,
 }
 
@@ -171,9 +144,10 @@ impl EventLoop {
     ) {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let hello_every = self.config.hello_interval_ticks.max(1);
+        let housekeeping_every = self.config.housekeeping_interval_ticks.max(1);
         self.publish_members();
         loop {
+            let mut fault = false;
             tokio::select! {
                 biased;
                 request = requests.recv() => match request {
@@ -182,7 +156,7 @@ impl EventLoop {
                     None => break,
                 },
                 event = events.recv() => match event {
-                    Some(event) => self.event(event),
+                    Some(event) => fault |= self.event(event).is_err(),
                     None => {
                         tracing::info!("the transport stopped: the replica stops");
                         break;
@@ -190,8 +164,7 @@ impl EventLoop {
                 },
                 _ = ticker.tick() => {
                     self.driver.tick();
-                    if self.driver.now_ticks().is_multiple_of(hello_every) {
-                        self.say_hello(None);
+                    if self.driver.now_ticks().is_multiple_of(housekeeping_every) {
                         self.sweep_abandoned();
                         self.publish_members();
                     }
@@ -205,11 +178,11 @@ impl EventLoop {
             }
             for _ in 0..TURN_INPUTS_MAX {
                 match events.try_recv() {
-                    Ok(event) => self.event(event),
+                    Ok(event) => fault |= self.event(event).is_err(),
                     Err(_) => break,
                 }
             }
-            if self.flush().is_err() {
+            if self.flush().is_err() || fault {
                 requests.close();
                 // Answer whatever is still queued, then stop.
                 while let Ok(request) = requests.try_recv() {
@@ -246,41 +219,25 @@ impl EventLoop {
         }
     }
 
-    fn event(&mut self, event: Event) {
+    fn event(&mut self, event: Event) -> Result<(), Error> {
         match event {
-            Event::Message { from, msg } => match postcard::from_bytes::<Wire>(&msg) {
-                Ok(Wire::Paxos { configuration_id, message }) => {
-                    if configuration_id == self.driver.status().configuration_id {
-                        self.driver.step(from, message);
-                    } else {
-                        tracing::debug!(
-                            from,
-                            configuration_id,
-                            "dropped a message of another configuration"
-                        );
-                    }
-                }
-                Ok(Wire::Hello(hello)) => {
-                    self.peers.insert(from, (hello, self.driver.now_ticks()));
-                }
+            Event::Message { from, msg } => match postcard::from_bytes::<PeerMessage>(&msg) {
+                Ok(message) => return self.driver.step(from, message),
                 Err(error) => {
                     tracing::warn!(from, %error, "dropped a message that does not decode")
                 }
             },
-            Event::Connected { peer } => {
-                self.driver.reconnected(peer);
-                self.say_hello(Some(peer));
-            }
+            Event::Connected { peer } => self.driver.reconnected(peer),
             Event::Disconnected { .. } => {}
         }
+        Ok(())
     }
 
     /// Polls the driver, sends its messages and delivers its answers.
     fn flush(&mut self) -> Result<(), Error> {
         let result = self.driver.poll(&mut self.out);
-        let configuration_id = self.driver.status().configuration_id;
         for (to, message) in self.out.messages.drain(..) {
-            send(&self.transport, to, &Wire::Paxos { configuration_id, message });
+            send(&self.transport, to, &message);
         }
         for (id, answer) in self.out.answers.drain(..) {
             if let Some(reply) = self.replies.remove(&id) {
@@ -290,23 +247,6 @@ impl EventLoop {
         let status = self.driver.status();
         self.shared.publish(|published| *published = status);
         result
-    }
-
-    fn say_hello(&self, only: Option<NodeId>) {
-        let status = self.driver.status();
-        let hello = Hello {
-            leader: status.role == Role::Leader,
-            decided_index: status.decided_index,
-            applied_index: status.applied_index,
-            ..self.config.me.clone()
-        };
-        let wire = Wire::Hello(hello);
-        let me = self.driver.replica().node_id();
-        for &peer in self.driver.replica().members() {
-            if peer != me && only.is_none_or(|only| only == peer) {
-                send(&self.transport, peer, &wire);
-            }
-        }
     }
 
     /// Cancels the requests whose caller stopped waiting (a timeout, a client
@@ -321,63 +261,14 @@ impl EventLoop {
     }
 
     fn publish_members(&self) {
-        let status: Status = self.driver.status();
-        let silence = self.config.driver.peer_silence_ticks;
-        let members = self
-            .driver
-            .replica()
-            .members()
-            .iter()
-            .map(|&id| {
-                if id == status.node_id {
-                    let me = &self.config.me;
-                    return Member {
-                        node_id: id,
-                        api_address: Some(me.api_address.clone()),
-                        peer_address: Some(me.peer_address.clone()),
-                        zone: me.zone.clone(),
-                        version: Some(me.version.clone()),
-                        role: Some(status.role),
-                        decided_index: Some(status.decided_index),
-                        applied_index: Some(status.applied_index),
-                        reachable: true,
-                    };
-                }
-                let heard = self.driver.heard_ticks_ago(id).is_some_and(|ago| ago <= silence);
-                match self.peers.get(&id) {
-                    Some((hello, _)) => Member {
-                        node_id: id,
-                        api_address: Some(hello.api_address.clone()),
-                        peer_address: Some(hello.peer_address.clone()),
-                        zone: hello.zone.clone(),
-                        version: Some(hello.version.clone()),
-                        role: Some(if hello.leader { Role::Leader } else { Role::Follower }),
-                        decided_index: Some(hello.decided_index),
-                        applied_index: Some(hello.applied_index),
-                        reachable: heard,
-                    },
-                    None => Member {
-                        node_id: id,
-                        api_address: None,
-                        peer_address: self.transport.peers().get(&id).map(|addr| addr.to_string()),
-                        zone: None,
-                        version: None,
-                        role: None,
-                        decided_index: None,
-                        applied_index: None,
-                        reachable: heard,
-                    },
-                }
-            })
-            .collect();
-        self.shared.publish_members(members);
+        self.shared.publish_members(self.driver.members());
     }
 }
 
 /// Encodes and sends one message; a message the transport drops is left to
 /// consensus to make up for.
-fn send(transport: &TransportHandle, to: NodeId, wire: &Wire) {
-    let bytes = match postcard::to_stdvec(wire) {
+fn send(transport: &TransportHandle, to: NodeId, message: &PeerMessage) {
+    let bytes = match postcard::to_stdvec(message) {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::error!(%error, "a message does not encode");

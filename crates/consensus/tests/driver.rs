@@ -7,8 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_consensus::driver::{Answer, Driver, DriverConfig, Output, RequestId};
-use cairn_consensus::replica::{Message, NodeId, ReplicaConfig, Timing};
+use cairn_consensus::driver::{
+    Answer, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
+};
+use cairn_consensus::replica::{NodeId, ReplicaConfig, Timing};
 use cairn_consensus::Error;
 use cairn_storage::{Command, CommandId, Durability, Op, Outcome, StateMachine, Store};
 use tempfile::TempDir;
@@ -23,8 +25,8 @@ struct Net {
     /// Drivers that no longer run (crashed), by id.
     down: BTreeSet<NodeId>,
     _dirs: Vec<TempDir>,
-    /// Messages to deliver at the next step: (to, message).
-    wire: Vec<(NodeId, Message)>,
+    /// Messages to deliver at the next step: (from, to, message).
+    wire: Vec<(NodeId, NodeId, PeerMessage)>,
     cut: BTreeSet<(NodeId, NodeId)>,
     answers: BTreeMap<RequestId, (NodeId, Answer)>,
     next_request: RequestId,
@@ -32,6 +34,10 @@ struct Net {
 
 impl Net {
     fn new(seed: u64) -> Net {
+        Net::with(seed, |_| {})
+    }
+
+    fn with(seed: u64, tune: impl Fn(&mut DriverConfig)) -> Net {
         let mut drivers = BTreeMap::new();
         let mut dirs = Vec::new();
         for id in NODES {
@@ -40,16 +46,17 @@ impl Net {
             // As a replicated node runs: one sync per poll.
             store.set_durability(Durability::Deferred);
             let sm = StateMachine::open(store).unwrap();
-            let config = DriverConfig {
-                replica: ReplicaConfig {
-                    node_id: id,
-                    members: NODES.to_vec(),
-                    configuration_id: 1,
-                    timing: TIMING,
-                    seed,
-                },
-                peer_silence_ticks: SILENCE_TICKS,
+            let replica = ReplicaConfig {
+                node_id: id,
+                members: NODES.to_vec(),
+                configuration_id: 1,
+                timing: TIMING,
+                seed,
             };
+            let me = Hello { api_address: format!("api-{id}"), ..Hello::default() };
+            let mut config = DriverConfig::new(replica, me, dir.path().join("snapshots"));
+            config.peer_silence_ticks = SILENCE_TICKS;
+            tune(&mut config);
             drivers.insert(id, Driver::open(config, sm).unwrap());
             dirs.push(dir);
         }
@@ -66,12 +73,11 @@ impl Net {
 
     /// One tick: deliver what is on the wire, tick everyone, poll everyone.
     fn step(&mut self) {
-        for (to, message) in std::mem::take(&mut self.wire) {
-            let from = message.get_sender();
+        for (from, to, message) in std::mem::take(&mut self.wire) {
             if self.down.contains(&to) || self.cut.contains(&(from, to)) {
                 continue;
             }
-            self.drivers.get_mut(&to).unwrap().step(from, message);
+            self.drivers.get_mut(&to).unwrap().step(from, message).expect("step");
         }
         for (&id, driver) in self.drivers.iter_mut() {
             if self.down.contains(&id) {
@@ -80,7 +86,7 @@ impl Net {
             driver.tick();
             let mut out = Output::default();
             driver.poll(&mut out).expect("poll");
-            self.wire.extend(out.messages);
+            self.wire.extend(out.messages.into_iter().map(|(to, m)| (id, to, m)));
             for (request, answer) in out.answers {
                 assert!(
                     self.answers.insert(request, (id, answer)).is_none(),
@@ -130,7 +136,7 @@ impl Net {
         for (r, answer) in out.answers {
             self.answers.insert(r, (node, answer));
         }
-        self.wire.extend(out.messages);
+        self.wire.extend(out.messages.into_iter().map(|(to, m)| (node, to, m)));
         request
     }
 
@@ -317,4 +323,96 @@ fn writes_resume_after_the_leader_stops() {
     let retry = net.write(survivor, CommandId { session, seq: 1 }, "after", "1");
     net.run_until(200, "the retry is answered", |n| n.answers.contains_key(&retry));
     assert_eq!(applied_index(&net.answers[&retry].1), index);
+}
+
+/// Writes `count` keys through `node`, one at a time, each acknowledged.
+fn write_many(net: &mut Net, node: NodeId, session: u64, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        let request =
+            net.write(node, CommandId { session, seq }, &format!("k{seq}"), &format!("v{seq}"));
+        net.run_until(200, "a write is acknowledged", |n| n.answers.contains_key(&request));
+        assert!(matches!(net.answers[&request].1, Answer::Applied(_)));
+    }
+}
+
+/// Every node holds the same keys `k{from..to}`.
+fn same_state(net: &Net, seqs: std::ops::Range<u64>) {
+    let applied: BTreeSet<u64> =
+        net.drivers.values().map(|d| d.state_machine().applied_index()).collect();
+    assert_eq!(applied.len(), 1, "applied indexes differ: {applied:?}");
+    for node in NODES {
+        for seq in seqs.clone() {
+            assert_eq!(
+                net.kv(node, &format!("k{seq}")),
+                Some(format!("v{seq}")),
+                "node {node}, k{seq}"
+            );
+        }
+    }
+}
+
+#[test]
+fn logs_stay_bounded_and_a_node_far_behind_catches_up_by_snapshot() {
+    let mut net = Net::with(6, |c| {
+        c.log_retain_entries = 10;
+        c.compact_interval_ticks = 5;
+        c.snapshot_chunk_bytes = 200;
+    });
+    let leader = net.settle();
+    let behind = NODES.into_iter().find(|n| *n != leader).unwrap();
+    let session = net.open_session(leader);
+    net.isolate(behind);
+    write_many(&mut net, leader, session, 1..120);
+    net.run(20);
+    for node in NODES.into_iter().filter(|n| *n != behind) {
+        let replica = net.drivers[&node].replica();
+        assert!(
+            replica.decided_index() - replica.compacted_index() <= 10 + 10,
+            "node {node}'s log is bounded: decided {}, compacted {}",
+            replica.decided_index(),
+            replica.compacted_index()
+        );
+    }
+    net.cut.clear();
+    net.run_until(2000, "the node behind catches up", |n| {
+        n.drivers[&behind].state_machine().applied_index()
+            == n.drivers[&leader].state_machine().applied_index()
+    });
+    let stats = net.drivers[&behind].catch_up_stats();
+    assert!(stats.snapshots_installed >= 1, "caught up by snapshot: {stats:?}");
+    // It takes writes again, and every node ends in the same state.
+    let write = net.write(behind, CommandId { session, seq: 120 }, "k120", "v120");
+    net.run_until(300, "a write on the node that caught up", |n| n.answers.contains_key(&write));
+    net.run_until(300, "everyone applies it", |n| {
+        n.drivers.values().all(|d| {
+            d.state_machine().applied_index() == n.drivers[&leader].state_machine().applied_index()
+        })
+    });
+    same_state(&net, 1..121);
+    // Exactly-once survives the snapshot: a retry of an old write is
+    // answered from memory on the node that caught up.
+    let retry = net.write(behind, CommandId { session, seq: 120 }, "k120", "v120");
+    net.run_until(300, "the retry is answered", |n| n.answers.contains_key(&retry));
+    assert_eq!(applied_index(&net.answers[&retry].1), applied_index(&net.answers[&write].1));
+}
+
+#[test]
+fn a_node_a_little_behind_catches_up_from_the_log() {
+    let mut net = Net::with(7, |c| {
+        c.log_retain_entries = 1000;
+        c.compact_interval_ticks = 5;
+    });
+    let leader = net.settle();
+    let behind = NODES.into_iter().find(|n| *n != leader).unwrap();
+    let session = net.open_session(leader);
+    net.isolate(behind);
+    write_many(&mut net, leader, session, 1..40);
+    net.cut.clear();
+    net.run_until(1000, "the node behind catches up", |n| {
+        n.drivers[&behind].state_machine().applied_index()
+            == n.drivers[&leader].state_machine().applied_index()
+    });
+    let stats = net.drivers[&behind].catch_up_stats();
+    assert_eq!(stats.snapshots_installed, 0, "no snapshot was needed: {stats:?}");
+    same_state(&net, 1..40);
 }

@@ -241,29 +241,62 @@ impl Sim {
     }
 
     /// Every up node applies what is decided, through the real state machine.
+    /// A node that finds a compacted gap before its next entry (OmniPaxos
+    /// syncs a lagging follower with a compaction marker) fills it with
+    /// decided entries read from a peer's replica, as the driver does over
+    /// the network.
     fn apply(&mut self) {
-        for node in &mut self.nodes {
-            if node.apply_paused {
-                continue;
-            }
-            let Some(live) = node.live.as_mut() else { continue };
+        for i in 0..self.nodes.len() {
             loop {
+                let node = &mut self.nodes[i];
+                if node.apply_paused {
+                    break;
+                }
+                let Some(live) = node.live.as_mut() else { break };
                 let entries = match live.replica.take_decided(APPLY_BATCH_ENTRIES) {
                     Decided::Entries(entries) if entries.is_empty() => break,
                     Decided::Entries(entries) => entries,
-                    other => panic!("node {}: unexpected {other:?}", node.id),
-                };
-                let answers = live.sm.apply(&entries).expect("apply");
-                for ((index, command), applied) in entries.into_iter().zip(answers) {
-                    for client in &mut self.clients {
-                        if client.node == node.id && client.in_flight.as_ref() == Some(&command) {
-                            client.in_flight = None;
-                            client.writes_done += 1;
+                    Decided::NeedsSnapshot { through_index } => {
+                        let from = live.sm.applied_index() + 1;
+                        match self.fetch_decided(i, from, through_index) {
+                            Some(entries) => entries,
+                            None => break,
                         }
                     }
-                    node.history.push((index, command, applied));
+                    other => panic!("node {}: unexpected {other:?}", node.id),
+                };
+                self.apply_on(i, entries);
+            }
+        }
+    }
+
+    /// Decided entries `from..=through` (or a prefix) from any other up node.
+    fn fetch_decided(&self, to: usize, from: u64, through: u64) -> Option<Vec<(u64, Command)>> {
+        let wanted = (through + 1 - from) as usize;
+        self.nodes.iter().enumerate().filter(|(i, _)| *i != to).find_map(|(_, node)| {
+            let live = node.live.as_ref()?;
+            let commands = live.replica.read_decided(from, wanted)?;
+            Some(commands.into_iter().enumerate().map(|(k, c)| (from + k as u64, c)).collect())
+        })
+    }
+
+    fn apply_on(&mut self, i: usize, entries: Vec<(u64, Command)>) {
+        let node = &mut self.nodes[i];
+        let live = node.live.as_mut().expect("an up node");
+        let answers = live.sm.apply(&entries).expect("apply");
+        for ((index, command), applied) in entries.into_iter().zip(answers) {
+            for client in &mut self.clients {
+                if client.node == node.id && client.in_flight.as_ref() == Some(&command) {
+                    client.in_flight = None;
+                    client.writes_done += 1;
                 }
             }
+            node.history.push((index, command, applied));
+        }
+        let applied = live.sm.applied_index();
+        if applied > live.replica.taken_index() {
+            // The gap is filled: the replica resumes after it.
+            live.replica.snapshot_installed(applied);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route, method and status, request latency by
-//! route, and the node's applied index. Routes are labelled by their pattern
+//! route, the node's applied and decided index, and its compaction and
+//! catch-up counters. Routes are labelled by their pattern
 //! (`/v1/tables/{table}`), never by the raw path, so label sets stay bounded.
 
 use std::time::Instant;
@@ -37,6 +38,11 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     applied_index: Gauge,
+    decided_index: Gauge,
+    compactions: Gauge,
+    entries_fetched: Gauge,
+    snapshots_installed: Gauge,
+    snapshots_served: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -57,7 +63,41 @@ impl Metrics {
             "Last log index applied to the state machine",
             applied_index.clone(),
         );
-        Metrics { registry, requests, latency, applied_index }
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let decided_index =
+            gauge(&mut registry, "decided_index", "Last log index known to be decided");
+        let compactions =
+            gauge(&mut registry, "log_compactions", "Times the log was compacted since start");
+        let entries_fetched = gauge(
+            &mut registry,
+            "catch_up_entries_fetched",
+            "Entries applied from peers' logs to fill compacted gaps, since start",
+        );
+        let snapshots_installed = gauge(
+            &mut registry,
+            "catch_up_snapshots_installed",
+            "Snapshots installed from peers, since start",
+        );
+        let snapshots_served = gauge(
+            &mut registry,
+            "catch_up_snapshots_served",
+            "Snapshot transfers started for peers, since start",
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            applied_index,
+            decided_index,
+            compactions,
+            entries_fetched,
+            snapshots_installed,
+            snapshots_served,
+        }
     }
 }
 
@@ -93,6 +133,14 @@ pub async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError>
     let metrics = &state.metrics;
     let applied = i64::try_from(state.store.applied_index()).unwrap_or(i64::MAX);
     metrics.applied_index.set(applied);
+    if let Ok(status) = state.log().status() {
+        let set = |gauge: &Gauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        set(&metrics.decided_index, status.decided_index);
+        set(&metrics.compactions, status.catch_up.compactions);
+        set(&metrics.entries_fetched, status.catch_up.entries_fetched);
+        set(&metrics.snapshots_installed, status.catch_up.snapshots_installed);
+        set(&metrics.snapshots_served, status.catch_up.snapshots_served);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics.registry)
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;

@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_consensus::driver::DriverConfig;
+use cairn_consensus::driver::{DriverConfig, Hello};
 use cairn_consensus::replica::{ReplicaConfig, Timing};
-use cairn_consensus::replicated::{self, Hello, ReplicatedConfig};
+use cairn_consensus::replicated::{self, ReplicatedConfig};
 use cairn_consensus::{LocalLog, LogThread, Proposer};
 use cairn_storage::{Durability, StateMachine, Store};
 use cairn_transport::{Transport, TransportConfig, TransportHandle};
@@ -38,6 +38,8 @@ pub const TICK_MS_DEFAULT: u64 = 10;
 /// One round of leader election by default; a dead leader is replaced after
 /// about two rounds.
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 250;
+/// Log entries kept behind the applied index by default.
+pub const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 
 /// A node's settings.
 #[derive(Clone, Debug)]
@@ -55,6 +57,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<u64, SocketAddr>,
     pub tick_ms: u64,
     pub election_timeout_ms: u64,
+    /// Log entries kept behind the applied index for peers that lag.
+    pub log_retain_entries: u64,
 }
 
 impl NodeConfig {
@@ -70,6 +74,7 @@ impl NodeConfig {
             peers: BTreeMap::new(),
             tick_ms: TICK_MS_DEFAULT,
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
+            log_retain_entries: LOG_RETAIN_ENTRIES_DEFAULT,
         }
     }
 
@@ -197,7 +202,16 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| open_error(cairn_storage::Error::Corrupt { what: e.to_string() }))?;
         let store = Store::open(&config.data_dir).map_err(open_error)?;
-        let sm = StateMachine::open(store.clone()).map_err(open_error)?;
+        let sm = match StateMachine::open(store.clone()) {
+            Err(cairn_storage::Error::SnapshotIncomplete) => {
+                // A crash during a snapshot install: forget the partial state;
+                // the node catches up from its peers again.
+                tracing::warn!("an interrupted snapshot install: starting from an empty state");
+                reset_state(&store).map_err(open_error)?;
+                StateMachine::open(store.clone()).map_err(open_error)?
+            }
+            other => other.map_err(open_error)?,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
@@ -249,6 +263,15 @@ impl Node {
     }
 }
 
+/// Empties the state machine (to applied index 0) over an interrupted
+/// snapshot install.
+fn reset_state(store: &Store) -> Result<(), cairn_storage::Error> {
+    use cairn_storage::snapshot::{Chunk, SnapshotCf};
+    let mut sink = cairn_storage::SnapshotSink::begin(store, 0)?;
+    sink.push(Chunk::new(0, 0, SnapshotCf::Meta, Vec::new(), true))?;
+    sink.finish().map(|_| ())
+}
+
 /// Starts the peer transport and the replicated log.
 async fn start_replicated(
     config: &mut NodeConfig,
@@ -277,17 +300,19 @@ async fn start_replicated(
         timing,
         seed: uuid::Uuid::new_v4().as_u64_pair().0,
     };
+    let me = Hello {
+        api_address: config.advertise_address(),
+        peer_address: own.to_string(),
+        zone: config.zone.clone(),
+        version: crate::VERSION.to_string(),
+        ..Hello::default()
+    };
+    let mut driver = DriverConfig::new(replica, me, config.data_dir.join("snapshots"));
+    driver.log_retain_entries = config.log_retain_entries;
     let replicated_config = ReplicatedConfig {
-        driver: DriverConfig { replica, peer_silence_ticks: election_ticks * 3 },
+        driver,
         tick: Duration::from_millis(tick_ms),
-        hello_interval_ticks: election_ticks,
-        me: Hello {
-            api_address: config.advertise_address(),
-            peer_address: own.to_string(),
-            zone: config.zone.clone(),
-            version: crate::VERSION.to_string(),
-            ..Hello::default()
-        },
+        housekeeping_interval_ticks: election_ticks,
     };
     // One sync per turn of the event loop instead of one per write.
     sm.store().set_durability(Durability::Deferred);

@@ -221,11 +221,33 @@ impl Command {
     }
 }
 
-/// Commands are OmniPaxos's log entries. OmniPaxos's own snapshots are unused
-/// (`NoSnapshot`): a node that is far behind receives a RocksDB checkpoint of
-/// the state machine instead, which the application ships itself.
+/// Commands are OmniPaxos's log entries.
 impl omnipaxos::storage::Entry for Command {
-    type Snapshot = omnipaxos::storage::NoSnapshot;
+    type Snapshot = CompactionMarker;
+}
+
+/// OmniPaxos's "snapshot" of a compacted log prefix: a marker with no content.
+///
+/// Cairn compacts each node's log behind its applied index through
+/// OmniPaxos's snapshot call, and OmniPaxos syncs a lagging follower by
+/// sending it a snapshot of the prefix it lacks, then the log. The state
+/// itself never travels inside OmniPaxos: a node that finds a compacted gap
+/// before its next entry fetches the entries, or a checkpoint of the state
+/// machine, from a peer on its own. So the marker carries nothing; where a
+/// gap ends is the log's compacted index, never the marker's content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionMarker;
+
+impl omnipaxos::storage::Snapshot<Command> for CompactionMarker {
+    fn create(_entries: &[Command]) -> CompactionMarker {
+        CompactionMarker
+    }
+
+    fn merge(&mut self, _delta: CompactionMarker) {}
+
+    fn use_snapshots() -> bool {
+        true
+    }
 }
 
 /// Checks a table name: 1 to 64 ASCII letters, digits, `_` or `-`, starting with

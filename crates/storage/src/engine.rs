@@ -11,7 +11,9 @@
 //! - `session_lru`: `last_index ++ session` (both big-endian) → nothing; the
 //!   sessions in the order they were last used, for eviction.
 //! - `meta`: the applied index and counters; written in the same `WriteBatch` as
-//!   the effects of the entries they count.
+//!   the effects of the entries they count. While a snapshot is being installed
+//!   it also holds the install marker ([`crate::snapshot`]), and the state is
+//!   partial.
 //! - `log`, `log_meta`: OmniPaxos's log and consensus state (`log_store`).
 //!
 //! Reads go through a RocksDB snapshot, so a read that touches two column
@@ -39,11 +41,14 @@ pub(crate) const CF_META: &str = "meta";
 /// The consensus log and its metadata (`log_store`).
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_LOG_META: &str = "log_meta";
-const COLUMN_FAMILIES: [&str; 8] =
+pub(crate) const COLUMN_FAMILIES: [&str; 8] =
     [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META, CF_LOG, CF_LOG_META];
 
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub(crate) const META_SESSION_COUNT: &[u8] = b"session_count";
+/// Present while a snapshot install has begun and not finished; its value is
+/// the snapshot's applied index (big-endian), for diagnosis.
+pub(crate) const META_SNAPSHOT_INSTALL: &[u8] = b"snapshot_install";
 /// In `log_meta`: the node's replication settings (`Store::cluster_config`).
 const META_CLUSTER_CONFIG: &[u8] = b"cluster_config";
 
@@ -132,9 +137,19 @@ impl Store {
             applied_index: Arc::new(AtomicU64::new(0)),
             deferred: Arc::new(AtomicBool::new(false)),
         };
-        let applied = store.read_meta_u64(META_APPLIED_INDEX)?;
-        store.applied_index.store(applied, Ordering::Release);
+        // A partial install has applied nothing that can be trusted.
+        if !store.snapshot_install_incomplete()? {
+            let applied = store.read_meta_u64(META_APPLIED_INDEX)?;
+            store.applied_index.store(applied, Ordering::Release);
+        }
         Ok(store)
+    }
+
+    /// Whether a snapshot install into this store began and did not finish
+    /// ([`crate::snapshot`]). Such a store holds part of a state: it must not serve
+    /// reads or apply entries until a snapshot is installed again in full.
+    pub fn snapshot_install_incomplete(&self) -> Result<bool, Error> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_META), META_SNAPSHOT_INSTALL)?.is_some())
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {

@@ -7,6 +7,8 @@
 //! - [`machine`]: the single writer, applying batches of log entries atomically.
 //! - [`log_store`]: OmniPaxos's durable log and consensus state, in the same
 //!   database (our own `omnipaxos::Storage`, so only one RocksDB is linked).
+//! - [`snapshot`]: the state machine exported from a checkpoint as a stream of
+//!   bounded chunks, and installed from one, to catch up a lagging replica.
 //!
 //! The crate does no networking and keeps no clock: what it does depends only on
 //! the commands it is given, which is what lets every replica reach the same
@@ -14,16 +16,23 @@
 
 pub mod command;
 pub mod engine;
+mod fnv;
 pub mod log_store;
 pub mod machine;
+pub mod snapshot;
 
-pub use command::{ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome, WaitKey};
+pub use command::{
+    ApplyError, Command, CommandId, CompactionMarker, Conflict, Doc, Op, Outcome, WaitKey,
+};
 pub use engine::{Durability, Page, Store, LIST_LIMIT_MAX};
 pub use machine::{Applied, StateMachine};
+pub use snapshot::{Chunk, SnapshotCf, SnapshotSink, SnapshotSource};
 
 /// Storage errors. Apart from [`Error::TableNotFound`], which answers a read,
-/// they are faults of the disk or of the data on it: the node must stop and
-/// restart from what is durable rather than carry on.
+/// and the snapshot errors, they are faults of the disk or of the data on it:
+/// the node must stop and restart from what is durable rather than carry on.
+/// After [`Error::Snapshot`] or [`Error::SnapshotIncomplete`] the node fetches
+/// a snapshot again.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("table '{table}' does not exist")]
@@ -34,6 +43,16 @@ pub enum Error {
     Corrupt { what: String },
     #[error("the state machine stopped after a storage error; restart the node")]
     Poisoned,
+    /// A snapshot stream was refused (a chunk out of order, of another
+    /// snapshot, corrupt or out of bounds), or a snapshot could not be made.
+    /// A refused chunk writes nothing.
+    #[error("snapshot: {reason}")]
+    Snapshot { reason: String },
+    /// The store holds a snapshot install that began and did not finish: its
+    /// state is partial and must not be served. `SnapshotSink::begin` starts a
+    /// new install over it.
+    #[error("a snapshot install into this store did not finish; install a snapshot again")]
+    SnapshotIncomplete,
 }
 
 impl Error {

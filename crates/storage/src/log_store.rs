@@ -48,9 +48,10 @@
 //!   `first_idx`), this answers empty too.
 //!
 //! Not here:
-//! - OmniPaxos snapshots: [`Command`] uses `NoSnapshot`; a lagging node gets a
+//! - The state of a compacted prefix: OmniPaxos stores only a content-free
+//!   marker (`CompactionMarker`); a lagging node gets the entries or a
 //!   checkpoint of the state machine from the application instead.
-//! - Deciding when to trim: OmniPaxos's `trim` and the replica do that.
+//! - Deciding when to compact: the replica does, through OmniPaxos.
 //! - Bounding reads: OmniPaxos asks for whole suffixes; how much log a node
 //!   keeps is bounded by trimming behind the applied index.
 //! - Calls OmniPaxos never makes: a trim or an `append_on_prefix` below the

@@ -25,6 +25,11 @@
 //!
 //! A storage error leaves the in-memory counters unreliable: the state machine
 //! refuses every later call, and the node must stop and restart from disk.
+//!
+//! A store with an unfinished snapshot install ([`crate::snapshot`]) holds a
+//! partial state: [`StateMachine::open`] refuses it with
+//! [`Error::SnapshotIncomplete`]. After a snapshot is installed under a running
+//! state machine, [`StateMachine::reload`] picks up the installed state.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -41,6 +46,7 @@ use crate::engine::{
     doc_key, doc_prefix, doc_prefix_end, Store, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
     CF_SESSION_LRU, CF_TABLES, META_APPLIED_INDEX, META_SESSION_COUNT,
 };
+use crate::fnv::Fnv1a;
 use crate::Error;
 
 /// Sessions kept before the least recently used are evicted.
@@ -75,11 +81,42 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Takes over the store as its only writer, resuming from its applied index.
+    /// A store with an unfinished snapshot install is refused
+    /// ([`Error::SnapshotIncomplete`]): install a snapshot again first.
     pub fn open(store: Store) -> Result<StateMachine, Error> {
+        if store.snapshot_install_incomplete()? {
+            return Err(Error::SnapshotIncomplete);
+        }
         // `Store::open` already read the applied index from disk.
         let applied_index = store.applied_index();
         let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
         Ok(StateMachine { store, applied_index, session_count, poisoned: false })
+    }
+
+    /// Reads the applied index and counters again from disk, as a restart
+    /// would: call it after a snapshot was installed into this state machine's
+    /// store (nothing may be applied between the install's begin and this).
+    /// Fails, and poisons the state machine, if the install did not finish:
+    /// once one does, [`StateMachine::open`] gives a new state machine.
+    pub fn reload(&mut self) -> Result<(), Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let result = self.reload_inner();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn reload_inner(&mut self) -> Result<(), Error> {
+        if self.store.snapshot_install_incomplete()? {
+            return Err(Error::SnapshotIncomplete);
+        }
+        self.applied_index = self.store.read_meta_u64(META_APPLIED_INDEX)?;
+        self.session_count = self.store.read_meta_u64(META_SESSION_COUNT)?;
+        self.store.applied_index.store(self.applied_index, Ordering::Release);
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -544,8 +581,7 @@ fn lru_key(index: u64, session: u64) -> Vec<u8> {
 /// A stable fingerprint of an op: FNV-1a over its log encoding. Stable across
 /// builds and replicas (unlike `std`'s hasher), which the state machine needs.
 fn op_hash(op: &Op) -> u64 {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let bytes = postcard::to_stdvec(op).expect("an op always encodes");
-    bytes.iter().fold(FNV_OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME))
+    let mut hasher = Fnv1a::new();
+    hasher.write(&postcard::to_stdvec(op).expect("an op always encodes"));
+    hasher.finish()
 }

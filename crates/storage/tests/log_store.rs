@@ -20,9 +20,9 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use cairn_storage::log_store::LogStore;
-use cairn_storage::{Command, CommandId, Op, Store};
+use cairn_storage::{Command, CommandId, CompactionMarker, Op, Store};
 use omnipaxos::ballot_leader_election::Ballot;
-use omnipaxos::storage::{NoSnapshot, StopSign, Storage, StorageOp};
+use omnipaxos::storage::{StopSign, Storage, StorageOp};
 use omnipaxos::util::FlexibleQuorum;
 use omnipaxos::ClusterConfig;
 use omnipaxos_storage::memory_storage::MemoryStorage;
@@ -498,14 +498,14 @@ fn a_log_below_its_first_index_fails_the_open() {
     assert!(err.contains("starts at entry 1"), "{err}");
 }
 
-/// The snapshot slot round-trips `NoSnapshot` and clears, like the other
+/// The snapshot slot round-trips the compaction marker and clears, like the other
 /// optional values.
 #[test]
 fn the_snapshot_slot_is_stored_and_cleared() {
     let mut disk = Disk::new();
-    disk.log.set_snapshot(Some(NoSnapshot)).unwrap();
+    disk.log.set_snapshot(Some(CompactionMarker)).unwrap();
     let mut disk = disk.restart();
-    assert_eq!(disk.log.get_snapshot().unwrap(), Some(NoSnapshot));
+    assert_eq!(disk.log.get_snapshot().unwrap(), Some(CompactionMarker));
     disk.log.set_snapshot(None).unwrap();
     assert_eq!(disk.restart().log.get_snapshot().unwrap(), None);
 }
