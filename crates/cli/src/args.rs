@@ -63,6 +63,9 @@ pub enum Command {
     Health,
     /// Show the cluster as this node sees it.
     Cluster,
+    /// Change the cluster's members (a membership change on a live cluster).
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// An interactive prompt: `put a 1`, `get a`, `get a 7002`, `help`.
     Shell,
     /// Measure throughput and latency under concurrent load.
@@ -111,6 +114,10 @@ pub struct NodeArgs {
     /// fewer catches up from the log rather than from a snapshot.
     #[arg(long, default_value_t = cairn_server::node::LOG_RETAIN_ENTRIES_DEFAULT)]
     pub log_retain_entries: u64,
+    /// On an empty data directory: join the running cluster that this HTTP
+    /// address (any member) belongs to; needs --peer-listen.
+    #[arg(long, conflicts_with = "peers")]
+    pub join: Option<String>,
 }
 
 /// Peer addresses by node id.
@@ -149,6 +156,23 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve '{addr}': {e}"))?
         .next()
         .ok_or_else(|| format!("'{addr}' resolves to no address"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// List the members of the current configuration.
+    List,
+    /// Add node ID, which peers reach at PEER_ADDRESS (start it first, with an
+    /// empty data directory; `cairn node --join` starts and adds in one go).
+    Add {
+        id: u64,
+        peer_address: String,
+        /// Replace this member in the same change.
+        #[arg(long)]
+        replaces: Option<u64>,
+    },
+    /// Remove node ID from the cluster.
+    Remove { id: u64 },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use cairn_client::{Client, Read};
 use serde_json::{json, Value};
 
-use crate::args::{Command, DocCommand, Global, Output, TableCommand};
+use crate::args::{Command, DocCommand, Global, MemberCommand, Output, TableCommand};
 use crate::output::{self, pretty, value_json};
 
 pub async fn run(global: &Global, command: Command) -> ExitCode {
@@ -42,6 +42,16 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         Command::Table(table) => table_command(client, out, table).await,
         Command::Health => report(out, client.health().await, pretty),
         Command::Cluster => report(out, client.cluster().await, pretty),
+        Command::Member(member) => {
+            let result = match member {
+                MemberCommand::List => client.members().await,
+                MemberCommand::Add { id, peer_address, replaces } => {
+                    client.add_member(id, &peer_address, replaces).await
+                }
+                MemberCommand::Remove { id } => client.remove_member(id).await,
+            };
+            report(out, result, members_text)
+        }
         Command::Node(_) | Command::Shell | Command::Bench(_) => {
             output::usage(out, "this command cannot run here")
         }
@@ -199,4 +209,19 @@ async fn table_command(client: &Client, out: Output, command: TableCommand) -> E
             format!("dropped (index {})", v["index"])
         }),
     }
+}
+
+/// `configuration 3: 1 at 127.0.0.1:7101, 2 at …`
+fn members_text(value: &Value) -> String {
+    let members = value["members"]
+        .as_object()
+        .map(|members| {
+            members
+                .iter()
+                .map(|(id, addr)| format!("{id} at {}", addr.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    format!("configuration {}: {members}", value["configuration_id"])
 }

@@ -17,6 +17,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.tick_ms = args.tick_ms;
     config.election_timeout_ms = args.election_timeout_ms;
     config.log_retain_entries = args.log_retain_entries;
+    config.join = args.join;
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {

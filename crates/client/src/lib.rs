@@ -247,6 +247,32 @@ impl Client {
         self.json(self.request(Method::GET, &["v1", "cluster"])?).await
     }
 
+    /// The cluster's membership: `{"cluster_id", "configuration_id",
+    /// "members": {"1": "HOST:PORT", …}, "base_index"}`.
+    pub async fn members(&self) -> Result<Value, Error> {
+        self.json(self.request(Method::GET, &["v1", "admin", "members"])?).await
+    }
+
+    /// Adds node `id`, which peers reach at `peer_address`, in place of
+    /// `replaces` if given; answers the new membership once it took effect.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer_address: &str,
+        replaces: Option<u64>,
+    ) -> Result<Value, Error> {
+        let body =
+            serde_json::json!({ "id": id, "peer_address": peer_address, "replaces": replaces });
+        let request = self.request(Method::POST, &["v1", "admin", "members"])?.json(&body);
+        self.json(request).await
+    }
+
+    /// Removes node `id`; answers the new membership once it took effect.
+    pub async fn remove_member(&self, id: u64) -> Result<Value, Error> {
+        let id = id.to_string();
+        self.json(self.request(Method::DELETE, &["v1", "admin", "members", &id])?).await
+    }
+
     pub async fn metrics(&self) -> Result<String, Error> {
         let response = self.send(self.request(Method::GET, &["metrics"])?).await?;
         response.text().await.map_err(|e| Error::BadResponse(e.to_string()))

@@ -68,6 +68,7 @@
 //! - Time: it counts the ticks it is given.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cairn_storage::snapshot::{Chunk, CHUNK_PAYLOAD_BYTES_DEFAULT};
@@ -76,7 +77,8 @@ use cairn_storage::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::replica::{Decided, Message, NodeId, Replica, ReplicaConfig, Rng};
+use crate::membership::Membership;
+use crate::replica::{Decided, Message, NodeId, Replica, ReplicaConfig, Rng, Timing};
 pub use crate::CatchUpStats;
 use crate::{Error, Member, Role, Status};
 
@@ -127,6 +129,11 @@ pub enum PeerMessage {
     SnapshotChunk { transfer: u64, chunk: u64, bytes: Vec<u8> },
     /// The sender cannot serve the transfer.
     SnapshotUnavailable { transfer: u64, reason: String },
+    /// The sender is in an older configuration than the receiver's message
+    /// showed: it asks for the current membership.
+    FetchMembership,
+    /// The sender's current membership.
+    Membership(Membership),
 }
 
 /// The answer to one request.
@@ -137,6 +144,8 @@ pub enum Answer {
     /// A read may now be answered from local state, which has applied at
     /// least `index`.
     ReadReady { index: u64 },
+    /// A membership change took effect: the new configuration.
+    Reconfigured(Membership),
     /// The request failed; see [`Error::is_determinate`].
     Failed(Error),
 }
@@ -147,8 +156,15 @@ pub enum Blocked {
     /// The entries after the applied index through `through_index` were
     /// compacted away here: they, or a snapshot, come from a peer.
     NeedsSnapshot { through_index: u64 },
-    /// The configuration was stopped at `index` for a membership change.
+    /// The configuration was stopped at `index` for a membership change and
+    /// this node could not move on (a StopSign it cannot read).
     Reconfigured { index: u64 },
+    /// The configuration this node belonged to ended, and the next one does
+    /// not include it: it takes no more requests.
+    Removed { configuration_id: u32 },
+    /// The next configuration has this node alone: the replicated log hands
+    /// over to the single-node log.
+    Alone { configuration_id: u32 },
 }
 
 /// What one [`Driver::poll`] produced.
@@ -158,12 +174,20 @@ pub struct Output {
     pub messages: Vec<(NodeId, PeerMessage)>,
     /// Answers for requests.
     pub answers: Vec<(RequestId, Answer)>,
+    /// The membership this node moved to, if it changed (the event loop
+    /// updates the transport's peers).
+    pub membership: Option<Membership>,
 }
 
 /// Settings of a driver beyond its replica's.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
-    pub replica: ReplicaConfig,
+    pub node_id: NodeId,
+    pub timing: Timing,
+    /// Seeds all randomness of the driver and its replica.
+    pub seed: u64,
+    /// The configuration to start in (as stored with the node's data).
+    pub membership: Membership,
     /// After how many ticks of silence a peer no longer counts towards a
     /// quorum in sight.
     pub peer_silence_ticks: u64,
@@ -186,12 +210,22 @@ pub struct DriverConfig {
 }
 
 impl DriverConfig {
-    /// Defaults for everything but the replica, the node's `Hello` and the
+    /// Defaults for everything but who the node is, its `Hello` and the
     /// snapshot directory, for a tick of about 10 ms.
-    pub fn new(replica: ReplicaConfig, me: Hello, snapshot_dir: PathBuf) -> DriverConfig {
-        let election = replica.timing.election_timeout_ticks;
+    pub fn new(
+        node_id: NodeId,
+        membership: Membership,
+        timing: Timing,
+        seed: u64,
+        me: Hello,
+        snapshot_dir: PathBuf,
+    ) -> DriverConfig {
+        let election = timing.election_timeout_ticks;
         DriverConfig {
-            replica,
+            node_id,
+            timing,
+            seed,
+            membership,
             peer_silence_ticks: election * 3,
             hello_interval_ticks: election,
             me,
@@ -202,6 +236,26 @@ impl DriverConfig {
             snapshot_dir,
         }
     }
+
+    /// The replica of `membership`'s configuration on this node.
+    fn replica_config(&self, membership: &Membership) -> ReplicaConfig {
+        ReplicaConfig {
+            node_id: self.node_id,
+            members: membership.ids(),
+            configuration_id: membership.configuration_id,
+            timing: self.timing,
+            seed: self.seed ^ u64::from(membership.configuration_id).rotate_left(32),
+            base_index: membership.base_index,
+        }
+    }
+}
+
+/// A membership change this node asked for, until a StopSign is decided.
+struct Reconfiguration {
+    members: BTreeMap<NodeId, SocketAddr>,
+    waiters: Vec<RequestId>,
+    /// When to ask again (a forwarded StopSign can be lost).
+    due_tick: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,20 +317,31 @@ pub struct Driver {
     /// Answers produced between polls (entries applied while catching up),
     /// delivered by the next poll, after its sync.
     deferred_answers: Vec<(RequestId, Answer)>,
+    /// A membership change made between polls, reported by the next one.
+    deferred_membership: Option<Membership>,
     /// Scratch for the replica's outgoing messages.
     paxos_out: Vec<(NodeId, Message)>,
     stats: CatchUpStats,
     /// This node's decided index when it last saw its leader ahead of it.
     lagging_since: Option<u64>,
+    /// The configuration this node is in.
+    membership: Membership,
+    /// A membership change asked for here, until its StopSign is decided.
+    reconfiguration: Option<Reconfiguration>,
+    /// When this node last asked a peer for a newer membership.
+    membership_asked_tick: Option<u64>,
 }
 
 impl Driver {
     /// Builds the driver over the state machine; the replica resumes after
     /// its applied index.
     pub fn open(config: DriverConfig, sm: StateMachine) -> Result<Driver, crate::replica::Error> {
-        let seed = config.replica.seed;
-        let node_id = config.replica.node_id;
-        let replica = Replica::open(config.replica.clone(), sm.store(), sm.applied_index())?;
+        let seed = config.seed;
+        let node_id = config.node_id;
+        config.membership.validate().map_err(|e| crate::replica::Error::Config(e.to_string()))?;
+        let replica_config = config.replica_config(&config.membership);
+        let replica = Replica::open(replica_config, sm.store(), sm.applied_index())?;
+        let membership = config.membership.clone();
         // Checkpoints left by an earlier run are of no use.
         let _ = std::fs::remove_dir_all(&config.snapshot_dir);
         Ok(Driver {
@@ -297,9 +362,13 @@ impl Driver {
             failed: false,
             pending_messages: Vec::new(),
             deferred_answers: Vec::new(),
+            deferred_membership: None,
             paxos_out: Vec::new(),
             stats: CatchUpStats::default(),
             lagging_since: None,
+            membership,
+            reconfiguration: None,
+            membership_asked_tick: None,
         })
     }
 
@@ -349,7 +418,9 @@ impl Driver {
         }
         match message {
             PeerMessage::Paxos { configuration_id, message } => {
-                if configuration_id != self.status().configuration_id {
+                if configuration_id > self.membership.configuration_id {
+                    self.ask_membership(from);
+                } else if configuration_id != self.membership.configuration_id {
                     tracing::debug!(
                         from,
                         configuration_id,
@@ -386,8 +457,93 @@ impl Driver {
             PeerMessage::SnapshotUnavailable { transfer, reason } => {
                 self.snapshot_unavailable(from, transfer, &reason)
             }
+            PeerMessage::FetchMembership => {
+                let membership = self.membership.clone();
+                self.pending_messages.push((from, PeerMessage::Membership(membership)));
+            }
+            PeerMessage::Membership(next) => {
+                if next.configuration_id > self.membership.configuration_id
+                    && next.cluster_id == self.membership.cluster_id
+                    && next.validate().is_ok()
+                {
+                    tracing::info!(
+                        from,
+                        configuration_id = next.configuration_id,
+                        "a peer is in a newer configuration: moving to it"
+                    );
+                    let mut out = Output::default();
+                    // Everything before the StopSign applied here: the StopSign
+                    // itself is a no-op, no need to fetch it.
+                    let index = next.base_index;
+                    let result = if self.sm.applied_index() + 1 == index && index > 0 {
+                        let noop = [(index, Command::new(None, Op::Noop))];
+                        self.sm.apply(&noop).map(|_| ())
+                    } else {
+                        Ok(())
+                    };
+                    let result = result.and_then(|()| self.switch_to(next, &mut out));
+                    self.deferred_answers.append(&mut out.answers);
+                    if out.membership.is_some() {
+                        self.deferred_membership = out.membership;
+                    }
+                    if let Err(error) = result {
+                        return Err(self.fail_now(error));
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Asks to move the cluster to `members` (every member's peer address):
+    /// answered with [`Answer::Reconfigured`] once the StopSign that ends this
+    /// configuration is decided and this node moved on. One change at a time;
+    /// asking again for the same members joins the change in flight.
+    pub fn change_membership(
+        &mut self,
+        request: RequestId,
+        members: BTreeMap<NodeId, SocketAddr>,
+        out: &mut Output,
+    ) {
+        if let Err(error) = self.check_available() {
+            out.answers.push((request, Answer::Failed(error)));
+            return;
+        }
+        if members == self.membership.members {
+            out.answers.push((request, Answer::Reconfigured(self.membership.clone())));
+            return;
+        }
+        let next = self.membership.next(members.clone(), 0);
+        if let Err(error) = next.validate() {
+            out.answers
+                .push((request, Answer::Failed(Error::Refused { reason: error.to_string() })));
+            return;
+        }
+        match &mut self.reconfiguration {
+            Some(change) if change.members == members => change.waiters.push(request),
+            Some(change) => {
+                let reason = format!(
+                    "another membership change is in flight (to {:?})",
+                    change.members.keys().collect::<Vec<_>>()
+                );
+                out.answers.push((request, Answer::Failed(Error::Busy { reason })));
+            }
+            None => {
+                self.reconfiguration =
+                    Some(Reconfiguration { members, waiters: vec![request], due_tick: 0 });
+                self.propose_reconfiguration();
+            }
+        }
+    }
+
+    /// The configuration this node is in.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Gives the state machine back (to hand it to the single-node log).
+    pub fn into_state_machine(self) -> StateMachine {
+        self.sm
     }
 
     /// The link to `peer` came back.
@@ -412,6 +568,9 @@ impl Driver {
                     self.pending_messages.push((peer, PeerMessage::Hello(hello.clone())));
                 }
             }
+        }
+        if self.reconfiguration.as_ref().is_some_and(|change| change.due_tick <= self.now_ticks) {
+            self.propose_reconfiguration();
         }
         if self.now_ticks.is_multiple_of(self.config.compact_interval_ticks.max(1)) {
             self.compact();
@@ -450,6 +609,9 @@ impl Driver {
         );
         out.messages.append(&mut self.pending_messages);
         out.answers.append(&mut self.deferred_answers);
+        if let Some(membership) = self.deferred_membership.take() {
+            out.membership = Some(membership);
+        }
         Ok(())
     }
 
@@ -604,6 +766,18 @@ impl Driver {
                     self.replica.node_id()
                 ),
             }),
+            Some(Blocked::Removed { configuration_id }) => Err(Error::Unavailable {
+                reason: format!(
+                    "node {} was removed from the cluster (configuration {configuration_id})",
+                    self.replica.node_id()
+                ),
+            }),
+            Some(Blocked::Alone { .. }) => Err(Error::Unavailable {
+                reason: format!(
+                    "node {} is handing over to its single-node log",
+                    self.replica.node_id()
+                ),
+            }),
         }
     }
 
@@ -671,9 +845,7 @@ impl Driver {
                     return Ok(());
                 }
                 Decided::Reconfigured { index, stopsign } => {
-                    tracing::info!(index, next = ?stopsign.next_config.nodes, "the configuration stopped");
-                    self.blocked = Some(Blocked::Reconfigured { index });
-                    return Ok(());
+                    return self.stopsign_decided(index, stopsign.metadata.as_deref(), out);
                 }
             }
         }
@@ -690,6 +862,131 @@ impl Driver {
             };
             out.answers.push((request, answer));
         }
+    }
+
+    // ---- Membership changes ----
+
+    fn propose_reconfiguration(&mut self) {
+        let Some(change) = &mut self.reconfiguration else { return };
+        change.due_tick = self.now_ticks + self.config.timing.repropose_timeout_ticks.max(1);
+        let ids: Vec<NodeId> = change.members.keys().copied().collect();
+        let metadata = serde_json::to_vec(&change.members).expect("a member map encodes");
+        match self.replica.reconfigure(&ids, metadata) {
+            // Stopping: a StopSign is already on its way; it decides.
+            Ok(()) | Err(crate::replica::Error::Stopping { .. }) => {}
+            Err(error) => {
+                let change = self.reconfiguration.take().expect("a change in flight");
+                for request in change.waiters {
+                    let error = Error::Refused { reason: error.to_string() };
+                    self.deferred_answers.push((request, Answer::Failed(error)));
+                }
+            }
+        }
+    }
+
+    /// The StopSign at `index` ended this configuration: apply it (as a
+    /// no-op, so indexes stay contiguous) and move to the next one.
+    fn stopsign_decided(
+        &mut self,
+        index: u64,
+        metadata: Option<&[u8]>,
+        out: &mut Output,
+    ) -> Result<(), cairn_storage::Error> {
+        let members: Option<BTreeMap<NodeId, SocketAddr>> =
+            metadata.and_then(|bytes| serde_json::from_slice(bytes).ok());
+        let Some(members) = members else {
+            tracing::error!(
+                index,
+                "a StopSign without a readable member list: this node stops here"
+            );
+            self.blocked = Some(Blocked::Reconfigured { index });
+            return Ok(());
+        };
+        if self.sm.applied_index() + 1 == index {
+            let noop = [(index, Command::new(None, Op::Noop))];
+            self.sm.apply(&noop)?;
+        }
+        let next = self.membership.next(members, index);
+        tracing::info!(
+            index,
+            configuration_id = next.configuration_id,
+            members = ?next.ids(),
+            "the configuration stopped: moving to the next one"
+        );
+        self.switch_to(next, out)
+    }
+
+    /// Moves to `next`: stores it with a fresh log, opens its replica, and
+    /// proposes again what was pending; or stops taking requests when this
+    /// node is not in it, or hands over when it is alone in it.
+    fn switch_to(
+        &mut self,
+        next: Membership,
+        out: &mut Output,
+    ) -> Result<(), cairn_storage::Error> {
+        let me = self.config.node_id;
+        let pending = self.replica.pending_commands();
+        // The old configuration's last messages (the decision of its
+        // StopSign among them) still go out, under its id.
+        let configuration_id = self.membership.configuration_id;
+        let mut last = Vec::new();
+        self.replica.drain_outgoing(&mut last);
+        self.pending_messages.extend(
+            last.into_iter()
+                .map(|(to, message)| (to, PeerMessage::Paxos { configuration_id, message })),
+        );
+        if let Some(change) = self.reconfiguration.take() {
+            for request in change.waiters {
+                out.answers.push((request, Answer::Reconfigured(next.clone())));
+            }
+        }
+        out.membership = Some(next.clone());
+        self.catch_up = None;
+        self.lagging_since = None;
+        if !next.contains(me) {
+            self.blocked = Some(Blocked::Removed { configuration_id: next.configuration_id });
+            self.membership = next;
+            let reason = format!("node {me} was removed from the cluster");
+            for (request, _) in self.waiting.drain().flat_map(|(_, w)| w) {
+                let error = Error::Unavailable { reason: reason.clone() };
+                out.answers.push((request, Answer::Failed(error)));
+            }
+            self.keys.clear();
+            return Ok(());
+        }
+        next.begin(self.sm.store()).map_err(|e| match e {
+            crate::membership::MembershipError::Storage(e) => e,
+            other => cairn_storage::Error::Corrupt { what: other.to_string() },
+        })?;
+        self.membership = next.clone();
+        if next.members.len() == 1 {
+            self.blocked = Some(Blocked::Alone { configuration_id: next.configuration_id });
+            return Ok(());
+        }
+        let config = self.config.replica_config(&next);
+        self.replica = Replica::open(config, self.sm.store(), self.sm.applied_index()).map_err(
+            |e| match e {
+                crate::replica::Error::Storage(e) => e,
+                other => cairn_storage::Error::Corrupt { what: other.to_string() },
+            },
+        )?;
+        self.blocked = None;
+        for command in pending {
+            if let Err(error) = self.replica.propose(command) {
+                tracing::warn!(%error, "a pending command was not proposed again");
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks `peer` for its membership, at most once per hello interval.
+    fn ask_membership(&mut self, peer: NodeId) {
+        let interval = self.config.hello_interval_ticks.max(1);
+        if self.membership_asked_tick.is_some_and(|t| self.now_ticks < t + interval) {
+            return;
+        }
+        self.membership_asked_tick = Some(self.now_ticks);
+        self.pending_messages.push((peer, PeerMessage::FetchMembership));
     }
 
     /// OmniPaxos notices that a follower missed entries only when the next

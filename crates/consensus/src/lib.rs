@@ -24,17 +24,22 @@
 
 pub mod driver;
 pub mod local;
+pub mod membership;
 pub mod proposer;
 pub mod replica;
 pub mod replicated;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use cairn_storage::{Applied, Command};
+use cairn_storage::{Applied, Command, StateMachine};
 use tokio::sync::{mpsc, oneshot};
 
 pub use local::LocalLog;
+pub use membership::Membership;
 pub use proposer::Proposer;
 
 /// Errors of the log. Either way the node cannot serve until restarted, and a
@@ -57,13 +62,17 @@ pub enum Error {
     /// not proposed. Retry later.
     #[error("busy: {reason}")]
     Busy { reason: String },
+    /// The request cannot be carried out as asked (a membership that cannot
+    /// be); nothing changed.
+    #[error("{reason}")]
+    Refused { reason: String },
 }
 
 impl Error {
     /// Whether the request certainly did not take effect, so that a retry
     /// cannot apply it twice even without an exactly-once id.
     pub fn is_determinate(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Busy { .. })
+        matches!(self, Error::Unavailable { .. } | Error::Busy { .. } | Error::Refused { .. })
     }
 }
 
@@ -131,9 +140,20 @@ pub struct Member {
 
 /// Requests from the node to its log.
 pub(crate) enum Request {
-    Propose { command: Command, reply: oneshot::Sender<Result<Applied, Error>> },
-    OpenSession { reply: oneshot::Sender<Result<Applied, Error>> },
-    ReadBarrier { reply: oneshot::Sender<Result<u64, Error>> },
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+    OpenSession {
+        reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+    ReadBarrier {
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    ChangeMembership {
+        members: BTreeMap<u64, SocketAddr>,
+        reply: oneshot::Sender<Result<Membership, Error>>,
+    },
 }
 
 /// What the log publishes for readers without a round trip to its loop.
@@ -141,9 +161,12 @@ pub(crate) struct Shared {
     status: Mutex<Status>,
     /// Every member of the configuration, this node included, in id order.
     members: Mutex<Vec<Member>>,
+    /// The configuration this node is in (`None` for a node that never
+    /// replicated).
+    membership: Mutex<Option<Membership>>,
     /// Whether local state can lag acknowledged writes (a replica), so reads
     /// must wait for a barrier. A single node applies before it acknowledges.
-    reads_need_barrier: bool,
+    reads_need_barrier: AtomicBool,
 }
 
 impl Shared {
@@ -156,11 +179,42 @@ impl Shared {
     pub(crate) fn publish_members(&self, members: Vec<Member>) {
         *self.members.lock().expect("members lock") = members;
     }
+
+    pub(crate) fn publish_membership(&self, membership: Option<Membership>) {
+        *self.membership.lock().expect("membership lock") = membership;
+    }
+
+    pub(crate) fn set_reads_need_barrier(&self, need: bool) {
+        self.reads_need_barrier.store(need, Ordering::Release);
+    }
+}
+
+/// What a log that stopped for a change of kind hands to the next one: the
+/// node's queue of requests, its published state, its state machine, and
+/// the membership to continue in. A single node that gains members hands
+/// over to the replicated log; a replica left alone hands over to the
+/// single-node log. Requests keep flowing into the same queue meanwhile.
+pub struct Handover {
+    pub(crate) requests: mpsc::Receiver<Request>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sm: StateMachine,
+    pub membership: Membership,
+}
+
+impl Handover {
+    /// Whether the next log is the replicated one.
+    pub fn replicated(&self) -> bool {
+        self.membership.members.len() > 1
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
 }
 
 /// The thread that serves a log.
 pub struct LogThread {
-    thread: thread::JoinHandle<()>,
+    thread: thread::JoinHandle<Option<Handover>>,
     stopped: Option<oneshot::Receiver<()>>,
 }
 
@@ -169,12 +223,13 @@ impl LogThread {
     /// completes when it returns.
     pub(crate) fn spawn(
         name: &str,
-        serve: impl FnOnce() + Send + 'static,
+        serve: impl FnOnce() -> Option<Handover> + Send + 'static,
     ) -> std::io::Result<LogThread> {
         let (stopped_tx, stopped) = oneshot::channel::<()>();
         let thread = thread::Builder::new().name(name.into()).spawn(move || {
-            serve();
+            let handover = serve();
             drop(stopped_tx);
+            handover
         })?;
         Ok(LogThread { thread, stopped: Some(stopped) })
     }
@@ -190,10 +245,16 @@ impl LogThread {
         }
     }
 
-    /// Waits for the log to finish its last batch after every handle is gone.
-    pub fn join(self) {
-        if self.thread.join().is_err() {
-            tracing::error!("the log thread panicked");
+    /// Waits for the log thread to exit: after every handle is gone (it
+    /// finishes its last batch first), after a storage fault, or to hand
+    /// over to the other kind of log, which it then answers.
+    pub fn join(self) -> Option<Handover> {
+        match self.thread.join() {
+            Ok(handover) => handover,
+            Err(_) => {
+                tracing::error!("the log thread panicked");
+                None
+            }
         }
     }
 }
@@ -215,7 +276,8 @@ impl LogHandle {
         let shared = Arc::new(Shared {
             status: Mutex::new(status),
             members: Mutex::new(Vec::new()),
-            reads_need_barrier,
+            membership: Mutex::new(None),
+            reads_need_barrier: AtomicBool::new(reads_need_barrier),
         });
         LogHandle { requests, shared }
     }
@@ -237,7 +299,7 @@ impl LogHandle {
 
     /// Completes once local reads see every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<(), Error> {
-        if !self.shared.reads_need_barrier {
+        if !self.shared.reads_need_barrier.load(Ordering::Acquire) {
             return if self.requests.is_closed() { Err(Error::Stopped) } else { Ok(()) };
         }
         let (reply, answer) = oneshot::channel();
@@ -251,6 +313,23 @@ impl LogHandle {
             return Err(Error::Stopped);
         }
         Ok(self.shared.status.lock().expect("status lock").clone())
+    }
+
+    /// Moves the cluster to `members` (every member's peer address, this
+    /// node's included when it stays): answers with the new configuration
+    /// once the change took effect here. One change at a time.
+    pub async fn change_membership(
+        &self,
+        members: BTreeMap<u64, SocketAddr>,
+    ) -> Result<Membership, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ChangeMembership { members, reply }).await?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// The configuration this node is in, as last published.
+    pub fn membership(&self) -> Option<Membership> {
+        self.shared.membership.lock().expect("membership lock").clone()
     }
 
     /// The members of the configuration as last published (empty until the

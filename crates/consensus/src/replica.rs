@@ -179,6 +179,11 @@ pub struct ReplicaConfig {
     pub timing: Timing,
     /// Seeds the jitter of re-proposal deadlines.
     pub seed: u64,
+    /// The global index just before this configuration's first entry: 0 for
+    /// the first configuration, the index of the StopSign that ended the
+    /// previous one after a membership change (each configuration has a
+    /// fresh OmniPaxos log).
+    pub base_index: u64,
 }
 
 /// The next thing [`Replica::take_decided`] has for the caller.
@@ -232,6 +237,7 @@ pub struct Replica {
     configuration_id: u32,
     timing: Timing,
     omni: OmniPaxos<Command, LogStore>,
+    base_index: u64,
     now_ticks: u64,
     taken_index: u64,
     pending: BTreeMap<Key, Pending>,
@@ -253,7 +259,7 @@ impl Replica {
         applied_index: u64,
     ) -> Result<Replica, Error> {
         let members = check_config(&config)?;
-        let ReplicaConfig { node_id, configuration_id, timing, seed, .. } = config;
+        let ReplicaConfig { node_id, configuration_id, timing, seed, base_index, .. } = config;
         let cluster =
             ClusterConfig { configuration_id, nodes: members.clone(), flexible_quorum: None };
         let server = ServerConfig {
@@ -274,6 +280,7 @@ impl Replica {
             configuration_id,
             timing,
             omni,
+            base_index,
             now_ticks: 0,
             taken_index: applied_index,
             pending: BTreeMap::new(),
@@ -354,15 +361,26 @@ impl Replica {
     /// log cannot give them. Entries are handed out once: the caller applies
     /// them before it takes more.
     pub fn take_decided(&mut self, max_entries: usize) -> Decided {
+        if self.taken_index < self.base_index {
+            // A new member: the state before this configuration comes first.
+            return Decided::NeedsSnapshot { through_index: self.base_index };
+        }
         let decided = self.decided_index();
         let count = (max_entries.min(TAKE_DECIDED_ENTRIES_MAX) as u64)
             .min(decided.saturating_sub(self.taken_index));
         if count == 0 {
+            // A configuration that stopped says so on every call once its
+            // StopSign is taken (also after a restart right at it).
+            if let Some(stopsign) = self.omni.is_reconfigured() {
+                if self.taken_index == decided && decided > self.base_index {
+                    return Decided::Reconfigured { index: decided, stopsign };
+                }
+            }
             return Decided::Entries(Vec::new());
         }
         // Global index `taken + 1` is OmniPaxos index `taken`.
-        let from = omni_index(self.taken_index);
-        let to = omni_index(self.taken_index + count);
+        let from = self.omni_after(self.taken_index);
+        let to = self.omni_after(self.taken_index + count);
         let Some(read) = self.omni.read_entries(from..to) else {
             return Decided::Entries(Vec::new());
         };
@@ -377,10 +395,12 @@ impl Replica {
                 }
                 // Compaction leaves one marker for everything below it.
                 LogEntry::Trimmed(compacted) if entries.is_empty() => {
-                    return Decided::NeedsSnapshot { through_index: compacted as u64 };
+                    let through_index = self.base_index + compacted as u64;
+                    return Decided::NeedsSnapshot { through_index };
                 }
                 LogEntry::Snapshotted(snapshot) if entries.is_empty() => {
-                    return Decided::NeedsSnapshot { through_index: snapshot.trimmed_idx as u64 };
+                    let through_index = self.base_index + snapshot.trimmed_idx as u64;
+                    return Decided::NeedsSnapshot { through_index };
                 }
                 LogEntry::StopSign(stopsign, true) if entries.is_empty() => {
                     self.taken_index = index;
@@ -414,10 +434,10 @@ impl Replica {
     /// compacted.
     pub fn compact(&mut self, through: u64) -> bool {
         let through = through.min(self.decided_index()).min(self.taken_index);
-        if through <= self.compacted_index() {
+        if through <= self.compacted_index() || through <= self.base_index {
             return false;
         }
-        match self.omni.snapshot(Some(omni_index(through)), true) {
+        match self.omni.snapshot(Some(self.omni_after(through)), true) {
             Ok(()) => true,
             Err(error) => {
                 tracing::debug!(?error, through, "compaction refused");
@@ -428,7 +448,12 @@ impl Replica {
 
     /// Global index of the last entry compacted away here (0: none).
     pub fn compacted_index(&self) -> u64 {
-        self.omni.get_compacted_idx() as u64
+        self.base_index + self.omni.get_compacted_idx() as u64
+    }
+
+    /// The global index just before this configuration's first entry.
+    pub fn base_index(&self) -> u64 {
+        self.base_index
     }
 
     /// Decided entries from global index `from` on, at most `max_entries`,
@@ -440,7 +465,7 @@ impl Replica {
             return None;
         }
         let to = decided.min(from + max_entries.max(1) as u64 - 1);
-        let read = self.omni.read_entries(omni_index(from - 1)..omni_index(to))?;
+        let read = self.omni.read_entries(self.omni_after(from - 1)..self.omni_after(to))?;
         let mut commands = Vec::with_capacity(read.len());
         for entry in read {
             match entry {
@@ -453,6 +478,36 @@ impl Replica {
         } else {
             Some(commands)
         }
+    }
+
+    /// Proposes to end this configuration and continue with `members`
+    /// (OmniPaxos appends a StopSign; a follower forwards it to the leader).
+    /// `metadata` travels with the StopSign: the next configuration is what
+    /// it says, OmniPaxos's own copy of the member list is informational (it
+    /// cannot hold a single member).
+    pub fn reconfigure(&mut self, members: &[NodeId], metadata: Vec<u8>) -> Result<(), Error> {
+        let mut nodes = members.to_vec();
+        if nodes.len() == 1 {
+            nodes.push(members[0]);
+        }
+        let next = ClusterConfig {
+            configuration_id: self.configuration_id + 1,
+            nodes,
+            flexible_quorum: None,
+        };
+        match self.omni.reconfigure(next, Some(metadata)) {
+            Ok(()) => Ok(()),
+            Err(ProposeErr::PendingReconfigConfig(..)) => {
+                Err(Error::Stopping { configuration_id: self.configuration_id })
+            }
+            Err(other) => Err(Error::Config(format!("{other:?}"))),
+        }
+    }
+
+    /// Every command awaiting its decision, oldest key first: what a new
+    /// configuration must propose again.
+    pub fn pending_commands(&self) -> Vec<Command> {
+        self.pending.values().map(|pending| pending.command.clone()).collect()
     }
 
     /// Whether this node orders entries itself (leader, accept phase).
@@ -470,7 +525,7 @@ impl Replica {
 
     /// Global index of the last decided entry known here.
     pub fn decided_index(&self) -> u64 {
-        self.omni.get_decided_idx() as u64
+        self.base_index + self.omni.get_decided_idx() as u64
     }
 
     /// Global index of the last entry handed out by `take_decided`.
@@ -512,6 +567,13 @@ impl Replica {
             taken_index: self.taken_index,
             pending_proposals: self.pending.len(),
         }
+    }
+
+    /// OmniPaxos's index of the entry after global index `global` (at least
+    /// the base index).
+    fn omni_after(&self, global: u64) -> usize {
+        let local = global.checked_sub(self.base_index).expect("an index of this configuration");
+        usize::try_from(local).expect("log indexes fit in usize")
     }
 
     fn is_member(&self, node: NodeId) -> bool {
@@ -632,11 +694,6 @@ fn check_config(config: &ReplicaConfig) -> Result<Vec<NodeId>, Error> {
         return bad(format!("every timeout must be at least one tick: {timing:?}"));
     }
     Ok(members)
-}
-
-/// OmniPaxos's index of the entry after global index `global`.
-fn omni_index(global: u64) -> usize {
-    usize::try_from(global).expect("log indexes fit in usize")
 }
 
 /// A small seeded generator (SplitMix64): the only randomness of the replica,

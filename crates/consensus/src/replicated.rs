@@ -18,6 +18,7 @@
 //! simulator that drives [`Driver`] directly tests the logic this loop runs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,9 +26,11 @@ use cairn_storage::{Applied, StateMachine};
 use cairn_transport::{Event, TransportHandle};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::driver::Blocked;
 use crate::driver::{Answer, Driver, DriverConfig, Output, PeerMessage, RequestId};
+use crate::membership::Membership;
 use crate::replica::NodeId;
-use crate::{Error, LogHandle, LogThread, Request, Shared};
+use crate::{Error, Handover, LogHandle, LogThread, Request, Shared};
 
 /// Requests that may wait for the loop before senders are slowed down.
 pub const REQUESTS_QUEUED_MAX: usize = 8192;
@@ -46,7 +49,8 @@ pub struct ReplicatedConfig {
 }
 
 /// Starts the replicated log over `sm` and a running transport; the loop
-/// stops once every handle is dropped (or on a storage fault).
+/// stops once every handle is dropped (or on a storage fault), or hands over
+/// to the single-node log when a membership change leaves this node alone.
 pub fn start(
     config: ReplicatedConfig,
     sm: StateMachine,
@@ -57,15 +61,45 @@ pub fn start(
     let (tx, rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
     let handle = LogHandle::new(tx, driver.status(), true);
     let shared = handle.shared();
-    let thread = LogThread::spawn("cairn-replica", move || {
+    let thread = spawn(config, driver, shared, rx, transport, events)?;
+    Ok((thread, handle))
+}
+
+/// Takes over from a single-node log that gained members: same queue of
+/// requests, same published state. `config.driver.membership` must be the
+/// handover's.
+pub fn resume(
+    config: ReplicatedConfig,
+    handover: Handover,
+    transport: TransportHandle,
+    events: mpsc::Receiver<Event>,
+) -> Result<LogThread, StartError> {
+    let Handover { requests, shared, sm, .. } = handover;
+    let driver = Driver::open(config.driver.clone(), sm)?;
+    shared.set_reads_need_barrier(true);
+    spawn(config, driver, shared, requests, transport, events)
+}
+
+fn spawn(
+    config: ReplicatedConfig,
+    driver: Driver,
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Request>,
+    transport: TransportHandle,
+    events: mpsc::Receiver<Event>,
+) -> Result<LogThread, StartError> {
+    shared.publish_membership(Some(driver.membership().clone()));
+    let status = driver.status();
+    shared.publish(|published| *published = status);
+    LogThread::spawn("cairn-replica", move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(runtime) => runtime,
             Err(error) => {
                 tracing::error!(%error, "cannot start the replica's runtime");
-                return;
+                return None;
             }
         };
-        let mut event_loop = EventLoop {
+        let event_loop = EventLoop {
             driver,
             transport,
             shared,
@@ -74,10 +108,9 @@ pub fn start(
             next_request: 0,
             out: Output::default(),
         };
-        runtime.block_on(event_loop.run(rx, events));
+        runtime.block_on(event_loop.run(requests, events))
     })
-    .map_err(StartError::Thread)?;
-    Ok((thread, handle))
+    .map_err(StartError::Thread)
 }
 
 /// Why the replicated log could not start.
@@ -92,6 +125,7 @@ pub enum StartError {
 enum Reply {
     Write(oneshot::Sender<Result<Applied, Error>>),
     Read(oneshot::Sender<Result<u64, Error>>),
+    Membership(oneshot::Sender<Result<Membership, Error>>),
 }
 
 impl Reply {
@@ -99,6 +133,7 @@ impl Reply {
         match self {
             Reply::Write(tx) => tx.is_closed(),
             Reply::Read(tx) => tx.is_closed(),
+            Reply::Membership(tx) => tx.is_closed(),
         }
     }
 
@@ -109,6 +144,17 @@ impl Reply {
             }
             (Reply::Read(tx), Answer::ReadReady { index }) => {
                 let _ = tx.send(Ok(index));
+            }
+            (Reply::Membership(tx), Answer::Reconfigured(membership)) => {
+                let _ = tx.send(Ok(membership));
+            }
+            (Reply::Membership(tx), Answer::Failed(error)) => {
+                let _ = tx.send(Err(error));
+            }
+            (Reply::Membership(tx), other) => {
+                let _ = tx.send(Err(Error::Storage(format!(
+                    "a membership change was answered {other:?}"
+                ))));
             }
             (Reply::Write(tx), Answer::Failed(error)) => {
                 let _ = tx.send(Err(error));
@@ -138,10 +184,10 @@ struct EventLoop {
 
 impl EventLoop {
     async fn run(
-        &mut self,
+        mut self,
         mut requests: mpsc::Receiver<Request>,
         mut events: mpsc::Receiver<Event>,
-    ) {
+    ) -> Option<Handover> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let housekeeping_every = self.config.housekeeping_interval_ticks.max(1);
@@ -192,12 +238,30 @@ impl EventLoop {
                 for (_, reply) in self.replies.drain() {
                     reply.send(Answer::Failed(Error::Stopped));
                 }
-                return;
+                return None;
+            }
+            if let Some(Blocked::Alone { .. }) = self.driver.blocked() {
+                return Some(self.hand_over(requests));
             }
         }
         for (_, reply) in self.replies.drain() {
             reply.send(Answer::Failed(Error::Stopped));
         }
+        None
+    }
+
+    /// This node is alone in its new configuration: the single-node log
+    /// takes over the same queue. Requests in flight here fail as
+    /// unavailable (determinate: they were refused or are re-proposed by
+    /// nobody; clients with exactly-once ids may retry).
+    fn hand_over(mut self, requests: mpsc::Receiver<Request>) -> Handover {
+        tracing::info!("alone in the new configuration: handing over to the single-node log");
+        for (_, reply) in self.replies.drain() {
+            let reason = "the node is switching to its single-node log; retry".to_string();
+            reply.send(Answer::Failed(Error::Unavailable { reason }));
+        }
+        let membership = self.driver.membership().clone();
+        Handover { requests, shared: self.shared, sm: self.driver.into_state_machine(), membership }
     }
 
     fn request(&mut self, request: Request) {
@@ -215,6 +279,10 @@ impl EventLoop {
             Request::ReadBarrier { reply } => {
                 self.replies.insert(id, Reply::Read(reply));
                 self.driver.read(id, &mut self.out);
+            }
+            Request::ChangeMembership { members, reply } => {
+                self.replies.insert(id, Reply::Membership(reply));
+                self.driver.change_membership(id, members, &mut self.out);
             }
         }
     }
@@ -243,6 +311,14 @@ impl EventLoop {
             if let Some(reply) = self.replies.remove(&id) {
                 reply.send(answer);
             }
+        }
+        if let Some(membership) = self.out.membership.take() {
+            let me = self.driver.status().node_id;
+            if let Err(error) = self.transport.set_peers(membership.peers_of(me)) {
+                tracing::error!(%error, "cannot reach the new configuration's peers");
+            }
+            self.shared.publish_membership(Some(membership));
+            self.publish_members();
         }
         let status = self.driver.status();
         self.shared.publish(|published| *published = status);

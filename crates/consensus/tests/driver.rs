@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use cairn_consensus::driver::{
     Answer, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
 };
-use cairn_consensus::replica::{NodeId, ReplicaConfig, Timing};
+use cairn_consensus::replica::{NodeId, Timing};
 use cairn_consensus::Error;
+use cairn_consensus::Membership;
 use cairn_storage::{Command, CommandId, Durability, Op, Outcome, StateMachine, Store};
 use tempfile::TempDir;
 
@@ -19,6 +20,15 @@ const NODES: [NodeId; 3] = [1, 2, 3];
 const TIMING: Timing =
     Timing { election_timeout_ticks: 5, resend_timeout_ticks: 10, repropose_timeout_ticks: 15 };
 const SILENCE_TICKS: u64 = 15;
+
+/// Peer addresses are never dialled here: the network is in memory.
+fn address(id: NodeId) -> std::net::SocketAddr {
+    format!("127.0.0.1:{}", 7100 + id).parse().unwrap()
+}
+
+fn membership() -> Membership {
+    Membership::new_cluster(NODES.iter().map(|&id| (id, address(id))).collect()).unwrap()
+}
 
 struct Net {
     drivers: BTreeMap<NodeId, Driver>,
@@ -43,18 +53,13 @@ impl Net {
         for id in NODES {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path()).unwrap();
+            membership().begin(&store).unwrap();
             // As a replicated node runs: one sync per poll.
             store.set_durability(Durability::Deferred);
             let sm = StateMachine::open(store).unwrap();
-            let replica = ReplicaConfig {
-                node_id: id,
-                members: NODES.to_vec(),
-                configuration_id: 1,
-                timing: TIMING,
-                seed,
-            };
             let me = Hello { api_address: format!("api-{id}"), ..Hello::default() };
-            let mut config = DriverConfig::new(replica, me, dir.path().join("snapshots"));
+            let mut config =
+                DriverConfig::new(id, membership(), TIMING, seed, me, dir.path().join("snapshots"));
             config.peer_silence_ticks = SILENCE_TICKS;
             tune(&mut config);
             drivers.insert(id, Driver::open(config, sm).unwrap());
@@ -77,7 +82,10 @@ impl Net {
             if self.down.contains(&to) || self.cut.contains(&(from, to)) {
                 continue;
             }
-            self.drivers.get_mut(&to).unwrap().step(from, message).expect("step");
+            // Nothing listens for a node that has not started yet.
+            if let Some(driver) = self.drivers.get_mut(&to) {
+                driver.step(from, message).expect("step");
+            }
         }
         for (&id, driver) in self.drivers.iter_mut() {
             if self.down.contains(&id) {
@@ -110,6 +118,42 @@ impl Net {
             self.step();
         }
         assert!(done(self), "not within {ticks} ticks: {what}");
+    }
+
+    /// Starts node `id` on an empty store in `membership` (as `--join` does
+    /// with the membership it is answered).
+    fn add_node(&mut self, id: NodeId, membership: Membership, seed: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_durability(Durability::Deferred);
+        membership.begin(&store).unwrap();
+        let sm = StateMachine::open(store).unwrap();
+        let me = Hello { api_address: format!("api-{id}"), ..Hello::default() };
+        let mut config =
+            DriverConfig::new(id, membership, TIMING, seed, me, dir.path().join("snapshots"));
+        config.peer_silence_ticks = SILENCE_TICKS;
+        self.drivers.insert(id, Driver::open(config, sm).unwrap());
+        self._dirs.push(dir);
+    }
+
+    /// Asks `via` to move to `members`; answers the new membership.
+    fn change(&mut self, via: NodeId, members: Vec<NodeId>) -> Membership {
+        let members = members.into_iter().map(|id| (id, address(id))).collect();
+        let request = self.submit(via, |d, r, out| d.change_membership(r, members, out));
+        self.run_until(1000, "the membership change takes effect", |n| {
+            n.answers.contains_key(&request)
+        });
+        match &self.answers[&request].1 {
+            Answer::Reconfigured(membership) => membership.clone(),
+            other => panic!("a membership change answered {other:?}"),
+        }
+    }
+
+    /// The members of the newest configuration any node is in.
+    fn members(&self) -> Vec<NodeId> {
+        let newest =
+            self.drivers.values().map(|d| d.membership()).max_by_key(|m| m.configuration_id);
+        newest.unwrap().ids()
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -168,7 +212,8 @@ impl Net {
     }
 
     fn isolate(&mut self, node: NodeId) {
-        for other in NODES {
+        let all: Vec<NodeId> = self.drivers.keys().copied().collect();
+        for other in all {
             if other != node {
                 self.cut.insert((node, other));
                 self.cut.insert((other, node));
@@ -331,7 +376,11 @@ fn write_many(net: &mut Net, node: NodeId, session: u64, seqs: std::ops::Range<u
         let request =
             net.write(node, CommandId { session, seq }, &format!("k{seq}"), &format!("v{seq}"));
         net.run_until(200, "a write is acknowledged", |n| n.answers.contains_key(&request));
-        assert!(matches!(net.answers[&request].1, Answer::Applied(_)));
+        assert!(
+            matches!(net.answers[&request].1, Answer::Applied(_)),
+            "{:?}",
+            net.answers[&request]
+        );
     }
 }
 
@@ -415,4 +464,57 @@ fn a_node_a_little_behind_catches_up_from_the_log() {
     let stats = net.drivers[&behind].catch_up_stats();
     assert_eq!(stats.snapshots_installed, 0, "no snapshot was needed: {stats:?}");
     same_state(&net, 1..40);
+}
+
+#[test]
+fn membership_changes_on_a_live_cluster_keep_every_write() {
+    let mut net = Net::new(8);
+    let leader = net.settle();
+    let session = net.open_session(leader);
+    write_many(&mut net, leader, session, 1..20);
+    let mut seq = 20;
+    // 3 → 4 → 5: each new node starts empty and catches up by snapshot.
+    for new in [4, 5] {
+        let mut members = net.members();
+        members.push(new);
+        let via = members[1];
+        let membership = net.change(via, members.clone());
+        assert_eq!(membership.ids(), members);
+        net.add_node(new, membership, 8);
+        write_many(&mut net, via, session, seq..seq + 10);
+        seq += 10;
+    }
+    net.run_until(3000, "five nodes converge", |n| {
+        let applied: BTreeSet<u64> =
+            n.drivers.values().map(|d| d.state_machine().applied_index()).collect();
+        applied.len() == 1
+    });
+    assert!(net.drivers[&5].catch_up_stats().snapshots_installed >= 1);
+    // 5 → 3, removing the leader among others.
+    let leader = net.leader().unwrap();
+    let keep: Vec<NodeId> = net.members().into_iter().filter(|id| *id != leader).take(3).collect();
+    let membership = net.change(keep[0], keep.clone());
+    assert_eq!(membership.ids(), keep);
+    for removed in net.drivers.keys().copied().filter(|id| !keep.contains(id)).collect::<Vec<_>>() {
+        net.run_until(500, "a removed node stops taking requests", |n| {
+            n.drivers[&removed].blocked().is_some()
+                || n.drivers[&removed].membership().configuration_id == membership.configuration_id
+        });
+        net.down.insert(removed);
+    }
+    write_many(&mut net, keep[0], session, seq..seq + 10);
+    seq += 10;
+    net.run_until(1000, "the three converge", |n| {
+        let applied: BTreeSet<u64> =
+            keep.iter().map(|id| n.drivers[id].state_machine().applied_index()).collect();
+        applied.len() == 1
+    });
+    for id in &keep {
+        for k in 1..seq {
+            assert_eq!(net.kv(*id, &format!("k{k}")), Some(format!("v{k}")), "node {id}, k{k}");
+        }
+    }
+    // A node that is not a member is refused, and a bad membership too.
+    let bad = net.submit(keep[0], |d, r, out| d.change_membership(r, BTreeMap::new(), out));
+    assert!(matches!(net.answers[&bad].1, Answer::Failed(Error::Refused { .. })));
 }

@@ -7,7 +7,7 @@ use cairn_storage::{Command, Op, Outcome, StateMachine, Store};
 
 fn start(dir: &std::path::Path) -> (cairn_consensus::LogThread, cairn_consensus::LogHandle) {
     let sm = StateMachine::open(Store::open(dir).unwrap()).unwrap();
-    LocalLog::start(7, sm).unwrap()
+    LocalLog::start(7, sm, None).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

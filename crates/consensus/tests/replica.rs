@@ -157,6 +157,7 @@ impl Sim {
             configuration_id: 1,
             timing: TIMING,
             seed,
+            base_index: 0,
         };
         let replica = Replica::open(config, &store, sm.applied_index()).expect("open replica");
         assert_eq!(replica.taken_index(), sm.applied_index(), "resumes after the applied index");
@@ -641,6 +642,7 @@ fn bad_configurations_are_refused() {
         configuration_id,
         timing: TIMING,
         seed: 0,
+        base_index: 0,
     };
     let bad = [
         config(1, &[1], 1),

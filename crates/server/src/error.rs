@@ -113,6 +113,9 @@ impl From<cairn_consensus::Error> for ApiError {
                 indeterminate: false,
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", error.to_string())
             },
+            Error::Refused { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "refused", error.to_string())
+            }
             Error::Busy { .. } => ApiError {
                 indeterminate: false,
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string())

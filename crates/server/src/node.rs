@@ -2,12 +2,18 @@
 //! stop, then let the log finish its last batch.
 //!
 //! A node runs one of two logs:
-//! - **single node** (no `peers`, and a data directory that never belonged to
-//!   a cluster): the local group-commit log;
-//! - **replicated**: OmniPaxos over the peer transport. The first start on an
-//!   empty data directory takes `peers` as the initial configuration and
-//!   stores it; later starts use what is stored (like etcd's initial cluster
-//!   flags, `peers` is then only checked against it).
+//! - **single node** (no `peers`, or a configuration of one member): the
+//!   local group-commit log;
+//! - **replicated**: OmniPaxos over the peer transport.
+//!
+//! Which one comes from the membership stored with the data. On an empty data
+//! directory the node starts a new cluster of `peers`, or joins a running
+//! cluster through `join` (the HTTP address of any member: the node asks to
+//! be added and gets the new configuration back), or runs alone. Later starts
+//! use what is stored (like etcd's initial-cluster flags, `peers` is then
+//! only checked against it). A membership change can turn one kind into the
+//! other while the node serves: the log hands its queue of requests and its
+//! state machine over, and the API never notices.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_consensus::driver::{DriverConfig, Hello};
-use cairn_consensus::replica::{ReplicaConfig, Timing};
+use cairn_consensus::replica::Timing;
 use cairn_consensus::replicated::{self, ReplicatedConfig};
-use cairn_consensus::{LocalLog, LogThread, Proposer};
+use cairn_consensus::{Handover, LocalLog, LogThread, Membership, Proposer};
 use cairn_storage::{Durability, StateMachine, Store};
-use cairn_transport::{Transport, TransportConfig, TransportHandle};
-use serde::{Deserialize, Serialize};
+use cairn_transport::{Event, Transport, TransportConfig, TransportHandle};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::routes::router;
@@ -31,6 +37,8 @@ use crate::state::AppState;
 
 /// Largest request body accepted by default: 16 MiB.
 pub const MAX_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// How long a joining node keeps asking to be added.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a write may wait for its answer by default.
 pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// The replica's tick by default.
@@ -59,6 +67,9 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Log entries kept behind the applied index for peers that lag.
     pub log_retain_entries: u64,
+    /// On an empty data directory: the HTTP address of a member of a running
+    /// cluster to join.
+    pub join: Option<String>,
 }
 
 impl NodeConfig {
@@ -75,6 +86,7 @@ impl NodeConfig {
             tick_ms: TICK_MS_DEFAULT,
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
             log_retain_entries: LOG_RETAIN_ENTRIES_DEFAULT,
+            join: None,
         }
     }
 
@@ -111,62 +123,38 @@ pub struct Node {
     transport: Option<TransportHandle>,
 }
 
-/// The replication settings stored with a replicated node's data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct StoredCluster {
-    /// Carried in every peer handshake: nodes of another cluster are refused.
-    cluster_id: u64,
-    configuration_id: u32,
-    /// Every member's peer address.
-    members: BTreeMap<u64, SocketAddr>,
-}
-
-impl StoredCluster {
-    fn load(store: &Store) -> Result<Option<StoredCluster>, Error> {
-        let Some(bytes) = store.cluster_config().map_err(|e| Error::Cluster(e.to_string()))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Cluster(format!("the stored cluster settings do not decode: {e}")))
-    }
-
-    fn save(&self, store: &Store) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Cluster(e.to_string()))?;
-        store.set_cluster_config(&bytes).map_err(|e| Error::Cluster(e.to_string()))
-    }
-
-    /// The cluster id of a new cluster: a hash of its initial members, so
-    /// that every node started with the same `--peers` agrees on it.
-    fn new(members: BTreeMap<u64, SocketAddr>) -> StoredCluster {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for (id, addr) in &members {
-            for byte in format!("{id}={addr};").bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        StoredCluster { cluster_id: hash.max(1), configuration_id: 1, members }
-    }
-}
-
-/// Decides how this node replicates: `None` for a single node.
-fn cluster_settings(config: &NodeConfig, store: &Store) -> Result<Option<StoredCluster>, Error> {
-    if let Some(stored) = StoredCluster::load(store)? {
+/// Decides the membership this node runs in: the stored one, a new cluster
+/// of `peers`, one joined through `join`, or none (a single node).
+async fn membership(config: &NodeConfig, store: &Store) -> Result<Option<Membership>, Error> {
+    let cluster = |e: cairn_consensus::membership::MembershipError| Error::Cluster(e.to_string());
+    if let Some(stored) = Membership::load(store).map_err(cluster)? {
         if !config.peers.is_empty() && config.peers != stored.members {
-            tracing::warn!(
+            tracing::info!(
                 stored = ?stored.members,
-                given = ?config.peers,
                 "--peers differs from the configuration stored in the data directory; using the stored one"
             );
         }
-        if !stored.members.contains_key(&config.id) {
+        if !stored.contains(config.id) {
             return Err(Error::Cluster(format!(
-                "this data directory belongs to node(s) {:?}, not node {}",
-                stored.members.keys().collect::<Vec<_>>(),
+                "this data directory belongs to node(s) {:?} of configuration {}, not node {}",
+                stored.ids(),
+                stored.configuration_id,
                 config.id
             )));
         }
         return Ok(Some(stored));
+    }
+    if let Some(join) = &config.join {
+        if store.applied_index() > 0 {
+            return Err(Error::Cluster(format!(
+                "--join needs an empty data directory; {} holds data (applied index {})",
+                config.data_dir.display(),
+                store.applied_index()
+            )));
+        }
+        let joined = join_cluster(config, join).await?;
+        joined.begin(store).map_err(cluster)?;
+        return Ok(Some(joined));
     }
     if config.peers.is_empty() {
         return Ok(None);
@@ -186,13 +174,53 @@ fn cluster_settings(config: &NodeConfig, store: &Store) -> Result<Option<StoredC
     if store.applied_index() > 0 {
         return Err(Error::Cluster(format!(
             "the data directory holds a single node's data (applied index {}): it cannot \
-             start a new cluster; start from an empty directory",
+             start a new cluster; add members to the running node instead (cairn member add)",
             store.applied_index()
         )));
     }
-    let stored = StoredCluster::new(config.peers.clone());
-    stored.save(store)?;
-    Ok(Some(stored))
+    let first = Membership::new_cluster(config.peers.clone()).map_err(cluster)?;
+    first.begin(store).map_err(cluster)?;
+    Ok(Some(first))
+}
+
+/// Asks a member of a running cluster to add this node, until it answers
+/// with a configuration that includes it.
+async fn join_cluster(config: &NodeConfig, join: &str) -> Result<Membership, Error> {
+    let peer_address = config.peer_listen.ok_or_else(|| {
+        Error::Cluster("--join needs --peer-listen: the address peers reach this node at".into())
+    })?;
+    let client = cairn_client::Client::with_timeout(join, Duration::from_secs(30))
+        .map_err(|e| Error::Cluster(format!("--join {join}: {e}")))?;
+    let started = std::time::Instant::now();
+    loop {
+        match client.add_member(config.id, &peer_address.to_string(), None).await {
+            Ok(answer) => {
+                let membership: Membership = serde_json::from_value(answer).map_err(|e| {
+                    Error::Cluster(format!("{join} answered a bad membership: {e}"))
+                })?;
+                membership.validate().map_err(|e| Error::Cluster(e.to_string()))?;
+                if !membership.contains(config.id) {
+                    return Err(Error::Cluster(format!(
+                        "{join} answered a membership without node {}",
+                        config.id
+                    )));
+                }
+                tracing::info!(
+                    configuration_id = membership.configuration_id,
+                    members = ?membership.ids(),
+                    "joined the cluster"
+                );
+                return Ok(membership);
+            }
+            Err(error) if error.code() == Some("refused") || started.elapsed() > JOIN_TIMEOUT => {
+                return Err(Error::Cluster(format!("cannot join through {join}: {error}")));
+            }
+            Err(error) => {
+                tracing::info!(%error, "asking to join again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 impl Node {
@@ -217,14 +245,19 @@ impl Node {
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
         // Port 0 picks a free port: advertise the real one.
         config.listen = listener.local_addr().map_err(Error::Serve)?;
-        let (log, handle, transport) = match cluster_settings(&config, &store)? {
-            None => {
-                let (log, handle) = LocalLog::start(config.id, sm).map_err(Error::Log)?;
-                (log, handle, None)
-            }
-            Some(cluster) => {
-                let (log, handle, transport) = start_replicated(&mut config, cluster, sm).await?;
+        let (log, handle, transport) = match membership(&config, &store).await? {
+            Some(membership) if membership.members.len() > 1 => {
+                let (transport, events) = start_transport(&config, &membership).await?;
+                let replicated_config = replicated_config(&config, membership);
+                sm.store().set_durability(Durability::Deferred);
+                let (log, handle) =
+                    replicated::start(replicated_config, sm, transport.clone(), events)
+                        .map_err(|e| Error::Replication(e.to_string()))?;
                 (log, handle, Some(transport))
+            }
+            alone => {
+                let (log, handle) = LocalLog::start(config.id, sm, alone).map_err(Error::Log)?;
+                (log, handle, None)
             }
         };
         let state = AppState {
@@ -241,18 +274,41 @@ impl Node {
     }
 
     /// Serves until `shutdown` completes, then drains and stops the log.
+    /// When a membership change turns the log into the other kind, starts
+    /// that one on the same queue and goes on serving.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Node { listener, state, mut log, transport } = self;
-        let log_stopped = log.stopped();
+        let Node { listener, state, mut log, mut transport } = self;
+        let config = state.config.clone();
         let app = router(state);
         tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "serving the HTTP API");
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-        let result = tokio::select! {
-            served = server => served.map_err(Error::Serve),
-            _ = log_stopped => Err(Error::LogFailed),
+        let server = std::future::IntoFuture::into_future(
+            axum::serve(listener, app).with_graceful_shutdown(shutdown),
+        );
+        tokio::pin!(server);
+        let result = loop {
+            let log_stopped = log.stopped();
+            tokio::select! {
+                served = &mut server => break served.map_err(Error::Serve),
+                _ = log_stopped => {
+                    let handover = tokio::task::spawn_blocking(move || log.join()).await.ok().flatten();
+                    let Some(handover) = handover else {
+                        if let Some(transport) = transport.take() {
+                            transport.shutdown().await;
+                        }
+                        return Err(Error::LogFailed);
+                    };
+                    match take_over(&config, handover, &mut transport).await {
+                        Ok(next) => log = next,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot start the next log");
+                            return Err(error);
+                        }
+                    }
+                }
+            }
         };
         // The router and its handles are gone: the log finishes and exits.
         tokio::task::spawn_blocking(move || log.join()).await.ok();
@@ -260,6 +316,37 @@ impl Node {
             transport.shutdown().await;
         }
         result
+    }
+}
+
+/// Starts the log that takes over from one that handed over.
+async fn take_over(
+    config: &NodeConfig,
+    handover: Handover,
+    transport: &mut Option<TransportHandle>,
+) -> Result<LogThread, Error> {
+    if handover.replicated() {
+        let membership = handover.membership.clone();
+        let (started, events) = start_transport(config, &membership).await?;
+        handover.state_machine().store().set_durability(Durability::Deferred);
+        let log = replicated::resume(
+            replicated_config(config, membership),
+            handover,
+            started.clone(),
+            events,
+        )
+        .map_err(|e| Error::Replication(e.to_string()))?;
+        *transport = Some(started);
+        tracing::info!("now replicating");
+        Ok(log)
+    } else {
+        if let Some(old) = transport.take() {
+            old.shutdown().await;
+        }
+        handover.state_machine().store().set_durability(Durability::Synced);
+        let log = LocalLog::resume(config.id, handover).map_err(Error::Log)?;
+        tracing::info!("now a single node");
+        Ok(log)
     }
 }
 
@@ -272,20 +359,33 @@ fn reset_state(store: &Store) -> Result<(), cairn_storage::Error> {
     sink.finish().map(|_| ())
 }
 
-/// Starts the peer transport and the replicated log.
-async fn start_replicated(
-    config: &mut NodeConfig,
-    cluster: StoredCluster,
-    sm: StateMachine,
-) -> Result<(LogThread, cairn_consensus::LogHandle, TransportHandle), Error> {
-    let own = cluster.members[&config.id];
+/// Starts the peer transport for `membership`.
+async fn start_transport(
+    config: &NodeConfig,
+    membership: &Membership,
+) -> Result<(TransportHandle, mpsc::Receiver<Event>), Error> {
+    let own = membership.members[&config.id];
     let listen = config.peer_listen.unwrap_or(own);
-    let peers: BTreeMap<u64, SocketAddr> =
-        cluster.members.iter().filter(|(id, _)| **id != config.id).map(|(i, a)| (*i, *a)).collect();
-    let transport_config = TransportConfig::new(config.id, cluster.cluster_id, listen, peers);
-    let (transport, events) =
+    let transport_config = TransportConfig::new(
+        config.id,
+        membership.cluster_id,
+        listen,
+        membership.peers_of(config.id),
+    );
+    let started =
         Transport::start(transport_config).await.map_err(|e| Error::Replication(e.to_string()))?;
-    config.peer_listen = Some(transport.local_addr());
+    tracing::info!(
+        id = config.id,
+        peer_listen = %started.0.local_addr(),
+        members = ?membership.ids(),
+        configuration_id = membership.configuration_id,
+        "replicating"
+    );
+    Ok(started)
+}
+
+/// The replicated log's settings for this node in `membership`.
+fn replicated_config(config: &NodeConfig, membership: Membership) -> ReplicatedConfig {
     let tick_ms = config.tick_ms.max(1);
     let election_ticks = (config.election_timeout_ms / tick_ms).max(2);
     let timing = Timing {
@@ -293,36 +393,27 @@ async fn start_replicated(
         resend_timeout_ticks: election_ticks * 2,
         repropose_timeout_ticks: election_ticks * 4,
     };
-    let replica = ReplicaConfig {
-        node_id: config.id,
-        members: cluster.members.keys().copied().collect(),
-        configuration_id: cluster.configuration_id,
-        timing,
-        seed: uuid::Uuid::new_v4().as_u64_pair().0,
-    };
+    let own = membership.members.get(&config.id).map(|a| a.to_string()).unwrap_or_default();
     let me = Hello {
         api_address: config.advertise_address(),
-        peer_address: own.to_string(),
+        peer_address: own,
         zone: config.zone.clone(),
         version: crate::VERSION.to_string(),
         ..Hello::default()
     };
-    let mut driver = DriverConfig::new(replica, me, config.data_dir.join("snapshots"));
+    let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+    let mut driver = DriverConfig::new(
+        config.id,
+        membership,
+        timing,
+        seed,
+        me,
+        config.data_dir.join("snapshots"),
+    );
     driver.log_retain_entries = config.log_retain_entries;
-    let replicated_config = ReplicatedConfig {
+    ReplicatedConfig {
         driver,
         tick: Duration::from_millis(tick_ms),
         housekeeping_interval_ticks: election_ticks,
-    };
-    // One sync per turn of the event loop instead of one per write.
-    sm.store().set_durability(Durability::Deferred);
-    let (log, handle) = replicated::start(replicated_config, sm, transport.clone(), events)
-        .map_err(|e| Error::Replication(e.to_string()))?;
-    tracing::info!(
-        id = config.id,
-        peer_listen = %listen,
-        members = ?cluster.members.keys().collect::<Vec<_>>(),
-        "replicating"
-    );
-    Ok((log, handle, transport))
+    }
 }

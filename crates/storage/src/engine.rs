@@ -205,6 +205,27 @@ impl Store {
         Ok(self.db.write_opt(batch, &opts)?)
     }
 
+    /// Starts a new configuration's log: empties the consensus log and its
+    /// state (OmniPaxos starts every configuration afresh) and stores the new
+    /// replication settings, in one synced write. The state machine is not
+    /// touched. Nothing may hold a `LogStore` on this store meanwhile.
+    pub fn begin_configuration(&self, encoded: &[u8]) -> Result<(), Error> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for name in [CF_LOG, CF_LOG_META] {
+            let cf = self.cf(name);
+            if let Some(item) = self.db.iterator_cf(cf, IteratorMode::End).next() {
+                let (last_key, _) = item?;
+                let mut end = last_key.into_vec();
+                end.push(0);
+                batch.delete_range_cf(cf, Vec::new(), end);
+            }
+        }
+        batch.put_cf(self.cf(CF_LOG_META), META_CLUSTER_CONFIG, encoded);
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
     /// The index of the last log entry applied to this state.
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)

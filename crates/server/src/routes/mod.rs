@@ -5,6 +5,7 @@
 //!
 //! [`Op`]: cairn_storage::Op
 
+mod admin;
 mod cluster;
 mod docs;
 mod kv;
@@ -34,6 +35,8 @@ pub fn router(state: AppState) -> Router {
             get(docs::get).put(docs::replace).patch(docs::update).delete(docs::delete),
         )
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/admin/members", get(admin::list).post(admin::add))
+        .route("/v1/admin/members/{id}", axum::routing::delete(admin::remove))
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

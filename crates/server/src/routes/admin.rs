@@ -1,0 +1,158 @@
+//! Membership changes on a live cluster, under `/v1/admin/`.
+//!
+//! - `GET /v1/admin/members`: the configuration this node is in.
+//! - `POST /v1/admin/members` `{"id": N, "peer_address": "HOST:PORT",
+//!   "replaces": M?}`: adds node N (in place of M, in one change); adding a
+//!   member that is already there at the same address changes nothing, so a
+//!   joining node can ask again.
+//! - `DELETE /v1/admin/members/{id}`: removes a member.
+//!
+//! Any node takes these; the change is ordered through the log (a StopSign
+//! ends the configuration, the next one starts with a fresh log) and the
+//! answer, the new membership, comes once it took effect on this node. A
+//! single node decides alone, and starts replicating when it gains members.
+//! One change at a time; a node to be added should be running, with an empty
+//! data directory, so the new configuration keeps a quorum (`cairn node
+//! --join` does both: it starts, then asks to be added).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use cairn_consensus::replica::NODE_ID_MAX;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::AppState;
+
+/// The members as this node knows them: its membership, or itself alone.
+fn current(state: &AppState) -> Result<(BTreeMap<u64, SocketAddr>, Value), ApiError> {
+    match state.log().membership() {
+        Some(membership) => {
+            let value = serde_json::to_value(&membership)
+                .map_err(|e| ApiError::internal(format!("encoding the membership: {e}")))?;
+            Ok((membership.members, value))
+        }
+        None => {
+            let config = &state.config;
+            let members: BTreeMap<u64, SocketAddr> =
+                config.peer_listen.map(|addr| (config.id, addr)).into_iter().collect();
+            let value = json!({
+                "cluster_id": null,
+                "configuration_id": 0,
+                "members": members,
+                "base_index": 0,
+            });
+            Ok((members, value))
+        }
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(current(&state)?.1))
+}
+
+pub async fn add(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+    let request = body.json("an object {\"id\": N, \"peer_address\": \"HOST:PORT\"}")?;
+    let Some(fields) = request.as_object() else {
+        return Err(ApiError::bad_request(
+            "the body must be an object with \"id\" and \"peer_address\"",
+        ));
+    };
+    if let Some(unknown) =
+        fields.keys().find(|k| !["id", "peer_address", "replaces"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!("unknown field \"{unknown}\"")));
+    }
+    let id = node_id(fields.get("id"), "id")?
+        .ok_or_else(|| ApiError::bad_request("\"id\" is required: the new node's id"))?;
+    let replaces = node_id(fields.get("replaces"), "replaces")?;
+    let peer_address: SocketAddr = match fields.get("peer_address") {
+        Some(Value::String(text)) => text.parse().map_err(|e| {
+            ApiError::bad_request(format!(
+                "\"peer_address\" '{text}' is not HOST:PORT with an IP: {e}"
+            ))
+        })?,
+        _ => return Err(ApiError::bad_request("\"peer_address\" is required: a string HOST:PORT")),
+    };
+    let (mut members, answer) = current(&state)?;
+    if members.is_empty() {
+        return Err(ApiError::bad_request(
+            "this node runs alone without a peer address: restart it with --peer-listen to add members",
+        ));
+    }
+    if let Some(at) = members.get(&id) {
+        if *at == peer_address && replaces.is_none() {
+            return Ok(Json(answer));
+        }
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "member_exists",
+            format!("node {id} is already a member, at {at}"),
+        ));
+    }
+    if let Some(old) = replaces {
+        if members.remove(&old).is_none() {
+            return Err(ApiError::not_found(
+                "member_not_found",
+                format!("node {old} is not a member"),
+            ));
+        }
+    }
+    members.insert(id, peer_address);
+    change(&state, members).await
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = node_id(Some(&Value::String(id.clone())), "id")?.unwrap_or_default();
+    let (mut members, _) = current(&state)?;
+    if members.remove(&id).is_none() {
+        return Err(ApiError::not_found("member_not_found", format!("node {id} is not a member")));
+    }
+    if members.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "node {id} is the only member: it cannot be removed"
+        )));
+    }
+    change(&state, members).await
+}
+
+async fn change(
+    state: &AppState,
+    members: BTreeMap<u64, SocketAddr>,
+) -> Result<Json<Value>, ApiError> {
+    let timeout = std::time::Duration::from_millis(state.config.write_timeout_ms.max(30_000));
+    let changed = match tokio::time::timeout(timeout, state.log().change_membership(members)).await
+    {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError::timeout(
+                "the membership change did not take effect in time; it may still",
+            ))
+        }
+    };
+    let value = serde_json::to_value(&changed)
+        .map_err(|e| ApiError::internal(format!("encoding the membership: {e}")))?;
+    Ok(Json(value))
+}
+
+/// A node id from JSON (a number, or a string of digits in a path).
+fn node_id(value: Option<&Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    let id = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        Some(_) => None,
+    };
+    match id {
+        Some(id) if (1..=NODE_ID_MAX).contains(&id) => Ok(Some(id)),
+        _ => Err(ApiError::bad_request(format!(
+            "\"{field}\" must be a node id from 1 to {NODE_ID_MAX}"
+        ))),
+    }
+}
