@@ -367,6 +367,155 @@ async fn cluster_shows_every_node_and_the_leader() {
     }
 }
 
+/// Membership changes on a live cluster under writers: one node with a peer
+/// address grows to three and five (each new node started with `--join`,
+/// empty, catching up by snapshot), then shrinks to three and back to one,
+/// handing over to its single-node log. Every acknowledged write is on all
+/// five once they converge, and on the remaining node at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_node_grows_to_five_and_shrinks_back_to_one_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<u64> = (1..=5).collect();
+    let api: BTreeMap<u64, String> =
+        ids.iter().map(|&id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+    let peer: BTreeMap<u64, String> =
+        ids.iter().map(|&id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+    let mut processes: BTreeMap<u64, Child> = BTreeMap::new();
+    let spawn = |id: u64, join: bool| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "--id", &id.to_string(), "--data-dir"])
+            .arg(dir.path().join(format!("node{id}")))
+            .args(["--listen", &api[&id], "--peer-listen", &peer[&id]])
+            .args(["--write-timeout-ms", "5000"])
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if join {
+            command.args(["--join", &api[&1]]);
+        }
+        command.spawn().expect("the cairn binary starts")
+    };
+    let client = |id: u64| Client::with_timeout(&api[&id], Duration::from_secs(5)).unwrap();
+    let members_of = |value: Value| -> Vec<u64> {
+        value["members"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect()
+    };
+    processes.insert(1, spawn(1, false));
+    let started = Instant::now();
+    while client(1).kv_put("ready", "1").await.is_err() {
+        assert!(started.elapsed() < READY_TIMEOUT, "node 1 never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writers spread over every address, moving on when one fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for writer in 0..8usize {
+        let clients: Vec<Client> = ids.iter().map(|&id| client(id)).collect();
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut node = 0;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("m{writer}/{i}");
+                i += 1;
+                match clients[node].kv_put(&key, key.clone()).await {
+                    Ok(_) => acked.lock().unwrap().push((key.clone(), key)),
+                    Err(_) => {
+                        node = (node + 1 + writer) % clients.len();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let acked_count = || acked.lock().unwrap().len();
+    let wait_writes = |more: usize, what: &'static str| {
+        let target = acked_count() + more;
+        let acked = acked.clone();
+        async move {
+            let started = Instant::now();
+            while acked.lock().unwrap().len() < target {
+                assert!(started.elapsed() < READY_TIMEOUT, "writes stalled: {what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_writes(100, "node 1 alone").await;
+    let mut steps = Vec::new();
+    // Grow: 1 → 2 → 3 → 4 → 5.
+    for id in 2..=5u64 {
+        let step = Instant::now();
+        processes.insert(id, spawn(id, true));
+        loop {
+            let members = client(1).members().await.map(members_of).unwrap_or_default();
+            if members.contains(&id) && client(id).kv_put("probe", "1").await.is_ok() {
+                break;
+            }
+            assert!(step.elapsed() < READY_TIMEOUT, "node {id} never joined: {members:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        steps.push(format!("+{id}: {:?}", step.elapsed()));
+        wait_writes(100, "after a node joined").await;
+    }
+    assert_eq!(client(3).members().await.map(members_of).unwrap(), vec![1, 2, 3, 4, 5]);
+    // Every write acknowledged so far is on all five once each has applied
+    // as far as node 1 had (writes go on meanwhile).
+    let so_far = acked.lock().unwrap().clone();
+    let target = client(1).health().await.unwrap()["applied_index"].as_u64().unwrap();
+    for &id in &ids {
+        let started = Instant::now();
+        loop {
+            let health = client(id).health().await.unwrap();
+            let applied = health["applied_index"].as_u64().unwrap();
+            if applied >= target {
+                break;
+            }
+            assert!(
+                started.elapsed() < CONVERGE_TIMEOUT,
+                "node {id} stuck at {applied} < {target}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for &id in &ids {
+        let node = client(id);
+        for (key, value) in &so_far {
+            let got = node.kv_get(key, Read::Local).await.unwrap();
+            assert_eq!(got.as_deref(), Some(value.as_bytes()), "node {id} lacks {key}");
+        }
+    }
+    // Shrink: 5 → 4 → 3 → 2 → 1, each removal through a remaining node.
+    for id in [5u64, 4, 3, 2] {
+        let step = Instant::now();
+        let answer = client(1).remove_member(id).await.expect("the removal takes effect");
+        assert!(!members_of(answer).contains(&id));
+        steps.push(format!("-{id}: {:?}", step.elapsed()));
+        let mut child = processes.remove(&id).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        wait_writes(100, "after a node was removed").await;
+    }
+    assert_eq!(client(1).members().await.map(members_of).unwrap(), vec![1]);
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eprintln!("membership steps: {}", steps.join(", "));
+    let acked = acked.lock().unwrap().clone();
+    let node1 = client(1);
+    for (key, value) in &acked {
+        let got = node1.kv_get(key, Read::Linearizable).await.unwrap();
+        assert_eq!(got.as_deref(), Some(value.as_bytes()), "node 1 lost {key}");
+    }
+    // Alone again, it still takes writes.
+    node1.kv_put("after", "alone").await.unwrap();
+    for (_, mut child) in processes {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A follower down while thousands of writes happen comes back behind the
 /// others' compacted logs and catches up by a snapshot of a peer's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
