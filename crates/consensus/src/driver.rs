@@ -753,26 +753,26 @@ impl Driver {
         }
         match &self.blocked {
             None => Ok(()),
-            Some(Blocked::NeedsSnapshot { through_index }) => Err(Error::Unavailable {
+            Some(Blocked::NeedsSnapshot { through_index }) => Err(Error::NotServing {
                 reason: format!(
                     "node {} is catching up from a peer (applied {}, needs {through_index})",
                     self.replica.node_id(),
                     self.sm.applied_index()
                 ),
             }),
-            Some(Blocked::Reconfigured { index }) => Err(Error::Unavailable {
+            Some(Blocked::Reconfigured { index }) => Err(Error::NotServing {
                 reason: format!(
                     "node {}'s configuration stopped at index {index} for a membership change",
                     self.replica.node_id()
                 ),
             }),
-            Some(Blocked::Removed { configuration_id }) => Err(Error::Unavailable {
+            Some(Blocked::Removed { configuration_id }) => Err(Error::NotServing {
                 reason: format!(
                     "node {} was removed from the cluster (configuration {configuration_id})",
                     self.replica.node_id()
                 ),
             }),
-            Some(Blocked::Alone { .. }) => Err(Error::Unavailable {
+            Some(Blocked::Alone { .. }) => Err(Error::NotServing {
                 reason: format!(
                     "node {} is handing over to its single-node log",
                     self.replica.node_id()
@@ -948,7 +948,7 @@ impl Driver {
             self.membership = next;
             let reason = format!("node {me} was removed from the cluster");
             for (request, _) in self.waiting.drain().flat_map(|(_, w)| w) {
-                let error = Error::Unavailable { reason: reason.clone() };
+                let error = Error::NotServing { reason: reason.clone() };
                 out.answers.push((request, Answer::Failed(error)));
             }
             self.keys.clear();

@@ -58,6 +58,11 @@ pub enum Error {
     /// or on another node.
     #[error("no quorum: {reason}")]
     Unavailable { reason: String },
+    /// This node does not serve requests now (it is catching up from a
+    /// peer, was removed from the cluster, or is switching logs); nothing
+    /// was proposed. Retry, on another node when it was removed.
+    #[error("not serving: {reason}")]
+    NotServing { reason: String },
     /// Too many requests await their decision on this node; the request was
     /// not proposed. Retry later.
     #[error("busy: {reason}")]
@@ -72,7 +77,13 @@ impl Error {
     /// Whether the request certainly did not take effect, so that a retry
     /// cannot apply it twice even without an exactly-once id.
     pub fn is_determinate(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Busy { .. } | Error::Refused { .. })
+        matches!(
+            self,
+            Error::Unavailable { .. }
+                | Error::NotServing { .. }
+                | Error::Busy { .. }
+                | Error::Refused { .. }
+        )
     }
 }
 

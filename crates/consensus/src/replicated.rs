@@ -258,7 +258,7 @@ impl EventLoop {
         tracing::info!("alone in the new configuration: handing over to the single-node log");
         for (_, reply) in self.replies.drain() {
             let reason = "the node is switching to its single-node log; retry".to_string();
-            reply.send(Answer::Failed(Error::Unavailable { reason }));
+            reply.send(Answer::Failed(Error::NotServing { reason }));
         }
         let membership = self.driver.membership().clone();
         Handover { requests, shared: self.shared, sm: self.driver.into_state_machine(), membership }

@@ -116,6 +116,10 @@ impl From<cairn_consensus::Error> for ApiError {
             Error::Refused { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "refused", error.to_string())
             }
+            Error::NotServing { .. } => ApiError {
+                indeterminate: false,
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_serving", error.to_string())
+            },
             Error::Busy { .. } => ApiError {
                 indeterminate: false,
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string())
