@@ -625,6 +625,7 @@ impl Driver {
             decided_index: replica.decided_index,
             applied_index: self.sm.applied_index(),
             catch_up: self.stats,
+            not_serving: self.check_available().err(),
         }
     }
 

@@ -45,7 +45,7 @@ pub use proposer::Proposer;
 /// Errors of the log. Either way the node cannot serve until restarted, and a
 /// write that got one may or may not have taken effect: the last batch may have
 /// become durable before the log could answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The log stopped (shutdown or a storage fault): the node cannot serve.
     #[error("the log has stopped")]
@@ -104,7 +104,7 @@ impl Role {
 }
 
 /// A snapshot of the log's progress.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Status {
     pub node_id: u64,
     pub role: Role,
@@ -115,6 +115,9 @@ pub struct Status {
     pub applied_index: u64,
     /// Compaction and catch-up so far (zero on a single node).
     pub catch_up: CatchUpStats,
+    /// Why the node refuses new requests now (no quorum in sight, catching
+    /// up, removed); `None` while it serves.
+    pub not_serving: Option<Error>,
 }
 
 /// Counters of compaction and catch-up since the log started.

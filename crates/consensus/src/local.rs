@@ -54,6 +54,7 @@ impl LocalLog {
             decided_index: applied,
             applied_index: applied,
             catch_up: CatchUpStats::default(),
+            not_serving: None,
         };
         let handle = LogHandle::new(tx, status, false);
         let shared = handle.shared();

@@ -7,8 +7,13 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// 200 while the node serves; 503 with the reason when it cannot (no quorum
+/// in sight, catching up from a peer, removed from the cluster).
 pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let status = state.log().status()?;
+    if let Some(reason) = status.not_serving {
+        return Err(ApiError::from(reason));
+    }
     Ok(Json(json!({
         "status": "ok",
         "id": status.node_id,
