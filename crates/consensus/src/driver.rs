@@ -1100,7 +1100,11 @@ impl Driver {
         }
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
         // Only the gap: what follows it is in the local log.
-        let count = commands.len().min((through_index + 1 - from) as usize);
+        let gap = (through_index + 1).saturating_sub(from);
+        if gap == 0 {
+            return Ok(());
+        }
+        let count = commands.len().min(usize::try_from(gap).unwrap_or(usize::MAX));
         let entries: Vec<(u64, Command)> = commands
             .into_iter()
             .take(count)

@@ -514,6 +514,36 @@ fn membership_changes_on_a_live_cluster_keep_every_write() {
             assert_eq!(net.kv(*id, &format!("k{k}")), Some(format!("v{k}")), "node {id}, k{k}");
         }
     }
+    // Replace one member by a new node in one change, then bring a removed
+    // id back on an empty store: ids are small and reused.
+    let out = keep[2];
+    let mut replaced: Vec<NodeId> = keep.iter().copied().filter(|id| *id != out).collect();
+    replaced.push(6);
+    let membership = net.change(keep[0], replaced.clone());
+    net.add_node(6, membership, 8);
+    net.down.insert(out);
+    write_many(&mut net, keep[0], session, seq..seq + 5);
+    seq += 5;
+    let reused = *net.drivers.keys().find(|id| !replaced.contains(id)).unwrap();
+    let mut with_reused = replaced.clone();
+    with_reused.push(reused);
+    with_reused.sort_unstable();
+    let membership = net.change(keep[0], with_reused.clone());
+    net.down.remove(&reused);
+    net.add_node(reused, membership, 9);
+    write_many(&mut net, keep[0], session, seq..seq + 5);
+    seq += 5;
+    net.run_until(3000, "the four converge", |n| {
+        let applied: BTreeSet<u64> =
+            with_reused.iter().map(|id| n.drivers[id].state_machine().applied_index()).collect();
+        applied.len() == 1
+    });
+    for id in &with_reused {
+        for k in 1..seq {
+            assert_eq!(net.kv(*id, &format!("k{k}")), Some(format!("v{k}")), "node {id}, k{k}");
+        }
+    }
+    let keep = with_reused;
     // A node that is not a member is refused, and a bad membership too.
     let bad = net.submit(keep[0], |d, r, out| d.change_membership(r, BTreeMap::new(), out));
     assert!(matches!(net.answers[&bad].1, Answer::Failed(Error::Refused { .. })));

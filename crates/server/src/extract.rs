@@ -64,7 +64,12 @@ impl ReadParams {
     pub async fn barrier(&self, state: &AppState) -> Result<(), ApiError> {
         match self.read {
             ReadMode::Linearizable => state.read_barrier().await,
-            ReadMode::Local => Ok(()),
+            // Local state as it is, unless it is not a state at all: a node
+            // installing a snapshot from a peer holds part of one.
+            ReadMode::Local => match state.log().status()?.not_serving {
+                Some(error @ cairn_consensus::Error::NotServing { .. }) => Err(error.into()),
+                _ => Ok(()),
+            },
         }
     }
 }
