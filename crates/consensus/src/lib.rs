@@ -3,7 +3,7 @@
 //! The node talks to its log through a [`LogHandle`]: it proposes commands and
 //! gets each one's [`Applied`] answer once the command is durable and applied
 //! locally, waits for read barriers, and reads the log's published status. Whatever serves
-//! that handle owns the [`StateMachine`](cairn_storage::StateMachine) and is its
+//! that handle owns the [`StateMachine`] and is its
 //! only writer.
 //!
 //! - [`local`]: the log of a single node. Commands are ordered by arrival,

@@ -1,0 +1,378 @@
+//! Catching up, both sides. A node whose next entries were compacted away
+//! (OmniPaxos syncs a lagging follower with a compaction marker) asks a peer
+//! that has applied past the gap for the decided entries, and when the peer
+//! compacted them too, for a snapshot of its state machine: a RocksDB
+//! checkpoint streamed one checksummed, bounded chunk per request and
+//! installed crash-safely. A request without an answer is asked again, of
+//! another peer when there is one. The serving side answers from its log, or
+//! from a checkpoint it keeps per requesting peer until the transfer goes
+//! idle.
+
+use cairn_storage::snapshot::Chunk;
+use cairn_storage::{Command, SnapshotSink, SnapshotSource};
+
+use super::{
+    Blocked, Driver, Output, PeerMessage, FETCH_ENTRIES_BYTES_MAX, FETCH_ENTRIES_MAX,
+    SNAPSHOTS_SERVED_MAX,
+};
+use crate::replica::NodeId;
+use crate::Error;
+
+/// Filling a compacted gap from a peer.
+pub(super) enum CatchUp {
+    /// Waiting for decided entries after the applied index.
+    Entries { peer: NodeId, asked_tick: u64 },
+    /// Receiving a snapshot; `sink` is open once chunk 0 arrived.
+    Snapshot {
+        peer: NodeId,
+        transfer: u64,
+        next_chunk: u64,
+        sink: Option<SnapshotSink>,
+        asked_tick: u64,
+    },
+}
+
+/// A snapshot this node streams to a peer.
+pub(super) struct Serving {
+    transfer: u64,
+    source: SnapshotSource,
+    /// The chunk the peer asks for next.
+    next_chunk: u64,
+    /// The last chunk sent, encoded, to send again if it was lost.
+    last_sent: Option<(u64, Vec<u8>)>,
+    used_tick: u64,
+}
+
+impl Driver {
+    // ---- Catching up (the side that lacks entries) ----
+
+    /// Starts, re-asks or finishes catching up.
+    pub(super) fn drive_catch_up(&mut self) -> Result<(), cairn_storage::Error> {
+        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else {
+            return Ok(());
+        };
+        if self.sm.applied_index() >= through_index && self.catch_up.is_none() {
+            self.caught_up();
+            return Ok(());
+        }
+        let timeout = self.config.catch_up_timeout_ticks.max(1);
+        match &mut self.catch_up {
+            None => self.ask_entries(None),
+            Some(CatchUp::Entries { peer, asked_tick }) => {
+                if self.now_ticks >= *asked_tick + timeout {
+                    let previous = *peer;
+                    self.ask_entries(Some(previous));
+                }
+            }
+            Some(CatchUp::Snapshot { peer, transfer, next_chunk, asked_tick, .. }) => {
+                if self.now_ticks >= *asked_tick + timeout {
+                    *asked_tick = self.now_ticks;
+                    let message =
+                        PeerMessage::FetchSnapshot { transfer: *transfer, chunk: *next_chunk };
+                    self.pending_messages.push((*peer, message));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A peer that has applied past the gap, other than `avoid` when there is
+    /// a choice; the leader first.
+    pub(super) fn catch_up_source(&self, avoid: Option<NodeId>) -> Option<NodeId> {
+        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return None };
+        let me = self.replica.node_id();
+        let leader = self.replica.leader();
+        let mut candidates: Vec<NodeId> = self
+            .hellos
+            .iter()
+            .filter(|(id, hello)| **id != me && hello.applied_index >= through_index)
+            .map(|(id, _)| *id)
+            .collect();
+        candidates.sort_by_key(|id| (Some(*id) != leader, Some(*id) == avoid, *id));
+        candidates.first().copied()
+    }
+
+    pub(super) fn ask_entries(&mut self, avoid: Option<NodeId>) {
+        let Some(peer) = self.catch_up_source(avoid) else {
+            self.catch_up = None;
+            return;
+        };
+        let from = self.sm.applied_index() + 1;
+        self.catch_up = Some(CatchUp::Entries { peer, asked_tick: self.now_ticks });
+        self.pending_messages.push((peer, PeerMessage::FetchEntries { from }));
+    }
+
+    pub(super) fn entries_arrived(
+        &mut self,
+        peer: NodeId,
+        from: u64,
+        commands: Vec<Command>,
+    ) -> Result<(), Error> {
+        let expected = matches!(self.catch_up, Some(CatchUp::Entries { peer: p, .. }) if p == peer);
+        if !expected || from != self.sm.applied_index() + 1 || commands.is_empty() {
+            return Ok(());
+        }
+        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
+        // Only the gap: what follows it is in the local log.
+        let gap = (through_index + 1).saturating_sub(from);
+        if gap == 0 {
+            return Ok(());
+        }
+        let count = commands.len().min(usize::try_from(gap).unwrap_or(usize::MAX));
+        let entries: Vec<(u64, Command)> = commands
+            .into_iter()
+            .take(count)
+            .enumerate()
+            .map(|(i, c)| (from + i as u64, c))
+            .collect();
+        let mut out = Output::default();
+        let applied = match self.sm.apply(&entries) {
+            Ok(applied) => applied,
+            Err(error) => return Err(self.fail(error, &mut out)),
+        };
+        self.stats.entries_fetched += entries.len() as u64;
+        for ((_, command), applied) in entries.iter().zip(applied) {
+            self.answer(command, applied, &mut out);
+        }
+        self.deferred_answers.append(&mut out.answers);
+        if self.sm.applied_index() >= through_index {
+            self.catch_up = None;
+            self.caught_up();
+        } else {
+            let from = self.sm.applied_index() + 1;
+            self.catch_up = Some(CatchUp::Entries { peer, asked_tick: self.now_ticks });
+            self.pending_messages.push((peer, PeerMessage::FetchEntries { from }));
+        }
+        Ok(())
+    }
+
+    pub(super) fn entries_unavailable(&mut self, peer: NodeId, from: u64) {
+        let expected = matches!(self.catch_up, Some(CatchUp::Entries { peer: p, .. }) if p == peer);
+        if !expected || from != self.sm.applied_index() + 1 {
+            return;
+        }
+        let transfer = self.rng.next_u64();
+        tracing::info!(peer, from, transfer, "the peer compacted the entries: fetching a snapshot");
+        self.catch_up = Some(CatchUp::Snapshot {
+            peer,
+            transfer,
+            next_chunk: 0,
+            sink: None,
+            asked_tick: self.now_ticks,
+        });
+        self.pending_messages.push((peer, PeerMessage::FetchSnapshot { transfer, chunk: 0 }));
+    }
+
+    pub(super) fn chunk_arrived(
+        &mut self,
+        peer: NodeId,
+        transfer: u64,
+        chunk_seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        let Some(CatchUp::Snapshot { peer: p, transfer: t, next_chunk, .. }) = &self.catch_up
+        else {
+            return Ok(());
+        };
+        if *p != peer || *t != transfer || *next_chunk != chunk_seq {
+            return Ok(());
+        }
+        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
+        let chunk = match Chunk::decode(bytes) {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                tracing::warn!(peer, %error, "a snapshot chunk was refused: starting over");
+                self.restart_snapshot(peer);
+                return Ok(());
+            }
+        };
+        let applied = self.sm.applied_index();
+        if chunk_seq == 0 && (chunk.applied_index < through_index || chunk.applied_index <= applied)
+        {
+            tracing::warn!(
+                peer,
+                snapshot = chunk.applied_index,
+                through_index,
+                applied,
+                "the peer's snapshot does not cover the gap: asking again"
+            );
+            self.catch_up = None;
+            return Ok(());
+        }
+        let Some(CatchUp::Snapshot { sink, next_chunk, asked_tick, .. }) = &mut self.catch_up
+        else {
+            return Ok(());
+        };
+        if sink.is_none() {
+            match SnapshotSink::begin(self.sm.store(), chunk.applied_index) {
+                Ok(opened) => *sink = Some(opened),
+                Err(error) => return Err(self.fail_now(error)),
+            }
+        }
+        let last = chunk.last;
+        let open = sink.as_mut().expect("the sink was just opened");
+        match open.push(chunk) {
+            Ok(()) => {}
+            Err(error @ cairn_storage::Error::Snapshot { .. }) => {
+                tracing::warn!(peer, %error, "a snapshot chunk was refused: starting over");
+                self.restart_snapshot(peer);
+                return Ok(());
+            }
+            Err(error) => return Err(self.fail_now(error)),
+        }
+        *next_chunk += 1;
+        *asked_tick = self.now_ticks;
+        if !last {
+            let message = PeerMessage::FetchSnapshot { transfer, chunk: *next_chunk };
+            self.pending_messages.push((peer, message));
+            return Ok(());
+        }
+        let Some(CatchUp::Snapshot { sink: Some(sink), .. }) = self.catch_up.take() else {
+            unreachable!("a snapshot transfer with an open sink");
+        };
+        let installed = sink.finish().and_then(|index| self.sm.reload().map(|()| index));
+        match installed {
+            Ok(index) => {
+                self.stats.snapshots_installed += 1;
+                tracing::info!(peer, index, "installed a snapshot from a peer");
+                self.caught_up();
+                Ok(())
+            }
+            Err(error) => Err(self.fail_now(error)),
+        }
+    }
+
+    pub(super) fn snapshot_unavailable(&mut self, peer: NodeId, transfer: u64, reason: &str) {
+        let ours = matches!(&self.catch_up, Some(CatchUp::Snapshot { peer: p, transfer: t, .. }) if *p == peer && *t == transfer);
+        if ours {
+            tracing::warn!(peer, reason, "the peer cannot serve a snapshot: asking again later");
+            // A half-installed snapshot stays marked incomplete until the
+            // next transfer overwrites it.
+            self.catch_up = None;
+        }
+    }
+
+    /// Starts a new transfer from the same peer after a refused chunk.
+    pub(super) fn restart_snapshot(&mut self, peer: NodeId) {
+        let transfer = self.rng.next_u64();
+        self.catch_up = Some(CatchUp::Snapshot {
+            peer,
+            transfer,
+            next_chunk: 0,
+            sink: None,
+            asked_tick: self.now_ticks,
+        });
+        self.pending_messages.push((peer, PeerMessage::FetchSnapshot { transfer, chunk: 0 }));
+    }
+
+    /// The gap is filled: the replica resumes after the applied index.
+    pub(super) fn caught_up(&mut self) {
+        let applied = self.sm.applied_index();
+        self.stats.gaps_filled += 1;
+        tracing::info!(applied, "caught up from a peer");
+        self.replica.snapshot_installed(applied);
+        self.blocked = None;
+        self.catch_up = None;
+    }
+
+    pub(super) fn fail_now(&mut self, error: cairn_storage::Error) -> Error {
+        let mut out = Output::default();
+        let error = self.fail(error, &mut out);
+        self.deferred_answers.append(&mut out.answers);
+        error
+    }
+
+    // ---- Serving peers that catch up ----
+
+    pub(super) fn serve_entries(&mut self, peer: NodeId, from: u64) {
+        let message = match self.replica.read_decided(from, FETCH_ENTRIES_MAX) {
+            Some(mut commands) => {
+                let mut bytes = 0;
+                let keep = commands
+                    .iter()
+                    .position(|command| {
+                        bytes += command.encode().len();
+                        bytes > FETCH_ENTRIES_BYTES_MAX
+                    })
+                    .unwrap_or(commands.len())
+                    .max(1);
+                commands.truncate(keep);
+                PeerMessage::Entries { from, commands }
+            }
+            None => PeerMessage::EntriesUnavailable { from },
+        };
+        self.pending_messages.push((peer, message));
+    }
+
+    pub(super) fn serve_snapshot(&mut self, peer: NodeId, transfer: u64, chunk: u64) {
+        let unavailable = |reason: String| PeerMessage::SnapshotUnavailable { transfer, reason };
+        let current = self.serving.get(&peer).is_some_and(|s| s.transfer == transfer);
+        if !current {
+            if chunk != 0 {
+                self.pending_messages.push((peer, unavailable(format!("no transfer {transfer}"))));
+                return;
+            }
+            self.serving.remove(&peer);
+            if self.serving.len() >= SNAPSHOTS_SERVED_MAX {
+                let reason = format!("already serving {SNAPSHOTS_SERVED_MAX} snapshots");
+                self.pending_messages.push((peer, unavailable(reason)));
+                return;
+            }
+            if let Err(error) = std::fs::create_dir_all(&self.config.snapshot_dir) {
+                self.pending_messages.push((peer, unavailable(error.to_string())));
+                return;
+            }
+            let dir = self.config.snapshot_dir.join(format!("{peer}-{transfer:016x}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            match SnapshotSource::create(self.sm.store(), &dir) {
+                Ok(source) => {
+                    self.stats.snapshots_served += 1;
+                    tracing::info!(peer, applied = source.applied_index(), "serving a snapshot");
+                    let serving = Serving {
+                        transfer,
+                        source,
+                        next_chunk: 0,
+                        last_sent: None,
+                        used_tick: self.now_ticks,
+                    };
+                    self.serving.insert(peer, serving);
+                }
+                Err(error) => {
+                    self.pending_messages.push((peer, unavailable(error.to_string())));
+                    return;
+                }
+            }
+        }
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let serving = self.serving.get_mut(&peer).expect("serving this peer");
+        serving.used_tick = self.now_ticks;
+        let message = match &serving.last_sent {
+            Some((seq, bytes)) if *seq == chunk => {
+                PeerMessage::SnapshotChunk { transfer, chunk, bytes: bytes.clone() }
+            }
+            _ if chunk == serving.next_chunk => match serving.source.next_chunk(chunk_bytes) {
+                Ok(Some(next)) => {
+                    let bytes = next.encode();
+                    serving.next_chunk += 1;
+                    serving.last_sent = Some((chunk, bytes.clone()));
+                    PeerMessage::SnapshotChunk { transfer, chunk, bytes }
+                }
+                Ok(None) => unavailable(format!("transfer {transfer} has no chunk {chunk}")),
+                Err(error) => {
+                    self.serving.remove(&peer);
+                    unavailable(error.to_string())
+                }
+            },
+            _ => unavailable(format!("chunk {chunk} is out of order")),
+        };
+        self.pending_messages.push((peer, message));
+    }
+
+    /// Drops the snapshots nobody asked for in a while (their checkpoints
+    /// go with them).
+    pub(super) fn expire_serving(&mut self) {
+        let idle = self.config.catch_up_timeout_ticks.max(1) * 10;
+        let now = self.now_ticks;
+        self.serving.retain(|_, serving| now.saturating_sub(serving.used_tick) <= idle);
+    }
+}

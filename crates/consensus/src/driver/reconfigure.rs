@@ -1,0 +1,228 @@
+//! Membership changes, as the driver carries them out: a change asked for
+//! here is proposed as a StopSign whose metadata is the next member list
+//! (and asked again until one is decided, since a follower's forward can be
+//! lost); a decided StopSign is applied as a no-op and the node moves to the
+//! next configuration (a fresh log, stored with the membership in one synced
+//! write), or stops serving when it is not in it, or hands over to the
+//! single-node log when it is alone in it. A node that hears a newer
+//! configuration from a peer asks for its membership and moves to it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use cairn_storage::{Command, Op};
+
+use super::{Answer, Blocked, Driver, Output, PeerMessage, RequestId};
+use crate::membership::Membership;
+use crate::replica::{NodeId, Replica};
+use crate::Error;
+
+/// A membership change this node asked for, until a StopSign is decided.
+pub(super) struct Reconfiguration {
+    pub(super) members: BTreeMap<NodeId, SocketAddr>,
+    pub(super) waiters: Vec<RequestId>,
+    /// When to ask again (a forwarded StopSign can be lost).
+    pub(super) due_tick: u64,
+}
+
+impl Driver {
+    /// Asks to move the cluster to `members` (every member's peer address):
+    /// answered with [`Answer::Reconfigured`] once the StopSign that ends this
+    /// configuration is decided and this node moved on. One change at a time;
+    /// asking again for the same members joins the change in flight.
+    pub fn change_membership(
+        &mut self,
+        request: RequestId,
+        members: BTreeMap<NodeId, SocketAddr>,
+        out: &mut Output,
+    ) {
+        if let Err(error) = self.check_available() {
+            out.answers.push((request, Answer::Failed(error)));
+            return;
+        }
+        if members == self.membership.members {
+            out.answers.push((request, Answer::Reconfigured(self.membership.clone())));
+            return;
+        }
+        let next = self.membership.next(members.clone(), 0);
+        if let Err(error) = next.validate() {
+            out.answers
+                .push((request, Answer::Failed(Error::Refused { reason: error.to_string() })));
+            return;
+        }
+        match &mut self.reconfiguration {
+            Some(change) if change.members == members => change.waiters.push(request),
+            Some(change) => {
+                let reason = format!(
+                    "another membership change is in flight (to {:?})",
+                    change.members.keys().collect::<Vec<_>>()
+                );
+                out.answers.push((request, Answer::Failed(Error::Busy { reason })));
+            }
+            None => {
+                self.reconfiguration =
+                    Some(Reconfiguration { members, waiters: vec![request], due_tick: 0 });
+                self.propose_reconfiguration();
+            }
+        }
+    }
+
+    /// A peer's membership, asked for because its messages showed a newer
+    /// configuration: move to it.
+    pub(super) fn membership_arrived(
+        &mut self,
+        from: NodeId,
+        next: Membership,
+    ) -> Result<(), Error> {
+        if next.configuration_id <= self.membership.configuration_id
+            || next.cluster_id != self.membership.cluster_id
+            || next.validate().is_err()
+        {
+            return Ok(());
+        }
+        tracing::info!(
+            from,
+            configuration_id = next.configuration_id,
+            "a peer is in a newer configuration: moving to it"
+        );
+        let mut out = Output::default();
+        // Everything before the StopSign applied here: the StopSign itself is
+        // a no-op, no need to fetch it.
+        let index = next.base_index;
+        let result = if self.sm.applied_index() + 1 == index && index > 0 {
+            let noop = [(index, Command::new(None, Op::Noop))];
+            self.sm.apply(&noop).map(|_| ())
+        } else {
+            Ok(())
+        };
+        let result = result.and_then(|()| self.switch_to(next, &mut out));
+        self.deferred_answers.append(&mut out.answers);
+        if out.membership.is_some() {
+            self.deferred_membership = out.membership;
+        }
+        result.map_err(|error| self.fail_now(error))
+    }
+
+    pub(super) fn propose_reconfiguration(&mut self) {
+        let Some(change) = &mut self.reconfiguration else { return };
+        change.due_tick = self.now_ticks + self.config.timing.repropose_timeout_ticks.max(1);
+        let ids: Vec<NodeId> = change.members.keys().copied().collect();
+        let metadata = serde_json::to_vec(&change.members).expect("a member map encodes");
+        match self.replica.reconfigure(&ids, metadata) {
+            // Stopping: a StopSign is already on its way; it decides.
+            Ok(()) | Err(crate::replica::Error::Stopping { .. }) => {}
+            Err(error) => {
+                let change = self.reconfiguration.take().expect("a change in flight");
+                for request in change.waiters {
+                    let error = Error::Refused { reason: error.to_string() };
+                    self.deferred_answers.push((request, Answer::Failed(error)));
+                }
+            }
+        }
+    }
+
+    /// The StopSign at `index` ended this configuration: apply it (as a
+    /// no-op, so indexes stay contiguous) and move to the next one.
+    pub(super) fn stopsign_decided(
+        &mut self,
+        index: u64,
+        metadata: Option<&[u8]>,
+        out: &mut Output,
+    ) -> Result<(), cairn_storage::Error> {
+        let members: Option<BTreeMap<NodeId, SocketAddr>> =
+            metadata.and_then(|bytes| serde_json::from_slice(bytes).ok());
+        let Some(members) = members else {
+            tracing::error!(
+                index,
+                "a StopSign without a readable member list: this node stops here"
+            );
+            self.blocked = Some(Blocked::Reconfigured { index });
+            return Ok(());
+        };
+        if self.sm.applied_index() + 1 == index {
+            let noop = [(index, Command::new(None, Op::Noop))];
+            self.sm.apply(&noop)?;
+        }
+        let next = self.membership.next(members, index);
+        tracing::info!(
+            index,
+            configuration_id = next.configuration_id,
+            members = ?next.ids(),
+            "the configuration stopped: moving to the next one"
+        );
+        self.switch_to(next, out)
+    }
+
+    /// Moves to `next`: stores it with a fresh log, opens its replica, and
+    /// proposes again what was pending; or stops taking requests when this
+    /// node is not in it, or hands over when it is alone in it.
+    pub(super) fn switch_to(
+        &mut self,
+        next: Membership,
+        out: &mut Output,
+    ) -> Result<(), cairn_storage::Error> {
+        let me = self.config.node_id;
+        let pending = self.replica.pending_commands();
+        // The old configuration's last messages (the decision of its
+        // StopSign among them) still go out, under its id.
+        let configuration_id = self.membership.configuration_id;
+        let mut last = Vec::new();
+        self.replica.drain_outgoing(&mut last);
+        self.pending_messages.extend(
+            last.into_iter()
+                .map(|(to, message)| (to, PeerMessage::Paxos { configuration_id, message })),
+        );
+        if let Some(change) = self.reconfiguration.take() {
+            for request in change.waiters {
+                out.answers.push((request, Answer::Reconfigured(next.clone())));
+            }
+        }
+        out.membership = Some(next.clone());
+        self.catch_up = None;
+        self.lagging_since = None;
+        if !next.contains(me) {
+            self.blocked = Some(Blocked::Removed { configuration_id: next.configuration_id });
+            self.membership = next;
+            let reason = format!("node {me} was removed from the cluster");
+            for (request, _) in self.waiting.drain().flat_map(|(_, w)| w) {
+                let error = Error::NotServing { reason: reason.clone() };
+                out.answers.push((request, Answer::Failed(error)));
+            }
+            self.keys.clear();
+            return Ok(());
+        }
+        next.begin(self.sm.store()).map_err(|e| match e {
+            crate::membership::MembershipError::Storage(e) => e,
+            other => cairn_storage::Error::Corrupt { what: other.to_string() },
+        })?;
+        self.membership = next.clone();
+        if next.members.len() == 1 {
+            self.blocked = Some(Blocked::Alone { configuration_id: next.configuration_id });
+            return Ok(());
+        }
+        let config = self.config.replica_config(&next);
+        self.replica = Replica::open(config, self.sm.store(), self.sm.applied_index()).map_err(
+            |e| match e {
+                crate::replica::Error::Storage(e) => e,
+                other => cairn_storage::Error::Corrupt { what: other.to_string() },
+            },
+        )?;
+        self.blocked = None;
+        for command in pending {
+            if let Err(error) = self.replica.propose(command) {
+                tracing::warn!(%error, "a pending command was not proposed again");
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks `peer` for its membership, at most once per hello interval.
+    pub(super) fn ask_membership(&mut self, peer: NodeId) {
+        let interval = self.config.hello_interval_ticks.max(1);
+        if self.membership_asked_tick.is_some_and(|t| self.now_ticks < t + interval) {
+            return;
+        }
+        self.membership_asked_tick = Some(self.now_ticks);
+        self.pending_messages.push((peer, PeerMessage::FetchMembership));
+    }
+}
