@@ -67,11 +67,11 @@
 //!   entries and is reported in [`Driver::blocked`].
 //! - Time: it counts the ticks it is given.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cairn_storage::snapshot::CHUNK_PAYLOAD_BYTES_DEFAULT;
-use cairn_storage::{Applied, Command, Durability, Op, StateMachine, WaitKey};
+use cairn_storage::{Applied, Command, CommandId, Durability, Op, StateMachine, WaitKey};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::Membership;
@@ -210,6 +210,47 @@ pub struct DriverConfig {
     /// Where checkpoints for peers are taken: a directory on the store's
     /// file system (checkpoints are hard links), emptied at start.
     pub snapshot_dir: PathBuf,
+    /// Keep a record of every applied entry for [`Driver::take_applied`]
+    /// (simulations check replicas against each other with it).
+    pub record_applied: bool,
+    /// A planted bug, for the simulator's proof that it finds bugs: answer
+    /// linearizable reads from local state at once, without a barrier. Never
+    /// set outside that test.
+    pub planted_stale_reads: bool,
+}
+
+/// One entry as a driver applied it (see [`DriverConfig::record_applied`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedEntry {
+    pub index: u64,
+    pub id: Option<CommandId>,
+    /// Whether the command took effect here (false: a repeat answered from
+    /// memory, or one refused as stale or from an unknown session).
+    pub fresh: bool,
+    /// FNV-1a of the command's encoding: equal entries on two replicas have
+    /// equal fingerprints.
+    pub fingerprint: u64,
+}
+
+/// Whether the state machine refused a command for its session or sequence
+/// (it did not take effect, and it is not a fresh application).
+fn refused_as_repeat(outcome: &cairn_storage::Outcome) -> bool {
+    use cairn_storage::ApplyError;
+    matches!(
+        outcome,
+        cairn_storage::Outcome::Failed(
+            ApplyError::SessionUnknown { .. }
+                | ApplyError::StaleSequence { .. }
+                | ApplyError::SequenceReused { .. }
+        )
+    )
+}
+
+/// FNV-1a, 64 bits.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash: u64, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl DriverConfig {
@@ -237,6 +278,8 @@ impl DriverConfig {
             catch_up_timeout_ticks: election * 4,
             snapshot_chunk_bytes: CHUNK_PAYLOAD_BYTES_DEFAULT,
             snapshot_dir,
+            record_applied: false,
+            planted_stale_reads: false,
         }
     }
 
@@ -272,13 +315,18 @@ pub struct Driver {
     /// The last `Hello` from each peer.
     hellos: BTreeMap<NodeId, Hello>,
     /// Requests waiting for the entry with this key to be applied.
-    waiting: HashMap<WaitKey, Vec<(RequestId, Kind)>>,
+    waiting: BTreeMap<WaitKey, Vec<(RequestId, Kind)>>,
     /// Each waiting request's key, to cancel it.
-    keys: HashMap<RequestId, WaitKey>,
+    keys: BTreeMap<RequestId, WaitKey>,
     /// Reads that arrived since the last barrier was proposed.
     unbarriered: Vec<RequestId>,
     blocked: Option<Blocked>,
     catch_up: Option<CatchUp>,
+    /// Catch-up requests made so far, to take peers in turn.
+    catch_up_turn: u64,
+    /// A snapshot install began here and has not finished: the store holds
+    /// part of a state until one does.
+    install_begun: bool,
     serving: BTreeMap<NodeId, Serving>,
     rng: Rng,
     failed: bool,
@@ -292,6 +340,8 @@ pub struct Driver {
     /// Scratch for the replica's outgoing messages.
     paxos_out: Vec<(NodeId, Message)>,
     stats: CatchUpStats,
+    /// Applied entries, when `record_applied` is set.
+    applied_log: Vec<AppliedEntry>,
     /// This node's decided index when it last saw its leader ahead of it.
     lagging_since: Option<u64>,
     /// The configuration this node is in.
@@ -321,11 +371,13 @@ impl Driver {
             now_ticks: 0,
             heard: BTreeMap::new(),
             hellos: BTreeMap::new(),
-            waiting: HashMap::new(),
-            keys: HashMap::new(),
+            waiting: BTreeMap::new(),
+            keys: BTreeMap::new(),
             unbarriered: Vec::new(),
             blocked: None,
             catch_up: None,
+            catch_up_turn: 0,
+            install_begun: false,
             serving: BTreeMap::new(),
             // A different stream from the replica's, from the same seed.
             rng: Rng::new(seed.rotate_left(17) ^ node_id.wrapping_mul(0x9E37_79B9)),
@@ -335,6 +387,7 @@ impl Driver {
             deferred_membership: None,
             paxos_out: Vec::new(),
             stats: CatchUpStats::default(),
+            applied_log: Vec::new(),
             lagging_since: None,
             membership,
             reconfiguration: None,
@@ -358,6 +411,11 @@ impl Driver {
     pub fn read(&mut self, request: RequestId, out: &mut Output) {
         if let Err(error) = self.check_available() {
             out.answers.push((request, Answer::Failed(error)));
+            return;
+        }
+        if self.config.planted_stale_reads {
+            let index = self.sm.applied_index();
+            out.answers.push((request, Answer::ReadReady { index }));
             return;
         }
         self.unbarriered.push(request);
@@ -491,7 +549,7 @@ impl Driver {
         // Everything this turn wrote reaches the disk before any message or
         // answer that depends on it leaves.
         let result = result.and_then(|()| {
-            if self.sm.store().durability() == Durability::Deferred {
+            if self.sm.store().durability() != Durability::Synced {
                 self.sm.store().sync()?;
             }
             Ok(())
@@ -606,6 +664,12 @@ impl Driver {
         self.now_ticks
     }
 
+    /// The entries applied since the last call (empty unless
+    /// `record_applied` is set).
+    pub fn take_applied(&mut self) -> Vec<AppliedEntry> {
+        std::mem::take(&mut self.applied_log)
+    }
+
     pub fn catch_up_stats(&self) -> CatchUpStats {
         self.stats
     }
@@ -629,7 +693,7 @@ impl Driver {
         self.failed = true;
         let message = error.to_string();
         tracing::error!(error = %message, "storage fault: the replica stops");
-        for (request, _) in self.waiting.drain().flat_map(|(_, w)| w) {
+        for (request, _) in std::mem::take(&mut self.waiting).into_values().flatten() {
             out.answers.push((request, Answer::Failed(Error::Storage(message.clone()))));
         }
         for request in self.unbarriered.drain(..) {
@@ -732,6 +796,7 @@ impl Driver {
                 Decided::Entries(entries) if entries.is_empty() => return Ok(()),
                 Decided::Entries(entries) => {
                     let applied = self.sm.apply(&entries)?;
+                    self.record_applied(&entries, &applied);
                     for ((_, command), applied) in entries.iter().zip(applied) {
                         self.answer(command, applied, out);
                     }
@@ -749,6 +814,21 @@ impl Driver {
                     return self.stopsign_decided(index, stopsign.metadata.as_deref(), out);
                 }
             }
+        }
+    }
+
+    /// Keeps what was applied, for checkers, when asked to.
+    fn record_applied(&mut self, entries: &[(u64, Command)], applied: &[Applied]) {
+        if !self.config.record_applied {
+            return;
+        }
+        for ((index, command), applied) in entries.iter().zip(applied) {
+            self.applied_log.push(AppliedEntry {
+                index: *index,
+                id: command.id,
+                fresh: applied.index == *index && !refused_as_repeat(&applied.outcome),
+                fingerprint: fingerprint(&command.encode()),
+            });
         }
     }
 
@@ -802,6 +882,11 @@ impl Driver {
         if through > 0 && self.replica.compact(through) {
             self.stats.compactions += 1;
             tracing::debug!(through, "compacted the log");
+        }
+        // Entries kept for the state machine below the compacted index, once
+        // applied, go with the rest.
+        if through > 0 {
+            self.replica.release_retained(through);
         }
     }
 }

@@ -237,6 +237,9 @@ pub struct Replica {
     configuration_id: u32,
     timing: Timing,
     omni: OmniPaxos<Command, LogStore>,
+    /// The node's store, for the log entries kept below OmniPaxos's
+    /// compacted index until they are applied (`Store::set_log_retention`).
+    store: Store,
     base_index: u64,
     now_ticks: u64,
     taken_index: u64,
@@ -274,12 +277,13 @@ impl Replica {
         let omni = OmniPaxosConfig { cluster_config: cluster, server_config: server }
             .build(log)
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Replica {
+        let replica = Replica {
             node_id,
             members,
             configuration_id,
             timing,
             omni,
+            store: store.clone(),
             base_index,
             now_ticks: 0,
             taken_index: applied_index,
@@ -288,7 +292,9 @@ impl Replica {
             rng: Rng::new(seed ^ node_id),
             last_leader: None,
             outgoing: Vec::with_capacity(OUTGOING_RESERVE_MESSAGES),
-        })
+        };
+        replica.retain_unapplied();
+        Ok(replica)
     }
 
     /// Hands a message from a peer to OmniPaxos. A message from outside the
@@ -411,7 +417,24 @@ impl Replica {
             }
         }
         assert!(self.taken_index <= decided, "took past the decided index {decided}");
+        self.retain_unapplied();
         Decided::Entries(entries)
+    }
+
+    /// Keeps the log entries this node has not applied on disk when
+    /// OmniPaxos compacts past them (it does when it syncs a lagging node
+    /// with a compaction marker): they may exist nowhere else.
+    fn retain_unapplied(&self) {
+        let first_unapplied = self.taken_index.saturating_sub(self.base_index);
+        self.store.set_log_retention(first_unapplied);
+    }
+
+    /// Deletes retained entries below global index `below` (applied here).
+    pub fn release_retained(&self, below: u64) {
+        let below = usize::try_from(below.saturating_sub(self.base_index)).unwrap_or(usize::MAX);
+        if let Err(error) = cairn_storage::log_store::release_retained(&self.store, below) {
+            tracing::warn!(%error, "cannot release retained log entries");
+        }
     }
 
     /// After the caller installed a snapshot of the state machine at
@@ -423,6 +446,7 @@ impl Replica {
             self.taken_index
         );
         self.taken_index = applied_index;
+        self.retain_unapplied();
     }
 
     /// Compacts this node's log through global index `through` (at most the
@@ -461,8 +485,26 @@ impl Replica {
     /// or is not decided yet.
     pub fn read_decided(&self, from: u64, max_entries: usize) -> Option<Vec<Command>> {
         let decided = self.decided_index();
-        if from == 0 || from <= self.compacted_index() || from > decided {
+        if from <= self.base_index || from > decided {
             return None;
+        }
+        let compacted = self.compacted_index();
+        if from <= compacted {
+            // Compacted away as far as OmniPaxos knows; perhaps still kept.
+            let to = compacted.min(from + max_entries.max(1) as u64 - 1);
+            let retained = cairn_storage::log_store::read_retained(
+                &self.store,
+                self.omni_after(from - 1),
+                self.omni_after(to),
+            );
+            return match retained {
+                Ok(commands) if !commands.is_empty() => Some(commands),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read retained log entries");
+                    None
+                }
+            };
         }
         let to = decided.min(from + max_entries.max(1) as u64 - 1);
         let read = self.omni.read_entries(self.omni_after(from - 1)..self.omni_after(to))?;

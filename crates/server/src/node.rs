@@ -230,16 +230,12 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| open_error(cairn_storage::Error::Corrupt { what: e.to_string() }))?;
         let store = Store::open(&config.data_dir).map_err(open_error)?;
-        let sm = match StateMachine::open(store.clone()) {
-            Err(cairn_storage::Error::SnapshotIncomplete) => {
-                // A crash during a snapshot install: forget the partial state;
-                // the node catches up from its peers again.
-                tracing::warn!("an interrupted snapshot install: starting from an empty state");
-                reset_state(&store).map_err(open_error)?;
-                StateMachine::open(store.clone()).map_err(open_error)?
-            }
-            other => other.map_err(open_error)?,
-        };
+        // A crash during a snapshot install: forget the partial state; the
+        // node catches up from its peers again.
+        if cairn_storage::snapshot::discard_unfinished_install(&store).map_err(open_error)? {
+            tracing::warn!("an interrupted snapshot install: starting from an empty state");
+        }
+        let sm = StateMachine::open(store.clone()).map_err(open_error)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
@@ -348,15 +344,6 @@ async fn take_over(
         tracing::info!("now a single node");
         Ok(log)
     }
-}
-
-/// Empties the state machine (to applied index 0) over an interrupted
-/// snapshot install.
-fn reset_state(store: &Store) -> Result<(), cairn_storage::Error> {
-    use cairn_storage::snapshot::{Chunk, SnapshotCf};
-    let mut sink = cairn_storage::SnapshotSink::begin(store, 0)?;
-    sink.push(Chunk::new(0, 0, SnapshotCf::Meta, Vec::new(), true))?;
-    sink.finish().map(|_| ())
 }
 
 /// Starts the peer transport for `membership`.

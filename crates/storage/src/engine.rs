@@ -23,7 +23,7 @@
 //! (`log_store`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -91,9 +91,11 @@ pub struct Store {
     /// The last applied index, mirrored from `meta` for readers that only need
     /// the number (health, metrics) without a RocksDB read.
     pub(crate) applied_index: Arc<AtomicU64>,
-    /// Whether writers sync each write (`Durability::Synced`) or leave it to
-    /// [`Store::sync`] (`Durability::Deferred`).
-    deferred: Arc<AtomicBool>,
+    /// The [`Durability`], as its `u8` code, shared by every handle.
+    durability: Arc<AtomicU8>,
+    /// The first log entry (OmniPaxos index) the state machine has not
+    /// applied: compaction keeps it and what follows on disk.
+    log_retention: Arc<AtomicU64>,
 }
 
 /// When the state machine's and the log's writes reach the disk.
@@ -106,6 +108,28 @@ pub enum Durability {
     /// must let nothing depend on a write (a message, an answer) before that
     /// sync: one sync then covers every write of a turn.
     Deferred,
+    /// Writes reach the operating system and are never forced to disk:
+    /// [`Store::sync`] does nothing. A crashed process loses nothing, a power
+    /// cut may. For simulations, which crash processes, not machines.
+    Unsynced,
+}
+
+impl Durability {
+    fn code(self) -> u8 {
+        match self {
+            Durability::Synced => 0,
+            Durability::Deferred => 1,
+            Durability::Unsynced => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Durability {
+        match code {
+            1 => Durability::Deferred,
+            2 => Durability::Unsynced,
+            _ => Durability::Synced,
+        }
+    }
 }
 
 /// One page of a table listing.
@@ -135,7 +159,8 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             applied_index: Arc::new(AtomicU64::new(0)),
-            deferred: Arc::new(AtomicBool::new(false)),
+            durability: Arc::new(AtomicU8::new(Durability::Synced.code())),
+            log_retention: Arc::new(AtomicU64::new(u64::MAX)),
         };
         // A partial install has applied nothing that can be trusted.
         if !store.snapshot_install_incomplete()? {
@@ -165,28 +190,65 @@ impl Store {
         }
     }
 
+    /// Keeps log entries from `first_unapplied` (an OmniPaxos index) on disk
+    /// when OmniPaxos compacts past them: OmniPaxos may compact a node's log
+    /// beyond what its state machine applied (when it syncs a lagging node),
+    /// and those entries must stay readable until they are applied here or
+    /// served to a peer (`log_store::read_retained`). Without a call, nothing
+    /// is retained.
+    pub fn set_log_retention(&self, first_unapplied: u64) {
+        self.log_retention.store(first_unapplied, Ordering::Release);
+    }
+
+    pub(crate) fn log_retention(&self) -> u64 {
+        self.log_retention.load(Ordering::Acquire)
+    }
+
     /// Chooses when writes reach the disk, for every handle on this store.
     /// Set it before the writers start.
     pub fn set_durability(&self, durability: Durability) {
-        self.deferred.store(durability == Durability::Deferred, Ordering::Release);
+        self.durability.store(durability.code(), Ordering::Release);
     }
 
     pub fn durability(&self) -> Durability {
-        if self.deferred.load(Ordering::Acquire) {
-            Durability::Deferred
-        } else {
-            Durability::Synced
-        }
+        Durability::from_code(self.durability.load(Ordering::Acquire))
     }
 
     /// Whether a writer syncs each write itself.
     pub(crate) fn syncs_each_write(&self) -> bool {
-        !self.deferred.load(Ordering::Acquire)
+        self.durability() == Durability::Synced
     }
 
-    /// Makes every write so far durable (syncs the write-ahead log).
+    /// Makes every write so far durable (syncs the write-ahead log); nothing
+    /// under `Durability::Unsynced`.
     pub fn sync(&self) -> Result<(), Error> {
+        if self.durability() == Durability::Unsynced {
+            return Ok(());
+        }
         Ok(self.db.flush_wal(true)?)
+    }
+
+    /// A fingerprint of the whole state machine (every state-machine column
+    /// family, keys and values, and the applied index): replicas at the same
+    /// applied index must have equal fingerprints. Reads one RocksDB snapshot.
+    pub fn state_fingerprint(&self) -> Result<u64, Error> {
+        let snapshot = self.db.snapshot();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            hash = (hash ^ bytes.len() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            for byte in bytes {
+                hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for name in [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META] {
+            feed(name.as_bytes());
+            for item in snapshot.iterator_cf(self.cf(name), IteratorMode::Start) {
+                let (key, value) = item?;
+                feed(&key);
+                feed(&value);
+            }
+        }
+        Ok(hash)
     }
 
     /// The replication settings this node's data belongs to (written once,

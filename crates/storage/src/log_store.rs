@@ -137,6 +137,8 @@ impl LogStore {
             cache: self.cache.clone(),
             log: self.store.cf(CF_LOG),
             meta: self.store.cf(CF_LOG_META),
+            retain_from: usize::try_from(self.store.log_retention()).unwrap_or(usize::MAX),
+            decided_before: self.cache.decided_idx,
         };
         for op in ops {
             staged.stage(op);
@@ -198,6 +200,11 @@ struct Staged<'a> {
     cache: Cache,
     log: &'a ColumnFamily,
     meta: &'a ColumnFamily,
+    /// Entries from here on stay on disk when trimmed (`Store::set_log_retention`).
+    retain_from: usize,
+    /// The decided index before this batch: only entries decided before it
+    /// can be retained (later ones may be stale, from an older round).
+    decided_before: usize,
 }
 
 impl Staged<'_> {
@@ -270,13 +277,16 @@ impl Staged<'_> {
             "trim({idx}) below the log's first index {}",
             self.cache.first_idx
         );
-        let delete_to = idx.min(self.cache.end_idx);
-        if self.cache.first_idx < delete_to {
-            self.batch.delete_range_cf(
-                self.log,
-                entry_key(self.cache.first_idx),
-                entry_key(delete_to),
-            );
+        // Entries the state machine has not applied stay on disk (see
+        // `Store::set_log_retention`), out of OmniPaxos's sight.
+        let end = idx.min(self.cache.end_idx);
+        let keep_from = self.retain_from.min(end);
+        let keep_to = self.decided_before.min(end).max(keep_from);
+        if keep_from > 0 {
+            self.batch.delete_range_cf(self.log, entry_key(0), entry_key(keep_from));
+        }
+        if keep_to < end {
+            self.batch.delete_range_cf(self.log, entry_key(keep_to), entry_key(end));
         }
         self.put_index(META_FIRST_IDX, idx);
         self.cache.first_idx = idx;
@@ -359,22 +369,57 @@ fn read_value<V: DeserializeOwned>(store: &Store, key: &[u8]) -> Result<Option<V
 /// `log_meta` says it does. An empty log continues at `first_idx`.
 fn recover_end_idx(store: &Store, first_idx: usize) -> Result<usize, Error> {
     let log = store.cf(CF_LOG);
-    let Some(first) = store.db.iterator_cf(log, IteratorMode::Start).next() else {
+    // Entries below the first index may remain, retained for the state
+    // machine; the log proper starts at the first index.
+    let Some(last) = store.db.iterator_cf(log, IteratorMode::End).next() else {
         return Ok(first_idx);
     };
-    let lowest = index_from_key(&first?.0)?;
-    if lowest != first_idx {
+    let highest = index_from_key(&last?.0)?;
+    if highest < first_idx {
+        return Ok(first_idx);
+    }
+    if store.db.get_pinned_cf(log, entry_key(first_idx))?.is_none() {
         return Err(Error::Corrupt {
-            what: format!("the log starts at entry {lowest}, but its first index is {first_idx}"),
+            what: format!(
+                "the log ends at entry {highest}, but its first entry {first_idx} is gone"
+            ),
         });
     }
-    let Some(last) = store.db.iterator_cf(log, IteratorMode::End).next() else {
-        return Err(Error::Corrupt { what: "the log has a first entry but no last one".into() });
-    };
-    let highest = index_from_key(&last?.0)?;
     highest.checked_add(1).ok_or_else(|| Error::Corrupt {
         what: format!("log entry {highest} is past the largest index"),
     })
+}
+
+/// Entries `from..to` (OmniPaxos indexes) still on disk, whether in the log
+/// or retained below its first index for the state machine, as far as they
+/// run without a gap from `from`.
+pub fn read_retained(store: &Store, from: usize, to: usize) -> Result<Vec<Command>, Error> {
+    let log = store.cf(CF_LOG);
+    let mut entries = Vec::new();
+    let mode = IteratorMode::From(&entry_key(from), Direction::Forward);
+    for (expected, item) in (from..to).zip(store.db.iterator_cf(log, mode)) {
+        let (key, value) = item?;
+        if index_from_key(&key)? != expected {
+            break;
+        }
+        entries.push(Command::decode(&value)?);
+    }
+    Ok(entries)
+}
+
+/// Deletes the retained entries below `below` (an OmniPaxos index) that lie
+/// under the log's first index: the state machine no longer needs them.
+pub fn release_retained(store: &Store, below: usize) -> Result<(), Error> {
+    let first_idx = read_index(store, META_FIRST_IDX)?;
+    let to = below.min(first_idx);
+    if to > 0 {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(store.cf(CF_LOG), entry_key(0), entry_key(to));
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        store.db.write_opt(batch, &opts)?;
+    }
+    Ok(())
 }
 
 impl Storage<Command> for LogStore {

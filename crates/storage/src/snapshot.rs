@@ -703,3 +703,17 @@ mod wire {
         }
     }
 }
+
+/// After a crash during an install, empties the state machine (to applied
+/// index 0, as on a new node) so that it can be opened and catch up from its
+/// peers again; answers whether there was an unfinished install. The log is
+/// not touched.
+pub fn discard_unfinished_install(store: &Store) -> Result<bool, Error> {
+    if !store.snapshot_install_incomplete()? {
+        return Ok(false);
+    }
+    let mut sink = SnapshotSink::begin(store, 0)?;
+    sink.push(Chunk::new(0, 0, SnapshotCf::Meta, Vec::new(), true))?;
+    sink.finish()?;
+    Ok(true)
+}

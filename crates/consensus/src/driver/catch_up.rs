@@ -51,12 +51,21 @@ impl Driver {
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else {
             return Ok(());
         };
-        if self.sm.applied_index() >= through_index && self.catch_up.is_none() {
-            self.caught_up();
-            return Ok(());
+        if self.catch_up.is_none() && !self.install_begun {
+            let closed = self.fill_gap_locally(through_index).map_err(|error| match error {
+                Error::Storage(reason) => cairn_storage::Error::Corrupt { what: reason },
+                other => cairn_storage::Error::Corrupt { what: other.to_string() },
+            })?;
+            if closed {
+                self.caught_up();
+                return Ok(());
+            }
         }
         let timeout = self.config.catch_up_timeout_ticks.max(1);
         match &mut self.catch_up {
+            // A snapshot install began and broke off: the state here is
+            // partial, and only a whole snapshot can mend it.
+            None if self.install_begun => self.snapshot_from_any(through_index),
             None => self.ask_entries(None),
             Some(CatchUp::Entries { peer, asked_tick }) => {
                 if self.now_ticks >= *asked_tick + timeout {
@@ -76,20 +85,46 @@ impl Driver {
         Ok(())
     }
 
-    /// A peer that has applied past the gap, other than `avoid` when there is
-    /// a choice; the leader first.
-    pub(super) fn catch_up_source(&self, avoid: Option<NodeId>) -> Option<NodeId> {
+    /// A peer that may hold what fills the gap: one that has decided past it
+    /// (it keeps decided entries it has not applied, and may have applied
+    /// them), other than `avoid` when there is a choice; the leader first,
+    /// then in turn.
+    pub(super) fn catch_up_source(&mut self, avoid: Option<NodeId>) -> Option<NodeId> {
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return None };
         let me = self.replica.node_id();
         let leader = self.replica.leader();
         let mut candidates: Vec<NodeId> = self
             .hellos
             .iter()
+            .filter(|(id, hello)| **id != me && hello.decided_index >= through_index)
+            .map(|(id, _)| *id)
+            .filter(|id| Some(*id) != avoid)
+            .collect();
+        if candidates.is_empty() {
+            return avoid.filter(|id| self.hellos.contains_key(id));
+        }
+        candidates.sort_by_key(|id| (Some(*id) != leader, *id));
+        let pick = self.catch_up_turn as usize % candidates.len();
+        self.catch_up_turn += 1;
+        Some(candidates[pick])
+    }
+
+    /// Starts a snapshot transfer from a peer that has applied past the gap,
+    /// taking them in turn.
+    fn snapshot_from_any(&mut self, through_index: u64) {
+        let me = self.replica.node_id();
+        let sources: Vec<NodeId> = self
+            .hellos
+            .iter()
             .filter(|(id, hello)| **id != me && hello.applied_index >= through_index)
             .map(|(id, _)| *id)
             .collect();
-        candidates.sort_by_key(|id| (Some(*id) != leader, Some(*id) == avoid, *id));
-        candidates.first().copied()
+        if sources.is_empty() {
+            return;
+        }
+        let peer = sources[self.catch_up_turn as usize % sources.len()];
+        self.catch_up_turn += 1;
+        self.restart_snapshot(peer);
     }
 
     pub(super) fn ask_entries(&mut self, avoid: Option<NodeId>) {
@@ -113,9 +148,29 @@ impl Driver {
             return Ok(());
         }
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
-        // Only the gap: what follows it is in the local log.
+        self.apply_gap(from, commands, through_index)?;
+        if self.sm.applied_index() >= through_index {
+            self.catch_up = None;
+            self.caught_up();
+        } else {
+            let from = self.sm.applied_index() + 1;
+            self.catch_up = Some(CatchUp::Entries { peer, asked_tick: self.now_ticks });
+            self.pending_messages.push((peer, PeerMessage::FetchEntries { from }));
+        }
+        Ok(())
+    }
+
+    /// Applies decided entries from `from` on, up to the end of the gap at
+    /// `through_index` (what follows is in the local log), and answers the
+    /// requests they settle.
+    fn apply_gap(
+        &mut self,
+        from: u64,
+        commands: Vec<Command>,
+        through_index: u64,
+    ) -> Result<(), Error> {
         let gap = (through_index + 1).saturating_sub(from);
-        if gap == 0 {
+        if gap == 0 || commands.is_empty() {
             return Ok(());
         }
         let count = commands.len().min(usize::try_from(gap).unwrap_or(usize::MAX));
@@ -131,24 +186,38 @@ impl Driver {
             Err(error) => return Err(self.fail(error, &mut out)),
         };
         self.stats.entries_fetched += entries.len() as u64;
+        self.record_applied(&entries, &applied);
         for ((_, command), applied) in entries.iter().zip(applied) {
             self.answer(command, applied, &mut out);
         }
         self.deferred_answers.append(&mut out.answers);
-        if self.sm.applied_index() >= through_index {
-            self.catch_up = None;
-            self.caught_up();
-        } else {
-            let from = self.sm.applied_index() + 1;
-            self.catch_up = Some(CatchUp::Entries { peer, asked_tick: self.now_ticks });
-            self.pending_messages.push((peer, PeerMessage::FetchEntries { from }));
-        }
         Ok(())
+    }
+
+    /// Fills the gap from entries this node still keeps below OmniPaxos's
+    /// compacted index (retained because they were not applied yet), as far
+    /// as they go. Answers whether the gap is closed.
+    fn fill_gap_locally(&mut self, through_index: u64) -> Result<bool, Error> {
+        while self.sm.applied_index() < through_index {
+            let from = self.sm.applied_index() + 1;
+            let Some(commands) = self.replica.read_decided(from, FETCH_ENTRIES_MAX) else {
+                break;
+            };
+            self.apply_gap(from, commands, through_index)?;
+        }
+        Ok(self.sm.applied_index() >= through_index)
     }
 
     pub(super) fn entries_unavailable(&mut self, peer: NodeId, from: u64) {
         let expected = matches!(self.catch_up, Some(CatchUp::Entries { peer: p, .. }) if p == peer);
         if !expected || from != self.sm.applied_index() + 1 {
+            return;
+        }
+        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return };
+        let applied_past = self.hellos.get(&peer).is_some_and(|h| h.applied_index >= through_index);
+        if !applied_past {
+            // It has neither the entries nor a state past the gap: another.
+            self.ask_entries(Some(peer));
             return;
         }
         let transfer = self.rng.next_u64();
@@ -205,7 +274,10 @@ impl Driver {
         };
         if sink.is_none() {
             match SnapshotSink::begin(self.sm.store(), chunk.applied_index) {
-                Ok(opened) => *sink = Some(opened),
+                Ok(opened) => {
+                    *sink = Some(opened);
+                    self.install_begun = true;
+                }
                 Err(error) => return Err(self.fail_now(error)),
             }
         }
@@ -233,6 +305,7 @@ impl Driver {
         let installed = sink.finish().and_then(|index| self.sm.reload().map(|()| index));
         match installed {
             Ok(index) => {
+                self.install_begun = false;
                 self.stats.snapshots_installed += 1;
                 tracing::info!(peer, index, "installed a snapshot from a peer");
                 self.caught_up();

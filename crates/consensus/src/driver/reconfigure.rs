@@ -184,7 +184,7 @@ impl Driver {
             self.blocked = Some(Blocked::Removed { configuration_id: next.configuration_id });
             self.membership = next;
             let reason = format!("node {me} was removed from the cluster");
-            for (request, _) in self.waiting.drain().flat_map(|(_, w)| w) {
+            for (request, _) in std::mem::take(&mut self.waiting).into_values().flatten() {
                 let error = Error::NotServing { reason: reason.clone() };
                 out.answers.push((request, Answer::Failed(error)));
             }

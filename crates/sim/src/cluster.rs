@@ -1,0 +1,967 @@
+//! One simulated run: a whole Cairn cluster in one thread, from one seed.
+//!
+//! Every node is the real [`Driver`] (OmniPaxos replica, state machine,
+//! catch-up, compaction) over a real RocksDB in a temporary directory; the
+//! network, the clock and the clients are simulated. The seed draws every
+//! parameter of the run ([`Params`], printed with any failure) and every
+//! choice after that, so a seed replays exactly.
+//!
+//! A run has two phases:
+//! 1. **safety**: clients write, read and delete keys while faults come and
+//!    go: message loss, duplication and delay; symmetric, asymmetric and
+//!    partial partitions (the OmniPaxos paper's quorum-loss, constrained
+//!    election and chained scenarios among them); crashes and restarts of any
+//!    node (some between taking messages and answering them), and nodes kept
+//!    down long enough to need a snapshot (logs keep few entries here).
+//! 2. **liveness**: everything heals, every node comes back, and within a
+//!    bound every client request must be answered, every node must reach the
+//!    same applied index with the same state, and a final linearizable read
+//!    of every key on every node joins the history.
+//!
+//! Checked as it runs: replicas agree on the entry at every index, and no
+//! command takes effect twice on a node. Checked at the end: the history is
+//! linearizable ([`crate::linearizability`]), which also covers lost
+//! acknowledged writes (the final reads see every write that completed).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use cairn_consensus::driver::{
+    Answer, AppliedEntry, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
+};
+use cairn_consensus::replica::{NodeId, Rng, Timing};
+use cairn_consensus::Membership;
+use cairn_storage::{Command, CommandId, Durability, Op, Outcome, StateMachine, Store};
+use tempfile::TempDir;
+
+use crate::linearizability::{self, Completion, Entry, Output as KvOutput, Verdict};
+use crate::network::{Faults, Network, NetworkStats};
+
+/// Tries of one client operation before it gives up (safety phase).
+const ATTEMPTS_MAX: u32 = 4;
+/// Ticks a client waits before it tries again after a refusal.
+const RETRY_BACKOFF_TICKS: u64 = 5;
+/// Timing of every replica, in ticks.
+const TIMING: Timing =
+    Timing { election_timeout_ticks: 5, resend_timeout_ticks: 10, repropose_timeout_ticks: 15 };
+
+/// Everything a seed decides about a run before it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub safety_ticks: u64,
+    /// The bound on the liveness phase.
+    pub liveness_ticks: u64,
+    pub faults: Faults,
+    /// Chance, per tick, of a new fault event (in 1/1000).
+    pub fault_per_mille: u64,
+    /// Log entries each node keeps behind its applied index.
+    pub log_retain_entries: u64,
+    /// Ticks a client waits for an answer.
+    pub client_timeout_ticks: u64,
+    /// Key+value bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Params {
+    pub fn from_seed(seed: u64) -> Params {
+        let mut rng = Rng::new(seed ^ 0x5EED_5EED_5EED_5EED);
+        Params {
+            nodes: if rng.chance(70) { 3 } else { 5 },
+            clients: 2 + rng.below(4) as usize,
+            keys: 1 + rng.below(4) as usize,
+            safety_ticks: 300 + rng.below(500),
+            liveness_ticks: 3000,
+            faults: Faults {
+                latency_ticks: 1 + rng.below(6),
+                drop_percent: rng.below(12),
+                duplicate_percent: rng.below(6),
+            },
+            fault_per_mille: 5 + rng.below(30),
+            log_retain_entries: 2 + rng.below(40),
+            client_timeout_ticks: 40 + rng.below(100),
+            snapshot_chunk_bytes: 64 + rng.below(2048) as usize,
+        }
+    }
+}
+
+/// The kinds of fault a run can inject, counted in [`Report::faults`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    Isolate,
+    SplitMajority,
+    /// One pair of nodes cannot talk; every other pair can.
+    PairCut,
+    QuorumLoss,
+    ConstrainedElection,
+    Chained,
+    Heal,
+    Crash,
+    CrashBeforePoll,
+    KeepDown,
+    Restart,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub params: Params,
+    /// Everything that went wrong; empty for a good run.
+    pub violations: Vec<String>,
+    pub faults: BTreeMap<FaultKind, u64>,
+    pub network: NetworkStats,
+    /// Operations in the history, and how many had an unknown outcome.
+    pub operations: usize,
+    pub unknown_outcomes: usize,
+    /// Keys whose linearizability search ran out of budget.
+    pub unchecked_keys: usize,
+    pub snapshots_installed: u64,
+    pub ticks: u64,
+    /// A hash of every delivered message and every history entry: two runs
+    /// of one seed have the same trace.
+    pub trace: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {}: {:?}", self.seed, self.params)?;
+        writeln!(
+            f,
+            "  {} ticks, {} operations ({} unknown), {} snapshots installed, faults {:?}, network {:?}",
+            self.ticks,
+            self.operations,
+            self.unknown_outcomes,
+            self.snapshots_installed,
+            self.faults,
+            self.network
+        )?;
+        for violation in &self.violations {
+            writeln!(f, "  VIOLATION: {violation}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the simulation of `seed` to the end.
+pub fn run(seed: u64) -> Report {
+    run_with(seed, Planted::None)
+}
+
+/// A bug planted in every node, to show that the simulator catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planted {
+    None,
+    /// Linearizable reads answered from local state without a barrier.
+    StaleReads,
+}
+
+/// Runs `seed` with a planted bug.
+pub fn run_with(seed: u64, planted: Planted) -> Report {
+    Sim::new(seed, planted).run()
+}
+
+struct SimNode {
+    dir: TempDir,
+    driver: Option<Driver>,
+    /// Starts so far (each draws fresh randomness).
+    starts: u64,
+    /// While down: the tick to come back at.
+    down_until: Option<u64>,
+    /// The commands that took effect here, by id, with their index.
+    fresh: BTreeMap<CommandId, u64>,
+}
+
+#[derive(Clone, Debug)]
+enum ClientOp {
+    OpenSession,
+    Put { key: String, value: Vec<u8>, id: CommandId },
+    Delete { key: String, id: CommandId },
+    Get { key: String },
+}
+
+struct InFlight {
+    op: ClientOp,
+    invoked_at: u64,
+    attempts: u32,
+    /// Whether an earlier attempt may have taken effect.
+    maybe_applied: bool,
+    /// The request being waited for, on which node, until when.
+    waiting: Option<(RequestId, NodeId, u64)>,
+    /// When to try again, after a refusal or a timeout.
+    retry_at: u64,
+}
+
+struct SimClient {
+    id: u64,
+    session: Option<u64>,
+    seq: u64,
+    node: usize,
+    in_flight: Option<InFlight>,
+    /// A final read per node and key, in the liveness phase.
+    final_reads: Vec<(NodeId, String)>,
+}
+
+struct Sim {
+    seed: u64,
+    params: Params,
+    rng: Rng,
+    now: u64,
+    membership: Membership,
+    nodes: BTreeMap<NodeId, SimNode>,
+    net: Network,
+    clients: Vec<SimClient>,
+    /// Which client waits for each request.
+    routes: BTreeMap<RequestId, usize>,
+    next_request: RequestId,
+    history: Vec<Entry>,
+    violations: Vec<String>,
+    faults: BTreeMap<FaultKind, u64>,
+    /// The fingerprint of the entry at each index, as first applied anywhere.
+    entries: BTreeMap<u64, u64>,
+    trace: u64,
+    liveness: bool,
+    planted: Planted,
+}
+
+impl Sim {
+    fn new(seed: u64, planted: Planted) -> Sim {
+        let params = Params::from_seed(seed);
+        let ids: Vec<NodeId> = (1..=params.nodes as u64).collect();
+        let addresses =
+            ids.iter().map(|&id| (id, format!("127.0.0.1:{}", 7100 + id).parse().unwrap()));
+        let membership = Membership::new_cluster(addresses.collect()).expect("a valid membership");
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                // Memory-backed when the machine has it: the simulator
+                // crashes processes, never disks, so nothing is lost.
+                let shm = std::path::Path::new("/dev/shm");
+                let dir = if shm.is_dir() {
+                    tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir())
+                } else {
+                    tempfile::tempdir()
+                }
+                .expect("a temporary directory");
+                let node = SimNode {
+                    dir,
+                    driver: None,
+                    starts: 0,
+                    down_until: None,
+                    fresh: BTreeMap::new(),
+                };
+                (id, node)
+            })
+            .collect();
+        let clients = (0..params.clients)
+            .map(|i| SimClient {
+                id: i as u64,
+                session: None,
+                seq: 0,
+                node: i,
+                in_flight: None,
+                final_reads: Vec::new(),
+            })
+            .collect();
+        let net = Network::new(params.faults);
+        let mut sim = Sim {
+            seed,
+            rng: Rng::new(seed),
+            params,
+            now: 0,
+            membership,
+            nodes,
+            net,
+            clients,
+            routes: BTreeMap::new(),
+            next_request: 0,
+            history: Vec::new(),
+            violations: Vec::new(),
+            faults: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            liveness: false,
+            planted,
+        };
+        for id in ids {
+            sim.start(id);
+        }
+        sim
+    }
+
+    fn run(mut self) -> Report {
+        while self.now < self.params.safety_ticks && self.violations.is_empty() {
+            self.maybe_inject_fault();
+            self.step();
+        }
+        self.begin_liveness();
+        let bound = self.now + self.params.liveness_ticks;
+        while !self.converged() && self.violations.is_empty() {
+            if self.now >= bound {
+                self.violations.push(format!(
+                    "no convergence within {} ticks of healing: {}",
+                    self.params.liveness_ticks,
+                    self.progress()
+                ));
+                break;
+            }
+            self.step();
+        }
+        self.final_checks();
+        self.report()
+    }
+
+    // ---- Nodes ----
+
+    fn start(&mut self, id: NodeId) {
+        let membership = self.membership.clone();
+        let params = self.params.clone();
+        let seed = self.seed;
+        let node = self.nodes.get_mut(&id).expect("a node");
+        node.starts += 1;
+        node.down_until = None;
+        let store = Store::open(node.dir.path()).expect("the store opens");
+        store.set_durability(Durability::Unsynced);
+        if Membership::load(&store).expect("the membership loads").is_none() {
+            membership.begin(&store).expect("the membership is stored");
+        }
+        let stored = Membership::load(&store).expect("loads").expect("stored");
+        cairn_storage::snapshot::discard_unfinished_install(&store).expect("a reset");
+        let sm = StateMachine::open(store).expect("the state machine opens");
+        // A state wiped after an interrupted snapshot install applies its
+        // entries again: only what the state still holds counts.
+        let applied = sm.applied_index();
+        node.fresh.retain(|_, index| *index <= applied);
+        let me = Hello { api_address: format!("sim-{id}"), ..Hello::default() };
+        let node_seed = seed ^ id.rotate_left(40) ^ node.starts.rotate_left(20);
+        let mut config =
+            DriverConfig::new(id, stored, TIMING, node_seed, me, node.dir.path().join("snapshots"));
+        config.peer_silence_ticks = 3 * TIMING.election_timeout_ticks;
+        config.log_retain_entries = params.log_retain_entries;
+        config.compact_interval_ticks = 5;
+        config.catch_up_timeout_ticks = 20;
+        config.snapshot_chunk_bytes = params.snapshot_chunk_bytes;
+        config.record_applied = true;
+        config.planted_stale_reads = self.planted == Planted::StaleReads;
+        node.driver = Some(Driver::open(config, sm).expect("the driver opens"));
+    }
+
+    fn crash(&mut self, id: NodeId, down_for: u64) {
+        let node = self.nodes.get_mut(&id).expect("a node");
+        if node.driver.take().is_none() {
+            return;
+        }
+        node.down_until = Some(self.now + down_for.max(1));
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.net.crash(id, self.now, &ids);
+    }
+
+    fn up_nodes(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.driver.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    // ---- One tick ----
+
+    fn step(&mut self) {
+        self.now += 1;
+        let restart: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.down_until.is_some_and(|t| t <= self.now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in restart {
+            self.start(id);
+        }
+        // Connections that come back: both ends resynchronise.
+        let up: Vec<NodeId> = self.up_nodes();
+        for (a, b) in self.net.reconnections(self.now, |n| up.contains(&n)) {
+            for (node, peer) in [(a, b), (b, a)] {
+                if let Some(driver) = self.nodes.get_mut(&node).and_then(|n| n.driver.as_mut()) {
+                    driver.reconnected(peer);
+                }
+            }
+        }
+        for (from, to, message) in self.net.deliver(self.now) {
+            self.trace_message(from, to, &message);
+            let Some(driver) = self.nodes.get_mut(&to).and_then(|n| n.driver.as_mut()) else {
+                continue;
+            };
+            if let Err(error) = driver.step(from, message) {
+                self.violations.push(format!("node {to} failed on a message: {error}"));
+            }
+        }
+        // A crash between taking messages and answering them.
+        let roll = self.rng.chance(1) && self.rng.chance(30);
+        if !self.liveness && roll {
+            let up = self.up_nodes();
+            if let Some(&id) = up.get(self.rng.below(up.len() as u64) as usize) {
+                self.count(FaultKind::CrashBeforePoll);
+                let down_for = 5 + self.rng.below(60);
+                self.crash(id, down_for);
+            }
+        }
+        for id in self.up_nodes() {
+            self.poll(id);
+        }
+        for c in 0..self.clients.len() {
+            self.client_turn(c);
+        }
+    }
+
+    fn poll(&mut self, id: NodeId) {
+        let mut out = Output::default();
+        let driver = self.nodes.get_mut(&id).and_then(|n| n.driver.as_mut()).expect("up");
+        driver.tick();
+        if let Err(error) = driver.poll(&mut out) {
+            self.violations.push(format!("node {id} stopped: {error}"));
+            return;
+        }
+        let applied = driver.take_applied();
+        if let Some(membership) = out.membership {
+            self.violations.push(format!("unexpected membership change to {membership:?}"));
+        }
+        self.check_applied(id, &applied);
+        for (to, message) in out.messages {
+            self.net.send(&mut self.rng, self.now, id, to, message);
+        }
+        for (request, answer) in out.answers {
+            self.answered(id, request, answer);
+        }
+    }
+
+    /// Replicas agree on every index; nothing takes effect twice on a node.
+    fn check_applied(&mut self, id: NodeId, applied: &[AppliedEntry]) {
+        let node = self.nodes.get_mut(&id).expect("a node");
+        for entry in applied {
+            match self.entries.get(&entry.index) {
+                Some(first) if *first != entry.fingerprint => self.violations.push(format!(
+                    "node {id} applied another entry at index {} than a replica before it",
+                    entry.index
+                )),
+                Some(_) => {}
+                None => {
+                    self.entries.insert(entry.index, entry.fingerprint);
+                }
+            }
+            if let (Some(command), true) = (entry.id, entry.fresh) {
+                if let Some(before) = node.fresh.insert(command, entry.index) {
+                    self.violations.push(format!(
+                        "node {id} applied command {command:?} twice: at {before} and {}",
+                        entry.index
+                    ));
+                }
+            }
+        }
+    }
+
+    // ---- Faults ----
+
+    fn maybe_inject_fault(&mut self) {
+        if self.rng.below(1000) >= self.params.fault_per_mille {
+            return;
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let now = self.now;
+        let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
+        match self.rng.below(10) {
+            0 => {
+                let node = pick(&mut self.rng);
+                self.isolate(node);
+                self.count(FaultKind::Isolate);
+            }
+            1 => {
+                // A random minority cut off from the rest, both ways.
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    shuffled.swap(i, j);
+                }
+                let minority = &shuffled[..ids.len() / 2];
+                for &a in minority {
+                    for &b in &ids {
+                        if !minority.contains(&b) {
+                            self.net.cut(a, b, now);
+                            self.net.cut(b, a, now);
+                        }
+                    }
+                }
+                self.count(FaultKind::SplitMajority);
+            }
+            2 => {
+                let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
+                self.net.cut(a, b, now);
+                self.count(FaultKind::PairCut);
+            }
+            3 => {
+                // Quorum loss: one node still reaches everyone, the others
+                // reach only it.
+                let hub = pick(&mut self.rng);
+                self.net.heal();
+                for &a in &ids {
+                    for &b in &ids {
+                        if a != hub && b != hub && a != b {
+                            self.net.cut(a, b, now);
+                        }
+                    }
+                }
+                self.count(FaultKind::QuorumLoss);
+            }
+            4 => {
+                // Constrained election: the leader is cut from everyone but
+                // one node, which alone could reach a quorum.
+                let leader = self.leader().unwrap_or_else(|| pick(&mut self.rng));
+                let keep = pick(&mut self.rng);
+                self.net.heal();
+                for &b in &ids {
+                    if b != leader && b != keep {
+                        self.net.cut(leader, b, now);
+                        self.net.cut(b, leader, now);
+                    }
+                }
+                self.count(FaultKind::ConstrainedElection);
+            }
+            5 => {
+                // Chained: each node reaches only its neighbours in a line.
+                self.net.heal();
+                for (i, &a) in ids.iter().enumerate() {
+                    for (j, &b) in ids.iter().enumerate() {
+                        if i.abs_diff(j) > 1 {
+                            self.net.cut(a, b, now);
+                        }
+                    }
+                }
+                self.count(FaultKind::Chained);
+            }
+            6 | 7 => {
+                self.net.heal();
+                self.count(FaultKind::Heal);
+            }
+            8 => {
+                let node = pick(&mut self.rng);
+                let down_for = 5 + self.rng.below(80);
+                self.crash(node, down_for);
+                self.count(FaultKind::Crash);
+            }
+            _ => {
+                // Down for long: the others compact past it.
+                let node = pick(&mut self.rng);
+                let down_for = 150 + self.rng.below(250);
+                self.crash(node, down_for);
+                self.count(FaultKind::KeepDown);
+            }
+        }
+    }
+
+    fn isolate(&mut self, node: NodeId) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let now = self.now;
+        for other in ids {
+            self.net.cut(node, other, now);
+            self.net.cut(other, node, now);
+        }
+    }
+
+    fn count(&mut self, kind: FaultKind) {
+        *self.faults.entry(kind).or_default() += 1;
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.driver.as_ref().map(|d| (id, d)))
+            .find(|(_, d)| d.replica().is_leader())
+            .map(|(id, _)| *id)
+    }
+
+    fn begin_liveness(&mut self) {
+        self.liveness = true;
+        self.net.heal();
+        self.net.set_faults(Faults { latency_ticks: 2, drop_percent: 0, duplicate_percent: 0 });
+        let down: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.driver.is_none()).map(|(id, _)| *id).collect();
+        for id in down {
+            self.count(FaultKind::Restart);
+            self.start(id);
+        }
+        // Every key is read on every node once more, spread over the clients.
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let clients = self.clients.len();
+        let mut turn = 0;
+        for &node in &ids {
+            for k in 0..self.params.keys {
+                self.clients[turn % clients].final_reads.push((node, format!("k{k}")));
+                turn += 1;
+            }
+        }
+    }
+
+    // ---- Clients ----
+
+    fn client_turn(&mut self, c: usize) {
+        let now = self.now;
+        let timeout = self.params.client_timeout_ticks;
+        let client = &mut self.clients[c];
+        if let Some(flight) = &mut client.in_flight {
+            match flight.waiting {
+                Some((request, node, deadline)) if deadline <= now => {
+                    // Timed out: it may still take effect.
+                    flight.waiting = None;
+                    flight.maybe_applied |= !matches!(flight.op, ClientOp::Get { .. });
+                    flight.retry_at = now;
+                    self.routes.remove(&request);
+                    if let Some(driver) = self.nodes.get_mut(&node).and_then(|n| n.driver.as_mut())
+                    {
+                        driver.cancel(request);
+                    }
+                    self.retry_or_give_up(c);
+                }
+                Some(_) => {}
+                None if flight.retry_at <= now => self.submit(c, timeout),
+                None => {}
+            }
+            return;
+        }
+        if client.session.is_none() {
+            client.in_flight = Some(InFlight::new(ClientOp::OpenSession, now));
+            self.submit(c, timeout);
+            return;
+        }
+        if self.liveness {
+            if let Some((node, key)) = self.clients[c].final_reads.pop() {
+                let client = &mut self.clients[c];
+                client.in_flight = Some(InFlight::new(ClientOp::Get { key }, now));
+                client.node = self.nodes.keys().position(|id| *id == node).unwrap_or(0);
+                self.submit(c, timeout);
+            }
+            return;
+        }
+        if !self.rng.chance(30) {
+            return;
+        }
+        let key = format!("k{}", self.rng.below(self.params.keys as u64));
+        let roll = self.rng.below(100);
+        let client = &mut self.clients[c];
+        let session = client.session.expect("a session");
+        let op = if roll < 50 {
+            client.seq += 1;
+            let value = format!("c{}.{}", client.id, client.seq).into_bytes();
+            ClientOp::Put { key, value, id: CommandId { session, seq: client.seq } }
+        } else if roll < 85 {
+            ClientOp::Get { key }
+        } else {
+            client.seq += 1;
+            ClientOp::Delete { key, id: CommandId { session, seq: client.seq } }
+        };
+        client.in_flight = Some(InFlight::new(op, now));
+        self.submit(c, timeout);
+    }
+
+    /// Sends the client's operation to its current node.
+    fn submit(&mut self, c: usize, timeout: u64) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let node = ids[self.clients[c].node % ids.len()];
+        let request = self.next_request;
+        self.next_request += 1;
+        let now = self.now;
+        let flight = self.clients[c].in_flight.as_mut().expect("in flight");
+        flight.attempts += 1;
+        let op = flight.op.clone();
+        let Some(driver) = self.nodes.get_mut(&node).and_then(|n| n.driver.as_mut()) else {
+            // Connection refused: it certainly did not take effect.
+            flight.retry_at = now + RETRY_BACKOFF_TICKS;
+            self.retry_or_give_up(c);
+            return;
+        };
+        flight.waiting = Some((request, node, now + timeout));
+        let mut out = Output::default();
+        match op {
+            ClientOp::OpenSession => driver.open_session(request, &mut out),
+            ClientOp::Put { key, value, id } => {
+                driver.propose(request, Command::new(Some(id), Op::KvPut { key, value }), &mut out)
+            }
+            ClientOp::Delete { key, id } => {
+                driver.propose(request, Command::new(Some(id), Op::KvDelete { key }), &mut out)
+            }
+            ClientOp::Get { .. } => driver.read(request, &mut out),
+        }
+        self.routes.insert(request, c);
+        for (to, message) in out.messages {
+            self.net.send(&mut self.rng, self.now, node, to, message);
+        }
+        for (request, answer) in out.answers {
+            self.answered(node, request, answer);
+        }
+    }
+
+    /// After a refusal or a timeout: try again on the next node, or give up
+    /// (safety phase only) and record what is known.
+    fn retry_or_give_up(&mut self, c: usize) {
+        let liveness = self.liveness;
+        let client = &mut self.clients[c];
+        client.node += 1;
+        let flight = client.in_flight.as_mut().expect("in flight");
+        if liveness || flight.attempts < ATTEMPTS_MAX {
+            flight.retry_at = flight.retry_at.max(self.now + RETRY_BACKOFF_TICKS);
+            return;
+        }
+        let flight = client.in_flight.take().expect("in flight");
+        let client_id = client.id;
+        match flight.op {
+            ClientOp::Put { key, value, .. } if flight.maybe_applied => {
+                self.record(
+                    client_id,
+                    key,
+                    linearizability::Op::Put { value },
+                    flight.invoked_at,
+                    Completion::Unknown,
+                );
+            }
+            ClientOp::Delete { key, .. } if flight.maybe_applied => {
+                self.record(
+                    client_id,
+                    key,
+                    linearizability::Op::Delete,
+                    flight.invoked_at,
+                    Completion::Unknown,
+                );
+            }
+            // Never applied, a read, or a session (opened again later).
+            _ => {}
+        }
+    }
+
+    fn answered(&mut self, node: NodeId, request: RequestId, answer: Answer) {
+        let Some(c) = self.routes.remove(&request) else { return };
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let Some(flight) = client.in_flight.as_mut() else { return };
+        if flight.waiting.map(|(r, _, _)| r) != Some(request) {
+            return;
+        }
+        flight.waiting = None;
+        let op = flight.op.clone();
+        let invoked_at = flight.invoked_at;
+        let client_id = client.id;
+        let output = match (&op, answer) {
+            (ClientOp::OpenSession, Answer::Applied(applied)) => match applied.outcome {
+                Outcome::SessionOpened { session } => {
+                    client.session = Some(session);
+                    client.seq = 0;
+                    client.in_flight = None;
+                    return;
+                }
+                other => {
+                    self.violations.push(format!("opening a session answered {other:?}"));
+                    return;
+                }
+            },
+            (ClientOp::Put { .. }, Answer::Applied(applied)) => match applied.outcome {
+                Outcome::KvWritten => KvOutput::Put,
+                other => return self.unexpected(c, other),
+            },
+            (ClientOp::Delete { .. }, Answer::Applied(applied)) => match applied.outcome {
+                Outcome::Deleted { existed } => KvOutput::Delete { existed },
+                other => return self.unexpected(c, other),
+            },
+            (ClientOp::Get { key }, Answer::ReadReady { .. }) => {
+                let driver = self.nodes.get(&node).and_then(|n| n.driver.as_ref()).expect("up");
+                let value = driver.state_machine().store().kv_get(key).expect("a local read");
+                KvOutput::Get(value)
+            }
+            (_, Answer::Failed(error)) => {
+                let flight = client.in_flight.as_mut().expect("in flight");
+                flight.maybe_applied |= !error.is_determinate();
+                flight.retry_at = now + RETRY_BACKOFF_TICKS;
+                self.retry_or_give_up(c);
+                return;
+            }
+            (op, answer) => {
+                self.violations.push(format!("{op:?} was answered {answer:?}"));
+                return;
+            }
+        };
+        self.clients[c].in_flight = None;
+        let (key, op) = match op {
+            ClientOp::Put { key, value, .. } => (key, linearizability::Op::Put { value }),
+            ClientOp::Delete { key, .. } => (key, linearizability::Op::Delete),
+            ClientOp::Get { key } => (key, linearizability::Op::Get),
+            ClientOp::OpenSession => unreachable!("handled above"),
+        };
+        self.record(client_id, key, op, invoked_at, Completion::Returned { at: now, output });
+    }
+
+    /// A write refused by the state machine: only an evicted session can
+    /// explain it here, and then an earlier attempt may have applied.
+    fn unexpected(&mut self, c: usize, outcome: Outcome) {
+        let client = &mut self.clients[c];
+        let flight = client.in_flight.take().expect("in flight");
+        match outcome {
+            Outcome::Failed(cairn_storage::ApplyError::SessionUnknown { .. }) => {
+                client.session = None;
+                let client_id = client.id;
+                match flight.op {
+                    ClientOp::Put { key, value, .. } => self.record(
+                        client_id,
+                        key,
+                        linearizability::Op::Put { value },
+                        flight.invoked_at,
+                        Completion::Unknown,
+                    ),
+                    ClientOp::Delete { key, .. } => self.record(
+                        client_id,
+                        key,
+                        linearizability::Op::Delete,
+                        flight.invoked_at,
+                        Completion::Unknown,
+                    ),
+                    _ => {}
+                }
+            }
+            other => self.violations.push(format!("{:?} was answered {other:?}", flight.op)),
+        }
+    }
+
+    fn record(
+        &mut self,
+        client: u64,
+        key: String,
+        op: linearizability::Op,
+        invoked_at: u64,
+        completion: Completion,
+    ) {
+        let entry = Entry { client, key, op, invoked_at, completion };
+        self.trace_bytes(format!("{entry:?}").as_bytes());
+        self.history.push(entry);
+    }
+
+    // ---- The end ----
+
+    fn converged(&self) -> bool {
+        let clients_done =
+            self.clients.iter().all(|c| c.in_flight.is_none() && c.final_reads.is_empty());
+        let all_serving =
+            self.nodes.values().all(|n| n.driver.as_ref().is_some_and(|d| d.blocked().is_none()));
+        if !clients_done || !all_serving {
+            return false;
+        }
+        let applied: Vec<u64> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.driver.as_ref())
+            .map(|d| d.state_machine().applied_index())
+            .collect();
+        let decided = self
+            .nodes
+            .values()
+            .filter_map(|n| n.driver.as_ref())
+            .map(|d| d.replica().decided_index())
+            .max()
+            .unwrap_or(0);
+        applied.iter().all(|a| *a == decided)
+    }
+
+    fn progress(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| match &n.driver {
+                Some(d) => format!(
+                    "{id}: applied {} decided {} blocked {:?} leader {:?}",
+                    d.state_machine().applied_index(),
+                    d.replica().decided_index(),
+                    d.blocked(),
+                    d.replica().leader()
+                ),
+                None => format!("{id}: down"),
+            })
+            .collect();
+        let waiting = self.clients.iter().filter(|c| c.in_flight.is_some()).count();
+        format!("{}; {waiting} clients waiting", nodes.join("; "))
+    }
+
+    fn final_checks(&mut self) {
+        if !self.violations.is_empty() {
+            return;
+        }
+        let fingerprints: BTreeMap<NodeId, u64> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.driver.as_ref().map(|d| (*id, d)))
+            .map(|(id, d)| (id, d.state_machine().store().state_fingerprint().expect("readable")))
+            .collect();
+        let first = fingerprints.values().next().copied();
+        if fingerprints.values().any(|f| Some(*f) != first) {
+            self.violations.push(format!("replicas differ in state: {fingerprints:?}"));
+        }
+        match linearizability::check(&self.history) {
+            Ok(report) if report.verdict() == Verdict::NotLinearizable => {
+                self.violations.push(format!("the history is not linearizable:\n{report}"));
+            }
+            Ok(_) => {}
+            Err(error) => self.violations.push(format!("the history is malformed: {error}")),
+        }
+    }
+
+    fn report(self) -> Report {
+        let unchecked_keys =
+            linearizability::check(&self.history).map(|r| r.unknown_keys()).unwrap_or(0);
+        let snapshots_installed = self
+            .nodes
+            .values()
+            .filter_map(|n| n.driver.as_ref())
+            .map(|d| d.catch_up_stats().snapshots_installed)
+            .sum();
+        Report {
+            seed: self.seed,
+            params: self.params,
+            violations: self.violations,
+            faults: self.faults,
+            network: self.net.stats(),
+            operations: self.history.len(),
+            unknown_outcomes: self
+                .history
+                .iter()
+                .filter(|e| e.completion == Completion::Unknown)
+                .count(),
+            unchecked_keys,
+            snapshots_installed,
+            ticks: self.now,
+            trace: self.trace,
+        }
+    }
+
+    fn trace_message(&mut self, from: NodeId, to: NodeId, message: &PeerMessage) {
+        let bytes = postcard::to_stdvec(message).unwrap_or_default();
+        self.trace_bytes(&[from as u8, to as u8]);
+        self.trace_bytes(&self.now.to_le_bytes());
+        self.trace_bytes(&bytes);
+    }
+
+    fn trace_bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.trace = (self.trace ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+impl InFlight {
+    fn new(op: ClientOp, now: u64) -> InFlight {
+        InFlight {
+            op,
+            invoked_at: now,
+            attempts: 0,
+            maybe_applied: false,
+            waiting: None,
+            retry_at: now,
+        }
+    }
+}
