@@ -19,7 +19,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
-use cairn_storage::log_store::LogStore;
+use cairn_storage::log_store::{read_retained, release_retained, LogStore};
 use cairn_storage::{Command, CommandId, CompactionMarker, Op, Store};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{StopSign, Storage, StorageOp};
@@ -482,9 +482,9 @@ fn corrupt_metadata_fails_the_open_naming_it() {
     assert!(err.contains("log_meta 'promise'"), "{err}");
 }
 
-/// A log whose first entry is not where the trim left it is refused at open.
+/// A log whose first entry is missing (later ones present) is refused at open.
 #[test]
-fn a_log_below_its_first_index_fails_the_open() {
+fn a_log_missing_its_first_entry_fails_the_open() {
     let mut disk = Disk::new();
     disk.log.append_entries(cmds(0..6)).unwrap();
     disk.log.trim(3).unwrap();
@@ -492,10 +492,41 @@ fn a_log_below_its_first_index_fails_the_open() {
     drop(log);
     with_raw_db(dir.path(), |db| {
         let cf = db.cf_handle(CF_LOG).unwrap();
-        db.put_cf(cf, 1u64.to_be_bytes(), cmd(1).encode()).unwrap();
+        db.delete_cf(cf, 3u64.to_be_bytes()).unwrap();
     });
     let err = open_log(dir.path()).err().expect("the open fails").to_string();
-    assert!(err.contains("starts at entry 1"), "{err}");
+    assert!(err.contains("first entry 3 is gone"), "{err}");
+}
+
+/// Entries the state machine has not applied stay on disk when OmniPaxos
+/// compacts past them, but only those decided before the compaction (later
+/// ones may be stale); they survive a restart, are read back, and go once
+/// released.
+#[test]
+fn unapplied_decided_entries_are_kept_when_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.set_log_retention(2);
+        let mut log = LogStore::open(&store).unwrap();
+        log.append_entries(cmds(0..8)).unwrap();
+        log.set_decided_idx(5).unwrap();
+        log.write_atomically(vec![StorageOp::Trim(7), StorageOp::SetCompactedIdx(7)]).unwrap();
+        // Below the first index for OmniPaxos…
+        assert!(log.get_entries(2, 5).unwrap().is_empty());
+        // …kept for the state machine: decided entries 2..5, not 5 and 6.
+        let kept = read_retained(&store, 2, 7).unwrap();
+        assert_eq!(kept, cmds(2..5));
+        assert!(read_retained(&store, 0, 2).unwrap().is_empty(), "applied ones go");
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let log = LogStore::open(&store).expect("a log with kept entries below its first index opens");
+    assert_eq!(log.get_log_len().unwrap(), 1, "entry 7 is the log");
+    assert_eq!(read_retained(&store, 2, 7).unwrap(), cmds(2..5));
+    release_retained(&store, 4).unwrap();
+    assert!(read_retained(&store, 2, 7).unwrap().is_empty());
+    assert_eq!(read_retained(&store, 4, 7).unwrap(), cmds(4..5));
+    drop(log);
 }
 
 /// The snapshot slot round-trips the compaction marker and clears, like the other
