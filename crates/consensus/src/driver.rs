@@ -246,11 +246,10 @@ fn refused_as_repeat(outcome: &cairn_storage::Outcome) -> bool {
     )
 }
 
-/// FNV-1a, 64 bits.
 fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash: u64, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    let mut hash = cairn_storage::fnv::Fnv1a::new();
+    hash.write(bytes);
+    hash.finish()
 }
 
 impl DriverConfig {

@@ -50,14 +50,12 @@ impl Membership {
     pub fn new_cluster(
         members: BTreeMap<NodeId, SocketAddr>,
     ) -> Result<Membership, MembershipError> {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = cairn_storage::fnv::Fnv1a::new();
         for (id, addr) in &members {
-            for byte in format!("{id}={addr};").bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            hash.write(format!("{id}={addr};").as_bytes());
         }
-        let membership =
-            Membership { cluster_id: hash.max(1), configuration_id: 1, members, base_index: 0 };
+        let cluster_id = hash.finish().max(1);
+        let membership = Membership { cluster_id, configuration_id: 1, members, base_index: 0 };
         membership.validate()?;
         Ok(membership)
     }

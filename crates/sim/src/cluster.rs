@@ -31,6 +31,7 @@ use cairn_consensus::driver::{
 };
 use cairn_consensus::replica::{NodeId, Rng, Timing};
 use cairn_consensus::Membership;
+use cairn_storage::fnv::Fnv1a;
 use cairn_storage::{Command, CommandId, Durability, Op, Outcome, StateMachine, Store};
 use tempfile::TempDir;
 
@@ -227,7 +228,7 @@ struct Sim {
     faults: BTreeMap<FaultKind, u64>,
     /// The fingerprint of the entry at each index, as first applied anywhere.
     entries: BTreeMap<u64, u64>,
-    trace: u64,
+    trace: Fnv1a,
     liveness: bool,
     planted: Planted,
 }
@@ -287,7 +288,7 @@ impl Sim {
             violations: Vec::new(),
             faults: BTreeMap::new(),
             entries: BTreeMap::new(),
-            trace: 0xcbf2_9ce4_8422_2325,
+            trace: Fnv1a::new(),
             liveness: false,
             planted,
         };
@@ -935,7 +936,7 @@ impl Sim {
             unchecked_keys,
             snapshots_installed,
             ticks: self.now,
-            trace: self.trace,
+            trace: self.trace.finish(),
         }
     }
 
@@ -947,9 +948,7 @@ impl Sim {
     }
 
     fn trace_bytes(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.trace = (self.trace ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.trace.write(bytes);
     }
 }
 

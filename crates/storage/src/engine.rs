@@ -233,12 +233,10 @@ impl Store {
     /// applied index must have equal fingerprints. Reads one RocksDB snapshot.
     pub fn state_fingerprint(&self) -> Result<u64, Error> {
         let snapshot = self.db.snapshot();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = crate::fnv::Fnv1a::new();
         let mut feed = |bytes: &[u8]| {
-            hash = (hash ^ bytes.len() as u64).wrapping_mul(0x0000_0100_0000_01b3);
-            for byte in bytes {
-                hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            hash.write(&(bytes.len() as u64).to_be_bytes());
+            hash.write(bytes);
         };
         for name in [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META] {
             feed(name.as_bytes());
@@ -248,7 +246,7 @@ impl Store {
                 feed(&value);
             }
         }
-        Ok(hash)
+        Ok(hash.finish())
     }
 
     /// The replication settings this node's data belongs to (written once,

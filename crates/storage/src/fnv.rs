@@ -1,9 +1,11 @@
 //! FNV-1a, 64 bits: the crate's one stable hash.
 //!
-//! Two things need a hash that is the same on every build, platform and
-//! replica (which `std`'s `DefaultHasher` does not promise): the fingerprint of
-//! a session's last op, which is stored and compared across restarts, and the
-//! checksum of a snapshot chunk, which the receiver recomputes.
+//! What needs a hash that is the same on every build, platform and replica
+//! (which `std`'s `DefaultHasher` does not promise) uses this one: the
+//! fingerprint of a session's last op, stored and compared across restarts;
+//! the checksum of a snapshot chunk, which the receiver recomputes; the
+//! fingerprint of a state machine or a log entry, compared across replicas;
+//! the id of a new cluster, computed alike by every first member.
 //!
 //! FNV-1a changes its state by a bijection at every byte, so any single changed
 //! byte always changes the hash. It detects corruption, not tampering: anyone
@@ -14,19 +16,25 @@ const PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// A running FNV-1a hash: feeding bytes in pieces gives the hash of them all
 /// concatenated.
-pub(crate) struct Fnv1a(u64);
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a::new()
+    }
+}
 
 impl Fnv1a {
-    pub(crate) fn new() -> Fnv1a {
+    pub fn new() -> Fnv1a {
         Fnv1a(OFFSET)
     }
 
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
+    pub fn write(&mut self, bytes: &[u8]) {
         self.0 =
             bytes.iter().fold(self.0, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME));
     }
 
-    pub(crate) fn finish(&self) -> u64 {
+    pub fn finish(&self) -> u64 {
         self.0
     }
 }

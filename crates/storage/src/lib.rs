@@ -16,7 +16,7 @@
 
 pub mod command;
 pub mod engine;
-mod fnv;
+pub mod fnv;
 pub mod log_store;
 pub mod machine;
 pub mod snapshot;
