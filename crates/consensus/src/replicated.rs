@@ -342,7 +342,11 @@ impl EventLoop {
 }
 
 /// Encodes and sends one message; a message the transport drops is left to
-/// consensus to make up for.
+/// consensus to make up for. OmniPaxos makes up for lost messages only when
+/// it is told the link came back (`reconnected`), so a message dropped from
+/// a full queue while the connection is up breaks that connection: both ends
+/// then see it come back and resynchronise, and no gap goes unnoticed in the
+/// middle of a stream (the simulator shows what such a gap does).
 fn send(transport: &TransportHandle, to: NodeId, message: &PeerMessage) {
     let bytes = match postcard::to_stdvec(message) {
         Ok(bytes) => bytes,
@@ -351,7 +355,13 @@ fn send(transport: &TransportHandle, to: NodeId, message: &PeerMessage) {
             return;
         }
     };
-    if let Err(error) = transport.send(to, Bytes::from(bytes)) {
-        tracing::trace!(to, %error, "a message was dropped");
+    match transport.send(to, Bytes::from(bytes)) {
+        Ok(()) => {}
+        Err(cairn_transport::Error::QueueFull { .. }) => {
+            if transport.disconnect(to) {
+                tracing::warn!(to, "the queue to a peer overflowed: reconnecting to resynchronise");
+            }
+        }
+        Err(error) => tracing::trace!(to, %error, "a message was dropped"),
     }
 }
