@@ -179,6 +179,27 @@ impl Drop for Cluster {
     }
 }
 
+/// Waits until the node has applied `target` (a node that catches up
+/// answers its health check with 503: not there yet).
+async fn applied_at_least(client: &Client, target: u64) {
+    let started = Instant::now();
+    loop {
+        let applied = match client.health().await {
+            Ok(health) => health["applied_index"].as_u64().unwrap_or(0),
+            Err(_) => 0,
+        };
+        if applied >= target {
+            return;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "node {} stuck at {applied} of {target}",
+            client.addr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writers that spread over the nodes and move to the next node on an error;
 /// every acknowledged `(key, value)` is recorded, with the time of the last.
 struct Writers {
@@ -462,22 +483,7 @@ async fn a_single_node_grows_to_five_and_shrinks_back_to_one_while_serving() {
     let so_far = acked.lock().unwrap().clone();
     let target = client(1).health().await.unwrap()["applied_index"].as_u64().unwrap();
     for &id in &ids {
-        let started = Instant::now();
-        loop {
-            // 503 while the node catches up: not there yet.
-            let applied = match client(id).health().await {
-                Ok(health) => health["applied_index"].as_u64().unwrap_or(0),
-                Err(_) => 0,
-            };
-            if applied >= target {
-                break;
-            }
-            assert!(
-                started.elapsed() < CONVERGE_TIMEOUT,
-                "node {id} stuck at {applied} < {target}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        applied_at_least(&client(id), target).await;
     }
     for &id in &ids {
         let node = client(id);
@@ -533,21 +539,7 @@ async fn a_node_restarted_far_behind_catches_up_by_snapshot() {
     let target = cluster.applied_indexes().await[&leader];
     let restarted = Instant::now();
     cluster.spawn(follower);
-    let started = Instant::now();
-    loop {
-        let applied = match cluster.client(follower).health().await {
-            Ok(health) => health["applied_index"].as_u64().unwrap_or(0),
-            Err(_) => 0,
-        };
-        if applied >= target {
-            break;
-        }
-        assert!(
-            started.elapsed() < CONVERGE_TIMEOUT,
-            "node {follower} stuck at {applied} of {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    applied_at_least(&cluster.client(follower), target).await;
     eprintln!(
         "node {follower}: {} writes ({target} entries) behind, caught up {:?} after restart",
         acked.len(),

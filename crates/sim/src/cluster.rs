@@ -716,27 +716,8 @@ impl Sim {
         }
         let flight = client.in_flight.take().expect("in flight");
         let client_id = client.id;
-        match flight.op {
-            ClientOp::Put { key, value, .. } if flight.maybe_applied => {
-                self.record(
-                    client_id,
-                    key,
-                    linearizability::Op::Put { value },
-                    flight.invoked_at,
-                    Completion::Unknown,
-                );
-            }
-            ClientOp::Delete { key, .. } if flight.maybe_applied => {
-                self.record(
-                    client_id,
-                    key,
-                    linearizability::Op::Delete,
-                    flight.invoked_at,
-                    Completion::Unknown,
-                );
-            }
-            // Never applied, a read, or a session (opened again later).
-            _ => {}
+        if flight.maybe_applied {
+            self.record_unknown(client_id, flight);
         }
     }
 
@@ -809,26 +790,21 @@ impl Sim {
             Outcome::Failed(cairn_storage::ApplyError::SessionUnknown { .. }) => {
                 client.session = None;
                 let client_id = client.id;
-                match flight.op {
-                    ClientOp::Put { key, value, .. } => self.record(
-                        client_id,
-                        key,
-                        linearizability::Op::Put { value },
-                        flight.invoked_at,
-                        Completion::Unknown,
-                    ),
-                    ClientOp::Delete { key, .. } => self.record(
-                        client_id,
-                        key,
-                        linearizability::Op::Delete,
-                        flight.invoked_at,
-                        Completion::Unknown,
-                    ),
-                    _ => {}
-                }
+                self.record_unknown(client_id, flight);
             }
             other => self.violations.push(format!("{:?} was answered {other:?}", flight.op)),
         }
+    }
+
+    /// A write whose outcome the client never learned: it may have taken
+    /// effect. Reads and session openings leave nothing to record.
+    fn record_unknown(&mut self, client: u64, flight: InFlight) {
+        let (key, op) = match flight.op {
+            ClientOp::Put { key, value, .. } => (key, linearizability::Op::Put { value }),
+            ClientOp::Delete { key, .. } => (key, linearizability::Op::Delete),
+            ClientOp::Get { .. } | ClientOp::OpenSession => return,
+        };
+        self.record(client, key, op, flight.invoked_at, Completion::Unknown);
     }
 
     fn record(

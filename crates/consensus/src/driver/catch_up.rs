@@ -220,16 +220,8 @@ impl Driver {
             self.ask_entries(Some(peer));
             return;
         }
-        let transfer = self.rng.next_u64();
-        tracing::info!(peer, from, transfer, "the peer compacted the entries: fetching a snapshot");
-        self.catch_up = Some(CatchUp::Snapshot {
-            peer,
-            transfer,
-            next_chunk: 0,
-            sink: None,
-            asked_tick: self.now_ticks,
-        });
-        self.pending_messages.push((peer, PeerMessage::FetchSnapshot { transfer, chunk: 0 }));
+        tracing::info!(peer, from, "the peer compacted the entries: fetching a snapshot");
+        self.restart_snapshot(peer);
     }
 
     pub(super) fn chunk_arrived(
@@ -325,7 +317,8 @@ impl Driver {
         }
     }
 
-    /// Starts a new transfer from the same peer after a refused chunk.
+    /// Starts a new snapshot transfer from `peer` (also after a refused
+    /// chunk).
     pub(super) fn restart_snapshot(&mut self, peer: NodeId) {
         let transfer = self.rng.next_u64();
         self.catch_up = Some(CatchUp::Snapshot {
