@@ -97,6 +97,9 @@ pub const FETCH_ENTRIES_MAX: usize = 1024;
 pub const FETCH_ENTRIES_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Snapshots served at once; more requests are refused until one ends.
 pub const SNAPSHOTS_SERVED_MAX: usize = 2;
+/// Election rounds out of the accept phase, with a majority in sight, before
+/// a node starts an election itself (at least; see `check_unsettled`).
+const UNSETTLED_ROUNDS_MIN: u64 = 8;
 
 /// What a node tells its peers about itself, at a fixed period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +346,10 @@ pub struct Driver {
     applied_log: Vec<AppliedEntry>,
     /// This node's decided index when it last saw its leader ahead of it.
     lagging_since: Option<u64>,
+    /// Election rounds in a row spent out of the accept phase with a
+    /// majority in sight, and how many make this node start an election.
+    unsettled_rounds: u64,
+    unsettled_limit: u64,
     /// The configuration this node is in.
     membership: Membership,
     /// A membership change asked for here, until its StopSign is decided.
@@ -388,6 +395,8 @@ impl Driver {
             stats: CatchUpStats::default(),
             applied_log: Vec::new(),
             lagging_since: None,
+            unsettled_rounds: 0,
+            unsettled_limit: UNSETTLED_ROUNDS_MIN,
             membership,
             reconfiguration: None,
             membership_asked_tick: None,
@@ -519,6 +528,7 @@ impl Driver {
         self.replica.tick();
         if self.now_ticks.is_multiple_of(self.config.hello_interval_ticks.max(1)) {
             self.check_lag();
+            self.check_unsettled();
             let hello = self.hello();
             for &peer in self.replica.members() {
                 if peer != self.replica.node_id() {
@@ -870,6 +880,37 @@ impl Driver {
             }
             (Some(_), _) => self.lagging_since = Some(decided),
             (None, _) => self.lagging_since = None,
+        }
+    }
+
+    /// A node that hears a majority but stays out of the accept phase for
+    /// many election rounds starts an election itself.
+    ///
+    /// OmniPaxos 0.2.4 can leave a node there for good: a node that promised
+    /// its own candidate ballot, which never won, and then restarted, recovers
+    /// that promise as a follower. The leader the others elected meanwhile may
+    /// hold a lower ballot: the node refuses its `Prepare`, and the leader
+    /// ignores the node's `PrepareReq` for a ballot above its own. Its leader
+    /// election sees a happy majority and never runs an election either.
+    /// Only a ballot above every promise ends it. A healthy leader settles a
+    /// follower within a resend round, so the limit (8 to 15 rounds, drawn
+    /// per node so that two stuck nodes do not duel) is reached only when
+    /// nothing else would help.
+    fn check_unsettled(&mut self) {
+        if self.replica.is_settled() || self.blocked.is_some() || !self.quorum_in_sight() {
+            self.unsettled_rounds = 0;
+            return;
+        }
+        self.unsettled_rounds += 1;
+        if self.unsettled_rounds >= self.unsettled_limit {
+            tracing::info!(
+                rounds = self.unsettled_rounds,
+                leader = ?self.replica.leader(),
+                "out of the accept phase with a majority in sight: starting an election"
+            );
+            self.replica.start_election();
+            self.unsettled_rounds = 0;
+            self.unsettled_limit = UNSETTLED_ROUNDS_MIN + self.rng.below(UNSETTLED_ROUNDS_MIN);
         }
     }
 

@@ -89,8 +89,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_storage::log_store::LogStore;
 use cairn_storage::{Command, CommandId, Store, WaitKey};
+use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg, Promise};
 use omnipaxos::storage::StopSign;
-use omnipaxos::util::LogEntry;
+use omnipaxos::util::{LogEntry, LogSync};
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ProposeErr, ServerConfig};
 
 use crate::Role;
@@ -299,13 +300,65 @@ impl Replica {
 
     /// Hands a message from a peer to OmniPaxos. A message from outside the
     /// configuration or for another node is refused and changes nothing.
-    pub fn step(&mut self, message: Message) -> Result<(), Error> {
+    pub fn step(&mut self, mut message: Message) -> Result<(), Error> {
         let (from, to) = (message.get_sender(), message.get_receiver());
         if to != self.node_id || from == self.node_id || !self.is_member(from) {
             return Err(Error::Misaddressed { node_id: self.node_id, from, to });
         }
+        if let Message::SequencePaxos(PaxosMessage { msg, .. }) = &mut message {
+            let stopped = self.omni.is_reconfigured().is_some();
+            match msg {
+                // This configuration is over here: a sync has nothing to
+                // add, and the peer learns of the next configuration from
+                // this node's hellos.
+                PaxosMsg::AcceptSync(_) if stopped => return Ok(()),
+                PaxosMsg::Promise(promise) if stopped => promise.log_sync = None,
+                PaxosMsg::AcceptSync(sync) => self.repair_log_sync(from, &mut sync.log_sync),
+                PaxosMsg::Promise(Promise { log_sync: Some(sync), .. }) => {
+                    self.repair_log_sync(from, sync)
+                }
+                _ => {}
+            }
+        }
         self.omni.handle_incoming(message);
         Ok(())
+    }
+
+    /// Works around an OmniPaxos 0.2.4 bug that the simulator found: a log
+    /// sync built from a common prefix that ends with this node's StopSign
+    /// counts the StopSign's slot as an entry, and then appends the StopSign
+    /// again. Applied as sent, it puts this node's accepted index one past
+    /// its log, for good: later syncs and decisions build on the phantom
+    /// slot, and after a restart (which recounts the log) OmniPaxos finds its
+    /// decided index past its accepted one. The leader sends such a sync when
+    /// it takes over with the StopSign accepted but not yet decided.
+    ///
+    /// The sync is recognised exactly: it starts at this node's accepted
+    /// index, whose last slot is a StopSign, and carries no entries and a
+    /// StopSign. No correct sync does (a common prefix never covers a
+    /// StopSign); it is the same log, so it starts one slot earlier. (Once
+    /// the StopSign is decided here, `step` drops syncs altogether.)
+    fn repair_log_sync(&self, from: NodeId, sync: &mut LogSync<Command>) {
+        let accepted = self.omni.get_accepted_idx();
+        if sync.stopsign.is_none()
+            || sync.decided_snapshot.is_some()
+            || sync.sync_idx != accepted
+            || accepted == 0
+            || !matches!(self.omni.read(accepted - 1), Some(LogEntry::StopSign(..)))
+        {
+            return;
+        }
+        if sync.suffix.is_empty() {
+            tracing::debug!(from, sync_idx = sync.sync_idx, "log sync past a StopSign: repaired");
+            sync.sync_idx -= 1;
+        } else {
+            tracing::warn!(
+                from,
+                sync_idx = sync.sync_idx,
+                entries = sync.suffix.len(),
+                "a log sync with entries after this node's StopSign"
+            );
+        }
     }
 
     /// Advances time by one tick: elections, resends, and re-proposals that
@@ -563,6 +616,19 @@ impl Replica {
     /// The node this one follows (possibly itself), if it knows one.
     pub fn leader(&self) -> Option<NodeId> {
         self.omni.get_current_leader().map(|(leader, _)| leader)
+    }
+
+    /// Whether this node is in the accept phase of some leader's ballot
+    /// (its own included): entries flow to or from it.
+    pub fn is_settled(&self) -> bool {
+        matches!(self.omni.get_current_leader(), Some((_, true)))
+    }
+
+    /// Starts an election with a ballot above every ballot this node has
+    /// promised. For a node stuck out of the accept phase: see
+    /// `Driver::check_unsettled`.
+    pub fn start_election(&mut self) {
+        self.omni.try_become_leader();
     }
 
     /// Global index of the last decided entry known here.

@@ -64,6 +64,9 @@ pub struct Params {
     pub client_timeout_ticks: u64,
     /// Key+value bytes per snapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Chance, per tick of the safety phase, of asking a node for a
+    /// membership change (in 1/1000; 0 for runs without changes).
+    pub membership_per_mille: u64,
 }
 
 impl Params {
@@ -84,6 +87,7 @@ impl Params {
             log_retain_entries: 2 + rng.below(40),
             client_timeout_ticks: 40 + rng.below(100),
             snapshot_chunk_bytes: 64 + rng.below(2048) as usize,
+            membership_per_mille: if rng.chance(60) { 1 + rng.below(8) } else { 0 },
         }
     }
 }
@@ -103,6 +107,33 @@ pub enum FaultKind {
     CrashBeforePoll,
     KeepDown,
     Restart,
+    /// Membership changes asked for: one node more, one fewer, one swapped
+    /// for a new one (ids are reused once free).
+    AddNode,
+    RemoveNode,
+    ReplaceNode,
+}
+
+/// The smallest and largest cluster the simulator changes membership within.
+const MEMBERS_MIN: usize = 3;
+const MEMBERS_MAX: usize = 5;
+
+/// The peer address of node `id` (never dialled: the network is simulated).
+fn address(id: NodeId) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16))
+}
+
+/// A fresh, empty directory for a node's store: memory-backed when the
+/// machine has it (the simulator crashes processes, never disks, so nothing
+/// is lost).
+fn node_dir() -> TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir())
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("a temporary directory")
 }
 
 /// What a run found.
@@ -120,6 +151,9 @@ pub struct Report {
     /// Keys whose linearizability search ran out of budget.
     pub unchecked_keys: usize,
     pub snapshots_installed: u64,
+    /// Configurations the cluster went through (1 without a membership
+    /// change).
+    pub configurations: u64,
     pub ticks: u64,
     /// A hash of every delivered message and every history entry: two runs
     /// of one seed have the same trace.
@@ -137,11 +171,13 @@ impl fmt::Display for Report {
         writeln!(f, "seed {}: {:?}", self.seed, self.params)?;
         writeln!(
             f,
-            "  {} ticks, {} operations ({} unknown), {} snapshots installed, faults {:?}, network {:?}",
+            "  {} ticks, {} operations ({} unknown), {} snapshots installed, {} configurations, \
+             faults {:?}, network {:?}",
             self.ticks,
             self.operations,
             self.unknown_outcomes,
             self.snapshots_installed,
+            self.configurations,
             self.faults,
             self.network
         )?;
@@ -170,15 +206,32 @@ pub fn run_with(seed: u64, planted: Planted) -> Report {
     Sim::new(seed, planted).run()
 }
 
+impl SimNode {
+    fn new() -> SimNode {
+        SimNode {
+            driver: None,
+            dir: node_dir(),
+            starts: 0,
+            down_until: None,
+            fresh: BTreeMap::new(),
+            leaving: false,
+        }
+    }
+}
+
 struct SimNode {
-    dir: TempDir,
+    // Dropped in this order: the driver before its directory.
     driver: Option<Driver>,
+    dir: TempDir,
     /// Starts so far (each draws fresh randomness).
     starts: u64,
     /// While down: the tick to come back at.
     down_until: Option<u64>,
     /// The commands that took effect here, by id, with their index.
     fresh: BTreeMap<CommandId, u64>,
+    /// Removed from the cluster, and kept running until the members have
+    /// caught up: they may need its state.
+    leaving: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +268,13 @@ struct Sim {
     seed: u64,
     params: Params,
     rng: Rng,
+    /// Draws membership changes, apart from `rng` so that runs without
+    /// changes keep the schedule they had before changes were simulated.
+    admin_rng: Rng,
+    /// Membership changes asked for and not yet answered, by request.
+    admin_requests: BTreeMap<RequestId, FaultKind>,
+    /// Configurations the cluster went through (seen by the simulator).
+    configurations: u64,
     now: u64,
     membership: Membership,
     nodes: BTreeMap<NodeId, SimNode>,
@@ -237,31 +297,9 @@ impl Sim {
     fn new(seed: u64, planted: Planted) -> Sim {
         let params = Params::from_seed(seed);
         let ids: Vec<NodeId> = (1..=params.nodes as u64).collect();
-        let addresses =
-            ids.iter().map(|&id| (id, format!("127.0.0.1:{}", 7100 + id).parse().unwrap()));
+        let addresses = ids.iter().map(|&id| (id, address(id)));
         let membership = Membership::new_cluster(addresses.collect()).expect("a valid membership");
-        let nodes = ids
-            .iter()
-            .map(|&id| {
-                // Memory-backed when the machine has it: the simulator
-                // crashes processes, never disks, so nothing is lost.
-                let shm = std::path::Path::new("/dev/shm");
-                let dir = if shm.is_dir() {
-                    tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir())
-                } else {
-                    tempfile::tempdir()
-                }
-                .expect("a temporary directory");
-                let node = SimNode {
-                    dir,
-                    driver: None,
-                    starts: 0,
-                    down_until: None,
-                    fresh: BTreeMap::new(),
-                };
-                (id, node)
-            })
-            .collect();
+        let nodes = ids.iter().map(|&id| (id, SimNode::new())).collect();
         let clients = (0..params.clients)
             .map(|i| SimClient {
                 id: i as u64,
@@ -276,6 +314,9 @@ impl Sim {
         let mut sim = Sim {
             seed,
             rng: Rng::new(seed),
+            admin_rng: Rng::new(seed ^ 0xAD41_0000_0000_0001),
+            admin_requests: BTreeMap::new(),
+            configurations: 1,
             params,
             now: 0,
             membership,
@@ -301,6 +342,7 @@ impl Sim {
     fn run(mut self) -> Report {
         while self.now < self.params.safety_ticks && self.violations.is_empty() {
             self.maybe_inject_fault();
+            self.maybe_change_membership();
             self.step();
         }
         self.begin_liveness();
@@ -329,6 +371,7 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("a node");
         node.starts += 1;
         node.down_until = None;
+        tracing::info!(t = self.now, id, "node starts");
         let store = Store::open(node.dir.path()).expect("the store opens");
         store.set_durability(Durability::Unsynced);
         if Membership::load(&store).expect("the membership loads").is_none() {
@@ -361,6 +404,7 @@ impl Sim {
             return;
         }
         node.down_until = Some(self.now + down_for.max(1));
+        tracing::info!(t = self.now, id, down_for, "node crashes");
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         self.net.crash(id, self.now, &ids);
     }
@@ -396,6 +440,8 @@ impl Sim {
             let Some(driver) = self.nodes.get_mut(&to).and_then(|n| n.driver.as_mut()) else {
                 continue;
             };
+            let _span = tracing::info_span!("node", id = to, t = self.now).entered();
+            tracing::trace!(from, ?message, "delivered");
             if let Err(error) = driver.step(from, message) {
                 self.violations.push(format!("node {to} failed on a message: {error}"));
             }
@@ -413,6 +459,7 @@ impl Sim {
         for id in self.up_nodes() {
             self.poll(id);
         }
+        self.retire_leavers();
         for c in 0..self.clients.len() {
             self.client_turn(c);
         }
@@ -420,22 +467,26 @@ impl Sim {
 
     fn poll(&mut self, id: NodeId) {
         let mut out = Output::default();
-        let driver = self.nodes.get_mut(&id).and_then(|n| n.driver.as_mut()).expect("up");
+        // A node removed from the cluster earlier in this tick is gone.
+        let Some(driver) = self.nodes.get_mut(&id).and_then(|n| n.driver.as_mut()) else {
+            return;
+        };
+        let _span = tracing::info_span!("node", id, t = self.now).entered();
         driver.tick();
         if let Err(error) = driver.poll(&mut out) {
             self.violations.push(format!("node {id} stopped: {error}"));
             return;
         }
         let applied = driver.take_applied();
-        if let Some(membership) = out.membership {
-            self.violations.push(format!("unexpected membership change to {membership:?}"));
-        }
         self.check_applied(id, &applied);
         for (to, message) in out.messages {
             self.net.send(&mut self.rng, self.now, id, to, message);
         }
         for (request, answer) in out.answers {
             self.answered(id, request, answer);
+        }
+        if let Some(membership) = out.membership {
+            self.observe_membership(id, membership);
         }
     }
 
@@ -562,6 +613,130 @@ impl Sim {
         }
     }
 
+    /// Sometimes asks an up member for a membership change, as an operator
+    /// would through the admin API: one node more, one fewer, or one
+    /// replaced, keeping 3 to 5 members. The answer is not waited for.
+    fn maybe_change_membership(&mut self) {
+        let per_mille = self.params.membership_per_mille;
+        if per_mille == 0 || self.admin_rng.below(1000) >= per_mille {
+            return;
+        }
+        let up: Vec<NodeId> = self
+            .membership
+            .ids()
+            .into_iter()
+            .filter(|id| self.nodes.get(id).is_some_and(|n| n.driver.is_some()))
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let asked = up[self.admin_rng.below(up.len() as u64) as usize];
+        // The members as the asked node knows them.
+        let Some(driver) = self.nodes.get(&asked).and_then(|n| n.driver.as_ref()) else { return };
+        let mut members = driver.membership().members.clone();
+        let ids: Vec<NodeId> = members.keys().copied().collect();
+        let free = (1..)
+            .find(|id| !self.nodes.contains_key(id) && !members.contains_key(id))
+            .expect("a free id");
+        let victim = ids[self.admin_rng.below(ids.len() as u64) as usize];
+        let kind = match self.admin_rng.below(3) {
+            0 if ids.len() < MEMBERS_MAX => FaultKind::AddNode,
+            1 if ids.len() > MEMBERS_MIN => FaultKind::RemoveNode,
+            _ => FaultKind::ReplaceNode,
+        };
+        if kind != FaultKind::AddNode {
+            members.remove(&victim);
+        }
+        if kind != FaultKind::RemoveNode {
+            members.insert(free, address(free));
+        }
+        self.count(kind);
+        let request = self.next_request;
+        self.next_request += 1;
+        self.admin_requests.insert(request, kind);
+        let mut out = Output::default();
+        let driver = self.nodes.get_mut(&asked).and_then(|n| n.driver.as_mut()).expect("up");
+        driver.change_membership(request, members, &mut out);
+        for (to, message) in out.messages {
+            self.net.send(&mut self.rng, self.now, asked, to, message);
+        }
+        for (request, answer) in out.answers {
+            self.answered(asked, request, answer);
+        }
+    }
+
+    /// A node moved to `next`. The first time the simulator sees a
+    /// configuration it does what an operator does once a change is made:
+    /// starts the new nodes empty (they catch up from the others), and marks
+    /// the nodes that left, to delete them once every member has applied the
+    /// state they may alone hold ([`Sim::retire_leavers`]).
+    fn observe_membership(&mut self, from: NodeId, next: Membership) {
+        if next.configuration_id <= self.membership.configuration_id {
+            return;
+        }
+        if next.members.len() < MEMBERS_MIN {
+            self.violations.push(format!(
+                "node {from} moved to configuration {} of {} members, fewer than were ever \
+                 asked for",
+                next.configuration_id,
+                next.members.len()
+            ));
+            return;
+        }
+        self.configurations += 1;
+        tracing::info!(t = self.now, from, members = ?next.ids(), "a new configuration");
+        for (id, node) in self.nodes.iter_mut() {
+            node.leaving |= !next.contains(*id);
+        }
+        self.membership = next.clone();
+        for id in next.ids() {
+            if self.nodes.contains_key(&id) {
+                continue;
+            }
+            self.nodes.insert(id, SimNode::new());
+            self.start(id);
+            if self.liveness {
+                let clients = self.clients.len();
+                for k in 0..self.params.keys {
+                    self.clients[k % clients].final_reads.push((id, format!("k{k}")));
+                }
+            }
+        }
+    }
+
+    /// Stops and deletes the nodes that left the cluster once every member
+    /// is up and has applied through the start of the configuration: until
+    /// then a removed node may be the only one with part of the state (its
+    /// peers may have moved on before applying all the old configuration).
+    fn retire_leavers(&mut self) {
+        if !self.nodes.values().any(|n| n.leaving) {
+            return;
+        }
+        let base = self.membership.base_index;
+        let caught_up = self.membership.ids().iter().all(|id| {
+            self.nodes
+                .get(id)
+                .and_then(|n| n.driver.as_ref())
+                .is_some_and(|d| d.state_machine().applied_index() >= base)
+        });
+        if !caught_up {
+            return;
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let leaving: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.leaving).map(|(id, _)| *id).collect();
+        for id in leaving {
+            tracing::info!(t = self.now, id, "a removed node is deleted");
+            self.nodes.remove(&id);
+            self.net.crash(id, self.now, &ids);
+        }
+    }
+
+    /// The nodes of the current configuration.
+    fn members(&self) -> impl Iterator<Item = (&NodeId, &SimNode)> {
+        self.nodes.iter().filter(|(_, n)| !n.leaving)
+    }
+
     fn isolate(&mut self, node: NodeId) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let now = self.now;
@@ -572,6 +747,7 @@ impl Sim {
     }
 
     fn count(&mut self, kind: FaultKind) {
+        tracing::info!(t = self.now, ?kind, "fault");
         *self.faults.entry(kind).or_default() += 1;
     }
 
@@ -593,8 +769,9 @@ impl Sim {
             self.count(FaultKind::Restart);
             self.start(id);
         }
-        // Every key is read on every node once more, spread over the clients.
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        // Every key is read on every member once more, spread over the
+        // clients.
+        let ids: Vec<NodeId> = self.members().map(|(id, _)| *id).collect();
         let clients = self.clients.len();
         let mut turn = 0;
         for &node in &ids {
@@ -722,6 +899,14 @@ impl Sim {
     }
 
     fn answered(&mut self, node: NodeId, request: RequestId, answer: Answer) {
+        if let Some(kind) = self.admin_requests.remove(&request) {
+            // A change refused (another in flight, no quorum) or made: the
+            // configurations are followed through the nodes' outputs.
+            if !matches!(answer, Answer::Reconfigured(_) | Answer::Failed(_)) {
+                self.violations.push(format!("{kind:?} was answered {answer:?}"));
+            }
+            return;
+        }
         let Some(c) = self.routes.remove(&request) else { return };
         let now = self.now;
         let client = &mut self.clients[c];
@@ -826,20 +1011,18 @@ impl Sim {
         let clients_done =
             self.clients.iter().all(|c| c.in_flight.is_none() && c.final_reads.is_empty());
         let all_serving =
-            self.nodes.values().all(|n| n.driver.as_ref().is_some_and(|d| d.blocked().is_none()));
+            self.members().all(|(_, n)| n.driver.as_ref().is_some_and(|d| d.blocked().is_none()));
         if !clients_done || !all_serving {
             return false;
         }
         let applied: Vec<u64> = self
-            .nodes
-            .values()
-            .filter_map(|n| n.driver.as_ref())
+            .members()
+            .filter_map(|(_, n)| n.driver.as_ref())
             .map(|d| d.state_machine().applied_index())
             .collect();
         let decided = self
-            .nodes
-            .values()
-            .filter_map(|n| n.driver.as_ref())
+            .members()
+            .filter_map(|(_, n)| n.driver.as_ref())
             .map(|d| d.replica().decided_index())
             .max()
             .unwrap_or(0);
@@ -852,7 +1035,8 @@ impl Sim {
             .iter()
             .map(|(id, n)| match &n.driver {
                 Some(d) => format!(
-                    "{id}: applied {} decided {} blocked {:?} leader {:?}",
+                    "{id}{}: applied {} decided {} blocked {:?} leader {:?}",
+                    if n.leaving { " (leaving)" } else { "" },
                     d.state_machine().applied_index(),
                     d.replica().decided_index(),
                     d.blocked(),
@@ -870,8 +1054,7 @@ impl Sim {
             return;
         }
         let fingerprints: BTreeMap<NodeId, u64> = self
-            .nodes
-            .iter()
+            .members()
             .filter_map(|(id, n)| n.driver.as_ref().map(|d| (*id, d)))
             .map(|(id, d)| (id, d.state_machine().store().state_fingerprint().expect("readable")))
             .collect();
@@ -911,6 +1094,7 @@ impl Sim {
                 .count(),
             unchecked_keys,
             snapshots_installed,
+            configurations: self.configurations,
             ticks: self.now,
             trace: self.trace.finish(),
         }

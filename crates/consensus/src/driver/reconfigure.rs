@@ -180,6 +180,9 @@ impl Driver {
         out.membership = Some(next.clone());
         self.catch_up = None;
         self.lagging_since = None;
+        // Nodes that left are no longer heard from, nor asked for entries.
+        self.hellos.retain(|id, _| next.contains(*id));
+        self.heard.retain(|id, _| next.contains(*id));
         if !next.contains(me) {
             self.blocked = Some(Blocked::Removed { configuration_id: next.configuration_id });
             self.membership = next;
