@@ -32,7 +32,7 @@ use cairn_consensus::driver::{
 use cairn_consensus::replica::{NodeId, Rng, Timing};
 use cairn_consensus::Membership;
 use cairn_storage::fnv::Fnv1a;
-use cairn_storage::{Command, CommandId, Durability, Op, Outcome, StateMachine, Store};
+use cairn_storage::{Command, CommandId, Durability, Footprint, Op, Outcome, StateMachine, Store};
 use tempfile::TempDir;
 
 use crate::linearizability::{self, Completion, Entry, Output as KvOutput, Verdict};
@@ -372,7 +372,7 @@ impl Sim {
         node.starts += 1;
         node.down_until = None;
         tracing::info!(t = self.now, id, "node starts");
-        let store = Store::open(node.dir.path()).expect("the store opens");
+        let store = Store::open_with(node.dir.path(), Footprint::Small).expect("the store opens");
         store.set_durability(Durability::Unsynced);
         if Membership::load(&store).expect("the membership loads").is_none() {
             membership.begin(&store).expect("the membership is stored");

@@ -22,7 +22,7 @@ use std::time::Instant;
 use cairn_sim::cluster::{run, run_with, FaultKind, Params, Planted, Report};
 
 /// Seeds run by default.
-const SEEDS_DEFAULT: u64 = 300;
+const SEEDS_DEFAULT: u64 = 2_000;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)

@@ -141,18 +141,47 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// How much memory and disk a store takes for its buffers and files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Footprint {
+    /// RocksDB's defaults: 64 MiB write buffers, preallocated logs.
+    Server,
+    /// Small buffers and no preallocation, for the many short-lived stores
+    /// of tests and simulations. Same data, same durability.
+    Small,
+}
+
+/// Write buffer per column family of a [`Footprint::Small`] store.
+const SMALL_WRITE_BUFFER_BYTES: usize = 512 * 1024;
+
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, sized for a server.
     pub fn open(dir: &Path) -> Result<Store, Error> {
+        Store::open_with(dir, Footprint::Server)
+    }
+
+    /// Opens (or creates) the database in `dir` with the given footprint.
+    pub fn open_with(dir: &Path, footprint: Footprint) -> Result<Store, Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        if footprint == Footprint::Small {
+            // RocksDB preallocates each write-ahead log at about the size of
+            // a write buffer, and each manifest at 4 MiB: on a memory file
+            // system that is most of the cost of opening a small store.
+            opts.set_manifest_preallocation_size(64 * 1024);
+            opts.set_db_write_buffer_size(COLUMN_FAMILIES.len() * SMALL_WRITE_BUFFER_BYTES);
+            opts.set_max_background_jobs(1);
+        }
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if footprint == Footprint::Small {
+                cf_opts.set_write_buffer_size(SMALL_WRITE_BUFFER_BYTES);
+            }
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;

@@ -24,7 +24,7 @@ pub mod snapshot;
 pub use command::{
     ApplyError, Command, CommandId, CompactionMarker, Conflict, Doc, Op, Outcome, WaitKey,
 };
-pub use engine::{Durability, Page, Store, LIST_LIMIT_MAX};
+pub use engine::{Durability, Footprint, Page, Store, LIST_LIMIT_MAX};
 pub use machine::{Applied, StateMachine};
 pub use snapshot::{Chunk, SnapshotCf, SnapshotSink, SnapshotSource};
 
