@@ -235,6 +235,17 @@ pub struct AppliedEntry {
     pub fingerprint: u64,
 }
 
+/// A snapshot as a driver served or installed it (see
+/// [`DriverConfig::record_applied`]): the state's fingerprint
+/// ([`cairn_storage::Store::state_fingerprint`]) at the snapshot's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotEvent {
+    /// A checkpoint taken here for `peer`.
+    Served { peer: NodeId, applied_index: u64, state: u64 },
+    /// A snapshot from `peer` installed here.
+    Installed { peer: NodeId, applied_index: u64, state: u64 },
+}
+
 /// Whether the state machine refused a command for its session or sequence
 /// (it did not take effect, and it is not a fresh application).
 fn refused_as_repeat(outcome: &cairn_storage::Outcome) -> bool {
@@ -342,8 +353,9 @@ pub struct Driver {
     /// Scratch for the replica's outgoing messages.
     paxos_out: Vec<(NodeId, Message)>,
     stats: CatchUpStats,
-    /// Applied entries, when `record_applied` is set.
+    /// Applied entries and snapshots, when `record_applied` is set.
     applied_log: Vec<AppliedEntry>,
+    snapshot_log: Vec<SnapshotEvent>,
     /// This node's decided index when it last saw its leader ahead of it.
     lagging_since: Option<u64>,
     /// Election rounds in a row spent out of the accept phase with a
@@ -394,6 +406,7 @@ impl Driver {
             paxos_out: Vec::new(),
             stats: CatchUpStats::default(),
             applied_log: Vec::new(),
+            snapshot_log: Vec::new(),
             lagging_since: None,
             unsettled_rounds: 0,
             unsettled_limit: UNSETTLED_ROUNDS_MIN,
@@ -679,6 +692,12 @@ impl Driver {
         std::mem::take(&mut self.applied_log)
     }
 
+    /// The snapshots served and installed since the last call (empty unless
+    /// `record_applied` is set).
+    pub fn take_snapshot_events(&mut self) -> Vec<SnapshotEvent> {
+        std::mem::take(&mut self.snapshot_log)
+    }
+
     pub fn catch_up_stats(&self) -> CatchUpStats {
         self.stats
     }
@@ -823,6 +842,18 @@ impl Driver {
                     return self.stopsign_decided(index, stopsign.metadata.as_deref(), out);
                 }
             }
+        }
+    }
+
+    /// Keeps a snapshot served or installed, for checkers, when asked to.
+    pub(super) fn record_snapshot(&mut self, event: impl FnOnce(u64, u64) -> SnapshotEvent) {
+        if !self.config.record_applied {
+            return;
+        }
+        let applied = self.sm.applied_index();
+        match self.sm.store().state_fingerprint() {
+            Ok(state) => self.snapshot_log.push(event(applied, state)),
+            Err(error) => tracing::warn!(%error, "cannot fingerprint the state"),
         }
     }
 

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use cairn_consensus::driver::{
-    Answer, AppliedEntry, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
+    Answer, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
 };
 use cairn_consensus::replica::{NodeId, Rng, Timing};
 use cairn_consensus::Membership;
@@ -35,13 +35,19 @@ use cairn_storage::fnv::Fnv1a;
 use cairn_storage::{Command, CommandId, Durability, Footprint, Op, Outcome, StateMachine, Store};
 use tempfile::TempDir;
 
+use crate::agreement::Agreement;
+use crate::exactly_once::ExactlyOnce;
 use crate::linearizability::{self, Completion, Entry, Output as KvOutput, Verdict};
+use crate::log_invariants::{LogInvariants, Progress};
 use crate::network::{Faults, Network, NetworkStats};
+use crate::snapshots::Snapshots;
 
 /// Tries of one client operation before it gives up (safety phase).
 const ATTEMPTS_MAX: u32 = 4;
 /// Ticks a client waits before it tries again after a refusal.
 const RETRY_BACKOFF_TICKS: u64 = 5;
+/// How often every node compacts its log, in ticks.
+const COMPACT_INTERVAL_TICKS: u64 = 5;
 /// Timing of every replica, in ticks.
 const TIMING: Timing =
     Timing { election_timeout_ticks: 5, resend_timeout_ticks: 10, repropose_timeout_ticks: 15 };
@@ -208,14 +214,7 @@ pub fn run_with(seed: u64, planted: Planted) -> Report {
 
 impl SimNode {
     fn new() -> SimNode {
-        SimNode {
-            driver: None,
-            dir: node_dir(),
-            starts: 0,
-            down_until: None,
-            fresh: BTreeMap::new(),
-            leaving: false,
-        }
+        SimNode { driver: None, dir: node_dir(), starts: 0, down_until: None, leaving: false }
     }
 }
 
@@ -227,8 +226,6 @@ struct SimNode {
     starts: u64,
     /// While down: the tick to come back at.
     down_until: Option<u64>,
-    /// The commands that took effect here, by id, with their index.
-    fresh: BTreeMap<CommandId, u64>,
     /// Removed from the cluster, and kept running until the members have
     /// caught up: they may need its state.
     leaving: bool,
@@ -286,8 +283,11 @@ struct Sim {
     history: Vec<Entry>,
     violations: Vec<String>,
     faults: BTreeMap<FaultKind, u64>,
-    /// The fingerprint of the entry at each index, as first applied anywhere.
-    entries: BTreeMap<u64, u64>,
+    // The checkers, one file each.
+    agreement: Agreement,
+    exactly_once: ExactlyOnce,
+    log_invariants: LogInvariants,
+    snapshots: Snapshots,
     trace: Fnv1a,
     liveness: bool,
     planted: Planted,
@@ -311,6 +311,7 @@ impl Sim {
             })
             .collect();
         let net = Network::new(params.faults);
+        let log_invariants = LogInvariants::new(params.log_retain_entries);
         let mut sim = Sim {
             seed,
             rng: Rng::new(seed),
@@ -328,7 +329,10 @@ impl Sim {
             history: Vec::new(),
             violations: Vec::new(),
             faults: BTreeMap::new(),
-            entries: BTreeMap::new(),
+            agreement: Agreement::default(),
+            exactly_once: ExactlyOnce::default(),
+            log_invariants,
+            snapshots: Snapshots::default(),
             trace: Fnv1a::new(),
             liveness: false,
             planted,
@@ -378,19 +382,19 @@ impl Sim {
             membership.begin(&store).expect("the membership is stored");
         }
         let stored = Membership::load(&store).expect("loads").expect("stored");
-        cairn_storage::snapshot::discard_unfinished_install(&store).expect("a reset");
+        let wiped = cairn_storage::snapshot::discard_unfinished_install(&store).expect("a reset");
         let sm = StateMachine::open(store).expect("the state machine opens");
         // A state wiped after an interrupted snapshot install applies its
         // entries again: only what the state still holds counts.
-        let applied = sm.applied_index();
-        node.fresh.retain(|_, index| *index <= applied);
+        self.exactly_once.state_restored(id, sm.applied_index());
+        self.log_invariants.restarted(id, wiped);
         let me = Hello { api_address: format!("sim-{id}"), ..Hello::default() };
         let node_seed = seed ^ id.rotate_left(40) ^ node.starts.rotate_left(20);
         let mut config =
             DriverConfig::new(id, stored, TIMING, node_seed, me, node.dir.path().join("snapshots"));
         config.peer_silence_ticks = 3 * TIMING.election_timeout_ticks;
         config.log_retain_entries = params.log_retain_entries;
-        config.compact_interval_ticks = 5;
+        config.compact_interval_ticks = COMPACT_INTERVAL_TICKS;
         config.catch_up_timeout_ticks = 20;
         config.snapshot_chunk_bytes = params.snapshot_chunk_bytes;
         config.record_applied = true;
@@ -478,7 +482,22 @@ impl Sim {
             return;
         }
         let applied = driver.take_applied();
-        self.check_applied(id, &applied);
+        let snapshots = driver.take_snapshot_events();
+        let progress = Progress {
+            applied: driver.state_machine().applied_index(),
+            decided: driver.replica().decided_index(),
+            compacted: driver.replica().compacted_index(),
+            base: driver.replica().base_index(),
+            configuration_id: driver.membership().configuration_id,
+            compacted_this_tick: driver.now_ticks().is_multiple_of(COMPACT_INTERVAL_TICKS),
+        };
+        let found = [
+            self.agreement.applied(id, &applied),
+            self.exactly_once.applied(id, &applied),
+            self.snapshots.observed(id, &snapshots),
+            self.log_invariants.observed(id, progress),
+        ];
+        self.violations.extend(found.into_iter().flatten());
         for (to, message) in out.messages {
             self.net.send(&mut self.rng, self.now, id, to, message);
         }
@@ -487,31 +506,6 @@ impl Sim {
         }
         if let Some(membership) = out.membership {
             self.observe_membership(id, membership);
-        }
-    }
-
-    /// Replicas agree on every index; nothing takes effect twice on a node.
-    fn check_applied(&mut self, id: NodeId, applied: &[AppliedEntry]) {
-        let node = self.nodes.get_mut(&id).expect("a node");
-        for entry in applied {
-            match self.entries.get(&entry.index) {
-                Some(first) if *first != entry.fingerprint => self.violations.push(format!(
-                    "node {id} applied another entry at index {} than a replica before it",
-                    entry.index
-                )),
-                Some(_) => {}
-                None => {
-                    self.entries.insert(entry.index, entry.fingerprint);
-                }
-            }
-            if let (Some(command), true) = (entry.id, entry.fresh) {
-                if let Some(before) = node.fresh.insert(command, entry.index) {
-                    self.violations.push(format!(
-                        "node {id} applied command {command:?} twice: at {before} and {}",
-                        entry.index
-                    ));
-                }
-            }
         }
     }
 
@@ -728,6 +722,8 @@ impl Sim {
         for id in leaving {
             tracing::info!(t = self.now, id, "a removed node is deleted");
             self.nodes.remove(&id);
+            self.exactly_once.deleted(id);
+            self.log_invariants.deleted(id);
             self.net.crash(id, self.now, &ids);
         }
     }
@@ -1058,10 +1054,7 @@ impl Sim {
             .filter_map(|(id, n)| n.driver.as_ref().map(|d| (*id, d)))
             .map(|(id, d)| (id, d.state_machine().store().state_fingerprint().expect("readable")))
             .collect();
-        let first = fingerprints.values().next().copied();
-        if fingerprints.values().any(|f| Some(*f) != first) {
-            self.violations.push(format!("replicas differ in state: {fingerprints:?}"));
-        }
+        self.violations.extend(crate::agreement::same_state(&fingerprints));
         match linearizability::check(&self.history) {
             Ok(report) if report.verdict() == Verdict::NotLinearizable => {
                 self.violations.push(format!("the history is not linearizable:\n{report}"));
@@ -1074,12 +1067,7 @@ impl Sim {
     fn report(self) -> Report {
         let unchecked_keys =
             linearizability::check(&self.history).map(|r| r.unknown_keys()).unwrap_or(0);
-        let snapshots_installed = self
-            .nodes
-            .values()
-            .filter_map(|n| n.driver.as_ref())
-            .map(|d| d.catch_up_stats().snapshots_installed)
-            .sum();
+        let snapshots_installed = self.snapshots.installed();
         Report {
             seed: self.seed,
             params: self.params,

@@ -6,9 +6,22 @@
 //!   clients; faults, then healing; the checks.
 //! - [`network`]: the simulated network (latency, loss, duplication,
 //!   reordering, cut links).
+//!
+//! The checkers, one file each:
 //! - [`linearizability`]: decides whether a client history of the key-value
-//!   space is linearizable, key by key.
+//!   space is linearizable, key by key (which covers acknowledged writes
+//!   lost: the final reads on every node see every completed write);
+//! - [`exactly_once`]: no command takes effect twice on a node;
+//! - [`agreement`]: replicas apply the same entry at every index and end in
+//!   the same state;
+//! - [`log_invariants`]: applied, decided and compacted indexes move only
+//!   forward, nothing is applied undecided, and logs stay bounded;
+//! - [`snapshots`]: every snapshot installed is the state its peer served.
 
+pub mod agreement;
 pub mod cluster;
+pub mod exactly_once;
 pub mod linearizability;
+pub mod log_invariants;
 pub mod network;
+pub mod snapshots;

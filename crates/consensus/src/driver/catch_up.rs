@@ -12,8 +12,8 @@ use cairn_storage::snapshot::Chunk;
 use cairn_storage::{Command, SnapshotSink, SnapshotSource};
 
 use super::{
-    Blocked, Driver, Output, PeerMessage, FETCH_ENTRIES_BYTES_MAX, FETCH_ENTRIES_MAX,
-    SNAPSHOTS_SERVED_MAX,
+    Blocked, Driver, Output, PeerMessage, SnapshotEvent, FETCH_ENTRIES_BYTES_MAX,
+    FETCH_ENTRIES_MAX, SNAPSHOTS_SERVED_MAX,
 };
 use crate::replica::NodeId;
 use crate::Error;
@@ -300,6 +300,11 @@ impl Driver {
                 self.install_begun = false;
                 self.stats.snapshots_installed += 1;
                 tracing::info!(peer, index, "installed a snapshot from a peer");
+                self.record_snapshot(|applied_index, state| SnapshotEvent::Installed {
+                    peer,
+                    applied_index,
+                    state,
+                });
                 self.caught_up();
                 Ok(())
             }
@@ -394,6 +399,12 @@ impl Driver {
                 Ok(source) => {
                     self.stats.snapshots_served += 1;
                     tracing::info!(peer, applied = source.applied_index(), "serving a snapshot");
+                    // Single-threaded: the store is as the checkpoint took it.
+                    self.record_snapshot(|applied_index, state| SnapshotEvent::Served {
+                        peer,
+                        applied_index,
+                        state,
+                    });
                     let serving = Serving {
                         transfer,
                         source,
