@@ -291,4 +291,22 @@ pub struct BenchArgs {
     /// Seed for the operation mix and key choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The system under test: Cairn's HTTP API, or etcd's gRPC API (then
+    /// --targets are etcd client URLs, e.g. http://127.0.0.1:2379), for
+    /// side-by-side runs from one load generator.
+    #[arg(long, value_enum, default_value_t = SystemArg::Cairn)]
+    pub system: SystemArg,
+    /// Run --kill-cmd this long after the start, and report how long after it
+    /// the first write sent after it was acknowledged (failover time).
+    #[arg(long, requires = "kill_cmd")]
+    pub kill_after: Option<humantime::Duration>,
+    /// A shell command that kills a node (e.g. `kill -9 PID`); see --kill-after.
+    #[arg(long, requires = "kill_after")]
+    pub kill_cmd: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemArg {
+    Cairn,
+    Etcd,
 }

@@ -10,6 +10,12 @@
 //!
 //! Errors are counted, not retried, and never stop the run: a benchmark reports
 //! what happened.
+//!
+//! `--system etcd` drives etcd's gRPC key-value API instead, with the same
+//! workers, keys, values and histograms, so the two systems are measured by
+//! one load generator (`bench/vs-etcd`). `--kill-after`/`--kill-cmd` kill a
+//! node mid-run and report the failover time: from the kill to the first
+//! acknowledged write sent after it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,7 +29,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::args::{BenchArgs, Global};
+use crate::args::{BenchArgs, Global, SystemArg};
 
 /// Operations when neither `--ops` nor `--duration` is given.
 const OPS_DEFAULT: u64 = 10_000;
@@ -51,6 +57,89 @@ impl Rng {
 
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One connection to the system under test.
+#[derive(Clone)]
+enum Backend {
+    Cairn(Client),
+    Etcd(Box<etcd_client::KvClient>),
+}
+
+impl Backend {
+    async fn connect(system: SystemArg, target: &str) -> Result<Backend, String> {
+        match system {
+            SystemArg::Cairn => Client::new(target).map(Backend::Cairn).map_err(|e| e.to_string()),
+            SystemArg::Etcd => etcd_client::Client::connect([target], None)
+                .await
+                .map(|client| Backend::Etcd(Box::new(client.kv_client())))
+                .map_err(|e| format!("cannot connect to etcd at {target}: {e}")),
+        }
+    }
+
+    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), String> {
+        match self {
+            Backend::Cairn(client) => {
+                client.kv_put(key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Backend::Etcd(kv) => {
+                kv.put(key, value.to_vec(), None).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// A read; etcd's default range read is linearizable like Cairn's, and
+    /// `Read::Local` maps to etcd's serializable read.
+    async fn get(&mut self, key: &str, read: Read) -> Result<(), String> {
+        match self {
+            Backend::Cairn(client) => {
+                client.kv_get(key, read).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Backend::Etcd(kv) => {
+                let options = match read {
+                    Read::Local => Some(etcd_client::GetOptions::new().with_serializable()),
+                    _ => None,
+                };
+                kv.get(key, options).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// When a node was killed and when the first write sent after it was
+/// acknowledged, in microseconds since the run started (`u64::MAX`: not yet).
+struct Failover {
+    started: Instant,
+    killed_us: AtomicU64,
+    first_write_us: AtomicU64,
+}
+
+impl Failover {
+    fn new(started: Instant) -> Failover {
+        Failover {
+            started,
+            killed_us: AtomicU64::new(u64::MAX),
+            first_write_us: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// A write sent at `sent_us` was acknowledged now.
+    fn write_acknowledged(&self, sent_us: u64) {
+        if sent_us >= self.killed_us.load(Ordering::Acquire) {
+            self.first_write_us.fetch_min(self.now_us(), Ordering::AcqRel);
+        }
+    }
+
+    /// Milliseconds from the kill to the first write acknowledged after it.
+    fn millis(&self) -> Option<f64> {
+        let killed = self.killed_us.load(Ordering::Acquire);
+        let first = self.first_write_us.load(Ordering::Acquire);
+        (killed != u64::MAX && first != u64::MAX).then(|| (first - killed) as f64 / 1000.0)
     }
 }
 
@@ -108,9 +197,12 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
         if args.targets.is_empty() { vec![global.addr.clone()] } else { args.targets.clone() };
     let mut clients = Vec::with_capacity(targets.len());
     for target in &targets {
-        match Client::new(target) {
+        match Backend::connect(args.system, target).await {
             Ok(client) => clients.push(client),
-            Err(e) => return crate::output::usage(global.output, &e.to_string()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     let value = Bytes::from(vec![b'x'; args.value_size]);
@@ -121,8 +213,14 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let (tally, elapsed) = measure(&clients, &args, value).await;
-    let result = summary(&args, &targets, &tally, elapsed);
+    let (tally, elapsed, failover) = measure(&clients, &args, value).await;
+    let mut result = summary(&args, &targets, &tally, elapsed);
+    if let Some(kill_after) = args.kill_after {
+        result["failover"] = json!({
+            "kill_after_s": kill_after.as_secs_f64(),
+            "first_write_ms": failover.millis(),
+        });
+    }
     print_summary(&result);
     if let Some(path) = &args.result_file {
         if let Err(e) = write_result(path, &result) {
@@ -134,15 +232,15 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
 }
 
 async fn prefill(
-    clients: &[Client],
+    clients: &[Backend],
     concurrency: usize,
     keys: u64,
     value: &Bytes,
-) -> Result<(), cairn_client::Error> {
+) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
     for worker in 0..concurrency {
-        let client = clients[worker % clients.len()].clone();
+        let mut client = clients[worker % clients.len()].clone();
         let (next, value) = (next.clone(), value.clone());
         tasks.spawn(async move {
             loop {
@@ -150,7 +248,7 @@ async fn prefill(
                 if key >= keys {
                     return Ok(());
                 }
-                client.kv_put(&format!("bench/{key}"), value.clone()).await?;
+                client.put(&format!("bench/{key}"), &value).await?;
             }
         });
     }
@@ -160,8 +258,32 @@ async fn prefill(
     Ok(())
 }
 
-async fn measure(clients: &[Client], args: &BenchArgs, value: Bytes) -> (Tally, Duration) {
+async fn measure(
+    clients: &[Backend],
+    args: &BenchArgs,
+    value: Bytes,
+) -> (Tally, Duration, Arc<Failover>) {
     let started = Instant::now();
+    let failover = Arc::new(Failover::new(started));
+    let killer = match (args.kill_after, args.kill_cmd.clone()) {
+        (Some(after), Some(command)) => {
+            let failover = failover.clone();
+            Some(tokio::spawn(async move {
+                tokio::time::sleep_until((started + *after).into()).await;
+                let status =
+                    tokio::process::Command::new("sh").arg("-c").arg(&command).status().await;
+                // Taken once the command returned: a write sent later went
+                // out after the kill.
+                failover.killed_us.store(failover.now_us(), Ordering::Release);
+                match status {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => eprintln!("warning: --kill-cmd exited with {status}"),
+                    Err(e) => eprintln!("warning: cannot run --kill-cmd: {e}"),
+                }
+            }))
+        }
+        _ => None,
+    };
     let stop = match (args.ops, args.duration) {
         (_, Some(duration)) => Stop::Until(started + *duration),
         (ops, None) => Stop::Ops(ops.unwrap_or(OPS_DEFAULT)),
@@ -174,9 +296,10 @@ async fn measure(clients: &[Client], args: &BenchArgs, value: Bytes) -> (Tally, 
         let rng = Rng::new(args.seed.wrapping_add(worker as u64));
         let (issued, value, progress) = (issued.clone(), value.clone(), progress.clone());
         let (keys, read_ratio, read) = (args.keys, args.read_ratio, args.read.into());
+        let failover = failover.clone();
         tasks.spawn(async move {
             let work = Work { client, rng, keys, read_ratio, read, value };
-            work.run(stop, &issued, &progress).await
+            work.run(stop, &issued, &progress, &failover).await
         });
     }
     let mut tally = Tally::new();
@@ -185,7 +308,10 @@ async fn measure(clients: &[Client], args: &BenchArgs, value: Bytes) -> (Tally, 
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    (tally, elapsed)
+    if let Some(killer) = killer {
+        killer.abort();
+    }
+    (tally, elapsed, failover)
 }
 
 fn progress_bar(stop: Stop, args: &BenchArgs) -> ProgressBar {
@@ -204,7 +330,7 @@ fn progress_bar(stop: Stop, args: &BenchArgs) -> ProgressBar {
 }
 
 struct Work {
-    client: Client,
+    client: Backend,
     rng: Rng,
     keys: u64,
     read_ratio: f64,
@@ -213,7 +339,13 @@ struct Work {
 }
 
 impl Work {
-    async fn run(mut self, stop: Stop, issued: &AtomicU64, progress: &ProgressBar) -> Tally {
+    async fn run(
+        mut self,
+        stop: Stop,
+        issued: &AtomicU64,
+        progress: &ProgressBar,
+        failover: &Failover,
+    ) -> Tally {
         let mut tally = Tally::new();
         let mut last_tick = Instant::now();
         loop {
@@ -232,18 +364,22 @@ impl Work {
             let key = format!("bench/{}", self.rng.next() % self.keys);
             let is_read = self.rng.unit() < self.read_ratio;
             let started = Instant::now();
+            let sent_us = failover.now_us();
             let result = if is_read {
-                self.client.kv_get(&key, self.read).await.map(|_| ())
+                self.client.get(&key, self.read).await
             } else {
-                self.client.kv_put(&key, self.value.clone()).await.map(|_| ())
+                self.client.put(&key, &self.value).await
             };
             let micros = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
             match result {
                 Ok(()) if is_read => tally.reads.record(micros).expect("clamped into bounds"),
-                Ok(()) => tally.writes.record(micros).expect("clamped into bounds"),
+                Ok(()) => {
+                    tally.writes.record(micros).expect("clamped into bounds");
+                    failover.write_acknowledged(sent_us);
+                }
                 Err(e) => {
                     tally.errors += 1;
-                    tally.first_error.get_or_insert_with(|| e.to_string());
+                    tally.first_error.get_or_insert(e);
                 }
             }
             match stop {
@@ -276,6 +412,7 @@ fn summary(args: &BenchArgs, targets: &[String], tally: &Tally, elapsed: Duratio
     let seconds = elapsed.as_secs_f64();
     let ops = all.len();
     json!({
+        "system": format!("{:?}", args.system).to_lowercase(),
         "targets": targets,
         "clients": args.clients,
         "value_size": args.value_size,
@@ -320,6 +457,12 @@ fn print_summary(result: &Value) {
     line("writes", &result["writes"]);
     if let Some(error) = result["first_error"].as_str() {
         println!("  first error: {error}");
+    }
+    if let Some(failover) = result.get("failover") {
+        match failover["first_write_ms"].as_f64() {
+            Some(ms) => println!("  failover: first write acknowledged {ms:.0} ms after the kill"),
+            None => println!("  failover: no write acknowledged after the kill"),
+        }
     }
 }
 
