@@ -690,10 +690,7 @@ impl Sim {
             self.nodes.insert(id, SimNode::new());
             self.start(id);
             if self.liveness {
-                let clients = self.clients.len();
-                for k in 0..self.params.keys {
-                    self.clients[k % clients].final_reads.push((id, format!("k{k}")));
-                }
+                self.schedule_final_reads(id, 0);
             }
         }
     }
@@ -755,6 +752,17 @@ impl Sim {
             .map(|(id, _)| *id)
     }
 
+    /// A final read of every key on `node`, spread over the clients from
+    /// client `turn` on; answers the turn after the last.
+    fn schedule_final_reads(&mut self, node: NodeId, mut turn: usize) -> usize {
+        let clients = self.clients.len();
+        for k in 0..self.params.keys {
+            self.clients[turn % clients].final_reads.push((node, format!("k{k}")));
+            turn += 1;
+        }
+        turn
+    }
+
     fn begin_liveness(&mut self) {
         self.liveness = true;
         self.net.heal();
@@ -768,13 +776,9 @@ impl Sim {
         // Every key is read on every member once more, spread over the
         // clients.
         let ids: Vec<NodeId> = self.members().map(|(id, _)| *id).collect();
-        let clients = self.clients.len();
         let mut turn = 0;
         for &node in &ids {
-            for k in 0..self.params.keys {
-                self.clients[turn % clients].final_reads.push((node, format!("k{k}")));
-                turn += 1;
-            }
+            turn = self.schedule_final_reads(node, turn);
         }
     }
 
