@@ -1,0 +1,1 @@
+//! Cairn's host agent (placeholder, filled in next).

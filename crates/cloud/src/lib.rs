@@ -1,0 +1,1 @@
+//! Cairn's cloud (placeholder, filled in next).

@@ -1,0 +1,1 @@
+//! The desired state (placeholder, filled in next).

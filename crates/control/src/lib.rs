@@ -1,0 +1,4 @@
+//! Cairn's control plane core, free of IO: the desired state and its
+//! validation ([`desired`]), and the reconciliation planner.
+
+pub mod desired;
