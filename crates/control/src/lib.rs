@@ -1,4 +1,6 @@
 //! Cairn's control plane core, free of IO: the desired state and its
-//! validation ([`desired`]), and the reconciliation planner.
+//! validation ([`desired`]), the status reported ([`status`]), and the
+//! reconciliation planner.
 
 pub mod desired;
+pub mod status;
