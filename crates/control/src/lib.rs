@@ -1,6 +1,9 @@
 //! Cairn's control plane core, free of IO: the desired state and its
 //! validation ([`desired`]), the status reported ([`status`]), and the
-//! reconciliation planner.
+//! reconciliation planner ([`model`], [`planner`]) and its loop ([`reconcile`]).
 
 pub mod desired;
+pub mod model;
+pub mod planner;
+pub mod reconcile;
 pub mod status;

@@ -1,0 +1,120 @@
+//! The agent's one error type, for the supervisor, the gRPC service and the
+//! client alike.
+//!
+//! Variants are grouped by how a caller reacts. A refused request
+//! ([`Error::InvalidArgument`], [`Error::OtherNode`], [`Error::NoNode`]) will
+//! be refused again: the caller must change what it asks. The host's own
+//! troubles ([`Error::Io`], [`Error::Spawn`], [`Error::StopTimeout`],
+//! [`Error::BadIntent`]) need an operator or time. A call that got no answer
+//! ([`Error::Transport`], [`Error::Deadline`], some [`Error::Rpc`]) may be
+//! repeated as it is: every agent call is idempotent; see
+//! [`Error::is_retryable`].
+//!
+//! Every message names what was wrong: the file, the process, the ids.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the agent and its client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request that makes no sense (a zero node id, a malformed address).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The host holds another node's data (or runs another node).
+    #[error(
+        "this host holds node {held}'s data; it cannot run node {requested} \
+         (remove node {held} from the cluster and delete its host first)"
+    )]
+    OtherNode { held: u64, requested: u64 },
+    /// The request needs a node and the host has none.
+    #[error("this host has no node: {0}")]
+    NoNode(String),
+    /// A file or directory of the host could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// The persisted intent (`agent.json`) is not what this agent wrote.
+    #[error("cannot read {path}: {message} (fix or remove the file)")]
+    BadIntent { path: PathBuf, message: String },
+    /// The node's binary could not be started.
+    #[error("cannot start the node binary {bin}: {source}")]
+    Spawn { bin: PathBuf, source: std::io::Error },
+    /// A signal could not be sent to the node.
+    #[error("cannot send {signal} to the node (pid {pid}): {source}")]
+    Signal { signal: &'static str, pid: u32, source: nix::Error },
+    /// The node outlived SIGTERM and SIGKILL.
+    #[error("the node (pid {pid}) did not exit {waited_ms} ms after SIGTERM and SIGKILL")]
+    StopTimeout { pid: u32, waited_ms: u64 },
+    /// The agent cannot listen on its gRPC address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    /// A command was cut short (the agent is shutting down).
+    #[error("the command was interrupted: {0}")]
+    Interrupted(String),
+    /// The gRPC server or a client connection failed.
+    #[error("gRPC transport to {addr}: {source}")]
+    Transport { addr: String, source: tonic::transport::Error },
+    /// The agent answered a call with an error.
+    #[error("agent at {addr}: {} ({:?})", .status.message(), .status.code())]
+    Rpc { addr: String, status: tonic::Status },
+    /// The agent answered with something this build cannot read.
+    #[error("agent at {addr} answered oddly: {message}")]
+    BadAnswer { addr: String, message: String },
+    /// A call got no answer within its deadline.
+    #[error("agent at {addr} did not answer {call} within {timeout_ms} ms")]
+    Deadline { addr: String, call: &'static str, timeout_ms: u64 },
+}
+
+impl Error {
+    /// Whether repeating the same call may succeed (every agent call is
+    /// idempotent, so repeating is always safe).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport { .. }
+            | Error::Deadline { .. }
+            | Error::StopTimeout { .. }
+            | Error::Interrupted(_) => true,
+            Error::Rpc { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+            ),
+            _ => false,
+        }
+    }
+
+    /// The gRPC code of an error the agent answered with, if any.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// The gRPC status the service answers with.
+    pub fn to_status(&self) -> tonic::Status {
+        let message = self.to_string();
+        match self {
+            Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            Error::OtherNode { .. } | Error::NoNode(_) | Error::BadIntent { .. } => {
+                tonic::Status::failed_precondition(message)
+            }
+            Error::StopTimeout { .. } | Error::Deadline { .. } => {
+                tonic::Status::deadline_exceeded(message)
+            }
+            Error::Rpc { status, .. } => tonic::Status::new(status.code(), message),
+            Error::Io { .. }
+            | Error::Spawn { .. }
+            | Error::Signal { .. }
+            | Error::BadAnswer { .. }
+            | Error::Listen { .. } => tonic::Status::internal(message),
+            Error::Transport { .. } | Error::Interrupted(_) => tonic::Status::unavailable(message),
+        }
+    }
+
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Error {
+        Error::Io { what, path: path.into(), source }
+    }
+}

@@ -1,0 +1,488 @@
+//! The planner: the one step to take next, as a pure function of the accepted
+//! desired state, the observed cluster and the control state.
+//!
+//! It is level-triggered: it looks at the cluster as it is, not at what the
+//! last step meant to do, so a step that failed, ran twice, or ran under a
+//! leader that died is simply looked at again. What the cluster alone cannot
+//! show (which host was meant to hold which new node, which hosts are being
+//! retired) lives in the control state's inventory, updated here before the
+//! step that needs it runs.
+//!
+//! Rules, in the order they are tried:
+//! 1. `running: false` stops every node, followers first, the leader last.
+//! 2. A cluster with no member yet starts node 1 on a host (bootstrap).
+//! 3. Members' nodes stopped earlier are started again.
+//! 4. Without a quorum of members serving nothing can change: wait.
+//! 5. A member whose host failed is removed (that never lowers the number of
+//!    members that serve); its replacement comes from rule 8.
+//! 6. Hosts being retired are deleted once every member has applied through
+//!    the configuration's first index (a removed node may be the only source
+//!    of the previous configuration's tail until then).
+//! 7. One change at a time: a node joining, or a member not serving, is
+//!    waited for.
+//! 8. Membership towards `replicas`, spread evenly over `zones`: add in the
+//!    zone that lacks the most, remove from the zone that holds the most
+//!    (never the leader when another will do). Adding first and removing after
+//!    keeps the quorum; removing first is taken when a temporary host is not
+//!    allowed and the guard holds.
+//! 9. Rolling restart: members behind `restart_generation`, one at a time,
+//!    the leader last.
+//! 10. Spare hosts are deleted.
+//!
+//! Every step that takes a member down or out carries a [`Guard`] that holds
+//! in the observation it was planned from; a 1-replica cluster's restart is
+//! the one step that may make it unavailable, since it has no other node.
+//!
+//! Not here: running steps (the executor), accepting desired states and
+//! counting attempts (`reconcile`), versions other than this build's
+//! (installing versions comes with upgrades: a state asking for another
+//! version is blocked with a message).
+//!
+//! [`Guard`]: crate::model::Guard
+
+use std::collections::BTreeMap;
+
+use crate::desired::DesiredState;
+use crate::model::{
+    majority, ControlState, HostObs, HostPlan, HostRole, HostState, NodeProcess, Observed, Step,
+    NODE_ID_MAX,
+};
+
+/// What the planner decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The cluster is as desired.
+    Done,
+    /// Take this step.
+    Step(Step),
+    /// Take this step, after which the cluster is as desired but cannot say
+    /// so (it stops every node): the control state records the arrival first.
+    Final(Step),
+    /// Nothing to do but wait (for a node to join, restart, or serve).
+    Wait(String),
+    /// The desired state cannot be reached as things are; says why.
+    Blocked(String),
+}
+
+/// The next step towards `desired`, and the control state with its inventory
+/// brought up to date (to be stored before the step runs).
+pub fn plan(
+    desired: &DesiredState,
+    observed: &Observed,
+    control: &ControlState,
+) -> (ControlState, Next) {
+    let mut control = control.clone();
+    let next = Planner { desired, observed, control: &mut control }.next();
+    (control, next)
+}
+
+struct Planner<'a> {
+    desired: &'a DesiredState,
+    observed: &'a Observed,
+    control: &'a mut ControlState,
+}
+
+impl Planner<'_> {
+    fn next(&mut self) -> Next {
+        if !self.observed.members.is_empty() {
+            self.control.has_run = true;
+        }
+        self.sync_inventory();
+        if !self.desired.running {
+            return self.stop_all();
+        }
+        if self.observed.members.is_empty() {
+            return self.bootstrap();
+        }
+        if let Some(next) = self.check_versions() {
+            return next;
+        }
+        if let Some(next) = self.start_stopped() {
+            return next;
+        }
+        let n = self.observed.members.len();
+        let up = self.observed.up_count();
+        if up < majority(n) {
+            return Next::Wait(format!("no quorum: {up} of {n} members serve"));
+        }
+        if let Some(next) = self.remove_lost() {
+            return next;
+        }
+        if let Some(next) = self.delete_retiring() {
+            return next;
+        }
+        if let Some(next) = self.wait_for_changes() {
+            return next;
+        }
+        if let Some(next) = self.change_membership() {
+            return next;
+        }
+        if let Some(next) = self.rolling_restart() {
+            return next;
+        }
+        if let Some(next) = self.delete_spares() {
+            return next;
+        }
+        Next::Done
+    }
+
+    /// Brings the inventory in line with what is observed: hosts it does not
+    /// know are adopted, joined nodes become serving, removed ones retiring,
+    /// and deleted retiring hosts are forgotten.
+    fn sync_inventory(&mut self) {
+        let members = &self.observed.members;
+        for (name, host) in &self.observed.hosts {
+            let node_id = host.node.as_ref().and_then(|n| n.node_id);
+            let plan = self.control.inventory.entry(name.clone()).or_insert_with(|| HostPlan {
+                zone: host.zone.clone(),
+                node_id,
+                role: match node_id {
+                    None => HostRole::Provisioning,
+                    Some(id) if members.contains(&id) => HostRole::Serving,
+                    // A node the control plane never placed and that is no
+                    // member: nobody will wait for it.
+                    Some(_) => HostRole::Retiring,
+                },
+            });
+            if plan.node_id.is_none() {
+                plan.node_id = node_id;
+            }
+            match (plan.role, plan.node_id) {
+                (HostRole::Provisioning, Some(id)) if members.contains(&id) => {
+                    plan.role = HostRole::Serving;
+                }
+                (HostRole::Serving, Some(id)) if !members.is_empty() && !members.contains(&id) => {
+                    plan.role = HostRole::Retiring;
+                }
+                // Marked from a stale look, or its removal failed: it serves.
+                (HostRole::Retiring, Some(id)) if members.contains(&id) => {
+                    plan.role = HostRole::Serving;
+                }
+                (HostRole::Provisioning, _) if host.state == HostState::Failed => {
+                    plan.role = HostRole::Retiring;
+                }
+                _ => {}
+            }
+        }
+        let observed = &self.observed.hosts;
+        self.control
+            .inventory
+            .retain(|name, plan| observed.contains_key(name) || plan.role != HostRole::Retiring);
+        for number in self.control.inventory.keys().filter_map(|n| host_number(n)) {
+            self.control.next_host_number = self.control.next_host_number.max(number + 1);
+        }
+    }
+
+    fn stop_all(&mut self) -> Next {
+        let leader = self.observed.leader;
+        let mut running: Vec<(&String, u64)> = Vec::new();
+        for (name, host) in &self.observed.hosts {
+            let Some(node) = &host.node else {
+                if host.state == HostState::Unreachable {
+                    return Next::Wait(format!("{name}'s agent does not answer"));
+                }
+                continue;
+            };
+            if let (Some(id), NodeProcess::Running | NodeProcess::Starting) =
+                (node.node_id, node.process)
+            {
+                running.push((name, id));
+            }
+        }
+        // Followers first: the leader keeps the cluster answering to the end.
+        // One step stops them all: once a majority is stopped, the control
+        // state can no longer be written, so it is written once, before.
+        running.sort_by_key(|&(_, id)| (Some(id) == leader, id));
+        if running.is_empty() {
+            return Next::Done;
+        }
+        let hosts = running.into_iter().map(|(host, _)| host.clone()).collect();
+        Next::Final(Step::StopNodes { hosts })
+    }
+
+    fn bootstrap(&mut self) -> Next {
+        if self.control.has_run {
+            return Next::Wait("the membership is not observed".into());
+        }
+        for (name, host) in &self.observed.hosts {
+            if let Some(node) = host.node.as_ref().filter(|n| n.node_id.is_some()) {
+                if host.state == HostState::Running && node.process != NodeProcess::Absent {
+                    return Next::Wait(format!("the first node starting on {name}"));
+                }
+            }
+        }
+        let usable = self.observed.hosts.iter().find(|(_, h)| {
+            h.state == HostState::Running
+                && h.node.as_ref().is_some_and(|n| n.process == NodeProcess::Absent)
+        });
+        if let Some((name, _)) = usable {
+            let name = name.clone();
+            self.assign(&name, 1);
+            return Next::Step(Step::StartNode { host: name, node_id: 1, join: false });
+        }
+        if self.observed.hosts.values().any(|h| h.state == HostState::Unreachable) {
+            return Next::Wait("a host's agent does not answer yet".into());
+        }
+        let zone = self.desired.zones.first().cloned().unwrap_or_default();
+        Next::Step(self.create_host(zone))
+    }
+
+    fn check_versions(&self) -> Option<Next> {
+        for id in &self.observed.members {
+            let Some(node) = self.observed.host_of(*id).and_then(|h| h.node.as_ref()) else {
+                continue;
+            };
+            if node.version != self.desired.version {
+                return Some(Next::Blocked(format!(
+                    "version {} is not installed: node {id} runs {} and installing other \
+                     versions is not supported yet",
+                    self.desired.version, node.version
+                )));
+            }
+        }
+        None
+    }
+
+    fn start_stopped(&mut self) -> Option<Next> {
+        for (name, host) in &self.observed.hosts {
+            let Some(node) = &host.node else { continue };
+            let Some(id) = node.node_id else { continue };
+            if host.state == HostState::Running
+                && node.process == NodeProcess::Stopped
+                && self.observed.members.contains(&id)
+            {
+                return Some(Next::Step(Step::StartNode {
+                    host: name.clone(),
+                    node_id: id,
+                    join: false,
+                }));
+            }
+        }
+        None
+    }
+
+    fn remove_lost(&mut self) -> Option<Next> {
+        let lost = self.observed.members.iter().copied().find(|&id| self.observed.is_lost(id))?;
+        if self.observed.members.len() == 1 {
+            return Some(Next::Blocked(format!(
+                "node {lost}, the only replica, lost its host: its data is gone"
+            )));
+        }
+        Some(self.remove(lost))
+    }
+
+    /// Removes member `id`, marking its host for deletion.
+    fn remove(&mut self, id: u64) -> Next {
+        let host = self.observed.host_of(id).map(|h| h.name.clone());
+        let step = Step::RemoveMember { node_id: id, host };
+        if let Some(guard) = step.guard(self.observed) {
+            if !guard.holds(self.observed) {
+                return Next::Wait(format!("removing node {id} now would cost the quorum"));
+            }
+        }
+        for plan in self.control.inventory.values_mut() {
+            if plan.node_id == Some(id) {
+                plan.role = HostRole::Retiring;
+            }
+        }
+        Next::Step(step)
+    }
+
+    fn delete_retiring(&mut self) -> Option<Next> {
+        for (name, plan) in &self.control.inventory {
+            if plan.role != HostRole::Retiring {
+                continue;
+            }
+            let Some(host) = self.observed.hosts.get(name) else { continue };
+            let holds_member = plan.node_id.is_some_and(|id| self.observed.members.contains(&id));
+            if holds_member && host.state != HostState::Failed {
+                continue;
+            }
+            if host.state == HostState::Failed || self.observed.members_caught_up {
+                return Some(Next::Step(Step::DeleteHost { host: name.clone() }));
+            }
+        }
+        None
+    }
+
+    fn wait_for_changes(&self) -> Option<Next> {
+        for (name, plan) in &self.control.inventory {
+            let (HostRole::Provisioning, Some(id)) = (plan.role, plan.node_id) else { continue };
+            let started = self
+                .observed
+                .hosts
+                .get(name)
+                .and_then(|h| h.node.as_ref())
+                .is_some_and(|n| n.node_id == Some(id) && n.process != NodeProcess::Absent);
+            if started {
+                return Some(Next::Wait(format!("node {id} joining on {name}")));
+            }
+        }
+        for &id in &self.observed.members {
+            if !self.observed.is_up(id) {
+                return Some(Next::Wait(format!("node {id} is not serving")));
+            }
+        }
+        None
+    }
+
+    fn change_membership(&mut self) -> Option<Next> {
+        let n = self.observed.members.len();
+        let replicas = usize::try_from(self.desired.replicas).unwrap_or(usize::MAX);
+        let spread = self.spread();
+        let balanced = spread.values().all(|&(have, want)| have == want);
+        let add_first = self.desired.allow_temporary_hosts || n == 1;
+        if n < replicas || (n == replicas && !balanced && add_first) {
+            return Some(self.add(&spread));
+        }
+        if n > replicas || !balanced {
+            let id = self.pick_removal(&spread)?;
+            return Some(self.remove(id));
+        }
+        None
+    }
+
+    /// Per zone (the desired ones and any a member is in): members there,
+    /// and members wanted there.
+    fn spread(&self) -> BTreeMap<String, (usize, usize)> {
+        let zones = &self.desired.zones;
+        let replicas = usize::try_from(self.desired.replicas).unwrap_or(usize::MAX);
+        let mut spread: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (i, zone) in zones.iter().enumerate() {
+            // The first `replicas % zones` zones take one more.
+            let want = replicas / zones.len() + usize::from(i < replicas % zones.len());
+            spread.insert(zone.clone(), (0, want));
+        }
+        for &id in &self.observed.members {
+            if let Some(host) = self.observed.host_of(id) {
+                spread.entry(host.zone.clone()).or_insert((0, 0)).0 += 1;
+            }
+        }
+        spread
+    }
+
+    fn add(&mut self, spread: &BTreeMap<String, (usize, usize)>) -> Next {
+        // The zone that lacks the most; ties go to the earliest in `zones`.
+        let zone = self
+            .desired
+            .zones
+            .iter()
+            .max_by_key(|z| {
+                let (have, want) = spread.get(*z).copied().unwrap_or((0, 0));
+                (want as i64 - have as i64, std::cmp::Reverse(self.zone_rank(z)))
+            })
+            .cloned()
+            .unwrap_or_default();
+        // A host already meant for a new node in that zone: use it.
+        let spare = self
+            .control
+            .inventory
+            .iter()
+            .find(|(_, p)| p.role == HostRole::Provisioning && p.zone == zone)
+            .map(|(name, p)| (name.clone(), p.node_id));
+        if let Some((name, node_id)) = spare {
+            return match self.observed.hosts.get(&name) {
+                None => Next::Step(Step::CreateHost { host: name, zone }),
+                Some(h) if h.state == HostState::Running && h.node.is_some() => {
+                    let id = node_id.unwrap_or_else(|| self.free_node_id());
+                    self.assign(&name, id);
+                    Next::Step(Step::StartNode { host: name, node_id: id, join: true })
+                }
+                Some(_) => Next::Wait(format!("{name} is not ready")),
+            };
+        }
+        Next::Step(self.create_host(zone))
+    }
+
+    fn zone_rank(&self, zone: &str) -> usize {
+        self.desired.zones.iter().position(|z| z == zone).unwrap_or(usize::MAX)
+    }
+
+    /// The member to remove: from the zone with the most over what it
+    /// should hold, not the leader when another will do, the highest id.
+    fn pick_removal(&self, spread: &BTreeMap<String, (usize, usize)>) -> Option<u64> {
+        self.observed.members.iter().copied().max_by_key(|&id| {
+            let zone = self.observed.host_of(id).map(|h| h.zone.as_str()).unwrap_or("");
+            let (have, want) = spread.get(zone).copied().unwrap_or((0, 0));
+            (have as i64 - want as i64, Some(id) != self.observed.leader, id)
+        })
+    }
+
+    fn rolling_restart(&self) -> Option<Next> {
+        let generation = self.desired.restart_generation;
+        let mut behind: Vec<(u64, &String)> = Vec::new();
+        for &id in &self.observed.members {
+            let Some(host) = self.observed.host_of(id) else { continue };
+            if host.node.as_ref().is_some_and(|n| n.restart_generation < generation) {
+                behind.push((id, &host.name));
+            }
+        }
+        let leader = self.observed.leader;
+        behind.sort_by_key(|&(id, _)| (Some(id) == leader, id));
+        let (_, host) = behind.first()?;
+        let step = Step::RestartNode { host: (*host).clone(), generation };
+        if self.observed.members.len() > 1 {
+            let guard = step.guard(self.observed)?;
+            if !guard.holds(self.observed) {
+                return Some(Next::Wait("a restart now would cost the quorum".into()));
+            }
+        }
+        Some(Next::Step(step))
+    }
+
+    fn delete_spares(&mut self) -> Option<Next> {
+        // Provisioning hosts left over (their node never started): no change
+        // waits for them now.
+        let spare = self
+            .control
+            .inventory
+            .iter()
+            .find(|(_, p)| p.role == HostRole::Provisioning)
+            .map(|(name, _)| name.clone())?;
+        if let Some(plan) = self.control.inventory.get_mut(&spare) {
+            plan.role = HostRole::Retiring;
+        }
+        if self.observed.hosts.contains_key(&spare) {
+            Some(Next::Step(Step::DeleteHost { host: spare }))
+        } else {
+            self.control.inventory.remove(&spare);
+            None
+        }
+    }
+
+    /// Names a new host and records it before it is created.
+    fn create_host(&mut self, zone: String) -> Step {
+        let host = format!("host-{}", self.control.next_host_number);
+        self.control.next_host_number += 1;
+        self.control.inventory.insert(
+            host.clone(),
+            HostPlan { zone: zone.clone(), node_id: None, role: HostRole::Provisioning },
+        );
+        Step::CreateHost { host, zone }
+    }
+
+    fn assign(&mut self, host: &str, id: u64) {
+        if let Some(plan) = self.control.inventory.get_mut(host) {
+            plan.node_id = Some(id);
+        }
+    }
+
+    /// The lowest node id no member, host or plan holds.
+    fn free_node_id(&self) -> u64 {
+        let held = |id: u64| {
+            self.observed.members.contains(&id)
+                || self.control.inventory.values().any(|p| p.node_id == Some(id))
+                || self
+                    .observed
+                    .hosts
+                    .values()
+                    .any(|h: &HostObs| h.node.as_ref().and_then(|n| n.node_id) == Some(id))
+        };
+        (1..=NODE_ID_MAX).find(|&id| !held(id)).unwrap_or(NODE_ID_MAX)
+    }
+}
+
+/// `N` of a host named `host-N`.
+fn host_number(name: &str) -> Option<u64> {
+    name.strip_prefix("host-")?.parse().ok()
+}
