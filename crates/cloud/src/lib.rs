@@ -1,1 +1,243 @@
-//! Cairn's cloud (placeholder, filled in next).
+//! Cairn's cloud: it gives a cluster its hosts, serves the desired state, and
+//! logs the leader agent's status. `cairn cloud` runs it alone; `cairn up`
+//! runs it in the foreground and prints its [`StatusEvent`]s.
+//!
+//! - `local`: the `local` provider. A host is a directory
+//!   `<root>/hosts/<name>/` and one agent process on loopback ports, started,
+//!   supervised and restarted by the cloud.
+//! - `inventory`: the hosts the cloud made, kept in `<root>/inventory.json`,
+//!   and the rule that gives host number `n` its ports.
+//! - `process`: starting agents and signalling process groups.
+//! - `desired`: the desired state, from the watched file or `PUT
+//!   /v1/desired`, kept in `<root>/desired_state.jsonc`.
+//! - `status`: the leader's reports, their transitions, and the events.
+//! - `routes`: the HTTP API (its table is in that module).
+//!
+//! A cloud's life: [`Cloud::start`] binds, loads what a previous run kept
+//! and starts the agents of the active hosts (they reach the cloud at its
+//! bound address, and wait for it to serve); [`Cloud::serve`] answers
+//! requests and watches the desired-state file until its shutdown future
+//! completes or `POST /v1/shutdown` arrives; then it stops every agent
+//! (SIGTERM, up to 15 s, SIGKILL) and returns. The inventory and the host
+//! directories stay, so the next start brings the same hosts back.
+//!
+//! Invariants: a host number is never given twice, so host ports never
+//! change hands; the desired state served is the newest valid submission;
+//! every change of the inventory or the desired state is on disk before the
+//! request that made it is answered.
+//!
+//! Not handled: several clouds on one root (nothing stops a second one
+//! from managing the same hosts; don't), authentication (see `routes`), and
+//! the `docker` and `kubernetes` providers (only `local` exists so far).
+
+use std::future::{Future, IntoFuture};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, oneshot, Notify};
+
+mod desired;
+mod error;
+mod files;
+mod inventory;
+mod local;
+mod process;
+mod routes;
+mod status;
+
+pub use desired::{
+    DesiredRecord, DesiredSource, DESIRED_POLL_MS, DESIRED_STATE_FILE, DESIRED_TEXT_BYTES_MAX,
+};
+pub use error::Error;
+pub use inventory::{Ports, INVENTORY_FILE, PORTS_PER_HOST};
+pub use local::{
+    CreateHost, Host, HostState, AGENT_STABLE_MS, DELETE_GRACE_MS, HOSTS_DIR,
+    QUICK_EXITS_BEFORE_BACKOFF, RESTART_DELAY_MS, RESTART_DELAY_MS_MAX, SHUTDOWN_GRACE_MS,
+};
+pub use process::{AGENT_LOG_FILE, NODE_PID_FILE};
+pub use routes::{HOST_BODY_BYTES_MAX, STATUS_BODY_BYTES_MAX};
+pub use status::{HostChange, StatusEvent, StatusSnapshot, Transition, STATUS_HISTORY_MAX};
+
+use desired::DesiredStore;
+use local::{LocalProvider, ProviderConfig};
+use status::{Events, StatusLog};
+
+/// The base port by default: host 1 serves its API on 7001.
+pub const BASE_PORT_DEFAULT: u16 = 7000;
+/// How long requests still open at shutdown may run before they are cut.
+pub const SERVE_DRAIN_MS: u64 = 5_000;
+
+/// A cloud's settings.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    /// Holds the inventory, the desired state and the host directories.
+    pub root: PathBuf,
+    /// Where the cloud's API listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The desired-state file to watch, if any.
+    pub desired_file: Option<PathBuf>,
+    /// The `cairn` binary agents run (`<agent_bin> agent …`).
+    pub agent_bin: PathBuf,
+    /// Host `n` gets ports `base_port + 10 (n - 1) + 1 ..= + 3`.
+    pub base_port: u16,
+}
+
+impl CloudConfig {
+    /// Settings with no watched file and [`BASE_PORT_DEFAULT`].
+    pub fn new(root: PathBuf, listen: SocketAddr, agent_bin: PathBuf) -> CloudConfig {
+        CloudConfig { root, listen, desired_file: None, agent_bin, base_port: BASE_PORT_DEFAULT }
+    }
+}
+
+/// What the routes share.
+pub(crate) struct Shared {
+    pub provider: Arc<LocalProvider>,
+    pub desired: Arc<DesiredStore>,
+    pub status: StatusLog,
+    /// Woken by `POST /v1/shutdown`.
+    pub shutdown: Notify,
+}
+
+/// A cloud, bound and with its agents started: call [`Cloud::serve`]. (A
+/// cloud dropped without serving leaves its agents running.)
+pub struct Cloud {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    events: Events,
+}
+
+impl Cloud {
+    /// Binds `listen`, loads the inventory and the kept desired state, and
+    /// starts the agents of the hosts that are not failed.
+    pub async fn start(config: CloudConfig) -> Result<Cloud, Error> {
+        if Ports::for_number(config.base_port, 1).is_none() {
+            return Err(Error::Config(format!(
+                "base port {} leaves no room for a host",
+                config.base_port
+            )));
+        }
+        std::fs::create_dir_all(&config.root)
+            .map_err(|e| Error::io("cannot create the cloud's root", &config.root, e))?;
+        let root = std::fs::canonicalize(&config.root)
+            .map_err(|e| Error::io("cannot resolve the cloud's root", &config.root, e))?;
+        let agent_bin = process::resolve_bin(&config.agent_bin)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen { addr: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Listen { addr: config.listen, source })?;
+        let events = Events::new();
+        let desired =
+            Arc::new(DesiredStore::open(&root, config.desired_file.clone(), events.clone())?);
+        let provider_config = ProviderConfig {
+            root,
+            agent_bin,
+            base_port: config.base_port,
+            cloud_url: cloud_url(local_addr),
+        };
+        let provider = LocalProvider::open(provider_config, events.clone())?;
+        provider.resume().await;
+        let status = StatusLog::new(events.clone());
+        let shared = Arc::new(Shared { provider, desired, status, shutdown: Notify::new() });
+        tracing::info!(%local_addr, "cloud started");
+        Ok(Cloud { listener, local_addr, shared, events })
+    }
+
+    /// The address the API is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Every status transition, desired-state acceptance or refusal and host
+    /// change from now on, as they happen (for `cairn up` to print).
+    pub fn status_events(&self) -> broadcast::Receiver<StatusEvent> {
+        self.events.subscribe()
+    }
+
+    /// Serves the API and watches the desired-state file until `shutdown`
+    /// completes or `POST /v1/shutdown` arrives; then stops every agent
+    /// (SIGTERM, up to [`SHUTDOWN_GRACE_MS`], then SIGKILL to their process
+    /// groups) and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Cloud { listener, shared, .. } = self;
+        // One look before serving, so the first answer already knows the file.
+        shared.desired.poll_file();
+        let watcher = tokio::spawn(Arc::clone(&shared.desired).watch());
+        let (draining_tx, draining_rx) = oneshot::channel::<()>();
+        let asked = Arc::clone(&shared);
+        let signal = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = asked.shutdown.notified() => {}
+            }
+            tracing::info!("the cloud is shutting down");
+            let _ = draining_tx.send(());
+        };
+        let server = axum::serve(listener, routes::router(Arc::clone(&shared)))
+            .with_graceful_shutdown(signal)
+            .into_future();
+        // Graceful shutdown waits for every open request; bound that wait.
+        let drained = async {
+            match draining_rx.await {
+                Ok(()) => tokio::time::sleep(Duration::from_millis(SERVE_DRAIN_MS)).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            result = server => result.map_err(Error::Serve),
+            () = drained => {
+                tracing::warn!("requests still open {SERVE_DRAIN_MS} ms after shutdown began; closing them");
+                Ok(())
+            }
+        };
+        watcher.abort();
+        shared.provider.shutdown().await;
+        tracing::info!("cloud stopped");
+        served
+    }
+}
+
+/// The URL agents reach the cloud at: loopback when it listens on every
+/// interface.
+fn cloud_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Locks `mutex`. A thread that panicked while holding it already reported
+/// its bug; the cloud keeps serving rather than failing every later request.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_reach_the_cloud_on_loopback() {
+        let any: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        assert_eq!(cloud_url(any), "http://127.0.0.1:7000");
+        let any6: SocketAddr = "[::]:7000".parse().expect("addr");
+        assert_eq!(cloud_url(any6), "http://[::1]:7000");
+        let one: SocketAddr = "10.0.0.5:7000".parse().expect("addr");
+        assert_eq!(cloud_url(one), "http://10.0.0.5:7000");
+    }
+}

@@ -1,0 +1,83 @@
+//! The two file habits of the cloud: replace a file whole (write a temporary
+//! beside it, flush it to disk, rename it over the old one), and read a file
+//! with a bound on its size.
+//!
+//! A reader therefore sees the old contents or the new, never half of either,
+//! even if the cloud dies mid-write. The directory itself is synced after the
+//! rename so the new name survives a power cut too.
+//!
+//! Not handled: two processes writing the same file (one cloud owns a root).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// Replaces `path` with `bytes`, atomically.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
+    temp_name.push(".tmp");
+    let temp = path.with_file_name(temp_name);
+    {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        // Best effort: some filesystems refuse to sync a directory, and the
+        // rename itself is already atomic.
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Reads `path` whole: `None` when it does not exist, an `InvalidData` error
+/// when it is over `max_bytes`.
+pub(crate) fn read_capped(path: &Path, max_bytes: usize) -> io::Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    // One byte over the limit is enough to know it is over.
+    file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file is over the limit of {max_bytes} bytes"),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replaced file holds the new bytes and no temporary is left beside it.
+    #[test]
+    fn write_atomic_replaces_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one").expect("first write");
+        write_atomic(&path, b"two").expect("second write");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    /// A missing file is `None`; one over the limit is an error, one at the
+    /// limit is read.
+    #[test]
+    fn read_capped_bounds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        assert!(read_capped(&path, 4).expect("missing is fine").is_none());
+        fs::write(&path, b"1234").expect("write");
+        assert_eq!(read_capped(&path, 4).expect("at the limit").as_deref(), Some(&b"1234"[..]));
+        let over = read_capped(&path, 3).expect_err("over the limit");
+        assert_eq!(over.kind(), io::ErrorKind::InvalidData);
+    }
+}

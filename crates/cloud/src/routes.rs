@@ -1,0 +1,183 @@
+//! The cloud's HTTP API: hosts, the desired state, the status log, shutdown.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /v1/health` | 200 while the cloud serves |
+//! | `POST /v1/hosts` | create a host (201), or answer the same one again (200); 409 on another zone or type |
+//! | `GET /v1/hosts` · `GET /v1/hosts/{name}` | hosts in number order · one host |
+//! | `DELETE /v1/hosts/{name}` | delete; `{"deleted": bool}`, idempotent |
+//! | `POST /v1/hosts/{name}/fail` | kill the host's agent and node; never restarted |
+//! | `GET /v1/desired` · `PUT /v1/desired` | the current desired state · submit one (JSONC text) |
+//! | `GET /v1/status` · `POST /v1/status` | the last report and the transitions · a leader's report |
+//! | `POST /v1/shutdown` | 202, then the cloud stops its agents and exits |
+//!
+//! Errors are `{"error": {"code", "message"}}` (plus `field` for a refused
+//! desired state) with the status of [`Error`]'s groups, the same shape as the
+//! data plane's. Handlers only translate: every decision is made by the
+//! provider, the desired store or the status log, so the same rules hold for
+//! callers inside the process.
+//!
+//! Not handled: authentication. The cloud listens on loopback or a private
+//! network that only the cluster's hosts and its operator reach.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_control::status::Report;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::desired::DESIRED_TEXT_BYTES_MAX;
+use crate::local::CreateHost;
+use crate::{now_ms, Error, Shared};
+
+/// Largest `POST /v1/hosts` body.
+pub const HOST_BODY_BYTES_MAX: usize = 4 * 1024;
+/// Largest `POST /v1/status` body.
+pub const STATUS_BODY_BYTES_MAX: usize = 64 * 1024;
+
+type AppState = State<Arc<Shared>>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/hosts", get(list_hosts).post(create_host))
+        .route("/v1/hosts/{name}", get(get_host).delete(delete_host))
+        .route("/v1/hosts/{name}/fail", post(fail_host))
+        .route("/v1/desired", get(get_desired).put(put_desired))
+        .route("/v1/status", get(get_status).post(post_status))
+        .route("/v1/shutdown", post(shutdown))
+        .fallback(not_found)
+        // The largest body of any route; each route checks its own below.
+        .layer(DefaultBodyLimit::max(DESIRED_TEXT_BYTES_MAX))
+        .with_state(shared)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut error = json!({"code": self.code(), "message": self.to_string()});
+        if let Error::DesiredInvalid(refusal) = &self {
+            error["field"] = json!(refusal.field);
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// The body, within `limit_bytes`.
+fn body(body: Result<Bytes, BytesRejection>, limit_bytes: usize) -> Result<Bytes, Error> {
+    let bytes = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge { limit_bytes },
+        _ => Error::BadRequest(format!("cannot read the request body: {}", rejection.body_text())),
+    })?;
+    if bytes.len() > limit_bytes {
+        return Err(Error::TooLarge { limit_bytes });
+    }
+    Ok(bytes)
+}
+
+/// The body as JSON of `T`; `what` says what was expected, for the message.
+fn json_body<T: DeserializeOwned>(
+    raw: Result<Bytes, BytesRejection>,
+    limit_bytes: usize,
+    what: &str,
+) -> Result<T, Error> {
+    let bytes = body(raw, limit_bytes)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::BadRequest(format!("the request body is not {what}: {e}")))
+}
+
+fn host_name(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    path.map(|Path(name)| name)
+        .map_err(|rejection| Error::BadRequest(format!("bad path: {}", rejection.body_text())))
+}
+
+async fn health(State(shared): AppState) -> Json<serde_json::Value> {
+    Json(json!({"ok": true, "hosts": shared.provider.list().len()}))
+}
+
+async fn list_hosts(State(shared): AppState) -> Json<serde_json::Value> {
+    Json(json!({"hosts": shared.provider.list()}))
+}
+
+async fn create_host(
+    State(shared): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let what = r#"a host: {"name", "zone", "host_type"}"#;
+    let request: CreateHost = json_body(raw, HOST_BODY_BYTES_MAX, what)?;
+    let (host, created) = shared.provider.create(request)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(host)).into_response())
+}
+
+async fn get_host(
+    State(shared): AppState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    let host = shared.provider.get(&host_name(path)?)?;
+    Ok(Json(host).into_response())
+}
+
+async fn delete_host(
+    State(shared): AppState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    let deleted = shared.provider.delete(&host_name(path)?).await?;
+    Ok(Json(json!({ "deleted": deleted })).into_response())
+}
+
+async fn fail_host(
+    State(shared): AppState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    let host = shared.provider.fail(&host_name(path)?).await?;
+    Ok(Json(host).into_response())
+}
+
+async fn get_desired(State(shared): AppState) -> Result<Response, Error> {
+    let record = shared.desired.current().ok_or(Error::NoDesiredState)?;
+    Ok(Json(record).into_response())
+}
+
+async fn put_desired(
+    State(shared): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let bytes = body(raw, DESIRED_TEXT_BYTES_MAX)?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::BadRequest("the desired state is not UTF-8 text".into()))?;
+    let record = shared.desired.apply(text)?.record();
+    Ok(Json(record).into_response())
+}
+
+async fn get_status(State(shared): AppState) -> Response {
+    Json(shared.status.snapshot()).into_response()
+}
+
+async fn post_status(
+    State(shared): AppState,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let report: Report = json_body(raw, STATUS_BODY_BYTES_MAX, "a status report")?;
+    let transition = shared.status.record(report, now_ms());
+    Ok(Json(json!({ "transition": transition })).into_response())
+}
+
+async fn shutdown(State(shared): AppState) -> Response {
+    shared.shutdown.notify_one();
+    (StatusCode::ACCEPTED, Json(json!({"shutting_down": true}))).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Error {
+    Error::RouteNotFound { method: method.to_string(), path: uri.path().to_string() }
+}

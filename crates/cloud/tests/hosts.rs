@@ -1,0 +1,230 @@
+//! The `local` provider with real processes: creating, restarting, failing
+//! and deleting hosts, and a cloud that restarts on the same root.
+//!
+//! Run one: `cargo test -p cairn-cloud --test hosts NAME -- --nocapture`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{alive, eventually, kill9, Harness};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The port a host's address names.
+fn port(host: &Value, field: &str) -> u16 {
+    let address = host[field].as_str().unwrap_or_else(|| panic!("{field} in {host}"));
+    let (ip, port) = address.rsplit_once(':').unwrap_or_else(|| panic!("{address} has no port"));
+    assert_eq!(ip, "127.0.0.1", "{field} is on loopback");
+    port.parse().unwrap_or_else(|_| panic!("{address} has a bad port"))
+}
+
+/// Creating a host makes its directory and starts its agent with the
+/// contract's flags and the ports its number gives; asking again for the
+/// same name and zone answers the same host; another zone is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_starts_an_agent_and_is_idempotent() {
+    let mut h = Harness::new();
+    h.start().await;
+    let (status, host) = h.create("host-1", "zone-a").await;
+    assert_eq!(status, StatusCode::CREATED, "{host}");
+    assert!(h.host_dir("host-1").is_dir());
+    let number = host["number"].as_u64().expect("number") as u16;
+    let api = h.base_port + 10 * (number - 1) + 1;
+    assert_eq!(port(&host, "api_address"), api);
+    assert_eq!(port(&host, "peer_address"), api + 1);
+    assert_eq!(port(&host, "agent_address"), api + 2);
+    assert_eq!(
+        (host["zone"].as_str(), host["host_type"].as_str()),
+        (Some("zone-a"), Some("small"))
+    );
+
+    let running = h.running("host-1", None).await;
+    let dir = std::fs::canonicalize(h.host_dir("host-1")).expect("host dir");
+    let cloud = h.url("").trim_end_matches('/').to_string();
+    let expected = [
+        "agent".to_string(),
+        "--host".into(),
+        "host-1".into(),
+        "--zone".into(),
+        "zone-a".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", api + 2),
+        "--node-listen".into(),
+        format!("127.0.0.1:{api}"),
+        "--node-peer-listen".into(),
+        format!("127.0.0.1:{}", api + 1),
+        "--cloud".into(),
+        cloud,
+    ];
+    assert_eq!(h.argv("host-1").await, expected);
+
+    let (status, again) = h.create("host-1", "zone-a").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!((&again["number"], &again["pid"]), (&running["number"], &running["pid"]));
+    let (status, conflict) = h.create("host-1", "zone-b").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["error"]["code"], "host_conflict");
+    let (status, bad) = h.create("Host_1", "zone-a").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    let (status, bad) = h.post("/v1/hosts", json!({"name": "host-9"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+
+    let (status, second) = h.create("host-2", "zone-b").await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let numbers: Vec<u64> =
+        h.hosts().await.iter().filter_map(|host| host["number"].as_u64()).collect();
+    assert_eq!(numbers.len(), 2);
+    assert!(numbers[0] < numbers[1], "sorted by number: {numbers:?}");
+    h.agents_started("host-1", 1).await;
+    h.stop().await;
+    assert!(!alive(running["pid"].as_u64().expect("pid") as u32), "shutdown stopped the agent");
+}
+
+/// A host number with a port in use is skipped: the host gets the next
+/// number whose three ports are free, and that number is not given again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_moves_the_host_number_on() {
+    let mut h = Harness::new();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", h.base_port + 2))
+        .expect("take host 1's peer port");
+    h.start().await;
+    let (status, host) = h.create("host-a", "zone-a").await;
+    assert_eq!(status, StatusCode::CREATED, "{host}");
+    let number = host["number"].as_u64().expect("number") as u16;
+    assert!(number >= 2, "number 1 has a port in use: {host}");
+    assert_eq!(port(&host, "api_address"), h.base_port + 10 * (number - 1) + 1);
+    drop(taken);
+    let (_, next) = h.create("host-b", "zone-a").await;
+    assert!(next["number"].as_u64() > Some(u64::from(number)), "{next}");
+    h.stop().await;
+}
+
+/// An agent killed on its own (not its host) is started again by the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_restarted() {
+    let mut h = Harness::new();
+    h.start().await;
+    let (status, host) = h.create("host-1", "zone-a").await;
+    assert_eq!(status, StatusCode::CREATED, "{host}");
+    let first = h.running("host-1", None).await;
+    let first_pid = first["pid"].as_u64().expect("pid");
+    h.agents_started("host-1", 1).await;
+    kill9(first_pid as u32);
+    let second = h.running("host-1", Some(first_pid)).await;
+    assert_eq!(second["restarts"], 1, "{second}");
+    assert_eq!(second["number"], first["number"]);
+    h.agents_started("host-1", 2).await;
+    let log = std::fs::read_to_string(h.host_dir("host-1").join("agent.log")).expect("agent.log");
+    assert_eq!(log.matches("--- cloud: starting the agent").count(), 2, "{log}");
+    h.stop().await;
+}
+
+/// A failed host's agent and node are killed and stay dead; the host stays
+/// listed as failed until it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_host_stays_down() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.create("host-1", "zone-a").await;
+    let host = h.running("host-1", None).await;
+    let agent = host["pid"].as_u64().expect("pid") as u32;
+    let node = h.node_pid("host-1").await;
+    assert!(alive(node));
+
+    let (status, failed) = h.post("/v1/hosts/host-1/fail", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    assert_eq!(failed["state"], "failed");
+    eventually("the agent and the node to be gone", || async move {
+        (!alive(agent) && !alive(node)).then_some(())
+    })
+    .await;
+    // Longer than the restart pause: nothing comes back.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let host = h.host("host-1").await.expect("still listed");
+    assert_eq!((host["state"].as_str(), &host["pid"]), (Some("failed"), &Value::Null));
+    assert_eq!(h.agent_starts("host-1"), 1);
+    let (status, _) = h.post("/v1/hosts/nope/fail", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, deleted) = h.delete("/v1/hosts/host-1").await;
+    assert_eq!((status, &deleted["deleted"]), (StatusCode::OK, &json!(true)));
+    h.stop().await;
+}
+
+/// Deleting a host stops its agent and node and removes its directory;
+/// deleting it again is harmless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_the_host_and_is_idempotent() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.create("host-1", "zone-a").await;
+    let host = h.running("host-1", None).await;
+    let agent = host["pid"].as_u64().expect("pid") as u32;
+    let node = h.node_pid("host-1").await;
+
+    let (status, deleted) = h.delete("/v1/hosts/host-1").await;
+    assert_eq!((status, &deleted["deleted"]), (StatusCode::OK, &json!(true)), "{deleted}");
+    assert!(!h.host_dir("host-1").exists());
+    assert!(!alive(agent) && !alive(node), "agent {agent} and node {node} are gone");
+    assert!(h.hosts().await.is_empty());
+    let (status, missing) = h.get("/v1/hosts/host-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    let (status, again) = h.delete("/v1/hosts/host-1").await;
+    assert_eq!((status, &again["deleted"]), (StatusCode::OK, &json!(false)), "{again}");
+
+    // The number is not given again.
+    let (_, next) = h.create("host-1", "zone-a").await;
+    assert!(next["number"].as_u64() > host["number"].as_u64(), "{next} after {host}");
+    h.stop().await;
+}
+
+/// A new cloud on the same root brings the active hosts back (same ports,
+/// new agents), leaves failed ones down, and goes on numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_survives_a_restart() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.create("host-1", "zone-a").await;
+    h.create("host-2", "zone-b").await;
+    let before = h.running("host-1", None).await;
+    h.running("host-2", None).await;
+    h.agents_started("host-1", 1).await;
+    h.agents_started("host-2", 1).await;
+    h.post("/v1/hosts/host-2/fail", json!({})).await;
+    h.stop().await;
+    let first_pid = before["pid"].as_u64().expect("pid");
+    assert!(!alive(first_pid as u32), "the agent stopped with its cloud");
+    assert!(h.root.path().join("inventory.json").is_file());
+
+    h.start().await;
+    let after = h.running("host-1", Some(first_pid)).await;
+    assert_eq!(
+        (&after["number"], &after["api_address"], &after["zone"]),
+        (&before["number"], &before["api_address"], &before["zone"])
+    );
+    h.agents_started("host-1", 2).await;
+    let failed = h.host("host-2").await.expect("host-2 listed");
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(h.agent_starts("host-2"), 1);
+    let (status, third) = h.create("host-3", "zone-a").await;
+    assert_eq!(status, StatusCode::CREATED, "{third}");
+    assert!(third["number"].as_u64() > failed["number"].as_u64(), "{third}");
+    h.stop().await;
+}
+
+/// `POST /v1/shutdown` stops a serving cloud and its agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_route_stops_the_cloud() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.create("host-1", "zone-a").await;
+    let host = h.running("host-1", None).await;
+    let (status, _) = h.post("/v1/shutdown", json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.join_stopped().await;
+    assert!(!alive(host["pid"].as_u64().expect("pid") as u32));
+    assert!(h.host_dir("host-1").is_dir(), "a stopped cloud keeps its hosts");
+}
