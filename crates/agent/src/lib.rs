@@ -39,6 +39,8 @@
 pub mod client;
 mod error;
 mod intent;
+pub mod leader;
+mod observe;
 mod process;
 mod service;
 mod status;
@@ -168,12 +170,25 @@ impl Agent {
             proto::agent_server::AgentServer::new(service::AgentService::new(supervisor.clone()));
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Every agent with a cloud runs the reconciliation loop; it acts only
+        // where it leads.
+        let leader = config.cloud.clone().map(|cloud| {
+            let leader_config = leader::LeaderConfig {
+                host: config.host.clone(),
+                cloud,
+                node: supervisor.inner.spec.health_addr().to_string(),
+            };
+            tokio::spawn(leader::run(leader_config, supervisor.clone()))
+        });
         let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|source| Error::Transport { addr: local_addr.to_string(), source });
         drop(tasks);
+        if let Some(leader) = leader {
+            leader.abort();
+        }
         if config.stop_node_on_shutdown {
             supervisor.stop_for_shutdown().await?;
             tracing::info!("agent shut down; its node is stopped");

@@ -41,6 +41,19 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Start a local cluster in the foreground from ./desired_state.jsonc:
+    /// the cloud, a first host, and the agents that build the rest.
+    Up(UpArgs),
+    /// Stop the cluster `cairn up` runs (its data is kept).
+    Down(CloudArg),
+    /// Show hosts, nodes and the reconciliation state.
+    Status(StatusArgs),
+    /// Validate a desired state and submit it to the cloud.
+    Apply(ApplyArgs),
+    /// Run a host agent (started by the cloud, one per host).
+    Agent(AgentArgs),
+    /// Run the cloud with the local provider (`cairn up` runs it for you).
+    Cloud(CloudArgs),
     /// Run a data node.
     Node(NodeArgs),
     /// Store VALUE under KEY in the key-value space.
@@ -118,6 +131,89 @@ pub struct NodeArgs {
     /// address (any member) belongs to; needs --peer-listen.
     #[arg(long, conflicts_with = "peers")]
     pub join: Option<String>,
+}
+
+/// Where the cloud listens, by default.
+pub const CLOUD_DEFAULT: &str = "127.0.0.1:7000";
+
+#[derive(Args, Debug, Clone)]
+pub struct CloudArg {
+    /// The cloud's address (`cairn up` listens on 127.0.0.1:7000).
+    #[arg(long, env = "CAIRN_CLOUD", default_value = CLOUD_DEFAULT)]
+    pub cloud: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// The desired state to start from.
+    #[arg(short = 'f', long = "file", default_value = "desired_state.jsonc")]
+    pub file: PathBuf,
+    /// Where the cluster's hosts keep their data.
+    #[arg(long, default_value = ".cairn")]
+    pub dir: PathBuf,
+    /// The cloud's address; hosts take the ports after it (host 1's API on
+    /// the next one).
+    #[arg(long, default_value = CLOUD_DEFAULT)]
+    pub listen: SocketAddr,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cloud: CloudArg,
+    /// Print again every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub cloud: CloudArg,
+    /// The desired state file (JSON with comments).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// This host's name.
+    #[arg(long)]
+    pub host: String,
+    /// This host's zone.
+    #[arg(long)]
+    pub zone: String,
+    /// The host's directory (intent, node data, logs).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The agent's gRPC address.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The node's HTTP API address.
+    #[arg(long)]
+    pub node_listen: SocketAddr,
+    /// The node's peer (replication) address.
+    #[arg(long)]
+    pub node_peer_listen: SocketAddr,
+    /// The cloud's URL; without it the agent only supervises its node.
+    #[arg(long)]
+    pub cloud: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CloudArgs {
+    /// Where hosts are created (one directory each) and the inventory kept.
+    #[arg(long, default_value = ".cairn")]
+    pub dir: PathBuf,
+    /// The cloud's HTTP address.
+    #[arg(long, default_value = CLOUD_DEFAULT)]
+    pub listen: SocketAddr,
+    /// The desired state file to serve (watched for changes).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Host N's ports are BASE+10(N-1)+1 (API), +2 (peers), +3 (agent).
+    #[arg(long)]
+    pub base_port: Option<u16>,
 }
 
 /// Peer addresses by node id.

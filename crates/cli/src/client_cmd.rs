@@ -52,9 +52,15 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
             };
             report(out, result, members_text)
         }
-        Command::Node(_) | Command::Shell | Command::Bench(_) => {
-            output::usage(out, "this command cannot run here")
-        }
+        Command::Node(_)
+        | Command::Shell
+        | Command::Bench(_)
+        | Command::Up(_)
+        | Command::Down(_)
+        | Command::Status(_)
+        | Command::Apply(_)
+        | Command::Agent(_)
+        | Command::Cloud(_) => output::usage(out, "this command cannot run here"),
     }
 }
 

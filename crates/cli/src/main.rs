@@ -7,10 +7,13 @@
 //! - `shell`: the interactive prompt.
 //! - `bench`: concurrent load with latency percentiles.
 //! - `node_cmd`: runs a data node until SIGTERM or Ctrl-C.
+//! - `control_cmd`: the control plane — `up`, `down`, `status`, `apply`, and
+//!   the `agent` and `cloud` processes.
 
 mod args;
 mod bench;
 mod client_cmd;
+mod control_cmd;
 mod node_cmd;
 mod output;
 mod shell;
@@ -32,6 +35,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Node(node) => runtime.block_on(node_cmd::run(node)),
+        Command::Up(args) => runtime.block_on(control_cmd::up(args)),
+        Command::Down(args) => runtime.block_on(control_cmd::down(args)),
+        Command::Status(args) => runtime.block_on(control_cmd::status(cli.global.output, args)),
+        Command::Apply(args) => runtime.block_on(control_cmd::apply(cli.global.output, args)),
+        Command::Agent(args) => runtime.block_on(control_cmd::agent(args)),
+        Command::Cloud(args) => runtime.block_on(control_cmd::cloud(args)),
         Command::Shell => shell::run(&runtime, &cli.global),
         Command::Bench(bench) => runtime.block_on(bench::run(&cli.global, bench)),
         command => runtime.block_on(client_cmd::run(&cli.global, command)),

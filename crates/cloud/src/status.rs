@@ -99,6 +99,7 @@ impl fmt::Display for Transition {
         write!(f, "{} desired {}", r.state.as_str(), r.desired_id)?;
         match (&r.step, r.message.is_empty()) {
             (Some(step), true) => write!(f, ": {step}")?,
+            (Some(step), false) if *step == r.message => write!(f, ": {step}")?,
             (Some(step), false) => write!(f, ": {step} ({})", r.message)?,
             (None, false) => write!(f, ": {}", r.message)?,
             (None, true) => {}

@@ -80,6 +80,9 @@ impl LocalLog {
             status.configuration_id = membership.configuration_id;
             status.decided_index = applied;
             status.applied_index = applied;
+            // Whatever kept the replicated log from serving (a peer out of
+            // sight) is gone with it: alone, this node serves.
+            status.not_serving = None;
         });
         let log = Local { node_id, sm, requests, shared, membership: Some(membership) };
         LogThread::spawn("cairn-log", move || log.run())

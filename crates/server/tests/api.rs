@@ -405,3 +405,37 @@ async fn a_client_retrying_with_its_session_id_writes_once() {
     let only_one = reqwest::Client::new().delete(node.url("/v1/kv/k")).header("cairn-seq", "3");
     assert_eq!(only_one.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
 }
+
+/// The system table keeps the control plane's records apart from user
+/// tables, and `/v1/cluster` shows the reconciliation status from it.
+#[tokio::test]
+async fn system_records_are_kept_and_shown_as_reconciliation() {
+    let node = TestNode::start().await;
+    node.refused(Method::GET, "/v1/system/control", "", StatusCode::NOT_FOUND, "record_not_found")
+        .await;
+    assert_eq!(node.client().cluster().await.unwrap()["reconciliation"], Value::Null);
+    let record = json!({
+        "control": {"anything": 1},
+        "report": {"state": "AT_DESIRED_STATE", "desired_id": 7},
+    });
+    let (status, _) = node.raw(Method::PUT, "/v1/system/control", record.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, bytes) = node.raw(Method::GET, "/v1/system/control", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), record);
+    let cluster = node.client().cluster().await.unwrap();
+    assert_eq!(cluster["reconciliation"]["state"], "AT_DESIRED_STATE");
+    assert_eq!(cluster["reconciliation"]["desired_id"], 7);
+    // Not a user table, and not JSON is refused.
+    let tables = node.client().list_tables().await.unwrap();
+    assert!(!tables.iter().any(|t| t.starts_with('_')), "{tables:?}");
+    node.refused(
+        Method::PUT,
+        "/v1/system/control",
+        "{not json",
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
+    node.stop().await;
+}

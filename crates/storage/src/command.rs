@@ -121,7 +121,17 @@ pub enum Op {
     KvDelete {
         key: String,
     },
+    /// Writes (replaces) a record of the system table, [`SYSTEM_TABLE`]: the
+    /// control plane's replicated state. User routes cannot name it.
+    SystemPut {
+        key: String,
+        json: String,
+    },
 }
+
+/// The table of the system's own records; its name starts with `_`, which
+/// user table names cannot.
+pub const SYSTEM_TABLE: &str = "_system";
 
 /// The answer to an applied command. Stored per session, so a retry gets the
 /// very same answer.

@@ -383,6 +383,14 @@ impl Store {
         Ok(Page { docs, next: None })
     }
 
+    /// A record of the system table, as JSON text.
+    pub fn get_system(&self, key: &str) -> Result<Option<String>, Error> {
+        match self.db.get_cf(self.cf(CF_DOCS), doc_key(crate::command::SYSTEM_TABLE, key))? {
+            Some(bytes) => Ok(Some(json_text(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The value under a key of the key-value space.
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.db.get_cf(self.cf(CF_KV), key)?)

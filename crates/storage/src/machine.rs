@@ -40,7 +40,7 @@ use serde_json::Value;
 
 use crate::command::{
     validate_doc_id, validate_kv_key, validate_table_name, ApplyError, Command, CommandId,
-    Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX,
+    Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX, SYSTEM_TABLE,
 };
 use crate::engine::{
     doc_key, doc_prefix, doc_prefix_end, Store, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
@@ -234,6 +234,7 @@ impl StateMachine {
             Op::Delete { table, id } => delete(batch, table, id),
             Op::KvPut { key, value } => kv_put(batch, key, value),
             Op::KvDelete { key } => kv_delete(batch, key),
+            Op::SystemPut { key, json } => system_put(batch, key, json),
         };
         Ok(match outcome? {
             Ok(outcome) => outcome,
@@ -454,6 +455,21 @@ fn kv_put(batch: &mut Batch, key: &str, value: &[u8]) -> Effect {
     }
     batch.put(Cf::Kv, key.as_bytes().to_vec(), value.to_vec());
     Ok(Ok(Outcome::KvWritten))
+}
+
+/// A system record: any JSON value under a document id, in the system
+/// table, which needs no creating.
+fn system_put(batch: &mut Batch, key: &str, json: &str) -> Effect {
+    if let Err(message) = validate_doc_id(key) {
+        return Ok(Err(invalid(message)));
+    }
+    if let Err(e) = serde_json::from_str::<Value>(json) {
+        return Ok(Err(invalid(format!("system record '{key}' is not valid JSON: {e}"))));
+    }
+    let key = doc_key(SYSTEM_TABLE, key);
+    let created = batch.get(Cf::Docs, &key)?.is_none();
+    batch.put(Cf::Docs, key, json.as_bytes().to_vec());
+    Ok(Ok(Outcome::Replaced { created }))
 }
 
 fn kv_delete(batch: &mut Batch, key: &str) -> Effect {

@@ -59,7 +59,8 @@ fn op() -> impl Strategy<Value = Op> {
         (table, id).prop_map(|(table, id)| Op::Delete { table, id }),
         (key.clone(), prop::collection::vec(any::<u8>(), 0..4))
             .prop_map(|(key, value)| Op::KvPut { key, value }),
-        key.prop_map(|key| Op::KvDelete { key }),
+        key.clone().prop_map(|key| Op::KvDelete { key }),
+        (key, 0..3u8).prop_map(|(key, n)| Op::SystemPut { key, json: format!("{{\"n\":{n}}}") }),
         Just(Op::Noop),
     ]
 }
@@ -78,6 +79,7 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     tables: BTreeMap<String, BTreeMap<String, Value>>,
     kv: BTreeMap<String, Vec<u8>>,
+    system: BTreeMap<String, Value>,
 }
 
 impl Model {
@@ -96,6 +98,10 @@ impl Model {
         Ok(match op {
             Op::Noop | Op::Barrier { .. } => Outcome::Done,
             Op::OpenSession { .. } => unreachable!("the test opens its session first"),
+            Op::SystemPut { key, json } => {
+                let value = serde_json::from_str(json).unwrap();
+                Outcome::Replaced { created: self.system.insert(key.clone(), value).is_none() }
+            }
             Op::CreateTable { table } => {
                 let created = !self.tables.contains_key(table);
                 self.tables.entry(table.clone()).or_default();
@@ -242,6 +248,9 @@ fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
     }
     for key in KEYS {
         prop_assert_eq!(store.kv_get(key).unwrap(), model.kv.get(key).cloned(), "key {}", key);
+        let system =
+            store.get_system(key).unwrap().map(|j| serde_json::from_str::<Value>(&j).unwrap());
+        prop_assert_eq!(system, model.system.get(key).cloned(), "system record {}", key);
     }
     Ok(())
 }

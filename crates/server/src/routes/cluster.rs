@@ -68,7 +68,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         "nodes": nodes,
         "leader": status.leader,
         "configuration_id": status.configuration_id,
-        "reconciliation": null,
+        "reconciliation": super::system::reconciliation(&state),
     })))
 }
 

@@ -9,6 +9,7 @@ mod admin;
 mod cluster;
 mod docs;
 mod kv;
+mod system;
 mod tables;
 
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             get(docs::get).put(docs::replace).patch(docs::update).delete(docs::delete),
         )
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/system/{key}", get(system::get).put(system::put))
         .route("/v1/admin/members", get(admin::list).post(admin::add))
         .route("/v1/admin/members/{id}", axum::routing::delete(admin::remove))
         .route("/metrics", get(metrics::scrape))

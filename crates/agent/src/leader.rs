@@ -1,0 +1,399 @@
+//! The reconciliation loop, run by every agent and acting in one: the agent
+//! beside the OmniPaxos leader node (before any node exists, the agent of
+//! the cloud's first host, which bootstraps the cluster).
+//!
+//! Each turn (every [`LOOP_MS`]): read the control state from the system
+//! table, the newest desired state from the cloud, and observe; let
+//! [`cairn_control::reconcile::turn`] decide; store the control state; run
+//! the step after checking it against a fresh look
+//! ([`Step::check`](cairn_control::model::Step::check)); record the outcome,
+//! store again, and report the status to the cloud.
+//!
+//! Because the control state is replicated by the data plane and stored
+//! before a step runs, an agent that becomes leader after another died
+//! carries on from the same state; every step is idempotent, so one that ran
+//! (or half ran) before its leader died is simply taken again.
+//!
+//! Two rules run on every agent, leader or not, for the one time no leader
+//! can act — when the cluster is stopped (`running: false`):
+//! - an agent whose node was stopped by the cluster starts it again once the
+//!   cloud's desired state says `running: true` (the cloud serves only the
+//!   newest state, so that is a newer one than the one that stopped it);
+//! - an agent whose node has not served for [`STOP_WITHOUT_QUORUM_MS`], and
+//!   whose node's own copy of the control state says the cluster is to be
+//!   stopped, stops it: a stop cut short by a failure still completes.
+//!
+//! Not here: deciding (the planner), the agent's own commands (the
+//! supervisor). Two agents may both believe they lead for a moment (a
+//! deposed leader's node has not noticed yet); steps are idempotent and
+//! checked against a fresh look, so this costs a repeated step, not harm.
+
+use std::time::{Duration, Instant};
+
+use cairn_control::desired::{parse, DesiredState};
+use cairn_control::model::{ControlState, Observed, Step};
+use cairn_control::reconcile::{record, report, turn};
+use cairn_control::status::Report;
+use serde_json::{json, Value};
+
+use crate::client::AgentClient;
+use crate::observe::{host_obs, with_scheme, CloudHost, Eyes, HTTP_TIMEOUT_MS};
+use crate::status::{NodeState, NodeStatus};
+use crate::supervisor::Supervisor;
+
+/// How often the loop turns.
+pub const LOOP_MS: u64 = 500;
+/// The longest one step may take (a membership change waits for a node to
+/// join and catch up).
+pub const STEP_TIMEOUT_MS: u64 = 120_000;
+/// How long a node may go without serving before its agent checks whether
+/// the cluster was asked to stop.
+pub const STOP_WITHOUT_QUORUM_MS: u64 = 5_000;
+/// The system record the control state lives in.
+pub const CONTROL_KEY: &str = "control";
+
+/// What the loop needs to know about its host.
+pub struct LeaderConfig {
+    pub host: String,
+    pub cloud: String,
+    /// The local node's HTTP address.
+    pub node: String,
+}
+
+/// Runs the loop until the task is dropped.
+pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
+    let eyes = match Eyes::new(config.cloud.clone(), config.node.clone()) {
+        Ok(eyes) => eyes,
+        Err(e) => {
+            tracing::error!(error = %e, "the reconciliation loop cannot start");
+            return;
+        }
+    };
+    let mut leader = Leader { config, eyes, supervisor, memory: None, unhealthy_since: None };
+    loop {
+        tokio::time::sleep(Duration::from_millis(LOOP_MS)).await;
+        leader.once().await;
+    }
+}
+
+struct Leader {
+    config: LeaderConfig,
+    eyes: Eyes,
+    supervisor: Supervisor,
+    /// The last control state this agent wrote or read: the state before
+    /// the first node exists to store it.
+    memory: Option<ControlState>,
+    unhealthy_since: Option<Instant>,
+}
+
+impl Leader {
+    async fn once(&mut self) {
+        let own = self.supervisor.status();
+        if own.stopped {
+            self.wake_if_asked(&own).await;
+            return;
+        }
+        self.stop_if_cluster_stopped(&own).await;
+        match self.leads(&own).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell who leads");
+                return;
+            }
+        }
+        if let Err(e) = self.lead(&own).await {
+            tracing::warn!(error = %e, "reconciliation turn failed");
+        }
+    }
+
+    /// Whether this agent leads: beside the leader node, or, before any
+    /// node exists, on the cloud's first live host.
+    async fn leads(&self, own: &NodeStatus) -> Result<bool, String> {
+        if own.node_id != 0 {
+            let membership = self.eyes.membership().await?;
+            return Ok(membership.leader == Some(own.node_id));
+        }
+        let hosts = self.eyes.hosts().await?;
+        let first = hosts.iter().find(|h| h.state != "failed");
+        if first.is_none_or(|h| h.name != self.config.host) {
+            return Ok(false);
+        }
+        // Bootstrap only where no node answers anywhere: a new host added to
+        // a running cluster must not start a second cluster.
+        for host in hosts.iter().filter(|h| h.name != self.config.host) {
+            let url = format!("{}/v1/health", with_scheme(&host.api_address));
+            if self.eyes.http.get(&url).send().await.is_ok() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn lead(&mut self, own: &NodeStatus) -> Result<(), String> {
+        let bootstrap = own.node_id == 0;
+        let control = if bootstrap { self.memory.clone() } else { self.read_control().await? }
+            .or_else(|| self.memory.clone())
+            .unwrap_or_default();
+        let offered = self.offered().await;
+        let (observed, hosts) = self.observe(bootstrap).await?;
+        let t = turn(&control, offered.as_ref(), &observed);
+        let mut control = t.control;
+        self.store(&control, t.pending_id, bootstrap, true).await?;
+        if let Some(step) = t.step {
+            tracing::info!(step = %step.describe(), "taking a step");
+            let result = self.take(&step, &control, &hosts, bootstrap).await;
+            if let Err(e) = &result {
+                tracing::warn!(step = %step.describe(), error = %e, "the step failed");
+            }
+            control = record(&control, result);
+            // A step that stopped every node cannot be recorded: the state
+            // stored before it already says where the cluster is.
+            // The outcome is reported with the next turn's decision.
+            if !matches!(step, Step::StopNodes { .. }) {
+                self.store(&control, t.pending_id, bootstrap, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, bootstrap: bool) -> Result<(Observed, Vec<CloudHost>), String> {
+        if !bootstrap {
+            return self.eyes.observe().await;
+        }
+        // No node yet: no membership to read, only hosts and agents.
+        let hosts = self.eyes.hosts().await?;
+        let mut observed = Observed::default();
+        for host in &hosts {
+            let status = self.agent_status(host).await;
+            observed.hosts.insert(host.name.clone(), host_obs(host, status));
+        }
+        Ok((observed, hosts))
+    }
+
+    async fn agent_status(&self, host: &CloudHost) -> Option<NodeStatus> {
+        if host.name == self.config.host {
+            return Some(self.supervisor.status());
+        }
+        let timeout = Duration::from_millis(crate::observe::AGENT_STATUS_TIMEOUT_MS);
+        let client = AgentClient::connect(&host.agent_address, timeout).await.ok()?;
+        client.status().await.ok()
+    }
+
+    async fn read_control(&self) -> Result<Option<ControlState>, String> {
+        let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
+        let response =
+            self.eyes.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: {}", response.status()));
+        }
+        let record: Value = response.json().await.map_err(|e| format!("GET {url}: {e}"))?;
+        serde_json::from_value(record["control"].clone())
+            .map(Some)
+            .map_err(|e| format!("the stored control state is not readable: {e}"))
+    }
+
+    /// Stores the control state (when a node exists) and, with `tell`,
+    /// reports it to the cloud.
+    async fn store(
+        &mut self,
+        control: &ControlState,
+        pending_id: Option<u64>,
+        bootstrap: bool,
+        tell: bool,
+    ) -> Result<(), String> {
+        self.memory = Some(control.clone());
+        let report = report(control, pending_id, Some(self.config.host.clone()));
+        let stored = if bootstrap {
+            Ok(())
+        } else {
+            let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
+            let record = json!({ "control": control, "report": report });
+            put_json(&self.eyes.http, &url, &record).await
+        };
+        if tell {
+            self.report(&report).await;
+        }
+        stored
+    }
+
+    async fn report(&self, report: &Report) {
+        let url = format!("{}/v1/status", self.eyes.cloud);
+        if let Err(e) = self.eyes.http.post(&url).json(report).send().await {
+            tracing::debug!(error = %e, "cannot report to the cloud");
+        }
+    }
+
+    async fn offered(&self) -> Option<DesiredState> {
+        let record: Value =
+            self.eyes.get_json(&format!("{}/v1/desired", self.eyes.cloud)).await.ok()?;
+        match parse(record["text"].as_str()?) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::warn!(error = %e, "the cloud serves a desired state this agent refuses");
+                None
+            }
+        }
+    }
+
+    /// Runs one step after checking it against a fresh look.
+    async fn take(
+        &self,
+        step: &Step,
+        control: &ControlState,
+        hosts: &[CloudHost],
+        bootstrap: bool,
+    ) -> Result<(), String> {
+        if !bootstrap {
+            let (fresh, _) = self.eyes.observe().await?;
+            step.check(&fresh)?;
+        }
+        let timeout = Duration::from_millis(STEP_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, self.run_step(step, control, hosts)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {STEP_TIMEOUT_MS} ms")),
+        }
+    }
+
+    async fn run_step(
+        &self,
+        step: &Step,
+        control: &ControlState,
+        hosts: &[CloudHost],
+    ) -> Result<(), String> {
+        let desired = control.accepted.as_ref().ok_or("no accepted desired state")?;
+        let agent = |name: &str| -> Result<String, String> {
+            hosts
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.agent_address.clone())
+                .ok_or_else(|| format!("{name} is not among the cloud's hosts"))
+        };
+        let connect = |address: String| async move {
+            AgentClient::connect(&address, Duration::from_millis(HTTP_TIMEOUT_MS))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match step {
+            Step::CreateHost { host, zone } => {
+                let url = format!("{}/v1/hosts", self.eyes.cloud);
+                let body = json!({ "name": host, "zone": zone, "host_type": desired.host_type });
+                post_json(&self.eyes.http, &url, &body).await
+            }
+            Step::StartNode { host, node_id, join } => {
+                let join = join.then(|| self.config.node.clone());
+                let client = connect(agent(host)?).await?;
+                client
+                    .start_node(*node_id, join, desired.restart_generation)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Step::StopNodes { hosts: names } => {
+                for name in names {
+                    if *name == self.config.host {
+                        self.supervisor.stop_node().await.map_err(|e| e.to_string())?;
+                    } else {
+                        let client = connect(agent(name)?).await?;
+                        client.stop_node().await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(())
+            }
+            Step::RestartNode { host, generation } => {
+                let client = connect(agent(host)?).await?;
+                client.restart_node(*generation).await.map(drop).map_err(|e| e.to_string())
+            }
+            Step::RemoveMember { node_id, .. } => {
+                let url = format!("{}/v1/admin/members/{node_id}", self.eyes.node);
+                let response = self
+                    .eyes
+                    .http
+                    .delete(&url)
+                    .timeout(Duration::from_millis(STEP_TIMEOUT_MS))
+                    .send()
+                    .await
+                    .map_err(|e| format!("DELETE {url}: {e}"))?;
+                match response.status() {
+                    s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
+                    s => Err(format!(
+                        "DELETE {url}: {s}: {}",
+                        response.text().await.unwrap_or_default()
+                    )),
+                }
+            }
+            Step::DeleteHost { host } => {
+                let url = format!("{}/v1/hosts/{host}", self.eyes.cloud);
+                let response = self
+                    .eyes
+                    .http
+                    .delete(&url)
+                    .timeout(Duration::from_millis(STEP_TIMEOUT_MS))
+                    .send()
+                    .await
+                    .map_err(|e| format!("DELETE {url}: {e}"))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("DELETE {url}: {}", response.status()))
+                }
+            }
+        }
+    }
+
+    /// Starts a node the cluster stopped once the cloud asks it to run.
+    async fn wake_if_asked(&self, own: &NodeStatus) {
+        let Some(desired) = self.offered().await else { return };
+        if !desired.running || own.node_id == 0 {
+            return;
+        }
+        tracing::info!(desired = desired.id, "the cluster is to run again: starting the node");
+        if let Err(e) = self.supervisor.start_node(own.node_id, None, own.restart_generation).await
+        {
+            tracing::warn!(error = %e, "cannot start the node");
+        }
+    }
+
+    /// Stops a node that lost its quorum when its own copy of the control
+    /// state says the cluster is to stop.
+    async fn stop_if_cluster_stopped(&mut self, own: &NodeStatus) {
+        if own.node_id == 0 || own.healthy || own.state != NodeState::Running {
+            self.unhealthy_since = None;
+            return;
+        }
+        let since = *self.unhealthy_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_millis(STOP_WITHOUT_QUORUM_MS) {
+            return;
+        }
+        let url = format!("{}/v1/system/{CONTROL_KEY}?read=local", self.eyes.node);
+        let Ok(record) = self.eyes.get_json::<Value>(&url).await else { return };
+        if record["control"]["accepted"]["running"] == Value::Bool(false) {
+            tracing::info!("the cluster is stopped: stopping this node too");
+            if let Err(e) = self.supervisor.stop_node().await {
+                tracing::warn!(error = %e, "cannot stop the node");
+            }
+        }
+    }
+}
+
+async fn put_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
+    let response = http.put(url).json(body).send().await.map_err(|e| format!("PUT {url}: {e}"))?;
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let status = response.status();
+    Err(format!("PUT {url}: {status}: {}", response.text().await.unwrap_or_default()))
+}
+
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
+    let response =
+        http.post(url).json(body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let status = response.status();
+    Err(format!("POST {url}: {status}: {}", response.text().await.unwrap_or_default()))
+}

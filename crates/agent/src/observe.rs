@@ -1,0 +1,197 @@
+//! How the leader agent sees the cluster: the cloud's host list, every
+//! agent's answer about its node, and the data plane's membership as the
+//! local node knows it, joined into one [`Observed`].
+//!
+//! Every call has a deadline; an agent that does not answer in time makes
+//! its host `Unreachable` (the planner waits for it, it does not replace it);
+//! only the cloud can say a host `Failed`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cairn_control::model::{HostObs, HostState, NodeObs, NodeProcess, Observed};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::client::AgentClient;
+use crate::status::{NodeState, NodeStatus};
+
+/// How long one agent may take to answer a status call.
+pub const AGENT_STATUS_TIMEOUT_MS: u64 = 2_000;
+/// How long one HTTP call to the cloud or a node may take.
+pub const HTTP_TIMEOUT_MS: u64 = 5_000;
+
+/// A host as the cloud lists it (the fields the leader needs).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CloudHost {
+    pub name: String,
+    pub zone: String,
+    pub state: String,
+    pub agent_address: String,
+    pub api_address: String,
+    pub peer_address: String,
+}
+
+#[derive(Deserialize)]
+struct HostList {
+    hosts: Vec<CloudHost>,
+}
+
+/// The data plane's membership as the local node sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    /// Member node ids and their peer addresses.
+    pub members: BTreeMap<u64, String>,
+    /// The first index of the current configuration.
+    pub base_index: u64,
+    /// Each member's applied index, where known.
+    pub applied: BTreeMap<u64, u64>,
+    pub leader: Option<u64>,
+}
+
+/// What the observation is made of: a client for the cloud and the local
+/// node's address.
+#[derive(Clone)]
+pub struct Eyes {
+    pub http: reqwest::Client,
+    pub cloud: String,
+    pub node: String,
+}
+
+impl Eyes {
+    pub fn new(cloud: String, node: String) -> Result<Eyes, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
+            .build()
+            .map_err(|e| format!("building an HTTP client: {e}"))?;
+        Ok(Eyes { http, cloud: with_scheme(&cloud), node: with_scheme(&node) })
+    }
+
+    /// The cloud's hosts.
+    pub async fn hosts(&self) -> Result<Vec<CloudHost>, String> {
+        let list: HostList = self.get_json(&format!("{}/v1/hosts", self.cloud)).await?;
+        Ok(list.hosts)
+    }
+
+    /// The membership, as the local node knows it.
+    pub async fn membership(&self) -> Result<Membership, String> {
+        let members: Value = self.get_json(&format!("{}/v1/admin/members", self.node)).await?;
+        let cluster: Value = self.get_json(&format!("{}/v1/cluster", self.node)).await?;
+        let mut membership = Membership {
+            base_index: members["base_index"].as_u64().unwrap_or(0),
+            leader: cluster["leader"].as_u64(),
+            ..Membership::default()
+        };
+        if let Some(map) = members["members"].as_object() {
+            for (id, address) in map {
+                let (Ok(id), Some(address)) = (id.parse::<u64>(), address.as_str()) else {
+                    return Err(format!("the node answered a bad member: {id}"));
+                };
+                membership.members.insert(id, address.to_string());
+            }
+        }
+        for node in cluster["nodes"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(applied)) = (node["id"].as_u64(), node["applied_index"].as_u64())
+            {
+                membership.applied.insert(id, applied);
+            }
+        }
+        if membership.leader.is_none() && membership.members.len() <= 1 {
+            // A lone node leads itself.
+            membership.leader = cluster["nodes"][0]["id"].as_u64();
+        }
+        Ok(membership)
+    }
+
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("GET {url}: {status}: {body}"));
+        }
+        response.json().await.map_err(|e| format!("GET {url}: a bad answer: {e}"))
+    }
+
+    /// The whole observation. `Err` when the cloud or the local node cannot
+    /// be read: then nothing is decided.
+    pub async fn observe(&self) -> Result<(Observed, Vec<CloudHost>), String> {
+        let hosts = self.hosts().await?;
+        let membership = self.membership().await?;
+        let statuses = futures_join(&hosts).await;
+        let mut observed = Observed {
+            members: membership.members.keys().copied().collect(),
+            leader: membership.leader,
+            members_caught_up: membership.members.keys().all(|id| {
+                membership.applied.get(id).is_some_and(|&applied| applied >= membership.base_index)
+            }),
+            ..Observed::default()
+        };
+        for (host, status) in hosts.iter().zip(statuses) {
+            observed.hosts.insert(host.name.clone(), host_obs(host, status));
+        }
+        for (id, peer) in &membership.members {
+            if let Some(host) = hosts.iter().find(|h| &h.peer_address == peer) {
+                observed.member_hosts.insert(*id, host.name.clone());
+            }
+        }
+        Ok((observed, hosts))
+    }
+}
+
+/// A host as the planner sees it, from the cloud's listing and its agent's
+/// answer (`None`: no answer).
+pub fn host_obs(host: &CloudHost, status: Option<NodeStatus>) -> HostObs {
+    let state = match (host.state.as_str(), &status) {
+        ("failed", _) => HostState::Failed,
+        (_, Some(_)) => HostState::Running,
+        (_, None) => HostState::Unreachable,
+    };
+    let node = status.filter(|_| state == HostState::Running).map(|s| NodeObs {
+        node_id: (s.node_id != 0).then_some(s.node_id),
+        process: match s.state {
+            NodeState::Absent => NodeProcess::Absent,
+            NodeState::Starting | NodeState::Backoff => NodeProcess::Starting,
+            NodeState::Running => NodeProcess::Running,
+            NodeState::Stopped => NodeProcess::Stopped,
+        },
+        healthy: s.healthy,
+        restart_generation: s.restart_generation,
+        version: s.version,
+    });
+    HostObs { name: host.name.clone(), zone: host.zone.clone(), state, node }
+}
+
+/// Every host's agent status, asked at once.
+async fn futures_join(hosts: &[CloudHost]) -> Vec<Option<NodeStatus>> {
+    let mut tasks = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let address = host.agent_address.clone();
+        let failed = host.state == "failed";
+        tasks.push(tokio::spawn(async move {
+            if failed {
+                return None;
+            }
+            let timeout = Duration::from_millis(AGENT_STATUS_TIMEOUT_MS);
+            let asked = async {
+                let client = AgentClient::connect(&address, timeout).await.ok()?;
+                client.status().await.ok()
+            };
+            tokio::time::timeout(timeout, asked).await.ok().flatten()
+        }));
+    }
+    let mut statuses = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        statuses.push(task.await.ok().flatten());
+    }
+    statuses
+}
+
+/// `http://` in front of a bare `HOST:PORT`.
+pub fn with_scheme(address: &str) -> String {
+    if address.starts_with("http://") || address.starts_with("https://") {
+        address.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{address}")
+    }
+}

@@ -1,0 +1,363 @@
+//! The control plane's commands: `up`, `down`, `status`, `apply`, and the
+//! long-running `agent` and `cloud` processes.
+//!
+//! `cairn up` is the cloud with the local provider in the foreground: it
+//! validates the desired state file, starts the cloud on it (which watches
+//! the file), creates the first host when there is none, and prints every
+//! status transition until Ctrl-C, which stops the agents and their nodes
+//! and keeps the data under `--dir`. Run again, it brings the same cluster
+//! back.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_agent::AgentConfig;
+use cairn_cloud::{Cloud, CloudConfig, StatusEvent};
+use serde_json::{json, Value};
+
+use crate::args::{AgentArgs, ApplyArgs, CloudArg, CloudArgs, Output, StatusArgs, UpArgs};
+use crate::node_cmd::{init_tracing, shutdown_signal};
+
+/// How long `cairn down` waits for the cloud to stop everything.
+const DOWN_WAIT_MS: u64 = 60_000;
+/// How long one call to the cloud or a node may take.
+const CALL_TIMEOUT_MS: u64 = 5_000;
+
+pub async fn agent(args: AgentArgs) -> ExitCode {
+    init_tracing();
+    let node_bin = match std::env::current_exe() {
+        Ok(bin) => bin,
+        Err(e) => return fail(format!("cannot find this program's path: {e}")),
+    };
+    let config = AgentConfig {
+        host: args.host,
+        zone: args.zone,
+        dir: args.dir,
+        listen: args.listen,
+        node_listen: args.node_listen,
+        node_peer_listen: args.node_peer_listen,
+        cloud: args.cloud,
+        node_bin,
+        // The cloud stops an agent (down, delete) with SIGTERM: its node goes
+        // with it. A killed agent leaves its node running for the next one.
+        stop_node_on_shutdown: true,
+    };
+    match cairn_agent::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+pub async fn cloud(args: CloudArgs) -> ExitCode {
+    init_tracing();
+    let mut config = match cloud_config(&args.dir, args.listen, args.file.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    if let Some(base_port) = args.base_port {
+        config.base_port = base_port;
+    }
+    let cloud = match Cloud::start(config).await {
+        Ok(cloud) => cloud,
+        Err(e) => return fail(e.to_string()),
+    };
+    tracing::info!(addr = %cloud.local_addr(), "cloud started");
+    match cloud.serve(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn cloud_config(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    file: Option<&Path>,
+) -> Result<CloudConfig, String> {
+    let agent_bin =
+        std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
+    let mut config = CloudConfig::new(dir.to_path_buf(), listen, agent_bin);
+    config.desired_file = file.map(Path::to_path_buf);
+    // Host 1 serves its API on the port after the cloud's.
+    config.base_port = listen.port();
+    Ok(config)
+}
+
+pub async fn up(args: UpArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(e) => return fail(format!("cannot read {}: {e}", args.file.display())),
+    };
+    let desired = match cairn_control::desired::parse(&text) {
+        Ok(desired) => desired,
+        Err(e) => return fail(format!("{}: {e}", args.file.display())),
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.dir) {
+        return fail(format!("cannot create {}: {e}", args.dir.display()));
+    }
+    let config = match cloud_config(&args.dir, args.listen, Some(&args.file)) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let cloud = match Cloud::start(config).await {
+        Ok(cloud) => cloud,
+        Err(e) => return fail(e.to_string()),
+    };
+    let addr = cloud.local_addr();
+    let mut events = cloud.status_events();
+    println!("cloud listening on http://{addr} (local provider, data in {})", args.dir.display());
+    let served = tokio::spawn(cloud.serve(shutdown_signal()));
+    let zone = desired.zones.first().cloned().unwrap_or_default();
+    if let Err(e) = first_host(addr, &zone, &desired.host_type).await {
+        eprintln!("error: cannot create the first host: {e}");
+    }
+    let printer = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => print_event(addr, &event).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    let result = served.await;
+    printer.abort();
+    match result {
+        Ok(Ok(())) => {
+            println!("stopped; the data is kept in {}", args.dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(e.to_string()),
+        Err(e) => fail(format!("the cloud stopped: {e}")),
+    }
+}
+
+async fn print_event(cloud: std::net::SocketAddr, event: &StatusEvent) {
+    let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    println!("{time} {event}");
+    if let StatusEvent::Transition(t) = event {
+        let at = t.report.state == cairn_control::status::ReconcileState::AtDesiredState;
+        if at && t.report.step.is_none() {
+            if let Ok(hosts) = get_json(&format!("http://{cloud}/v1/hosts")).await {
+                let apis: Vec<String> = hosts["hosts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| h["state"] == "running")
+                    .filter_map(|h| h["api_address"].as_str().map(|a| format!("http://{a}")))
+                    .collect();
+                println!("{time}   API (any node): {}", apis.join(" "));
+            }
+        }
+    }
+}
+
+/// Creates `host-1` when the cloud has no host: the host whose agent
+/// bootstraps the cluster.
+async fn first_host(
+    cloud: std::net::SocketAddr,
+    zone: &str,
+    host_type: &str,
+) -> Result<(), String> {
+    let hosts = get_json(&format!("http://{cloud}/v1/hosts")).await?;
+    if hosts["hosts"].as_array().is_some_and(|h| !h.is_empty()) {
+        return Ok(());
+    }
+    let body = json!({ "name": "host-1", "zone": zone, "host_type": host_type });
+    let response = http()?
+        .post(format!("http://{cloud}/v1/hosts"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+pub async fn down(args: CloudArg) -> ExitCode {
+    let base = with_scheme(&args.cloud);
+    let client = match http() {
+        Ok(client) => client,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = client.post(format!("{base}/v1/shutdown")).send().await {
+        return fail(format!("no cloud answers at {base}: {e}"));
+    }
+    println!("stopping the cluster at {base}…");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(DOWN_WAIT_MS);
+    while tokio::time::Instant::now() < deadline {
+        if client.get(format!("{base}/v1/health")).send().await.is_err() {
+            println!("stopped; the data is kept");
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    fail(format!("the cloud at {base} still answers after {DOWN_WAIT_MS} ms"))
+}
+
+pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(e) => return fail(format!("cannot read {}: {e}", args.file.display())),
+    };
+    let desired = match cairn_control::desired::parse(&text) {
+        Ok(desired) => desired,
+        Err(e) => return fail(format!("{}: {e}", args.file.display())),
+    };
+    let base = with_scheme(&args.cloud.cloud);
+    let client = match http() {
+        Ok(client) => client,
+        Err(e) => return fail(e),
+    };
+    let response = match client.put(format!("{base}/v1/desired")).body(text).send().await {
+        Ok(response) => response,
+        Err(e) => return fail(format!("no cloud answers at {base}: {e}")),
+    };
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("refused").to_string();
+        return fail(format!("the cloud refused desired state {}: {message}", desired.id));
+    }
+    crate::output::success(output, &body, || {
+        format!("submitted desired state {}; follow it with `cairn status --watch`", desired.id)
+    })
+}
+
+pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
+    loop {
+        let view = match gather(&with_scheme(&args.cloud.cloud)).await {
+            Ok(view) => view,
+            Err(e) => return fail(e),
+        };
+        match output {
+            Output::Json => println!("{view}"),
+            Output::Text => {
+                if args.watch {
+                    print!("\x1b[2J\x1b[H");
+                }
+                println!("{}", render(&view));
+            }
+        }
+        if !args.watch {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The cluster as the cloud and any answering node see it.
+async fn gather(cloud: &str) -> Result<Value, String> {
+    let hosts = get_json(&format!("{cloud}/v1/hosts"))
+        .await
+        .map_err(|e| format!("no cloud answers at {cloud}: {e}"))?;
+    let status = get_json(&format!("{cloud}/v1/status")).await.unwrap_or(Value::Null);
+    let hosts = hosts["hosts"].as_array().cloned().unwrap_or_default();
+    let mut cluster = Value::Null;
+    for host in hosts.iter().filter(|h| h["state"] == "running") {
+        if let Some(api) = host["api_address"].as_str() {
+            if let Ok(view) = get_json(&format!("http://{api}/v1/cluster")).await {
+                cluster = view;
+                break;
+            }
+        }
+    }
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    let reconciliation = match &status["last"] {
+        Value::Null => cluster["reconciliation"].clone(),
+        last => last.clone(),
+    };
+    let hosts: Vec<Value> = hosts
+        .iter()
+        .map(|h| {
+            let node = nodes.iter().find(|n| n["address"] == h["api_address"]);
+            json!({
+                "name": h["name"], "zone": h["zone"], "state": h["state"],
+                "api_address": h["api_address"],
+                "node_id": node.map(|n| n["id"].clone()),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "reconciliation": reconciliation,
+        "hosts": hosts,
+        "nodes": nodes,
+        "leader": cluster["leader"],
+    }))
+}
+
+fn render(view: &Value) -> String {
+    let r = &view["reconciliation"];
+    let mut out = match r["state"].as_str() {
+        Some(state) => format!(
+            "reconciliation: {state}, desired state {}{}\n",
+            r["desired_id"],
+            r["step"].as_str().map(|s| format!(", step: {s}")).unwrap_or_default()
+        ),
+        None => "reconciliation: not reported yet\n".to_string(),
+    };
+    if let Some(message) = r["message"].as_str().filter(|m| !m.is_empty()) {
+        out.push_str(&format!("  {message}\n"));
+    }
+    out.push_str(&format!(
+        "\n{:<10} {:<10} {:<10} {:<5} {:<9} {:<8} {:>9}  {}\n",
+        "HOST", "ZONE", "STATE", "NODE", "ROLE", "VERSION", "APPLIED", "API"
+    ));
+    let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+    for host in view["hosts"].as_array().into_iter().flatten() {
+        let node = nodes.iter().find(|n| n["address"] == host["api_address"]);
+        let field = |key: &str| {
+            node.and_then(|n| match &n[key] {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "{:<10} {:<10} {:<10} {:<5} {:<9} {:<8} {:>9}  {}\n",
+            host["name"].as_str().unwrap_or("?"),
+            host["zone"].as_str().unwrap_or("?"),
+            host["state"].as_str().unwrap_or("?"),
+            field("id"),
+            field("role"),
+            field("version"),
+            field("applied_index"),
+            host["api_address"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+fn http() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+async fn get_json(url: &str) -> Result<Value, String> {
+    let response = http()?.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url}: {}", response.status()));
+    }
+    response.json().await.map_err(|e| format!("GET {url}: {e}"))
+}
+
+fn with_scheme(address: &str) -> String {
+    if address.starts_with("http://") || address.starts_with("https://") {
+        address.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,78 @@
+//! The system table, under `/v1/system/{key}`: records the control plane
+//! keeps in the data plane so that they are replicated like any write and
+//! survive the loss of any host (the accepted desired state, the
+//! reconciliation status, the host inventory, the step in flight).
+//!
+//! `GET` reads a record (linearizable by default, `?read=local` for this
+//! node's copy); `PUT` replaces it with a JSON body. User tables cannot
+//! reach these records: the system table's name starts with `_`.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cairn_storage::command::validate_doc_id;
+use cairn_storage::{Op, Outcome};
+use serde_json::{json, Value};
+
+use super::tables::unexpected;
+use super::written;
+use crate::error::ApiError;
+use crate::extract::{Body, ReadParams, WriteId};
+use crate::state::AppState;
+
+/// The record the leader agent keeps its control state in; `/v1/cluster`
+/// shows its `report` as `reconciliation`.
+pub const CONTROL_KEY: &str = "control";
+
+fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(key) = path?;
+    validate_doc_id(&key).map_err(ApiError::bad_request)?;
+    Ok(key)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let key = key(path)?;
+    params?.barrier(&state).await?;
+    match state.store.get_system(&key)? {
+        Some(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
+        None => Err(ApiError::not_found(
+            "record_not_found",
+            format!("system record '{key}' does not exist"),
+        )),
+    }
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    write_id: WriteId,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let key = key(path)?;
+    let value = body.json("a JSON value")?;
+    let json = value.to_string();
+    let applied = state.write(Op::SystemPut { key, json }, write_id).await?;
+    match applied.outcome {
+        Outcome::Replaced { created } => Ok(Json(written(&applied, json!({ "created": created })))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The reconciliation status from this node's copy of the control record,
+/// or `null` before the control plane wrote one.
+pub fn reconciliation(state: &AppState) -> Value {
+    let record = match state.store.get_system(CONTROL_KEY) {
+        Ok(Some(text)) => text,
+        _ => return Value::Null,
+    };
+    serde_json::from_str::<Value>(&record)
+        .ok()
+        .and_then(|mut v| v.get_mut("report").map(Value::take))
+        .unwrap_or(Value::Null)
+}
