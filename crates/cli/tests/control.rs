@@ -1,0 +1,373 @@
+//! The control plane end to end: `cairn up` on loopback (the cloud with the
+//! local provider, agents, nodes) under a concurrent writer, through
+//! scale 1 → 3 → 5, a host that dies, a scale down to 3 whose leader agent
+//! (and its node, the OmniPaxos leader) is killed mid-step, and a rolling
+//! restart. Each desired state must be
+//! reached (`AT_DESIRED_STATE`, with the asked members serving) and no
+//! acknowledged write may be lost.
+//!
+//! Deadlines are generous (a shared, slow machine); durations are printed
+//! (`--nocapture`), never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, Read};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+/// How long one desired state may take to be reached.
+const REACH_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// `cairn up` in a temporary directory, stopped (SIGTERM) when dropped.
+struct Up {
+    dir: tempfile::TempDir,
+    cloud: String,
+    child: Option<Child>,
+}
+
+impl Up {
+    fn start(desired: &str) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("desired_state.jsonc"), desired).unwrap();
+        let port = free_base_port();
+        let cloud = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        let child = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["up", "--listen", &cloud])
+            .env("CAIRN_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Up { dir, cloud, child: Some(child) }
+    }
+
+    /// Replaces the desired state file as editors do (write, then rename).
+    fn edit(&self, desired: &str) {
+        let tmp = self.dir.path().join("desired_state.jsonc.tmp");
+        std::fs::write(&tmp, desired).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("desired_state.jsonc")).unwrap();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cloud)
+    }
+
+    async fn get(&self, path: &str) -> Option<Value> {
+        let response = http().get(self.url(path)).send().await.ok()?;
+        response.status().is_success().then_some(())?;
+        response.json().await.ok()
+    }
+
+    async fn hosts(&self) -> Vec<Value> {
+        self.get("/v1/hosts").await.and_then(|v| v["hosts"].as_array().cloned()).unwrap_or_default()
+    }
+
+    /// The API addresses of running hosts.
+    async fn apis(&self) -> Vec<String> {
+        let hosts = self.hosts().await;
+        hosts
+            .iter()
+            .filter(|h| h["state"] == "running")
+            .filter_map(|h| h["api_address"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// Waits until the leader reports desired state `id` reached and a node
+    /// shows `replicas` members, all reachable; returns how long it took.
+    async fn reached(&self, id: u64, replicas: usize) -> Duration {
+        let started = Instant::now();
+        loop {
+            let status = self.get("/v1/status").await.unwrap_or(Value::Null);
+            let last = &status["last"];
+            if last["state"] == "AT_DESIRED_STATE" && last["desired_id"] == id {
+                if let Some(nodes) = self.members(replicas).await {
+                    if nodes == replicas {
+                        return started.elapsed();
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < REACH_TIMEOUT,
+                "desired state {id} not reached: {last}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The number of members a node shows, when every one is reachable.
+    async fn members(&self, _replicas: usize) -> Option<usize> {
+        for api in self.apis().await {
+            let Ok(response) = http().get(format!("http://{api}/v1/cluster")).send().await else {
+                continue;
+            };
+            let Ok(cluster) = response.json::<Value>().await else { continue };
+            let nodes = cluster["nodes"].as_array()?;
+            if nodes.iter().all(|n| n["reachable"] == true) {
+                return Some(nodes.len());
+            }
+            return None;
+        }
+        None
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// What `cairn status` shows now.
+    fn status(&self) -> String {
+        let out = Command::new(BIN).args(["status", "--cloud", &self.cloud]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn host_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(".cairn/hosts").join(name)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+}
+
+/// A base port whose next 100 ports look free (hosts take base+1…).
+fn free_base_port() -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut port = 20_000 + (seed % 300) as u16 * 100;
+    loop {
+        let free = (0..100).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok());
+        if free {
+            return port;
+        }
+        port = if port > 59_000 { 20_000 } else { port + 100 };
+    }
+}
+
+fn desired(id: u64, replicas: u32, restart_generation: u64) -> String {
+    format!(
+        r#"{{
+  // written by the control process test
+  "id": {id},
+  "replicas": {replicas},
+  "zones": ["zone-a", "zone-b", "zone-c"],
+  "restart_generation": {restart_generation},
+}}"#
+    )
+}
+
+fn node_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("node.pid")).ok()?.trim().parse().ok()
+}
+
+/// Writes keys through whichever node answers until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(cloud: String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut apis: Vec<String> = Vec::new();
+            let mut at = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                if apis.is_empty() {
+                    apis = live_apis(&cloud).await;
+                    if apis.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+                let api = &apis[at % apis.len()];
+                let client = Client::with_timeout(api, Duration::from_secs(10)).unwrap();
+                let key = format!("w{i}");
+                match client.kv_put(&key, key.clone()).await {
+                    Ok(_) => {
+                        a.lock().unwrap().push(key);
+                        i += 1;
+                    }
+                    Err(_) => {
+                        // Another node, and a fresh list (hosts come and go).
+                        at += 1;
+                        apis.clear();
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Writer { stop, acked, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+async fn live_apis(cloud: &str) -> Vec<String> {
+    let Ok(response) = http().get(format!("http://{cloud}/v1/hosts")).send().await else {
+        return Vec::new();
+    };
+    let hosts: Value = response.json().await.unwrap_or(Value::Null);
+    hosts["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["state"] == "running")
+        .filter_map(|h| h["api_address"].as_str().map(String::from))
+        .collect()
+}
+
+async fn writes_go_on(writer: &Writer, more: usize) {
+    let target = writer.count() + more;
+    let started = Instant::now();
+    while writer.count() < target {
+        assert!(started.elapsed() < REACH_TIMEOUT, "writes stalled at {}", writer.count());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Scale 1 → 3 → 5, lose a host, 5 → 3 with the leader agent killed
+/// mid-step, rolling restart: every state reached, no acknowledged write
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairn_up_reaches_every_desired_state_under_load() {
+    let up = Up::start(&desired(1, 1, 0));
+    let mut timings = Vec::new();
+    timings.push(("bootstrap, 1 replica", up.reached(1, 1).await));
+    eprintln!("after bootstrap:\n{}", up.status());
+    let writer = Writer::start(up.cloud.clone());
+    writes_go_on(&writer, 50).await;
+
+    up.edit(&desired(2, 3, 0));
+    timings.push(("scale 1 -> 3", up.reached(2, 3).await));
+    writes_go_on(&writer, 50).await;
+    up.edit(&desired(3, 5, 0));
+    timings.push(("scale 3 -> 5", up.reached(3, 5).await));
+    eprintln!("at 5 replicas:\n{}", up.status());
+    writes_go_on(&writer, 50).await;
+
+    // A host dies (not the leader's): the cluster replaces it on its own.
+    let leader = up.get("/v1/status").await.unwrap()["last"]["leader_host"].clone();
+    let victim = up
+        .hosts()
+        .await
+        .into_iter()
+        .find(|h| h["name"] != leader && h["state"] == "running")
+        .and_then(|h| h["name"].as_str().map(String::from))
+        .unwrap();
+    let failed = http().post(up.url(&format!("/v1/hosts/{victim}/fail"))).send().await.unwrap();
+    assert!(failed.status().is_success());
+    let started = Instant::now();
+    loop {
+        let gone = !up.hosts().await.iter().any(|h| h["name"] == victim.as_str());
+        if gone && up.members(5).await == Some(5) {
+            let last = up.get("/v1/status").await.unwrap()["last"].clone();
+            if last["state"] == "AT_DESIRED_STATE" {
+                break;
+            }
+        }
+        assert!(started.elapsed() < REACH_TIMEOUT, "{victim} never replaced\n{}", up.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    timings.push(("replace a dead host", started.elapsed()));
+    eprintln!("after {victim} died and was replaced:\n{}", up.status());
+    writes_go_on(&writer, 50).await;
+
+    // Scale down, and kill the leader agent while it works.
+    up.edit(&desired(4, 3, 0));
+    let started = Instant::now();
+    let leader_host = loop {
+        let last = up.get("/v1/status").await.unwrap_or(Value::Null)["last"].clone();
+        if last["desired_id"] == 4 && last["state"] == "WORKING_TOWARDS_DESIRED_STATE" {
+            break last["leader_host"].as_str().unwrap().to_string();
+        }
+        assert!(started.elapsed() < REACH_TIMEOUT, "desired state 4 never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let agent_pid = up
+        .hosts()
+        .await
+        .into_iter()
+        .find(|h| h["name"] == leader_host.as_str())
+        .and_then(|h| h["pid"].as_u64())
+        .unwrap();
+    // The agent and its node both die (the node is the OmniPaxos leader):
+    // another host's agent must take over and finish. The cloud restarts
+    // the agent, which restarts its node.
+    let leader_node_pid = node_pid(&up.host_dir(&leader_host)).unwrap();
+    let _ = Command::new("kill").args(["-KILL", &agent_pid.to_string()]).status();
+    let _ = Command::new("kill").args(["-KILL", &leader_node_pid.to_string()]).status();
+    eprintln!("killed the leader agent on {leader_host} and its node mid-step");
+    up.reached(4, 3).await;
+    let finisher = up.get("/v1/status").await.unwrap()["last"]["leader_host"].clone();
+    eprintln!("desired state 4 finished under the agent on {finisher}");
+    timings.push(("scale 5 -> 3, leader agent killed", started.elapsed()));
+    writes_go_on(&writer, 50).await;
+
+    // Rolling restart: every node restarts (a new process), one at a time.
+    let before: Vec<(String, Option<u32>)> = up
+        .hosts()
+        .await
+        .iter()
+        .filter_map(|h| h["name"].as_str().map(String::from))
+        .map(|name| (name.clone(), node_pid(&up.host_dir(&name))))
+        .collect();
+    up.edit(&desired(5, 3, 5));
+    timings.push(("rolling restart", up.reached(5, 3).await));
+    for (name, pid) in &before {
+        let now = node_pid(&up.host_dir(name));
+        assert_ne!(now, *pid, "the node on {name} was not restarted");
+    }
+    eprintln!("after the rolling restart:\n{}", up.status());
+    writes_go_on(&writer, 50).await;
+
+    let acked = writer.stop().await;
+    let apis = up.apis().await;
+    let client = Client::with_timeout(&apis[0], Duration::from_secs(30)).unwrap();
+    for key in &acked {
+        let got = client.kv_get(key, Read::Linearizable).await.unwrap();
+        assert_eq!(got.as_deref(), Some(key.as_bytes()), "acknowledged write {key} lost");
+    }
+    for (what, took) in &timings {
+        eprintln!("{what}: {took:.1?}");
+    }
+    eprintln!("{} acknowledged writes, all read back", acked.len());
+}
