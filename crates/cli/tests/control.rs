@@ -170,10 +170,15 @@ fn free_base_port() -> u16 {
 }
 
 fn desired(id: u64, replicas: u32, restart_generation: u64) -> String {
+    desired_running(id, replicas, restart_generation, true)
+}
+
+fn desired_running(id: u64, replicas: u32, restart_generation: u64, running: bool) -> String {
     format!(
         r#"{{
   // written by the control process test
   "id": {id},
+  "running": {running},
   "replicas": {replicas},
   "zones": ["zone-a", "zone-b", "zone-c"],
   "restart_generation": {restart_generation},
@@ -262,6 +267,22 @@ async fn writes_go_on(writer: &Writer, more: usize) {
         assert!(started.elapsed() < REACH_TIMEOUT, "writes stalled at {}", writer.count());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Bad input is refused before anything runs, naming the field.
+#[test]
+fn up_and_apply_refuse_a_bad_desired_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.jsonc");
+    std::fs::write(&file, r#"{ "id": 1, "replicas": 4 }"#).unwrap();
+    let apply = ["apply", "--cloud", "127.0.0.1:9", "-f"];
+    for args in [&apply[..], &["up", "-f"][..]] {
+        let out = Command::new(BIN).current_dir(dir.path()).args(args).arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a bad state");
+        assert!(stderr.contains("replicas"), "{args:?}: {stderr}");
+    }
+    assert!(!dir.path().join(".cairn").exists(), "nothing was created");
 }
 
 /// Scale 1 → 3 → 5, lose a host, 5 → 3 with the leader agent killed
@@ -358,8 +379,38 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     }
     eprintln!("after the rolling restart:\n{}", up.status());
     writes_go_on(&writer, 50).await;
+    let json = Command::new(BIN)
+        .args(["status", "--cloud", &up.cloud, "--output", "json"])
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["reconciliation"]["state"], "AT_DESIRED_STATE", "{json}");
+    assert_eq!(json["reconciliation"]["desired_id"], 5, "{json}");
+    assert_eq!(json["hosts"].as_array().map(Vec::len), Some(3), "{json}");
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(3), "{json}");
 
     let acked = writer.stop().await;
+    // Stop every node (data kept), then run them again.
+    up.edit(&desired_running(6, 3, 5, false));
+    let started = Instant::now();
+    while !up.apis().await.is_empty() && up.members(3).await.is_some() {
+        assert!(started.elapsed() < REACH_TIMEOUT, "the nodes never stopped\n{}", up.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loop {
+        let hosts = up.hosts().await;
+        let running = hosts
+            .iter()
+            .filter(|h| h["name"].as_str().and_then(|n| node_pid(&up.host_dir(n))).is_some());
+        if running.count() == 0 {
+            break;
+        }
+        assert!(started.elapsed() < REACH_TIMEOUT, "a node still runs\n{}", up.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    timings.push(("running: false", started.elapsed()));
+    up.edit(&desired_running(7, 3, 5, true));
+    timings.push(("running: true again", up.reached(7, 3).await));
     let apis = up.apis().await;
     let client = Client::with_timeout(&apis[0], Duration::from_secs(30)).unwrap();
     for key in &acked {

@@ -42,7 +42,7 @@ pub struct Turn {
 /// One turn: accept `offered` if allowed, then plan from `observed`.
 pub fn turn(control: &ControlState, offered: Option<&DesiredState>, observed: &Observed) -> Turn {
     let mut control = control.clone();
-    let pending_id = accept(&mut control, offered);
+    let (pending_id, refusal) = accept(&mut control, offered);
     let Some(desired) = control.accepted.clone() else {
         control.message = "waiting for a desired state".into();
         return Turn { control, step: None, pending_id };
@@ -85,25 +85,31 @@ pub fn turn(control: &ControlState, offered: Option<&DesiredState>, observed: &O
             None
         }
     };
+    if let Some(refusal) = refusal {
+        // Said until a newer state replaces the refused one.
+        next_control.message = refusal;
+    }
     Turn { control: next_control, step, pending_id }
 }
 
 /// Accepts `offered` when its id is newer and the state allows; returns the
-/// id of a newer state left waiting.
-fn accept(control: &mut ControlState, offered: Option<&DesiredState>) -> Option<u64> {
-    let offered = offered?;
+/// id of a newer state left waiting, or why it was refused.
+fn accept(
+    control: &mut ControlState,
+    offered: Option<&DesiredState>,
+) -> (Option<u64>, Option<String>) {
+    let Some(offered) = offered else { return (None, None) };
     let accepted_id = control.accepted.as_ref().map_or(0, |d| d.id);
     if offered.id <= accepted_id {
-        return None;
+        return (None, None);
     }
     let may_accept = control.accepted.is_none()
         || matches!(control.state, ReconcileState::AtDesiredState | ReconcileState::ErrorState);
     if !may_accept {
-        return Some(offered.id);
+        return (Some(offered.id), None);
     }
     if let Err(e) = check_transition(control.accepted.as_ref(), control.has_run, offered) {
-        control.message = format!("desired state {} refused: {e}", offered.id);
-        return None;
+        return (None, Some(format!("desired state {} refused: {e}", offered.id)));
     }
     control.accepted = Some(offered.clone());
     control.state = ReconcileState::WorkingTowardsDesiredState;
@@ -111,7 +117,7 @@ fn accept(control: &mut ControlState, offered: Option<&DesiredState>) -> Option<
     control.attempts = 0;
     control.waited_loops = 0;
     control.message = format!("accepted desired state {}", offered.id);
-    None
+    (None, None)
 }
 
 fn start_step(next: &mut ControlState, before: &ControlState, step: &Step) {

@@ -1,0 +1,282 @@
+//! The planner and the reconciliation loop as scenarios: a cluster as
+//! observed, a desired state, and the one step (or wait) that must follow.
+
+use cairn_control::desired::{DesiredState, VERSION};
+use cairn_control::model::{
+    ControlState, HostObs, HostState, NodeObs, NodeProcess, Observed, Step,
+};
+use cairn_control::planner::{plan, Next};
+use cairn_control::reconcile::{record, turn, WAIT_LOOPS_PER_ATTEMPT};
+use cairn_control::status::ReconcileState;
+
+/// A desired state with `replicas` over zones a, b, c.
+fn want(id: u64, replicas: u32) -> DesiredState {
+    DesiredState {
+        replicas,
+        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+        ..DesiredState::default_with_id(id)
+    }
+}
+
+/// A cluster to observe, built host by host.
+#[derive(Default)]
+struct Cluster(Observed);
+
+impl Cluster {
+    /// A host with a healthy member node.
+    fn member(mut self, host: &str, zone: &str, id: u64) -> Cluster {
+        self.0.members.push(id);
+        self.0.member_hosts.insert(id, host.into());
+        self.0.members_caught_up = true;
+        self.host(host, zone, HostState::Running, Some(node(Some(id), NodeProcess::Running, true)))
+    }
+
+    fn host(mut self, host: &str, zone: &str, state: HostState, node: Option<NodeObs>) -> Cluster {
+        let obs = HostObs { name: host.into(), zone: zone.into(), state, node };
+        self.0.hosts.insert(host.into(), obs);
+        self
+    }
+
+    /// A host whose agent answers and holds no node yet.
+    fn empty(self, host: &str, zone: &str) -> Cluster {
+        self.host(host, zone, HostState::Running, Some(node(None, NodeProcess::Absent, false)))
+    }
+
+    fn leader(mut self, id: u64) -> Cluster {
+        self.0.leader = Some(id);
+        self
+    }
+
+    fn with(mut self, host: &str, change: impl FnOnce(&mut HostObs)) -> Cluster {
+        change(self.0.hosts.get_mut(host).expect("a host of the scenario"));
+        self
+    }
+
+    fn next(&self, desired: &DesiredState) -> Next {
+        plan(desired, &self.0, &ControlState::default()).1
+    }
+}
+
+fn node(id: Option<u64>, process: NodeProcess, healthy: bool) -> NodeObs {
+    NodeObs { node_id: id, process, healthy, restart_generation: 0, version: VERSION.into() }
+}
+
+fn three() -> Cluster {
+    Cluster::default()
+        .member("host-1", "zone-a", 1)
+        .member("host-2", "zone-b", 2)
+        .member("host-3", "zone-c", 3)
+        .leader(1)
+}
+
+#[test]
+fn bootstrap_starts_node_one_on_the_first_host() {
+    let cluster = Cluster::default().empty("host-1", "zone-a");
+    assert_eq!(
+        cluster.next(&want(1, 3)),
+        Next::Step(Step::StartNode { host: "host-1".into(), node_id: 1, join: false })
+    );
+}
+
+#[test]
+fn growing_creates_a_host_in_the_zone_that_lacks_most() {
+    let cluster = Cluster::default().member("host-1", "zone-a", 1).leader(1);
+    assert_eq!(
+        cluster.next(&want(2, 3)),
+        Next::Step(Step::CreateHost { host: "host-2".into(), zone: "zone-b".into() })
+    );
+}
+
+#[test]
+fn a_created_host_gets_the_lowest_free_node_id_and_joins() {
+    let cluster = Cluster::default()
+        .member("host-1", "zone-a", 1)
+        .member("host-7", "zone-c", 3)
+        .empty("host-8", "zone-b")
+        .leader(1);
+    assert_eq!(
+        cluster.next(&want(2, 3)),
+        Next::Step(Step::StartNode { host: "host-8".into(), node_id: 2, join: true })
+    );
+}
+
+#[test]
+fn a_member_on_a_failed_host_is_removed_then_replaced() {
+    let cluster = three().with("host-2", |h| {
+        h.state = HostState::Failed;
+        h.node = None;
+    });
+    assert_eq!(
+        cluster.next(&want(1, 3)),
+        Next::Step(Step::RemoveMember { node_id: 2, host: Some("host-2".into()) })
+    );
+    // Once removed, the failed host goes, then a new one comes in its zone.
+    let mut removed = cluster;
+    removed.0.members.retain(|&id| id != 2);
+    removed.0.member_hosts.remove(&2);
+    let (control, next) = plan(&want(1, 3), &removed.0, &ControlState::default());
+    assert_eq!(next, Next::Step(Step::DeleteHost { host: "host-2".into() }));
+    removed.0.hosts.remove("host-2");
+    let (_, next) = plan(&want(1, 3), &removed.0, &control);
+    assert_eq!(next, Next::Step(Step::CreateHost { host: "host-4".into(), zone: "zone-b".into() }));
+}
+
+#[test]
+fn an_agent_that_does_not_answer_is_waited_for_not_replaced() {
+    let cluster = three().with("host-3", |h| {
+        h.state = HostState::Unreachable;
+        h.node = None;
+    });
+    assert!(matches!(cluster.next(&want(1, 3)), Next::Wait(_)));
+}
+
+#[test]
+fn without_a_quorum_nothing_changes() {
+    let cluster = three()
+        .with("host-2", |h| h.node.as_mut().unwrap().healthy = false)
+        .with("host-3", |h| h.node.as_mut().unwrap().healthy = false);
+    let Next::Wait(why) = cluster.next(&want(2, 5)) else { panic!("must wait") };
+    assert!(why.contains("no quorum"), "{why}");
+}
+
+#[test]
+fn shrinking_removes_from_the_fullest_zone_and_spares_the_leader() {
+    let cluster = three().member("host-4", "zone-a", 4).member("host-5", "zone-b", 5).leader(4);
+    // zone-a holds 1 and 4 (the leader), zone-b 2 and 5: the highest id of
+    // the fullest zones that is not the leader goes.
+    assert_eq!(
+        cluster.next(&want(2, 3)),
+        Next::Step(Step::RemoveMember { node_id: 5, host: Some("host-5".into()) })
+    );
+}
+
+#[test]
+fn a_rolling_restart_takes_followers_first_and_the_leader_last() {
+    let desired = DesiredState { restart_generation: 2, ..want(2, 3) };
+    let cluster = three().leader(1);
+    assert_eq!(
+        cluster.next(&desired),
+        Next::Step(Step::RestartNode { host: "host-2".into(), generation: 2 })
+    );
+    let done = |c: Cluster, h: &str| c.with(h, |h| h.node.as_mut().unwrap().restart_generation = 2);
+    let cluster = done(done(cluster, "host-2"), "host-3");
+    assert_eq!(
+        cluster.next(&desired),
+        Next::Step(Step::RestartNode { host: "host-1".into(), generation: 2 })
+    );
+}
+
+#[test]
+fn a_restart_waits_while_another_member_is_down() {
+    let desired = DesiredState { restart_generation: 2, ..want(2, 3) };
+    let cluster = three().with("host-3", |h| h.node.as_mut().unwrap().healthy = false);
+    assert!(matches!(cluster.next(&desired), Next::Wait(_)));
+}
+
+#[test]
+fn running_false_stops_every_node_in_one_final_step_leader_last() {
+    let desired = DesiredState { running: false, ..want(2, 3) };
+    assert_eq!(
+        three().leader(2).next(&desired),
+        Next::Final(Step::StopNodes {
+            hosts: vec!["host-1".into(), "host-3".into(), "host-2".into()]
+        })
+    );
+}
+
+#[test]
+fn a_removed_node_keeps_its_host_until_every_member_caught_up() {
+    let mut cluster = three().member("host-4", "zone-a", 4).leader(1);
+    let (control, next) = plan(&want(2, 3), &cluster.0, &ControlState::default());
+    assert_eq!(next, Next::Step(Step::RemoveMember { node_id: 4, host: Some("host-4".into()) }));
+    cluster.0.members.retain(|&id| id != 4);
+    cluster.0.member_hosts.remove(&4);
+    cluster.0.members_caught_up = false;
+    let step = Step::DeleteHost { host: "host-4".into() };
+    assert!(step.check(&cluster.0).is_err(), "not every member caught up");
+    assert_ne!(plan(&want(2, 3), &cluster.0, &control).1, Next::Step(step.clone()));
+    cluster.0.members_caught_up = true;
+    assert_eq!(plan(&want(2, 3), &cluster.0, &control).1, Next::Step(step));
+}
+
+#[test]
+fn fresh_checks_refuse_what_a_stale_look_planned() {
+    let cluster = three();
+    // Deleting a host that holds a member.
+    assert!(Step::DeleteHost { host: "host-2".into() }.check(&cluster.0).is_err());
+    // Removing node 2 meant as the one on a host it no longer runs on.
+    let stale = Step::RemoveMember { node_id: 2, host: Some("host-9".into()) };
+    assert!(stale.check(&cluster.0).is_err());
+    // A restart while another member is down would cost the quorum.
+    let down = three().with("host-3", |h| h.node.as_mut().unwrap().healthy = false);
+    assert!(Step::RestartNode { host: "host-2".into(), generation: 1 }.check(&down.0).is_err());
+}
+
+#[test]
+fn another_version_is_blocked_with_a_reason() {
+    let desired = DesiredState { version: "9.9.9".into(), ..want(2, 3) };
+    let Next::Blocked(why) = three().next(&desired) else { panic!("must be blocked") };
+    assert!(why.contains("9.9.9"), "{why}");
+}
+
+#[test]
+fn a_new_desired_state_waits_while_working_and_the_newest_wins() {
+    let cluster = Cluster::default().member("host-1", "zone-a", 1).leader(1);
+    let t = turn(&ControlState::default(), Some(&want(1, 3)), &cluster.0);
+    assert_eq!(t.control.state, ReconcileState::WorkingTowardsDesiredState);
+    assert!(t.step.is_some());
+    // Working: desired state 3 waits (2 was never seen: the newest wins).
+    let t = turn(&t.control, Some(&want(3, 1)), &cluster.0);
+    assert_eq!(t.pending_id, Some(3));
+    assert_eq!(t.control.accepted.as_ref().map(|d| d.id), Some(1));
+    // At the desired state, it is accepted.
+    let at = turn(&ControlState::default(), Some(&want(1, 1)), &cluster.0);
+    assert_eq!(at.control.state, ReconcileState::AtDesiredState);
+    let t = turn(&at.control, Some(&want(3, 1)), &cluster.0);
+    assert_eq!(t.control.accepted.as_ref().map(|d| d.id), Some(3));
+}
+
+#[test]
+fn max_attempts_failed_tries_end_in_error_state_until_something_changes() {
+    let cluster = Cluster::default().member("host-1", "zone-a", 1).leader(1);
+    let desired = DesiredState { max_attempts: 2, ..want(1, 3) };
+    let mut control = ControlState::default();
+    for _ in 0..2 {
+        let t = turn(&control, Some(&desired), &cluster.0);
+        assert!(t.step.is_some());
+        control = record(&t.control, Err("the cloud refused".into()));
+    }
+    assert_eq!(control.state, ReconcileState::ErrorState);
+    assert!(control.message.contains("the cloud refused"), "{}", control.message);
+    // The failed step is not tried again on its own…
+    assert_eq!(turn(&control, Some(&desired), &cluster.0).step, None);
+    // …but a new desired state is accepted in ERROR_STATE.
+    let t = turn(&control, Some(&want(2, 1)), &cluster.0);
+    assert_eq!(t.control.accepted.as_ref().map(|d| d.id), Some(2));
+    assert_eq!(t.control.state, ReconcileState::AtDesiredState);
+}
+
+#[test]
+fn waiting_too_long_counts_as_failed_attempts() {
+    let cluster = three().with("host-3", |h| {
+        h.state = HostState::Unreachable;
+        h.node = None;
+    });
+    let desired = DesiredState { max_attempts: 1, ..want(1, 3) };
+    let mut control = ControlState { accepted: Some(desired.clone()), ..ControlState::default() };
+    for _ in 0..WAIT_LOOPS_PER_ATTEMPT {
+        control = turn(&control, Some(&desired), &cluster.0).control;
+    }
+    assert_eq!(control.state, ReconcileState::ErrorState);
+}
+
+#[test]
+fn a_refused_desired_state_leaves_the_accepted_one() {
+    let cluster = three();
+    let control = turn(&ControlState::default(), Some(&want(1, 3)), &cluster.0).control;
+    assert!(control.has_run);
+    let restore = DesiredState { restore_from: Some("/backups/x".into()), ..want(2, 5) };
+    let t = turn(&control, Some(&restore), &cluster.0);
+    assert_eq!(t.control.accepted.as_ref().map(|d| d.id), Some(1));
+    assert!(t.control.message.contains("restore_from"), "{}", t.control.message);
+}
