@@ -69,7 +69,8 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
             return;
         }
     };
-    let mut leader = Leader { config, eyes, supervisor, memory: None, unhealthy_since: None };
+    let mut leader =
+        Leader { config, eyes, supervisor, memory: None, stored: None, unhealthy_since: None };
     loop {
         tokio::time::sleep(Duration::from_millis(LOOP_MS)).await;
         leader.once().await;
@@ -83,6 +84,10 @@ struct Leader {
     /// The last control state this agent wrote or read: the state before
     /// the first node exists to store it.
     memory: Option<ControlState>,
+    /// The control state as the system table holds it, as far as this agent
+    /// knows: an unchanged state is not written again (an idle cluster's log
+    /// stays idle).
+    stored: Option<Value>,
     unhealthy_since: Option<Instant>,
 }
 
@@ -132,9 +137,12 @@ impl Leader {
 
     async fn lead(&mut self, own: &NodeStatus) -> Result<(), String> {
         let bootstrap = own.node_id == 0;
-        let control = if bootstrap { self.memory.clone() } else { self.read_control().await? }
-            .or_else(|| self.memory.clone())
-            .unwrap_or_default();
+        let read = if bootstrap { None } else { self.read_control().await? };
+        let read = read.map(|(control, record)| {
+            self.stored = Some(record);
+            control
+        });
+        let control = read.or_else(|| self.memory.clone()).unwrap_or_default();
         let offered = self.offered().await;
         let (observed, hosts) = self.observe(bootstrap).await?;
         let t = turn(&control, offered.as_ref(), &observed);
@@ -180,7 +188,8 @@ impl Leader {
         client.status().await.ok()
     }
 
-    async fn read_control(&self) -> Result<Option<ControlState>, String> {
+    /// The stored control state, and the whole record it came in.
+    async fn read_control(&self) -> Result<Option<(ControlState, Value)>, String> {
         let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
         let response =
             self.eyes.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
@@ -191,9 +200,9 @@ impl Leader {
             return Err(format!("GET {url}: {}", response.status()));
         }
         let record: Value = response.json().await.map_err(|e| format!("GET {url}: {e}"))?;
-        serde_json::from_value(record["control"].clone())
-            .map(Some)
-            .map_err(|e| format!("the stored control state is not readable: {e}"))
+        let control = serde_json::from_value(record["control"].clone())
+            .map_err(|e| format!("the stored control state is not readable: {e}"))?;
+        Ok(Some((control, record)))
     }
 
     /// Stores the control state (when a node exists) and, with `tell`,
@@ -207,12 +216,16 @@ impl Leader {
     ) -> Result<(), String> {
         self.memory = Some(control.clone());
         let report = report(control, pending_id, Some(self.config.host.clone()));
-        let stored = if bootstrap {
+        let record = json!({ "control": control, "report": report });
+        let stored = if bootstrap || self.stored.as_ref() == Some(&record) {
             Ok(())
         } else {
             let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
-            let record = json!({ "control": control, "report": report });
-            put_json(&self.eyes.http, &url, &record).await
+            let put = put_json(&self.eyes.http, &url, &record).await;
+            if put.is_ok() {
+                self.stored = Some(record);
+            }
+            put
         };
         if tell {
             self.report(&report).await;

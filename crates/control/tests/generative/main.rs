@@ -205,7 +205,7 @@ fn random_desired_states_are_reached_safely() {
     println!(
         "generative: {cases} cases, {desired_states} desired states, {} turns, {} steps; faults: \
          {} actions failed, {} hosts died, {} leader agents died mid-step, {} stale and {} lost \
-         observations; {} steps refused by their quorum guard",
+         observations; {} steps refused by their check against a fresh look",
         counts.turns,
         counts.steps,
         counts.action_failed,
