@@ -221,7 +221,7 @@ impl Leader {
             Ok(())
         } else {
             let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
-            let put = put_json(&self.eyes.http, &url, &record).await;
+            let put = send(&self.eyes.http, reqwest::Method::PUT, &url, Some(&record), false).await;
             if put.is_ok() {
                 self.stored = Some(record);
             }
@@ -294,7 +294,7 @@ impl Leader {
             Step::CreateHost { host, zone } => {
                 let url = format!("{}/v1/hosts", self.eyes.cloud);
                 let body = json!({ "name": host, "zone": zone, "host_type": desired.host_type });
-                post_json(&self.eyes.http, &url, &body).await
+                send(&self.eyes.http, reqwest::Method::POST, &url, Some(&body), false).await
             }
             Step::StartNode { host, node_id, join } => {
                 let join = join.then(|| self.config.node.clone());
@@ -321,38 +321,13 @@ impl Leader {
                 client.restart_node(*generation).await.map(drop).map_err(|e| e.to_string())
             }
             Step::RemoveMember { node_id, .. } => {
+                // Already gone is done: the step is idempotent.
                 let url = format!("{}/v1/admin/members/{node_id}", self.eyes.node);
-                let response = self
-                    .eyes
-                    .http
-                    .delete(&url)
-                    .timeout(Duration::from_millis(STEP_TIMEOUT_MS))
-                    .send()
-                    .await
-                    .map_err(|e| format!("DELETE {url}: {e}"))?;
-                match response.status() {
-                    s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
-                    s => Err(format!(
-                        "DELETE {url}: {s}: {}",
-                        response.text().await.unwrap_or_default()
-                    )),
-                }
+                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, true).await
             }
             Step::DeleteHost { host } => {
                 let url = format!("{}/v1/hosts/{host}", self.eyes.cloud);
-                let response = self
-                    .eyes
-                    .http
-                    .delete(&url)
-                    .timeout(Duration::from_millis(STEP_TIMEOUT_MS))
-                    .send()
-                    .await
-                    .map_err(|e| format!("DELETE {url}: {e}"))?;
-                if response.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("DELETE {url}: {}", response.status()))
-                }
+                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, false).await
             }
         }
     }
@@ -392,21 +367,25 @@ impl Leader {
     }
 }
 
-async fn put_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
-    let response = http.put(url).json(body).send().await.map_err(|e| format!("PUT {url}: {e}"))?;
-    if response.status().is_success() {
+/// One call whose answer carries nothing the caller needs: success, or an
+/// error naming the call and the answer (404 counts as success with
+/// `absent_is_done`).
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+    absent_is_done: bool,
+) -> Result<(), String> {
+    let mut request =
+        http.request(method.clone(), url).timeout(Duration::from_millis(STEP_TIMEOUT_MS));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status();
+    if status.is_success() || (absent_is_done && status == reqwest::StatusCode::NOT_FOUND) {
         return Ok(());
     }
-    let status = response.status();
-    Err(format!("PUT {url}: {status}: {}", response.text().await.unwrap_or_default()))
-}
-
-async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
-    let response =
-        http.post(url).json(body).send().await.map_err(|e| format!("POST {url}: {e}"))?;
-    if response.status().is_success() {
-        return Ok(());
-    }
-    let status = response.status();
-    Err(format!("POST {url}: {status}: {}", response.text().await.unwrap_or_default()))
+    Err(format!("{method} {url}: {status}: {}", response.text().await.unwrap_or_default()))
 }

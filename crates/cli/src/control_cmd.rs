@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cairn_agent::AgentConfig;
+use cairn_agent::{with_scheme, AgentConfig};
 use cairn_cloud::{Cloud, CloudConfig, StatusEvent};
 use serde_json::{json, Value};
 
@@ -87,13 +87,9 @@ pub async fn up(args: UpArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let text = match std::fs::read_to_string(&args.file) {
-        Ok(text) => text,
-        Err(e) => return fail(format!("cannot read {}: {e}", args.file.display())),
-    };
-    let desired = match cairn_control::desired::parse(&text) {
-        Ok(desired) => desired,
-        Err(e) => return fail(format!("{}: {e}", args.file.display())),
+    let (_, desired) = match read_desired(&args.file) {
+        Ok(read) => read,
+        Err(e) => return fail(e),
     };
     if let Err(e) = std::fs::create_dir_all(&args.dir) {
         return fail(format!("cannot create {}: {e}", args.dir.display()));
@@ -201,13 +197,9 @@ pub async fn down(args: CloudArg) -> ExitCode {
 }
 
 pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
-    let text = match std::fs::read_to_string(&args.file) {
-        Ok(text) => text,
-        Err(e) => return fail(format!("cannot read {}: {e}", args.file.display())),
-    };
-    let desired = match cairn_control::desired::parse(&text) {
-        Ok(desired) => desired,
-        Err(e) => return fail(format!("{}: {e}", args.file.display())),
+    let (text, desired) = match read_desired(&args.file) {
+        Ok(read) => read,
+        Err(e) => return fail(e),
     };
     let base = with_scheme(&args.cloud.cloud);
     let client = match http() {
@@ -349,12 +341,14 @@ async fn get_json(url: &str) -> Result<Value, String> {
     response.json().await.map_err(|e| format!("GET {url}: {e}"))
 }
 
-fn with_scheme(address: &str) -> String {
-    if address.starts_with("http://") || address.starts_with("https://") {
-        address.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{address}")
-    }
+/// A desired state file's text and what it says; the error names the file
+/// and the field.
+fn read_desired(file: &Path) -> Result<(String, cairn_control::desired::DesiredState), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let desired =
+        cairn_control::desired::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((text, desired))
 }
 
 fn fail(message: String) -> ExitCode {
