@@ -99,10 +99,11 @@ async fn apply_checks_validity_and_ids() {
     let (status, _) = h.put_text("/v1/desired", equal).await;
     assert_eq!(status, StatusCode::CONFLICT, "the same id with other contents");
 
-    let (status, invalid) = h.put_text("/v1/desired", r#"{"id": 9}"#.to_string()).await;
+    let bad = r#"{"id": 9, "replicas": 4}"#.to_string();
+    let (status, invalid) = h.put_text("/v1/desired", bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{invalid}");
     assert_eq!(invalid["error"]["code"], "invalid_desired_state");
-    assert!(invalid["error"]["field"].is_string(), "{invalid}");
+    assert_eq!(invalid["error"]["field"], "replicas", "{invalid}");
 
     let (_, current) = h.get("/v1/desired").await;
     assert_eq!(current["id"], 5, "{current}");
