@@ -7,7 +7,8 @@
 //! acknowledged write may be lost.
 //!
 //! Deadlines are generous (a shared, slow machine); durations are printed
-//! (`--nocapture`), never asserted.
+//! (`--nocapture`), never asserted. `CAIRN_CONTROL_TEST_LOG=1` also prints
+//! the cloud's log (every status transition) after the leader agent's death.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -360,6 +361,9 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     up.reached(4, 3).await;
     let finisher = up.get("/v1/status").await.unwrap()["last"]["leader_host"].clone();
     eprintln!("desired state 4 finished under the agent on {finisher}");
+    if std::env::var("CAIRN_CONTROL_TEST_LOG").is_ok() {
+        eprintln!("{}", up.log_tail());
+    }
     timings.push(("scale 5 -> 3, leader agent killed", started.elapsed()));
     writes_go_on(&writer, 50).await;
 
