@@ -23,10 +23,17 @@
 //!   whose node's own copy of the control state says the cluster is to be
 //!   stopped, stops it: a stop cut short by a failure still completes.
 //!
+//! Two agents may both believe they lead for a moment (at a leader change,
+//! a deposed leader's node has not noticed yet). Three things keep that
+//! harmless: every write of the control state expects the revision it read
+//! (the system table refuses a write over another, so of two agents acting
+//! from one state only one records its step and the other drops its turn);
+//! an agent that finds the step in flight of another agent whose node still
+//! says it leads waits it out (for at most [`DEFER_MAX_MS`]); and every step
+//! is idempotent and checked against a fresh look right before it runs.
+//!
 //! Not here: deciding (the planner), the agent's own commands (the
-//! supervisor). Two agents may both believe they lead for a moment (a
-//! deposed leader's node has not noticed yet); steps are idempotent and
-//! checked against a fresh look, so this costs a repeated step, not harm.
+//! supervisor).
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +56,9 @@ pub const STEP_TIMEOUT_MS: u64 = 120_000;
 /// How long a node may go without serving before its agent checks whether
 /// the cluster was asked to stop.
 pub const STOP_WITHOUT_QUORUM_MS: u64 = 5_000;
+/// How long an agent that now leads waits for the step in flight of another
+/// agent that still answers.
+pub const DEFER_MAX_MS: u64 = 10_000;
 /// The system record the control state lives in.
 pub const CONTROL_KEY: &str = "control";
 
@@ -69,8 +79,16 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
             return;
         }
     };
-    let mut leader =
-        Leader { config, eyes, supervisor, memory: None, stored: None, unhealthy_since: None };
+    let mut leader = Leader {
+        config,
+        eyes,
+        supervisor,
+        memory: None,
+        stored: None,
+        revision: 0,
+        deferring: None,
+        unhealthy_since: None,
+    };
     loop {
         tokio::time::sleep(Duration::from_millis(LOOP_MS)).await;
         leader.once().await;
@@ -88,6 +106,13 @@ struct Leader {
     /// knows: an unchanged state is not written again (an idle cluster's log
     /// stays idle).
     stored: Option<Value>,
+    /// The record's revision as last read or written (0: no record): every
+    /// write expects it, so of two agents acting from one revision only one
+    /// writes, and the other drops its turn.
+    revision: u64,
+    /// Another host's step in flight this agent is waiting out, and since
+    /// when.
+    deferring: Option<(String, Instant)>,
     unhealthy_since: Option<Instant>,
 }
 
@@ -138,10 +163,23 @@ impl Leader {
     async fn lead(&mut self, own: &NodeStatus) -> Result<(), String> {
         let bootstrap = own.node_id == 0;
         let read = if bootstrap { None } else { self.read_control().await? };
-        let read = read.map(|(control, record)| {
-            self.stored = Some(record);
-            control
-        });
+        let read = match read {
+            Some((control, mut record)) => {
+                self.revision = record["revision"].as_u64().unwrap_or(0);
+                if let Some(fields) = record.as_object_mut() {
+                    fields.remove("revision");
+                }
+                if self.defer(&control, &record).await {
+                    return Ok(());
+                }
+                self.stored = Some(record);
+                Some(control)
+            }
+            None => {
+                self.revision = 0;
+                None
+            }
+        };
         let control = read.or_else(|| self.memory.clone()).unwrap_or_default();
         let offered = self.offered().await;
         let (observed, hosts) = self.observe(bootstrap).await?;
@@ -220,17 +258,62 @@ impl Leader {
         let stored = if bootstrap || self.stored.as_ref() == Some(&record) {
             Ok(())
         } else {
-            let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
-            let put = send(&self.eyes.http, reqwest::Method::PUT, &url, Some(&record), false).await;
-            if put.is_ok() {
-                self.stored = Some(record);
+            let url = format!(
+                "{}/v1/system/{CONTROL_KEY}?expect_revision={}",
+                self.eyes.node, self.revision
+            );
+            match send(&self.eyes.http, reqwest::Method::PUT, &url, Some(&record), false).await {
+                Ok(answer) => {
+                    self.revision = answer["index"].as_u64().unwrap_or(self.revision);
+                    self.stored = Some(record);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Another agent wrote first (or the write failed): what
+                    // this turn decided is dropped; the next turn reads again.
+                    self.stored = None;
+                    Err(e)
+                }
             }
-            put
         };
         if tell {
             self.report(&report).await;
         }
         stored
+    }
+
+    /// Whether to wait out another host's step in flight: while its agent
+    /// answers and its node says it leads, for at most [`DEFER_MAX_MS`], so
+    /// that two agents that both think they lead (for a moment, at a leader
+    /// change) do not take two disruptive steps at once. A dead agent's
+    /// step, or one beside a node that no longer leads, is taken over at
+    /// once.
+    async fn defer(&mut self, control: &ControlState, record: &Value) -> bool {
+        let other = record["report"]["leader_host"].as_str().unwrap_or_default().to_string();
+        if control.step.is_none() || other.is_empty() || other == self.config.host {
+            self.deferring = None;
+            return false;
+        }
+        let since = match &self.deferring {
+            Some((host, since)) if *host == other => *since,
+            _ => {
+                let now = Instant::now();
+                self.deferring = Some((other.clone(), now));
+                now
+            }
+        };
+        if since.elapsed() >= Duration::from_millis(DEFER_MAX_MS) {
+            return false;
+        }
+        let Ok(hosts) = self.eyes.hosts().await else { return false };
+        let Some(host) = hosts.iter().find(|h| h.name == other) else { return false };
+        // It acts only while its node leads: a restarted agent beside a node
+        // that no longer leads will not finish the step.
+        let acting = self.agent_status(host).await.is_some_and(|s| s.role == "leader");
+        if acting {
+            tracing::debug!(host = %other, "waiting out another agent's step in flight");
+        }
+        acting
     }
 
     async fn report(&self, report: &Report) {
@@ -294,7 +377,9 @@ impl Leader {
             Step::CreateHost { host, zone } => {
                 let url = format!("{}/v1/hosts", self.eyes.cloud);
                 let body = json!({ "name": host, "zone": zone, "host_type": desired.host_type });
-                send(&self.eyes.http, reqwest::Method::POST, &url, Some(&body), false).await
+                send(&self.eyes.http, reqwest::Method::POST, &url, Some(&body), false)
+                    .await
+                    .map(drop)
             }
             Step::StartNode { host, node_id, join } => {
                 let join = join.then(|| self.config.node.clone());
@@ -323,11 +408,11 @@ impl Leader {
             Step::RemoveMember { node_id, .. } => {
                 // Already gone is done: the step is idempotent.
                 let url = format!("{}/v1/admin/members/{node_id}", self.eyes.node);
-                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, true).await
+                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, true).await.map(drop)
             }
             Step::DeleteHost { host } => {
                 let url = format!("{}/v1/hosts/{host}", self.eyes.cloud);
-                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, false).await
+                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, false).await.map(drop)
             }
         }
     }
@@ -367,16 +452,15 @@ impl Leader {
     }
 }
 
-/// One call whose answer carries nothing the caller needs: success, or an
-/// error naming the call and the answer (404 counts as success with
-/// `absent_is_done`).
+/// One call: its JSON answer (`null` when there is none), or an error naming
+/// the call and the answer (404 counts as success with `absent_is_done`).
 async fn send(
     http: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
     body: Option<&Value>,
     absent_is_done: bool,
-) -> Result<(), String> {
+) -> Result<Value, String> {
     let mut request =
         http.request(method.clone(), url).timeout(Duration::from_millis(STEP_TIMEOUT_MS));
     if let Some(body) = body {
@@ -385,7 +469,7 @@ async fn send(
     let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
     let status = response.status();
     if status.is_success() || (absent_is_done && status == reqwest::StatusCode::NOT_FOUND) {
-        return Ok(());
+        return Ok(response.json().await.unwrap_or(Value::Null));
     }
     Err(format!("{method} {url}: {status}: {}", response.text().await.unwrap_or_default()))
 }

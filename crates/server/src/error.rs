@@ -75,6 +75,9 @@ impl From<ApplyError> for ApiError {
             ApplyError::TableNotFound { .. } => ApiError::not_found("table_not_found", message),
             ApplyError::DocNotFound { .. } => ApiError::not_found("doc_not_found", message),
             ApplyError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ApplyError::RevisionMismatch { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "revision_conflict", message)
+            }
             ApplyError::Invalid { .. } => ApiError::bad_request(message),
             // The command did not apply: safe to retry.
             ApplyError::SessionUnknown { .. } => {

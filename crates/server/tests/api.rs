@@ -418,11 +418,34 @@ async fn system_records_are_kept_and_shown_as_reconciliation() {
         "control": {"anything": 1},
         "report": {"state": "AT_DESIRED_STATE", "desired_id": 7},
     });
-    let (status, _) = node.raw(Method::PUT, "/v1/system/control", record.to_string()).await;
-    assert_eq!(status, StatusCode::OK);
+    let put = |query: &'static str, body: String| {
+        let node = &node;
+        async move { node.raw(Method::PUT, &format!("/v1/system/control{query}"), body).await }
+    };
+    let (status, bytes) = put("?expect_revision=0", record.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let written: Value = serde_json::from_slice(&bytes).unwrap();
+    let revision = written["index"].as_u64().unwrap();
     let (status, bytes) = node.raw(Method::GET, "/v1/system/control", "").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), record);
+    let mut stored: Value = serde_json::from_slice(&bytes).unwrap();
+    // The state machine stamps the record with its revision: the index.
+    assert_eq!(stored["revision"], revision);
+    stored.as_object_mut().unwrap().remove("revision");
+    assert_eq!(stored, record);
+    // Two writers that read the same revision cannot both write.
+    let (status, _) = put("", json!({"v": 2}).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    node.refused(
+        Method::PUT,
+        &format!("/v1/system/control?expect_revision={revision}"),
+        &json!({"v": 3}).to_string(),
+        StatusCode::CONFLICT,
+        "revision_conflict",
+    )
+    .await;
+    let (status, _) = put("", record.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
     let cluster = node.client().cluster().await.unwrap();
     assert_eq!(cluster["reconciliation"]["state"], "AT_DESIRED_STATE");
     assert_eq!(cluster["reconciliation"]["desired_id"], 7);
@@ -437,5 +460,7 @@ async fn system_records_are_kept_and_shown_as_reconciliation() {
         "invalid_json",
     )
     .await;
+    node.refused(Method::PUT, "/v1/system/control", "[1]", StatusCode::BAD_REQUEST, "bad_request")
+        .await;
     node.stop().await;
 }

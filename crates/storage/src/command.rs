@@ -122,10 +122,15 @@ pub enum Op {
         key: String,
     },
     /// Writes (replaces) a record of the system table, [`SYSTEM_TABLE`]: the
-    /// control plane's replicated state. User routes cannot name it.
+    /// control plane's replicated state. User routes cannot name it. A
+    /// record is a JSON object; the state machine sets its `revision` to the
+    /// entry's index. With `expect_revision`, the write applies only over
+    /// that revision (0: no record yet): two writers that read the same
+    /// revision cannot both write.
     SystemPut {
         key: String,
         json: String,
+        expect_revision: Option<u64>,
     },
 }
 
@@ -185,6 +190,8 @@ pub enum ApplyError {
     StaleSequence { session: u64, seq: u64, last: u64 },
     #[error("sequence {seq} of session {session} was already used for a different command")]
     SequenceReused { session: u64, seq: u64 },
+    #[error("system record '{key}' is at revision {actual}, not the expected {expected}")]
+    RevisionMismatch { key: String, expected: u64, actual: u64 },
 }
 
 fn quoted(ids: &[String]) -> String {

@@ -234,7 +234,9 @@ impl StateMachine {
             Op::Delete { table, id } => delete(batch, table, id),
             Op::KvPut { key, value } => kv_put(batch, key, value),
             Op::KvDelete { key } => kv_delete(batch, key),
-            Op::SystemPut { key, json } => system_put(batch, key, json),
+            Op::SystemPut { key, json, expect_revision } => {
+                system_put(batch, index, key, json, *expect_revision)
+            }
         };
         Ok(match outcome? {
             Ok(outcome) => outcome,
@@ -457,19 +459,46 @@ fn kv_put(batch: &mut Batch, key: &str, value: &[u8]) -> Effect {
     Ok(Ok(Outcome::KvWritten))
 }
 
-/// A system record: any JSON value under a document id, in the system
-/// table, which needs no creating.
-fn system_put(batch: &mut Batch, key: &str, json: &str) -> Effect {
+/// A system record: a JSON object under a document id, in the system table
+/// (which needs no creating), its `revision` set to the entry's index.
+fn system_put(
+    batch: &mut Batch,
+    index: u64,
+    key: &str,
+    json: &str,
+    expect_revision: Option<u64>,
+) -> Effect {
     if let Err(message) = validate_doc_id(key) {
         return Ok(Err(invalid(message)));
     }
-    if let Err(e) = serde_json::from_str::<Value>(json) {
-        return Ok(Err(invalid(format!("system record '{key}' is not valid JSON: {e}"))));
+    let mut value = match serde_json::from_str::<Value>(json) {
+        Ok(value @ Value::Object(_)) => value,
+        Ok(_) => return Ok(Err(invalid(format!("system record '{key}' is not a JSON object")))),
+        Err(e) => return Ok(Err(invalid(format!("system record '{key}' is not valid JSON: {e}")))),
+    };
+    let doc_key = doc_key(SYSTEM_TABLE, key);
+    let current = batch.get(Cf::Docs, &doc_key)?;
+    if let Some(expected) = expect_revision {
+        // A stored record is JSON the machine wrote: unreadable means corrupt.
+        let actual = match &current {
+            None => 0,
+            Some(bytes) => serde_json::from_slice::<Value>(bytes)
+                .map_err(|e| Error::Corrupt { what: format!("system record '{key}': {e}") })?
+                ["revision"]
+                .as_u64()
+                .unwrap_or(0),
+        };
+        if actual != expected {
+            return Ok(Err(ApplyError::RevisionMismatch {
+                key: key.to_string(),
+                expected,
+                actual,
+            }));
+        }
     }
-    let key = doc_key(SYSTEM_TABLE, key);
-    let created = batch.get(Cf::Docs, &key)?.is_none();
-    batch.put(Cf::Docs, key, json.as_bytes().to_vec());
-    Ok(Ok(Outcome::Replaced { created }))
+    value["revision"] = Value::from(index);
+    batch.put(Cf::Docs, doc_key, value.to_string().into_bytes());
+    Ok(Ok(Outcome::Replaced { created: current.is_none() }))
 }
 
 fn kv_delete(batch: &mut Batch, key: &str) -> Effect {

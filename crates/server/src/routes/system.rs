@@ -4,8 +4,13 @@
 //! reconciliation status, the host inventory, the step in flight).
 //!
 //! `GET` reads a record (linearizable by default, `?read=local` for this
-//! node's copy); `PUT` replaces it with a JSON body. User tables cannot
-//! reach these records: the system table's name starts with `_`.
+//! node's copy); `PUT` replaces it with a JSON object, whose `revision` the
+//! state machine sets to the write's log index. `PUT
+//! …?expect_revision=N` writes only over revision N (0: no record yet) and
+//! answers 409 `revision_conflict` otherwise: the control plane's leader
+//! agents use it so that two of them cannot both act from the same state.
+//! User tables cannot reach these records: the system table's name starts
+//! with `_`.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -48,16 +53,25 @@ pub async fn get(
     }
 }
 
+/// `PUT`'s query: the revision the write expects.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutParams {
+    expect_revision: Option<u64>,
+}
+
 pub async fn put(
     State(state): State<AppState>,
     write_id: WriteId,
     path: Result<Path<String>, PathRejection>,
+    params: Result<Query<PutParams>, QueryRejection>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let key = key(path)?;
-    let value = body.json("a JSON value")?;
+    let Query(PutParams { expect_revision }) = params?;
+    let value = body.json("a JSON object")?;
     let json = value.to_string();
-    let applied = state.write(Op::SystemPut { key, json }, write_id).await?;
+    let applied = state.write(Op::SystemPut { key, json, expect_revision }, write_id).await?;
     match applied.outcome {
         Outcome::Replaced { created } => Ok(Json(written(&applied, json!({ "created": created })))),
         other => Err(unexpected(other)),
