@@ -119,10 +119,27 @@ impl Up {
         None
     }
 
+    /// The end of the cloud's log and of every host's agent and node logs:
+    /// what a failure needs to be understood where the run is gone.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let tail = |path: &Path, n: usize| {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        let mut out = tail(&self.dir.path().join("up.log"), 30);
+        let hosts = self.dir.path().join(".cairn/hosts");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&hosts)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        for dir in dirs {
+            for log in ["agent.log", "node.log"] {
+                out.push_str(&format!("\n--- {} {log}\n", dir.display()));
+                out.push_str(&tail(&dir.join(log), 12));
+            }
+        }
+        out
     }
 
     /// What `cairn status` shows now.
@@ -138,6 +155,11 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the hosts' logs (agent.log, node.log) of a failed run.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("the failed run's directory is kept: {}", kept.display());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(60);
