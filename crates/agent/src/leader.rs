@@ -44,7 +44,7 @@ use cairn_control::status::Report;
 use serde_json::{json, Value};
 
 use crate::client::AgentClient;
-use crate::observe::{host_obs, with_scheme, CloudHost, Eyes, HTTP_TIMEOUT_MS};
+use crate::observe::{ask_status, host_obs, with_scheme, CloudHost, Eyes, HTTP_TIMEOUT_MS};
 use crate::status::{NodeState, NodeStatus};
 use crate::supervisor::Supervisor;
 
@@ -221,9 +221,7 @@ impl Leader {
         if host.name == self.config.host {
             return Some(self.supervisor.status());
         }
-        let timeout = Duration::from_millis(crate::observe::AGENT_STATUS_TIMEOUT_MS);
-        let client = AgentClient::connect(&host.agent_address, timeout).await.ok()?;
-        client.status().await.ok()
+        ask_status(&host.agent_address).await
     }
 
     /// The stored control state, and the whole record it came in.

@@ -172,12 +172,7 @@ async fn futures_join(hosts: &[CloudHost]) -> Vec<Option<NodeStatus>> {
             if failed {
                 return None;
             }
-            let timeout = Duration::from_millis(AGENT_STATUS_TIMEOUT_MS);
-            let asked = async {
-                let client = AgentClient::connect(&address, timeout).await.ok()?;
-                client.status().await.ok()
-            };
-            tokio::time::timeout(timeout, asked).await.ok().flatten()
+            ask_status(&address).await
         }));
     }
     let mut statuses = Vec::with_capacity(tasks.len());
@@ -185,6 +180,17 @@ async fn futures_join(hosts: &[CloudHost]) -> Vec<Option<NodeStatus>> {
         statuses.push(task.await.ok().flatten());
     }
     statuses
+}
+
+/// One agent's status, or `None` when it does not answer within
+/// [`AGENT_STATUS_TIMEOUT_MS`] (connecting included).
+pub async fn ask_status(address: &str) -> Option<NodeStatus> {
+    let timeout = Duration::from_millis(AGENT_STATUS_TIMEOUT_MS);
+    let asked = async {
+        let client = AgentClient::connect(address, timeout).await.ok()?;
+        client.status().await.ok()
+    };
+    tokio::time::timeout(timeout, asked).await.ok().flatten()
 }
 
 /// `http://` in front of a bare `HOST:PORT`.
