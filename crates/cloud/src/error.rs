@@ -38,7 +38,7 @@ pub enum Error {
     Spawn { bin: PathBuf, host: String, source: io::Error },
     #[error(
         "no free ports for a new host: host numbers {first}..={last} (base port {base_port}) \
-         each have a port in use or beyond 65535"
+         each have a port in use, in the kernel's ephemeral port range, or beyond 65535"
     )]
     NoFreePorts { first: u32, last: u32, base_port: u16 },
     /// A request body that is not what the route takes.

@@ -7,6 +7,8 @@
 //!   supervised and restarted by the cloud.
 //! - `inventory`: the hosts the cloud made, kept in `<root>/inventory.json`,
 //!   and the rule that gives host number `n` its ports.
+//! - `ports`: the kernel's ephemeral port range, which host ports stay out
+//!   of.
 //! - `process`: starting agents and signalling process groups.
 //! - `desired`: the desired state, from the watched file or `PUT
 //!   /v1/desired`, kept in `<root>/desired_state.jsonc`.
@@ -44,6 +46,7 @@ mod error;
 mod files;
 mod inventory;
 mod local;
+pub mod ports;
 mod process;
 mod routes;
 mod status;
@@ -114,11 +117,28 @@ impl Cloud {
     /// Binds `listen`, loads the inventory and the kept desired state, and
     /// starts the agents of the hosts that are not failed.
     pub async fn start(config: CloudConfig) -> Result<Cloud, Error> {
-        if Ports::for_number(config.base_port, 1).is_none() {
+        let Some(first) = Ports::for_number(config.base_port, 1) else {
             return Err(Error::Config(format!(
                 "base port {} leaves no room for a host",
                 config.base_port
             )));
+        };
+        if let Some(range) = ports::avoided_range() {
+            if first.overlap(&range) {
+                return Err(Error::Config(format!(
+                    "base port {}: host 1's ports {}-{} fall in the kernel's ephemeral port \
+                     range {}-{} (net.ipv4.ip_local_port_range), where any outgoing \
+                     connection may take one and keep the host's node from starting; choose \
+                     a base port below {} (`cairn up` and `cairn cloud` take it from the \
+                     port of --listen)",
+                    config.base_port,
+                    first.api,
+                    first.agent,
+                    range.start(),
+                    range.end(),
+                    u32::from(*range.start()) - PORTS_PER_HOST,
+                )));
+            }
         }
         std::fs::create_dir_all(&config.root)
             .map_err(|e| Error::io("cannot create the cloud's root", &config.root, e))?;

@@ -249,12 +249,33 @@ impl LocalProvider {
         process::spawn_agent(&spec, now_ms())
     }
 
-    /// The first host number from `next` whose three ports bind now.
+    /// The first host number from `next` whose three ports bind now and lie
+    /// outside the kernel's ephemeral port range (see [`crate::ports`]).
     fn allocate(&self, next: u32) -> Result<(u32, Ports), Error> {
         let base_port = self.config.base_port;
-        let last = next.saturating_add(PORT_SEARCH_NUMBERS_MAX - 1);
-        for number in next..=last {
+        let ephemeral = crate::ports::avoided_range();
+        let mut number = next;
+        let mut last = next;
+        let mut tried = 0;
+        while tried < PORT_SEARCH_NUMBERS_MAX {
             let Some(ports) = Ports::for_number(base_port, number) else { break };
+            last = number;
+            if let Some(range) = ephemeral.as_ref().filter(|range| ports.overlap(range)) {
+                // Numbers in the range are skipped, not counted as tries.
+                let past = u32::from(*range.end()) + 1;
+                let skip_to = past
+                    .saturating_sub(u32::from(base_port) + 1)
+                    .div_ceil(crate::inventory::PORTS_PER_HOST)
+                    + 1;
+                tracing::info!(
+                    number,
+                    skip_to,
+                    "host ports in the kernel's ephemeral port range are skipped"
+                );
+                number = skip_to.max(number + 1);
+                continue;
+            }
+            tried += 1;
             if process::ports_free(&ports) {
                 return Ok((number, ports));
             }
@@ -263,6 +284,7 @@ impl LocalProvider {
                 ?ports,
                 "a port of host number {number} is in use; trying the next number"
             );
+            number += 1;
         }
         Err(Error::NoFreePorts { first: next, last, base_port })
     }

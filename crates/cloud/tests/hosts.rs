@@ -102,6 +102,60 @@ async fn a_taken_port_moves_the_host_number_on() {
     h.stop().await;
 }
 
+/// Host ports stay out of the kernel's ephemeral port range, where outgoing
+/// connections take ports and could keep a node from binding its own: a
+/// base port whose first host falls in it is refused with a message naming
+/// the range, and host numbers whose ports would fall in it are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ports_stay_out_of_the_ephemeral_range() {
+    let Some(range) = cairn_cloud::ports::avoided_range() else {
+        eprintln!("no ephemeral port range to avoid here: nothing to check");
+        return;
+    };
+    let (low, high) = (*range.start(), *range.end());
+    let mut h = Harness::new();
+    let mut config = h.config();
+    config.base_port = low;
+    let Err(refused) = cairn_cloud::Cloud::start(config).await else {
+        panic!("a base port in the ephemeral range {low}-{high} was taken");
+    };
+    let message = refused.to_string();
+    assert!(
+        message.contains("ephemeral port range") && message.contains(&format!("{low}-{high}")),
+        "{message}"
+    );
+    assert!(message.contains(&format!("below {}", low - 10)), "{message}");
+
+    // Hosts 1 and 2 fit below the range; host 3's ports would not.
+    h.base_port = low - 15;
+    let free = |first: u16| {
+        (first..first + 3).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+    };
+    if !(free(low - 14) && free(low - 4)) {
+        eprintln!("the ports just below {low} are in use: nothing to check");
+        return;
+    }
+    h.start().await;
+    let mut numbers = Vec::new();
+    for name in ["host-a", "host-b", "host-c"] {
+        let (status, host) = h.create(name, "zone-a").await;
+        if status != StatusCode::CREATED {
+            // Ports above the range may all be taken or beyond 65535.
+            assert!(host.to_string().contains("ephemeral port range"), "{host}");
+            break;
+        }
+        let (api, agent) = (port(&host, "api_address"), port(&host, "agent_address"));
+        assert!(agent < low || api > high, "{name} got ports in {low}-{high}: {host}");
+        numbers.push(host["number"].as_u64().expect("number"));
+    }
+    eprintln!("host numbers around the range {low}-{high}: {numbers:?}");
+    assert_eq!(numbers[..2], [1, 2], "hosts below the range keep their numbers");
+    if let Some(&third) = numbers.get(2) {
+        assert!(third > 3, "host number 3 has ports in the range: {numbers:?}");
+    }
+    h.stop().await;
+}
+
 /// An agent killed on its own (not its host) is started again by the cloud.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_is_restarted() {

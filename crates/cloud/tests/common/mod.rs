@@ -74,12 +74,15 @@ pub struct Harness {
     pub cloud: Option<Running>,
 }
 
-/// A base port in 20000–60000 whose first hosts' ports are free now.
+/// A base port from 20000 up to the kernel's ephemeral port range (which
+/// the cloud keeps hosts out of) whose first hosts' ports are free now.
 fn free_base_port() -> u16 {
+    let top = cairn_cloud::ports::avoided_range().map_or(60_000, |range| *range.start());
+    let slots = u64::from(top.saturating_sub(20_000 + 200) / 10).max(1);
     loop {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
-        let base = 20_000 + (hasher.finish() % 4_000) as u16 * 10;
+        let base = 20_000 + (hasher.finish() % slots) as u16 * 10;
         let free = (1..=15).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
         if free {
             return base;
