@@ -10,7 +10,6 @@
 //! `CAIRN_FAILOVER_TRIALS=10 cargo test --workspace --test cluster -- --ignored --nocapture`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +20,8 @@ use cairn_client::{Client, Read};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 /// How long a cluster may take to elect a leader and take writes.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -29,7 +30,7 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 const NODES: [u64; 3] = [1, 2, 3];
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    common::free_ports(1)
 }
 
 struct Cluster {

@@ -8,7 +8,9 @@
 //!
 //! Deadlines are generous (a shared, slow machine); durations are printed
 //! (`--nocapture`), never asserted. `CAIRN_CONTROL_TEST_LOG=1` also prints
-//! the cloud's log (every status transition) after the leader agent's death.
+//! the cloud's log (every status transition) after the leader agent's death;
+//! `CAIRN_CONTROL_TEST_KEEP=1` keeps every run's directory (hosts' logs), not
+//! only a failed one's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{Client, Read};
 use serde_json::Value;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 /// How long one desired state may take to be reached.
@@ -40,7 +44,9 @@ impl Up {
         let child = Command::new(BIN)
             .current_dir(dir.path())
             .args(["up", "--listen", &cloud])
-            .env("CAIRN_LOG", "warn")
+            // Every process inherits it: `CAIRN_LOG=info` in the test's
+            // environment gives each host's logs their whole story.
+            .env("CAIRN_LOG", std::env::var("CAIRN_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -155,10 +161,11 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Keep the hosts' logs (agent.log, node.log) of a failed run.
+        if std::thread::panicking() || std::env::var_os("CAIRN_CONTROL_TEST_KEEP").is_some() {
+            // Keep the hosts' logs (agent.log, node.log) of a failed run, or
+            // of every run when asked to.
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
-            eprintln!("the failed run's directory is kept: {}", kept.display());
+            eprintln!("the run's directory is kept: {}", kept.display());
         }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
@@ -179,17 +186,10 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
 }
 
-/// A base port whose next 100 ports look free (hosts take base+1…).
+/// A base port whose next 100 ports are free, below the ephemeral range
+/// (hosts take base+1…).
 fn free_base_port() -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut port = 20_000 + (seed % 300) as u16 * 100;
-    loop {
-        let free = (0..100).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok());
-        if free {
-            return port;
-        }
-        port = if port > 59_000 { 20_000 } else { port + 100 };
-    }
+    common::free_ports(100)
 }
 
 fn desired(id: u64, replicas: u32, restart_generation: u64) -> String {
@@ -405,11 +405,23 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     }
     eprintln!("after the rolling restart:\n{}", up.status());
     writes_go_on(&writer, 50).await;
-    let json = Command::new(BIN)
-        .args(["status", "--cloud", &up.cloud, "--output", "json"])
-        .output()
-        .unwrap();
-    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    // A member may stop serving for a moment (a follower catching up from
+    // the new leader after the restarts): the state goes back to work and
+    // returns, so the JSON is read until it shows the state reached.
+    let started = Instant::now();
+    let json = loop {
+        let out = Command::new(BIN)
+            .args(["status", "--cloud", &up.cloud, "--output", "json"])
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if json["reconciliation"]["state"] == "AT_DESIRED_STATE"
+            || started.elapsed() > REACH_TIMEOUT
+        {
+            break json;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(json["reconciliation"]["state"], "AT_DESIRED_STATE", "{json}");
     assert_eq!(json["reconciliation"]["desired_id"], 5, "{json}");
     assert_eq!(json["hosts"].as_array().map(Vec::len), Some(3), "{json}");

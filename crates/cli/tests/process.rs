@@ -4,7 +4,6 @@
 //! script; SIGTERM stops a node cleanly. Deadlines are generous: these machines
 //! are shared and slow.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{Client, Read};
 use tempfile::TempDir;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 /// How long a node may take to start answering.
@@ -24,7 +25,7 @@ struct NodeProcess {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    common::free_ports(1)
 }
 
 impl NodeProcess {
