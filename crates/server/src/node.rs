@@ -261,6 +261,7 @@ impl Node {
             proposer: Arc::new(Proposer::new(handle)),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         Ok(Node { listener, state, log, transport })
     }
@@ -278,6 +279,14 @@ impl Node {
     ) -> Result<(), Error> {
         let Node { listener, state, mut log, mut transport } = self;
         let config = state.config.clone();
+        // Requests waiting on the log answer as soon as shutdown begins: a
+        // node without quorum (one just removed, say) would otherwise hold
+        // its shutdown for a whole write timeout.
+        let stopping = state.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
         let app = router(state);
         tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "serving the HTTP API");
         let server = std::future::IntoFuture::into_future(

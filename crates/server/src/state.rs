@@ -1,8 +1,12 @@
 //! What every request handler shares: the store to read, the proposer to write
-//! through, the node's settings and its metrics.
+//! through, the node's settings and its metrics, and whether the node is
+//! shutting down (requests waiting on the log then answer at once, so a
+//! graceful shutdown does not wait out their timeouts).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use cairn_consensus::{LogHandle, Proposer};
 use cairn_storage::{Applied, ApplyError, Command, Op, Outcome, Store};
@@ -18,6 +22,8 @@ pub struct AppState {
     pub proposer: Arc<Proposer>,
     pub config: Arc<NodeConfig>,
     pub metrics: Arc<Metrics>,
+    /// Set once the node begins to shut down.
+    pub stopping: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -65,28 +71,47 @@ impl AppState {
         write: impl std::future::Future<Output = Result<Applied, cairn_consensus::Error>>,
     ) -> Result<Applied, ApiError> {
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match tokio::time::timeout(timeout, write).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(ApiError::timeout(format!(
-                "the write was not applied within {} ms; it may still take effect",
-                self.config.write_timeout_ms
-            ))),
+        tokio::select! {
+            waited = tokio::time::timeout(timeout, write) => match waited {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(ApiError::timeout(format!(
+                    "the write was not applied within {} ms; it may still take effect",
+                    self.config.write_timeout_ms
+                ))),
+            },
+            () = self.stopped() => Err(ApiError::unavailable(
+                "the node is shutting down before the write's outcome is known; it may still \
+                 take effect",
+            )),
         }
     }
 
     /// Waits until local state reflects every acknowledged write.
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        match tokio::time::timeout(timeout, self.log().read_barrier()).await {
-            // A read changes nothing: its failure is never indeterminate.
-            Ok(result) => {
-                result.map_err(|e| ApiError { indeterminate: false, ..ApiError::from(e) })
-            }
-            Err(_) => Err(ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the read barrier did not complete in time",
-            )),
+        tokio::select! {
+            waited = tokio::time::timeout(timeout, self.log().read_barrier()) => match waited {
+                // A read changes nothing: its failure is never indeterminate.
+                Ok(result) => {
+                    result.map_err(|e| ApiError { indeterminate: false, ..ApiError::from(e) })
+                }
+                Err(_) => Err(ApiError::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "the read barrier did not complete in time",
+                )),
+            },
+            () = self.stopped() => Err(ApiError {
+                indeterminate: false,
+                ..ApiError::unavailable("the node is shutting down: read from another node")
+            }),
         }
+    }
+
+    /// Resolves once the node begins to shut down.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.subscribe();
+        // The sender lives in this state: waiting cannot fail while it does.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
     }
 }

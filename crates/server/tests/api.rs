@@ -464,3 +464,57 @@ async fn system_records_are_kept_and_shown_as_reconciliation() {
         .await;
     node.stop().await;
 }
+
+/// A node that begins to shut down answers the writes waiting on its log at
+/// once (503, indeterminate) rather than holding its shutdown for their
+/// timeout. Node 1 takes a write after its only peer is gone but while it
+/// still counts the peer as heard (three election timeouts), so the write
+/// waits for a quorum that will not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_waiting_writes_at_once() {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let peers: std::collections::BTreeMap<u64, SocketAddr> = [(1, free()), (2, free())].into();
+    let write_timeout_ms = 300_000;
+    let configure = |id: u64| {
+        let peers = peers.clone();
+        move |c: &mut NodeConfig| {
+            c.id = id;
+            c.peer_listen = Some(peers[&id]);
+            c.peers = peers;
+            c.election_timeout_ms = 3_000;
+            c.write_timeout_ms = write_timeout_ms;
+        }
+    };
+    let (one, two) = tokio::join!(
+        TestNode::start_with(tempfile::tempdir().unwrap(), configure(1)),
+        TestNode::start_with(tempfile::tempdir().unwrap(), configure(2)),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while one.client().kv_put("ready", "yes").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the pair never took a write");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    two.stop().await;
+
+    let url = one.url("/v1/kv/waiting");
+    let write = tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(write_timeout_ms * 2))
+            .build()
+            .unwrap();
+        let response = http.put(url).body("v").send().await.unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "the write did not wait: {:?}", write.await);
+    let stopping = std::time::Instant::now();
+    one.stop().await;
+    let (status, body) = write.await.unwrap();
+    // Far below the write timeout: the shutdown did not wait it out.
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(60), "{:?}", stopping.elapsed());
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(body["error"]["indeterminate"], true, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("shutting down"), "{body}");
+}

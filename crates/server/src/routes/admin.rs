@@ -127,12 +127,20 @@ async fn change(
     members: BTreeMap<u64, SocketAddr>,
 ) -> Result<Json<Value>, ApiError> {
     let timeout = std::time::Duration::from_millis(state.config.write_timeout_ms.max(30_000));
-    let changed = match tokio::time::timeout(timeout, state.log().change_membership(members)).await
-    {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(ApiError::timeout(
-                "the membership change did not take effect in time; it may still",
+    let changing = tokio::time::timeout(timeout, state.log().change_membership(members));
+    let changed = tokio::select! {
+        waited = changing => match waited {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ApiError::timeout(
+                    "the membership change did not take effect in time; it may still",
+                ))
+            }
+        },
+        () = state.stopped() => {
+            return Err(ApiError::unavailable(
+                "the node is shutting down before the membership change took effect; it may \
+                 still",
             ))
         }
     };
