@@ -89,9 +89,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_storage::log_store::LogStore;
 use cairn_storage::{Command, CommandId, Store, WaitKey};
-use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg, Promise};
+use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::storage::StopSign;
-use omnipaxos::util::{LogEntry, LogSync};
+use omnipaxos::util::LogEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ProposeErr, ServerConfig};
 
 use crate::Role;
@@ -306,59 +306,19 @@ impl Replica {
             return Err(Error::Misaddressed { node_id: self.node_id, from, to });
         }
         if let Message::SequencePaxos(PaxosMessage { msg, .. }) = &mut message {
-            let stopped = self.omni.is_reconfigured().is_some();
-            match msg {
-                // This configuration is over here: a sync has nothing to
-                // add, and the peer learns of the next configuration from
-                // this node's hellos.
-                PaxosMsg::AcceptSync(_) if stopped => return Ok(()),
-                PaxosMsg::Promise(promise) if stopped => promise.log_sync = None,
-                PaxosMsg::AcceptSync(sync) => self.repair_log_sync(from, &mut sync.log_sync),
-                PaxosMsg::Promise(Promise { log_sync: Some(sync), .. }) => {
-                    self.repair_log_sync(from, sync)
+            if self.omni.is_reconfigured().is_some() {
+                match msg {
+                    // This configuration is over here: a sync has nothing to
+                    // add, and the peer learns of the next configuration
+                    // from this node's hellos.
+                    PaxosMsg::AcceptSync(_) => return Ok(()),
+                    PaxosMsg::Promise(promise) => promise.log_sync = None,
+                    _ => {}
                 }
-                _ => {}
             }
         }
         self.omni.handle_incoming(message);
         Ok(())
-    }
-
-    /// Works around an OmniPaxos 0.2.4 bug that the simulator found: a log
-    /// sync built from a common prefix that ends with this node's StopSign
-    /// counts the StopSign's slot as an entry, and then appends the StopSign
-    /// again. Applied as sent, it puts this node's accepted index one past
-    /// its log, for good: later syncs and decisions build on the phantom
-    /// slot, and after a restart (which recounts the log) OmniPaxos finds its
-    /// decided index past its accepted one. The leader sends such a sync when
-    /// it takes over with the StopSign accepted but not yet decided.
-    ///
-    /// The sync is recognised exactly: it starts at this node's accepted
-    /// index, whose last slot is a StopSign, and carries no entries and a
-    /// StopSign. No correct sync does (a common prefix never covers a
-    /// StopSign); it is the same log, so it starts one slot earlier. (Once
-    /// the StopSign is decided here, `step` drops syncs altogether.)
-    fn repair_log_sync(&self, from: NodeId, sync: &mut LogSync<Command>) {
-        let accepted = self.omni.get_accepted_idx();
-        if sync.stopsign.is_none()
-            || sync.decided_snapshot.is_some()
-            || sync.sync_idx != accepted
-            || accepted == 0
-            || !matches!(self.omni.read(accepted - 1), Some(LogEntry::StopSign(..)))
-        {
-            return;
-        }
-        if sync.suffix.is_empty() {
-            tracing::debug!(from, sync_idx = sync.sync_idx, "log sync past a StopSign: repaired");
-            sync.sync_idx -= 1;
-        } else {
-            tracing::warn!(
-                from,
-                sync_idx = sync.sync_idx,
-                entries = sync.suffix.len(),
-                "a log sync with entries after this node's StopSign"
-            );
-        }
     }
 
     /// Advances time by one tick: elections, resends, and re-proposals that

@@ -408,6 +408,14 @@ where
         other_logs_decided_idx: usize,
     ) -> LogSync<T> {
         let decided_idx = self.internal_storage.get_decided_idx();
+        // Cairn patch 2 (PATCHES.md): a StopSign is always the last slot
+        // and travels in `stopsign`, so a common prefix never covers it. A
+        // follower that accepted this StopSign reports an accepted index
+        // that counts its slot; syncing from there counted the slot twice
+        // and left the follower's accepted index one past its log for good.
+        let stopsign_slots = usize::from(self.internal_storage.get_stopsign().is_some());
+        let log_len = self.internal_storage.get_accepted_idx() - stopsign_slots;
+        let common_prefix_idx = common_prefix_idx.min(log_len);
         let (decided_snapshot, suffix, sync_idx) =
             if T::Snapshot::use_snapshots() && decided_idx > common_prefix_idx {
                 // Note: We snapshot from the other log's decided index and not the common prefix because
@@ -428,6 +436,15 @@ where
                     .expect(READ_ERROR_MSG);
                 (None, suffix, common_prefix_idx)
             };
+        // Cairn patch 1 (PATCHES.md): the suffix must start where this log
+        // still holds entries; a sync that skipped compacted entries would
+        // put the receiver's entries at the wrong indexes.
+        let compacted_idx = self.internal_storage.get_compacted_idx();
+        let suffix_from = if decided_snapshot.is_some() { decided_idx } else { sync_idx };
+        assert!(
+            suffix_from >= compacted_idx,
+            "a log sync whose suffix starts at {suffix_from} would skip entries compacted through {compacted_idx}"
+        );
         LogSync {
             decided_snapshot,
             suffix,

@@ -326,7 +326,19 @@ where
         }
         // A leader that completed Prepare without this node's Promise can be
         // behind this node's decided index; it must never decrease.
-        let decided_idx = decided_idx.max(self.state_cache.decided_idx);
+        let mut decided_idx = decided_idx.max(self.state_cache.decided_idx);
+        // Cairn patch 1 (PATCHES.md): a decided snapshot covers only entries
+        // its sender had decided, so everything below `sync_idx` is decided.
+        // The caller's `decided_idx` can lag it: a leader counts the decided
+        // indexes of the promises it holds now, and a `PrepareReq` can reset
+        // the promise whose log sync it adopted. A compacted index above the
+        // decided index then made `create_log_sync` send a suffix that starts
+        // past the entries the follower lacks, and replicas diverged.
+        if let Some(sync) = &log_sync {
+            if sync.decided_snapshot.is_some() {
+                decided_idx = decided_idx.max(sync.sync_idx);
+            }
+        }
         self.state_cache.accepted_round = accepted_round;
         self.state_cache.decided_idx = decided_idx;
         let mut sync_txn: Vec<StorageOp<T>> = vec![
