@@ -368,6 +368,10 @@ pub struct Driver {
     reconfiguration: Option<Reconfiguration>,
     /// When this node last asked a peer for a newer membership.
     membership_asked_tick: Option<u64>,
+    /// A newer configuration that includes this node, learned from a peer
+    /// before this node applied the current one to its end: it catches up
+    /// to that configuration's base index first (see `membership_arrived`).
+    moving_to: Option<Membership>,
 }
 
 impl Driver {
@@ -413,6 +417,7 @@ impl Driver {
             membership,
             reconfiguration: None,
             membership_asked_tick: None,
+            moving_to: None,
         })
     }
 
@@ -818,6 +823,9 @@ impl Driver {
     fn apply_decided(&mut self, out: &mut Output) -> Result<(), cairn_storage::Error> {
         if self.blocked.is_some() {
             return Ok(());
+        }
+        if self.moving_to.is_some() {
+            return self.finish_move(out);
         }
         loop {
             match self.replica.take_decided(APPLY_BATCH_ENTRIES_MAX) {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_consensus::driver::{
-    Answer, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
+    Answer, Blocked, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
 };
 use cairn_consensus::replica::{NodeId, Timing};
 use cairn_consensus::Error;
@@ -547,4 +547,89 @@ fn membership_changes_on_a_live_cluster_keep_every_write() {
     // A node that is not a member is refused, and a bad membership too.
     let bad = net.submit(keep[0], |d, r, out| d.change_membership(r, BTreeMap::new(), out));
     assert!(matches!(net.answers[&bad].1, Answer::Failed(Error::Refused { .. })));
+}
+
+/// A change after which too few members of the new configuration would hold
+/// the data is refused, naming the members that lack it; the same change
+/// passes once they caught up, and one that keeps the holders passes at once.
+/// (Seeds 7010658 and 14920204 of the simulator: two replacements in a row
+/// left a configuration whose members were all empty, and the only node
+/// with the data was the one removed.)
+#[test]
+fn a_change_that_would_leave_too_few_members_with_the_data_is_refused() {
+    let mut net = Net::new(10);
+    let leader = net.settle();
+    let session = net.open_session(leader);
+    write_many(&mut net, leader, session, 1..10);
+    let behind = NODES.into_iter().find(|n| *n != leader).unwrap();
+    let other = NODES.into_iter().find(|n| *n != leader && *n != behind).unwrap();
+    net.isolate(behind);
+    net.run(SILENCE_TICKS + 5);
+    net.cut.clear();
+    net.cut.insert((behind, leader));
+    net.cut.insert((behind, other));
+    // Replacing `other` by a new node would leave `leader` alone with the
+    // data among {leader, behind, 4}: `behind` cannot be heard.
+    let mut members = vec![leader, behind, 4];
+    members.sort_unstable();
+    let by_id = |ids: &[NodeId]| ids.iter().map(|&id| (id, address(id))).collect();
+    let refused = net.submit(leader, |d, r, out| d.change_membership(r, by_id(&members), out));
+    let Answer::Failed(Error::Refused { reason }) = &net.answers[&refused].1 else {
+        panic!("the change was not refused: {:?}", net.answers[&refused]);
+    };
+    assert!(reason.contains(&format!("[{behind}]")), "the reason names node {behind}: {reason}");
+    assert_eq!(net.drivers[&leader].membership().configuration_id, 1, "nothing changed");
+    // Replacing the node that cannot be heard keeps both holders.
+    let mut kept = vec![leader, other, 4];
+    kept.sort_unstable();
+    let membership = net.change(leader, kept.clone());
+    assert_eq!(membership.ids(), kept);
+    net.add_node(4, membership, 10);
+    net.run_until(2000, "the new member catches up", |n| {
+        n.drivers[&4].state_machine().applied_index()
+            == n.drivers[&leader].state_machine().applied_index()
+    });
+    for k in 1..10 {
+        assert_eq!(net.kv(4, &format!("k{k}")), Some(format!("v{k}")), "k{k}");
+    }
+}
+
+/// A member that hears of a newer configuration before it applied the
+/// current one to its end catches up to the new configuration's base index
+/// before it moves, so it never drops entries of its log that it has not
+/// applied; then it moves and holds every write.
+#[test]
+fn a_member_behind_a_membership_change_catches_up_before_it_moves() {
+    let mut net = Net::new(11);
+    let leader = net.settle();
+    let session = net.open_session(leader);
+    write_many(&mut net, leader, session, 1..10);
+    let behind = NODES.into_iter().find(|n| *n != leader).unwrap();
+    net.isolate(behind);
+    net.run(SILENCE_TICKS + 5);
+    // 3 → 4 while `behind` hears nothing: it misses the writes and the
+    // StopSign.
+    let mut members = NODES.to_vec();
+    members.push(4);
+    let membership = net.change(leader, members);
+    net.add_node(4, membership.clone(), 11);
+    net.run_until(500, "the new member is heard", |n| n.drivers[&leader].quorum_in_sight());
+    write_many(&mut net, leader, session, 10..20);
+    assert_eq!(net.drivers[&behind].membership().configuration_id, 1);
+    net.cut.clear();
+    let base = membership.base_index;
+    net.run_until(1000, "the node behind waits in its configuration, catching up", |n| {
+        n.drivers[&behind].membership().configuration_id == 1
+            && matches!(n.drivers[&behind].blocked(),
+                Some(Blocked::NeedsSnapshot { through_index }) if *through_index == base - 1)
+    });
+    assert!(net.drivers[&behind].state_machine().applied_index() < base - 1);
+    net.run_until(2000, "the node behind moves and catches up", |n| {
+        n.drivers[&behind].membership().configuration_id == 2
+            && n.drivers[&behind].state_machine().applied_index()
+                == n.drivers[&leader].state_machine().applied_index()
+    });
+    for k in 1..20 {
+        assert_eq!(net.kv(behind, &format!("k{k}")), Some(format!("v{k}")), "k{k}");
+    }
 }

@@ -7,7 +7,7 @@
 //! single-node log when it is alone in it. A node that hears a newer
 //! configuration from a peer asks for its membership and moves to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use cairn_storage::{Command, Op};
@@ -50,6 +50,10 @@ impl Driver {
                 .push((request, Answer::Failed(Error::Refused { reason: error.to_string() })));
             return;
         }
+        if let Err(reason) = self.check_holders(&next) {
+            out.answers.push((request, Answer::Failed(Error::Refused { reason })));
+            return;
+        }
         match &mut self.reconfiguration {
             Some(change) if change.members == members => change.waiters.push(request),
             Some(change) => {
@@ -67,8 +71,69 @@ impl Driver {
         }
     }
 
+    /// Members of this configuration that hold its state, as far as this
+    /// node can tell: itself (it serves, so it applied up to the base
+    /// index), and every peer heard from lately whose last hello showed it
+    /// applied up to the base index.
+    fn holders(&self) -> BTreeSet<NodeId> {
+        let base = self.membership.base_index;
+        let silence = self.config.peer_silence_ticks;
+        self.membership
+            .ids()
+            .into_iter()
+            .filter(|&id| {
+                id == self.config.node_id
+                    || (self.heard_ticks_ago(id).is_some_and(|ago| ago <= silence)
+                        && self.hellos.get(&id).is_some_and(|h| h.applied_index >= base))
+            })
+            .collect()
+    }
+
+    /// Refuses a change after which fewer members of the next configuration
+    /// would hold the state than hold it now, or than make its majority,
+    /// whichever is fewer. New members start empty and catch up from the
+    /// members that hold the state; a configuration without enough of them
+    /// could decide nothing that survives the loss of the one that holds
+    /// the data, and a configuration with none of them could never serve
+    /// again (its members would need a removed node's state). Changing one
+    /// member at a time, each once the last has caught up, always passes.
+    fn check_holders(&self, next: &Membership) -> Result<(), String> {
+        let holders = self.holders();
+        let kept: Vec<NodeId> = holders.iter().copied().filter(|id| next.contains(*id)).collect();
+        let majority = next.members.len() / 2 + 1;
+        let needed = majority.min(holders.len());
+        if kept.len() >= needed {
+            return Ok(());
+        }
+        let behind: Vec<NodeId> = next
+            .ids()
+            .into_iter()
+            .filter(|id| self.membership.contains(*id) && !holders.contains(id))
+            .collect();
+        let new: Vec<NodeId> =
+            next.ids().into_iter().filter(|id| !self.membership.contains(*id)).collect();
+        Err(format!(
+            "the change would leave {} of the new members {:?} holding the data of configuration              {} (nodes {kept:?}), fewer than the {needed} it needs: new members {new:?} start              empty, and members {behind:?} have not caught up or cannot be heard; change one              member at a time, once the last one caught up",
+            kept.len(),
+            next.ids(),
+            self.membership.configuration_id,
+        ))
+    }
+
     /// A peer's membership, asked for because its messages showed a newer
     /// configuration: move to it.
+    ///
+    /// Moving starts the new configuration's fresh log, which drops this
+    /// configuration's: entries decided here that this node holds and has
+    /// not applied would go with it, and they may be the only copies a
+    /// member of the new configuration has (a node that moved this way
+    /// cannot serve them). So a node that is in the new configuration moves
+    /// only once it has applied everything before that configuration's base
+    /// index; until then it catches up to there like any node behind
+    /// (`Blocked::NeedsSnapshot`), from its own log, from peers that still
+    /// hold this configuration's entries, or from a snapshot of a peer that
+    /// moved on, and [`Driver::finish_move`] moves it. A node that is not
+    /// in the new configuration keeps its log and stops serving at once.
     pub(super) fn membership_arrived(
         &mut self,
         from: NodeId,
@@ -80,27 +145,63 @@ impl Driver {
         {
             return Ok(());
         }
+        if self.moving_to.as_ref().is_some_and(|m| m.configuration_id >= next.configuration_id) {
+            return Ok(());
+        }
+        let member = next.contains(self.config.node_id);
+        let behind = self.sm.applied_index() + 1 < next.base_index;
+        let catching_up = matches!(self.blocked, None | Some(Blocked::NeedsSnapshot { .. }));
+        if member && behind && catching_up {
+            let through_index = next.base_index - 1;
+            tracing::info!(
+                from,
+                configuration_id = next.configuration_id,
+                applied = self.sm.applied_index(),
+                through_index,
+                "a peer is in a newer configuration: catching up to its start before moving to it"
+            );
+            let through_index = match self.blocked {
+                Some(Blocked::NeedsSnapshot { through_index: gap }) => gap.max(through_index),
+                _ => through_index,
+            };
+            self.blocked = Some(Blocked::NeedsSnapshot { through_index });
+            self.moving_to = Some(next);
+            return Ok(());
+        }
         tracing::info!(
             from,
             configuration_id = next.configuration_id,
             "a peer is in a newer configuration: moving to it"
         );
+        self.moving_to = Some(next);
         let mut out = Output::default();
-        // Everything before the StopSign applied here: the StopSign itself is
-        // a no-op, no need to fetch it.
-        let index = next.base_index;
-        let result = if self.sm.applied_index() + 1 == index && index > 0 {
-            let noop = [(index, Command::new(None, Op::Noop))];
-            self.sm.apply(&noop).map(|_| ())
-        } else {
-            Ok(())
-        };
-        let result = result.and_then(|()| self.switch_to(next, &mut out));
+        let result = self.finish_move(&mut out);
         self.deferred_answers.append(&mut out.answers);
         if out.membership.is_some() {
             self.deferred_membership = out.membership;
         }
         result.map_err(|error| self.fail_now(error))
+    }
+
+    /// Moves to the configuration learned from a peer once everything before
+    /// its base index is applied here (the StopSign at the base index is a
+    /// no-op, no need to fetch it); until then, catches up to there.
+    pub(super) fn finish_move(&mut self, out: &mut Output) -> Result<(), cairn_storage::Error> {
+        let Some(next) = self.moving_to.take() else { return Ok(()) };
+        let index = next.base_index;
+        let applied = self.sm.applied_index();
+        if next.contains(self.config.node_id) && applied + 1 < index {
+            // A snapshot that ended short of the base index (the target rose
+            // while it streamed): on with catching up.
+            self.blocked = Some(Blocked::NeedsSnapshot { through_index: index - 1 });
+            self.moving_to = Some(next);
+            return Ok(());
+        }
+        if applied + 1 == index && index > 0 {
+            let noop = [(index, Command::new(None, Op::Noop))];
+            self.sm.apply(&noop)?;
+        }
+        self.switch_to(next, out)
     }
 
     pub(super) fn propose_reconfiguration(&mut self) {
@@ -178,6 +279,7 @@ impl Driver {
             }
         }
         out.membership = Some(next.clone());
+        self.moving_to = None;
         self.catch_up = None;
         self.lagging_since = None;
         // Nodes that left are no longer heard from, nor asked for entries.
