@@ -7,6 +7,9 @@
 //! - `CAIRN_SIM_SEED=S` runs one seed, printing its report: the replay of a
 //!   failure.
 //! - `CAIRN_SIM_THREADS=N` runs seeds on N threads (default: one per core).
+//! - `CAIRN_SIM_KEEP_GOING=1` runs every seed even after a failure, prints a
+//!   progress line every 1,000 seeds, and ends with the list of every seed
+//!   that failed: for long searches of fresh seeds.
 //! - With one seed, `RUST_LOG` shows the nodes' logs by node and tick
 //!   (`RUST_LOG=info` for faults and recoveries, `cairn_sim=trace` for every
 //!   delivered message).
@@ -91,7 +94,9 @@ fn simulated_clusters_keep_their_promises() {
         .map(|n| n.max(1) as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .min(seeds.len());
+    let keep_going = env_u64("CAIRN_SIM_KEEP_GOING").is_some_and(|v| v != 0);
     let started = Instant::now();
+    let done = AtomicUsize::new(0);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let totals = Mutex::new(Totals::default());
@@ -124,13 +129,27 @@ fn simulated_clusters_keep_their_promises() {
                             totals.lock().unwrap().add(&report);
                         }
                         Ok(report) => {
-                            stop.store(true, Ordering::Relaxed);
+                            stop.store(!keep_going, Ordering::Relaxed);
+                            if keep_going {
+                                eprintln!("FAILED {report}");
+                            }
                             failures.lock().unwrap().push((seed, report.to_string()));
                         }
                         Err(panic) => {
-                            stop.store(true, Ordering::Relaxed);
+                            stop.store(!keep_going, Ordering::Relaxed);
+                            if keep_going {
+                                eprintln!("FAILED {panic}");
+                            }
                             failures.lock().unwrap().push((seed, panic));
                         }
+                    }
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if keep_going && finished % 1000 == 0 {
+                        let failed = failures.lock().unwrap().len();
+                        eprintln!(
+                            "{finished} seeds run in {:.0} s, {failed} failed",
+                            started.elapsed().as_secs_f64()
+                        );
                     }
                 }
             });
@@ -138,11 +157,22 @@ fn simulated_clusters_keep_their_promises() {
     });
     let mut failures = failures.into_inner().unwrap();
     failures.sort();
+    let t = totals.into_inner().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    if keep_going && !failures.is_empty() {
+        let listed: Vec<String> = failures.iter().map(|(seed, _)| seed.to_string()).collect();
+        panic!(
+            "{} of {} seeds failed ({:.1} seeds/s): {}\nreplay one with:\n  {}\n",
+            failures.len(),
+            seeds.len(),
+            seeds.len() as f64 / elapsed,
+            listed.join(" "),
+            replay_command(failures[0].0)
+        );
+    }
     if let Some((seed, report)) = failures.first() {
         panic!("{report}\nreplay with:\n  {}\n", replay_command(*seed));
     }
-    let t = totals.into_inner().unwrap();
-    let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
         "{} seeds in {elapsed:.1} s on {threads} threads ({:.1} seeds/s): {} ticks \
          (longest run {}), {} operations ({} unknown), {} keys unchecked (budget), {} snapshots \
@@ -187,8 +217,21 @@ fn simulated_clusters_keep_their_promises() {
 ///   forgotten);
 /// - 24: removed nodes deleted at once took with them state the remaining
 ///   members had not applied (fixed in the model, as the control plane must:
-///   a removed node is deleted once every member has caught up).
-const REGRESSION_SEEDS: [u64; 9] = [27, 62, 90, 180, 184, 412, 13, 12, 24];
+///   a removed node is deleted once every member has caught up);
+/// - 7001029: a new leader adopted a log compacted through an index above
+///   the decided index it counted, and synced followers from there with
+///   entries missing: replicas applied different entries at one index (an
+///   OmniPaxos 0.2.4 bug, patch 1 in `vendor/omnipaxos/PATCHES.md`);
+/// - 7010658, 14920204, 30001373, 30001926, 30002212, 30002822, 30002827,
+///   30003051: replacements in a row left a configuration whose members
+///   all lacked the data, which only removed nodes held, and members that
+///   moved to a new configuration before applying the old one dropped
+///   entries they held (fixed: such a change is refused, and a member
+///   catches up to a new configuration's start before it moves).
+const REGRESSION_SEEDS: [u64; 18] = [
+    27, 62, 90, 180, 184, 412, 13, 12, 24, 7001029, 7010658, 14920204, 30001373, 30001926,
+    30002212, 30002822, 30002827, 30003051,
+];
 
 #[test]
 fn seeds_that_found_bugs_stay_fixed() {
