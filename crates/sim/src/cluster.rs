@@ -46,6 +46,9 @@ use crate::snapshots::Snapshots;
 const ATTEMPTS_MAX: u32 = 4;
 /// Ticks a client waits before it tries again after a refusal.
 const RETRY_BACKOFF_TICKS: u64 = 5;
+/// Restarts that reopen RocksDB (the others take a fresh handle on the open
+/// database; see `SimNode::store`), in percent.
+const REOPEN_PERCENT: u64 = 25;
 /// How often every node compacts its log, in ticks.
 const COMPACT_INTERVAL_TICKS: u64 = 5;
 /// Timing of every replica, in ticks.
@@ -214,13 +217,28 @@ pub fn run_with(seed: u64, planted: Planted) -> Report {
 
 impl SimNode {
     fn new() -> SimNode {
-        SimNode { driver: None, dir: node_dir(), starts: 0, down_until: None, leaving: false }
+        SimNode {
+            driver: None,
+            store: None,
+            dir: node_dir(),
+            starts: 0,
+            down_until: None,
+            leaving: false,
+        }
     }
 }
 
 struct SimNode {
-    // Dropped in this order: the driver before its directory.
+    // Dropped in this order: the driver and the store before their
+    // directory.
     driver: Option<Driver>,
+    /// The node's database as the last start opened it. Most restarts take a
+    /// fresh handle on it ([`Store::reopened`]): a crashed process loses
+    /// nothing here, since every write reaches the operating system at once
+    /// (`Durability::Unsynced`), so a reopened RocksDB would hold exactly the
+    /// same, and opening one is most of a run's cost. One restart in
+    /// [`REOPEN_PERCENT`] reopens RocksDB for real.
+    store: Option<Store>,
     dir: TempDir,
     /// Starts so far (each draws fresh randomness).
     starts: u64,
@@ -268,6 +286,9 @@ struct Sim {
     /// Draws membership changes, apart from `rng` so that runs without
     /// changes keep the schedule they had before changes were simulated.
     admin_rng: Rng,
+    /// Draws which restarts reopen RocksDB, apart from `rng`: the choice
+    /// changes nothing a node can see, so it must not change the schedule.
+    reopen_rng: Rng,
     /// Membership changes asked for and not yet answered, by request.
     admin_requests: BTreeMap<RequestId, FaultKind>,
     /// Configurations the cluster went through (seen by the simulator).
@@ -316,6 +337,7 @@ impl Sim {
             seed,
             rng: Rng::new(seed),
             admin_rng: Rng::new(seed ^ 0xAD41_0000_0000_0001),
+            reopen_rng: Rng::new(seed ^ 0x0FE4_0000_0000_0002),
             admin_requests: BTreeMap::new(),
             configurations: 1,
             params,
@@ -376,7 +398,16 @@ impl Sim {
         node.starts += 1;
         node.down_until = None;
         tracing::info!(t = self.now, id, "node starts");
-        let store = Store::open_with(node.dir.path(), Footprint::Small).expect("the store opens");
+        let reopen = self.reopen_rng.chance(REOPEN_PERCENT);
+        let store = match node.store.take() {
+            Some(open) if !reopen => open.reopened().expect("the store reopens"),
+            kept => {
+                // Every handle closes before RocksDB opens the directory again.
+                drop(kept);
+                Store::open_with(node.dir.path(), Footprint::Small).expect("the store opens")
+            }
+        };
+        node.store = Some(store.clone());
         store.set_durability(Durability::Unsynced);
         if Membership::load(&store).expect("the membership loads").is_none() {
             membership.begin(&store).expect("the membership is stored");

@@ -185,8 +185,24 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Store::over(Arc::new(db))
+    }
+
+    /// A handle on the same database as a process that restarted would have
+    /// after reopening it: the caches are read again from the database and
+    /// shared with no earlier handle, and the durability is the default.
+    /// For simulations of process crashes, where every write reaches the
+    /// operating system before a crash (`Durability::Unsynced` or stronger)
+    /// and reopening RocksDB would find exactly what it holds: what differs
+    /// is only the time that reopening takes. No handle of the crashed
+    /// process may be used again but to call this.
+    pub fn reopened(&self) -> Result<Store, Error> {
+        Store::over(Arc::clone(&self.db))
+    }
+
+    fn over(db: Arc<DB>) -> Result<Store, Error> {
         let store = Store {
-            db: Arc::new(db),
+            db,
             applied_index: Arc::new(AtomicU64::new(0)),
             durability: Arc::new(AtomicU8::new(Durability::Synced.code())),
             log_retention: Arc::new(AtomicU64::new(u64::MAX)),
