@@ -75,7 +75,7 @@
 //!   [`take_decided`](Replica::take_decided) returns.
 //! - Snapshots and catch-up by state transfer: a replica whose next entries
 //!   were compacted away reports [`Decided::NeedsSnapshot`] and waits for the
-//!   caller to install one ([`Replica::snapshot_installed`]).
+//!   caller to install one ([`Replica::caught_up_to`]).
 //! - Trimming the log, and membership changes: a decided StopSign is reported
 //!   as [`Decided::Reconfigured`]; starting the next configuration is the
 //!   caller's work.
@@ -195,7 +195,7 @@ pub enum Decided {
     Entries(Vec<(u64, Command)>),
     /// The entries after the taken index up to `through_index` were compacted
     /// away here: the state machine needs a snapshot that covers at least
-    /// `through_index`, then [`Replica::snapshot_installed`].
+    /// `through_index`, then [`Replica::caught_up_to`].
     NeedsSnapshot { through_index: u64 },
     /// A StopSign was decided at `index`: this configuration takes no more
     /// entries, and its members move to `stopsign.next_config`.
@@ -450,9 +450,10 @@ impl Replica {
         }
     }
 
-    /// After the caller installed a snapshot of the state machine at
-    /// `applied_index`, resumes taking entries after it.
-    pub fn snapshot_installed(&mut self, applied_index: u64) {
+    /// The caller's state machine applied through `applied_index` without
+    /// this replica (entries or a snapshot from a peer): resumes taking
+    /// entries after it, and lets compaction release what it applied.
+    pub fn caught_up_to(&mut self, applied_index: u64) {
         assert!(
             applied_index >= self.taken_index,
             "a snapshot at {applied_index} would go back before the taken index {}",

@@ -297,7 +297,7 @@ impl Sim {
         let applied = live.sm.applied_index();
         if applied > live.replica.taken_index() {
             // The gap is filled: the replica resumes after it.
-            live.replica.snapshot_installed(applied);
+            live.replica.caught_up_to(applied);
         }
     }
 

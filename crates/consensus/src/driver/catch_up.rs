@@ -186,6 +186,9 @@ impl Driver {
             Err(error) => return Err(self.fail(error, &mut out)),
         };
         self.stats.entries_fetched += entries.len() as u64;
+        // What is applied here is done with, whether the gap closes now or
+        // later: the log may compact behind it.
+        self.replica.caught_up_to(self.sm.applied_index());
         self.record_applied(&entries, &applied);
         for ((_, command), applied) in entries.iter().zip(applied) {
             self.answer(command, applied, &mut out);
@@ -341,7 +344,7 @@ impl Driver {
         let applied = self.sm.applied_index();
         self.stats.gaps_filled += 1;
         tracing::info!(applied, "caught up from a peer");
-        self.replica.snapshot_installed(applied);
+        self.replica.caught_up_to(applied);
         self.blocked = None;
         self.catch_up = None;
     }
