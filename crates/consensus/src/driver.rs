@@ -853,6 +853,27 @@ impl Driver {
         }
     }
 
+    /// Answers the writes waiting here that the state machine already
+    /// settles (see `StateMachine::recall`): after a snapshot, the entries it
+    /// covers were never applied here one by one, and their requests would
+    /// otherwise wait for a copy decided again, or, on a node that leaves,
+    /// never learn that they took effect.
+    pub(super) fn settle_from_state(
+        &mut self,
+        out: &mut Output,
+    ) -> Result<(), cairn_storage::Error> {
+        let keys: Vec<WaitKey> =
+            self.waiting.keys().copied().filter(|k| matches!(k, WaitKey::Id(_))).collect();
+        for key in keys {
+            let Some(command) = self.replica.pending_command(&key).cloned() else { continue };
+            if let Some(applied) = self.sm.recall(&command)? {
+                self.answer(&command, applied, out);
+                self.replica.forget(key);
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps a snapshot served or installed, for checkers, when asked to.
     pub(super) fn record_snapshot(&mut self, event: impl FnOnce(u64, u64) -> SnapshotEvent) {
         if !self.config.record_applied {

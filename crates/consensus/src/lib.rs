@@ -71,6 +71,12 @@ pub enum Error {
     /// be); nothing changed.
     #[error("{reason}")]
     Refused { reason: String },
+    /// This node can no longer learn the outcome of a request it proposed
+    /// (it left the cluster before seeing it decided): it may or may not
+    /// have taken effect. Retry on another node; a write with an
+    /// exactly-once id is safe to retry.
+    #[error("outcome unknown: {reason}")]
+    Orphaned { reason: String },
 }
 
 impl Error {

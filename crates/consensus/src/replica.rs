@@ -621,6 +621,11 @@ impl Replica {
         self.pending.len()
     }
 
+    /// The command with key `k`, while it awaits its decision here.
+    pub fn pending_command(&self, k: &WaitKey) -> Option<&Command> {
+        self.pending.get(k).map(|pending| &pending.command)
+    }
+
     /// Whether a command with `id` awaits its decision here.
     pub fn is_pending(&self, id: CommandId) -> bool {
         self.pending.contains_key(&WaitKey::Id(id))

@@ -127,6 +127,11 @@ impl From<cairn_consensus::Error> for ApiError {
                 indeterminate: false,
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string())
             },
+            // Proposed, then lost sight of: it may have taken effect.
+            Error::Orphaned { .. } => ApiError {
+                indeterminate: true,
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orphaned", error.to_string())
+            },
             Error::Stopped | Error::Storage(_) => {
                 ApiError::unavailable(format!("the node cannot serve: {error}"))
             }

@@ -127,6 +127,33 @@ impl StateMachine {
         self.applied_index
     }
 
+    /// What applying `command` now would answer without executing it, when
+    /// the state already settles it: the stored outcome of its session's last
+    /// command if it is that command, a refusal if it reuses or precedes that
+    /// sequence number. `None` when applying it would execute it (or decide
+    /// nothing yet: a session not opened as far as this state goes). For a
+    /// node whose state jumped past entries it never applied itself (a
+    /// snapshot), to answer the requests those entries settled.
+    pub fn recall(&self, command: &Command) -> Result<Option<Applied>, Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let Some(id) = command.id else { return Ok(None) };
+        let Some(record) = read_session(&self.store, id.session)? else { return Ok(None) };
+        let index = self.applied_index;
+        let outcome = if id.seq > record.last_seq {
+            return Ok(None);
+        } else if id.seq < record.last_seq {
+            let last = record.last_seq;
+            Outcome::Failed(ApplyError::StaleSequence { session: id.session, seq: id.seq, last })
+        } else if record.op_hash != op_hash(&command.op) {
+            Outcome::Failed(ApplyError::SequenceReused { session: id.session, seq: id.seq })
+        } else {
+            return Ok(Some(Applied { index: record.last_index, outcome: record.outcome }));
+        };
+        Ok(Some(Applied { index, outcome }))
+    }
+
     /// Applies entries whose indexes run on from the applied index without gaps,
     /// and makes them durable (synced) before returning their outcomes.
     pub fn apply(&mut self, entries: &[(u64, Command)]) -> Result<Vec<Applied>, Error> {
@@ -587,9 +614,7 @@ impl Batch {
         let Some(bytes) = self.get(Cf::Sessions, &session.to_be_bytes())? else {
             return Ok(None);
         };
-        let record = postcard::from_bytes(&bytes)
-            .map_err(|e| Error::Corrupt { what: format!("session {session}: {e}") })?;
-        Ok(Some(record))
+        decode_session(session, &bytes).map(Some)
     }
 
     /// Records `outcome` as the session's last command, used at `index`.
@@ -613,6 +638,20 @@ impl Batch {
             self.delete(Cf::SessionLru, lru_key(previous_index, id.session));
         }
         self.put(Cf::SessionLru, lru_key(index, id.session), Vec::new());
+    }
+}
+
+fn decode_session(session: u64, bytes: &[u8]) -> Result<SessionRecord, Error> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| Error::Corrupt { what: format!("session {session}: {e}") })
+}
+
+/// A session's record as the store holds it.
+fn read_session(store: &Store, session: u64) -> Result<Option<SessionRecord>, Error> {
+    let cf = store.cf(crate::engine::CF_SESSIONS);
+    match store.db.get_pinned_cf(cf, session.to_be_bytes())? {
+        Some(bytes) => decode_session(session, &bytes).map(Some),
+        None => Ok(None),
     }
 }
 

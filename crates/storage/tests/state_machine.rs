@@ -219,6 +219,40 @@ fn a_retry_within_one_batch_is_deduplicated() {
     assert_eq!(out[0].index, out[1].index, "the repeat reports the first index");
 }
 
+/// A node whose state jumped past entries (a snapshot) recalls what applying
+/// a command again would answer, without executing it: the stored outcome for
+/// the session's last command, a refusal for a reused or older sequence
+/// number, and nothing for a command the state has not settled.
+#[test]
+fn the_state_recalls_the_outcome_of_commands_it_settled_and_only_those() {
+    let mut node = Node::new();
+    let session = node.open_session();
+    let put = |seq, key: &str| {
+        let op = Op::KvPut { key: key.into(), value: b"v".to_vec() };
+        Command::new(Some(CommandId { session, seq }), op)
+    };
+    node.apply(vec![put(1, "a")]);
+    let second = node.apply(vec![put(2, "b")]).remove(0);
+    let before = node.sm.applied_index();
+
+    assert_eq!(node.sm.recall(&put(2, "b")).unwrap(), Some(second.clone()));
+    let reused = node.sm.recall(&put(2, "c")).unwrap().unwrap();
+    assert_eq!(reused.outcome, Outcome::Failed(ApplyError::SequenceReused { session, seq: 2 }));
+    let stale = node.sm.recall(&put(1, "a")).unwrap().unwrap();
+    assert_eq!(
+        stale.outcome,
+        Outcome::Failed(ApplyError::StaleSequence { session, seq: 1, last: 2 })
+    );
+    assert_eq!(node.sm.recall(&put(3, "c")).unwrap(), None, "not applied yet");
+    let unknown = Command::new(Some(CommandId { session: 999, seq: 1 }), Op::Noop);
+    assert_eq!(node.sm.recall(&unknown).unwrap(), None, "a session opened later, maybe");
+    assert_eq!(node.sm.recall(&Command::new(None, Op::Noop)).unwrap(), None);
+    assert_eq!(node.sm.applied_index(), before, "recalling changes nothing");
+    assert_eq!(node.sm.store().kv_get("c").unwrap(), None);
+    // What recall answers is what applying the command again answers.
+    assert_eq!(node.apply(vec![put(2, "b")]).remove(0), second);
+}
+
 #[test]
 fn commands_of_unknown_sessions_are_refused() {
     let mut node = Node::new();

@@ -298,6 +298,12 @@ impl Driver {
             unreachable!("a snapshot transfer with an open sink");
         };
         let installed = sink.finish().and_then(|index| self.sm.reload().map(|()| index));
+        let installed = installed.and_then(|index| {
+            let mut out = Output::default();
+            let settled = self.settle_from_state(&mut out);
+            self.deferred_answers.append(&mut out.answers);
+            settled.map(|()| index)
+        });
         match installed {
             Ok(index) => {
                 self.install_begun = false;

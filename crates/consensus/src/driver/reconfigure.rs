@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use cairn_storage::{Command, Op};
 
-use super::{Answer, Blocked, Driver, Output, PeerMessage, RequestId};
+use super::{Answer, Blocked, Driver, Kind, Output, PeerMessage, RequestId};
 use crate::membership::Membership;
 use crate::replica::{NodeId, Replica};
 use crate::Error;
@@ -288,9 +288,16 @@ impl Driver {
         if !next.contains(me) {
             self.blocked = Some(Blocked::Removed { configuration_id: next.configuration_id });
             self.membership = next;
+            // What this node applied may settle some; the others it proposed
+            // and can no longer follow (it may not have applied all that was
+            // decided before it left): their outcome is unknown.
+            self.settle_from_state(out)?;
             let reason = format!("node {me} was removed from the cluster");
-            for (request, _) in std::mem::take(&mut self.waiting).into_values().flatten() {
-                let error = Error::NotServing { reason: reason.clone() };
+            for (request, kind) in std::mem::take(&mut self.waiting).into_values().flatten() {
+                let error = match kind {
+                    Kind::Read => Error::NotServing { reason: reason.clone() },
+                    Kind::Write => Error::Orphaned { reason: reason.clone() },
+                };
                 out.answers.push((request, Answer::Failed(error)));
             }
             self.keys.clear();
