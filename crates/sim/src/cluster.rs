@@ -320,6 +320,8 @@ struct Sim {
     trace: Option<Fnv1a>,
     liveness: bool,
     planted: Planted,
+    /// Keys whose linearizability search ran out of budget (a violation).
+    unchecked_keys: usize,
 }
 
 impl Sim {
@@ -366,6 +368,7 @@ impl Sim {
             trace: traced.then(Fnv1a::new),
             liveness: false,
             planted,
+            unchecked_keys: 0,
         };
         for id in ids {
             sim.start(id);
@@ -1106,14 +1109,22 @@ impl Sim {
             Ok(report) if report.verdict() == Verdict::NotLinearizable => {
                 self.violations.push(format!("the history is not linearizable:\n{report}"));
             }
+            // A search that ran out of budget checked nothing: the run fails
+            // rather than pass unchecked.
+            Ok(report) if report.verdict() == Verdict::Unknown => {
+                self.unchecked_keys = report.unknown_keys();
+                self.violations.push(format!(
+                    "the linearizability search ran out of budget on {} keys (unchecked):\n{report}",
+                    report.unknown_keys()
+                ));
+            }
             Ok(_) => {}
             Err(error) => self.violations.push(format!("the history is malformed: {error}")),
         }
     }
 
     fn report(self) -> Report {
-        let unchecked_keys =
-            linearizability::check(&self.history).map(|r| r.unknown_keys()).unwrap_or(0);
+        let unchecked_keys = self.unchecked_keys;
         let snapshots_installed = self.snapshots.installed();
         Report {
             seed: self.seed,
