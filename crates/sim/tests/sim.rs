@@ -147,7 +147,7 @@ fn simulated_clusters_keep_their_promises() {
                         }
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if keep_going && finished % 1000 == 0 {
+                    if keep_going && finished.is_multiple_of(1000) {
                         let failed = failures.lock().unwrap().len();
                         eprintln!(
                             "{finished} seeds run in {:.0} s, {failed} failed",
