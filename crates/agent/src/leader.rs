@@ -37,6 +37,7 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_client::CONTROL_KEY;
 use cairn_control::desired::{parse, DesiredState};
 use cairn_control::model::{ControlState, Observed, Step};
 use cairn_control::reconcile::{record, report, turn};
@@ -44,7 +45,7 @@ use cairn_control::status::Report;
 use serde_json::{json, Value};
 
 use crate::client::AgentClient;
-use crate::observe::{ask_status, host_obs, with_scheme, CloudHost, Eyes, HTTP_TIMEOUT_MS};
+use crate::observe::{ask_status, host_obs, CloudHost, Eyes, HTTP_TIMEOUT_MS};
 use crate::status::{NodeState, NodeStatus};
 use crate::supervisor::Supervisor;
 
@@ -59,8 +60,6 @@ pub const STOP_WITHOUT_QUORUM_MS: u64 = 5_000;
 /// How long an agent that now leads waits for the step in flight of another
 /// agent that still answers.
 pub const DEFER_MAX_MS: u64 = 10_000;
-/// The system record the control state lives in.
-pub const CONTROL_KEY: &str = "control";
 
 /// What the loop needs to know about its host.
 pub struct LeaderConfig {
@@ -152,8 +151,9 @@ impl Leader {
         // Bootstrap only where no node answers anywhere: a new host added to
         // a running cluster must not start a second cluster.
         for host in hosts.iter().filter(|h| h.name != self.config.host) {
-            let url = format!("{}/v1/health", with_scheme(&host.api_address));
-            if self.eyes.http.get(&url).send().await.is_ok() {
+            // An address that does not parse has no node to answer.
+            let Ok(base) = cairn_client::base_url(&host.api_address) else { continue };
+            if self.eyes.http.get(format!("{base}/v1/health")).send().await.is_ok() {
                 return Ok(false);
             }
         }

@@ -60,7 +60,6 @@ use std::path::PathBuf;
 
 pub use client::AgentClient;
 pub use error::Error;
-pub use observe::with_scheme;
 pub use status::{NodeState, NodeStatus};
 pub use supervisor::{
     Supervisor, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX, BACKOFF_RESET_MS, STOP_GRACE_MS,

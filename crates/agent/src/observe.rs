@@ -64,7 +64,8 @@ impl Eyes {
             .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
             .build()
             .map_err(|e| format!("building an HTTP client: {e}"))?;
-        Ok(Eyes { http, cloud: with_scheme(&cloud), node: with_scheme(&node) })
+        let base = |addr: &str| cairn_client::base_url(addr).map_err(|e| e.to_string());
+        Ok(Eyes { http, cloud: base(&cloud)?, node: base(&node)? })
     }
 
     /// The cloud's hosts.
@@ -191,13 +192,4 @@ pub async fn ask_status(address: &str) -> Option<NodeStatus> {
         client.status().await.ok()
     };
     tokio::time::timeout(timeout, asked).await.ok().flatten()
-}
-
-/// `http://` in front of a bare `HOST:PORT`.
-pub fn with_scheme(address: &str) -> String {
-    if address.starts_with("http://") || address.starts_with("https://") {
-        address.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{address}")
-    }
 }

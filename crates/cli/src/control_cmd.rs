@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cairn_agent::{with_scheme, AgentConfig};
+use cairn_agent::AgentConfig;
 use cairn_cloud::{Cloud, CloudConfig, StatusEvent};
 use serde_json::{json, Value};
 
@@ -176,7 +176,10 @@ async fn first_host(
 }
 
 pub async fn down(args: CloudArg) -> ExitCode {
-    let base = with_scheme(&args.cloud);
+    let base = match cloud_base(&args.cloud) {
+        Ok(base) => base,
+        Err(e) => return fail(e),
+    };
     let client = match http() {
         Ok(client) => client,
         Err(e) => return fail(e),
@@ -201,7 +204,10 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
         Ok(read) => read,
         Err(e) => return fail(e),
     };
-    let base = with_scheme(&args.cloud.cloud);
+    let base = match cloud_base(&args.cloud.cloud) {
+        Ok(base) => base,
+        Err(e) => return fail(e),
+    };
     let client = match http() {
         Ok(client) => client,
         Err(e) => return fail(e),
@@ -223,7 +229,11 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
 
 pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
     loop {
-        let view = match gather(&with_scheme(&args.cloud.cloud)).await {
+        let gathered = match cloud_base(&args.cloud.cloud) {
+            Ok(base) => gather(&base).await,
+            Err(e) => Err(e),
+        };
+        let view = match gathered {
             Ok(view) => view,
             Err(e) => return fail(e),
         };
@@ -324,6 +334,11 @@ fn render(view: &Value) -> String {
         ));
     }
     out
+}
+
+/// The cloud's base URL from `--cloud`; the error names the address.
+fn cloud_base(address: &str) -> Result<String, String> {
+    cairn_client::base_url(address).map_err(|e| format!("--cloud: {e}"))
 }
 
 fn http() -> Result<reqwest::Client, String> {

@@ -18,6 +18,10 @@ use serde_json::Value;
 
 /// How long a request may take by default, server wait included.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The system record (`/v1/system/{key}`) the leader agent keeps the
+/// control state in, with its last report, which `/v1/cluster` shows as
+/// `reconciliation`.
+pub const CONTROL_KEY: &str = "control";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -136,6 +140,13 @@ pub fn parse_addr(addr: &str) -> Result<Url, Error> {
         return Err(Error::BadAddress(addr.to_string()));
     }
     Ok(url)
+}
+
+/// The base URL of a server at `addr` (a node's API or the cloud's), as
+/// [`parse_addr`] reads it, as text without a trailing slash: what request
+/// URLs are built on.
+pub fn base_url(addr: &str) -> Result<String, Error> {
+    Ok(parse_addr(addr)?.as_str().trim_end_matches('/').to_string())
 }
 
 impl Client {

@@ -61,10 +61,19 @@
 //! one) after [`DriverConfig::catch_up_timeout_ticks`]. While the gap is open
 //! the node takes no new requests (they are refused as unavailable).
 //!
+//! # Membership changes (`driver/reconfigure.rs`)
+//!
+//! A change asked for here is proposed as a StopSign whose metadata is the
+//! next member list, once a check shows that enough members of the next
+//! configuration hold the data. A decided StopSign is applied as a no-op and
+//! the node moves to the next configuration (a fresh log), stops serving when
+//! it is not in it, or hands over to the single-node log when it is alone in
+//! it. A member that hears of a newer configuration before it applied the
+//! current one to its end catches up to the new one's base index first.
+//!
 //! # Not here
 //!
-//! - Membership changes: a decided StopSign stops the driver from taking
-//!   entries and is reported in [`Driver::blocked`].
+//! - Choosing members: the caller (an operator, the control plane) asks.
 //! - Time: it counts the ticks it is given.
 
 use std::collections::BTreeMap;

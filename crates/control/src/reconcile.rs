@@ -8,7 +8,7 @@
 //! with [`record`], storing again. The generative tests drive the same two
 //! functions against a simulated cloud and agents.
 //!
-//! Rules (DESIGN.md, "Reconciliation"):
+//! Rules (README, "Reconciliation"; docs/architecture.md, "Control plane"):
 //! - a new desired state is accepted only in `AT_DESIRED_STATE` or
 //!   `ERROR_STATE` (or before any): one arriving meanwhile waits, and since
 //!   only the newest is offered, the newest wins;

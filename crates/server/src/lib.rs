@@ -1,7 +1,8 @@
 //! Cairn's data node: the HTTP/JSON API in front of the log and the store.
 //!
 //! - [`node`]: starting and stopping a node.
-//! - `routes`: one module per group of routes of DESIGN.md's API table.
+//! - `routes`: one module per group of routes of the README's API table
+//!   ("HTTP API (v1)").
 //! - `error`: the JSON error contract.
 //! - `extract`: bodies, JSON and query parameters, checked at the edge.
 //! - `metrics`: Prometheus text at `/metrics`.

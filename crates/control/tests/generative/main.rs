@@ -1,6 +1,7 @@
-//! Generative tests of the reconciler (DESIGN.md, tier 3): random sequences
-//! of desired states against a simulated cloud, agents and data plane, with
-//! faults injected (see `world.rs`).
+//! Generative tests of the reconciler (the generative tier of
+//! docs/architecture.md): random sequences of desired states against a
+//! simulated cloud, agents and data plane, with faults injected (see
+//! `world.rs`).
 //!
 //! For each desired state of a case: a safety phase with faults, then a
 //! liveness phase without, which must end at the desired state within one

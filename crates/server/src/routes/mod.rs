@@ -1,4 +1,4 @@
-//! The HTTP API's routes (see DESIGN.md, "Client HTTP API"). Handlers parse and
+//! The HTTP API's routes (see the README, "HTTP API (v1)"). Handlers parse and
 //! validate at the edge, turn the request into one state-machine [`Op`] or one
 //! read, and map the outcome to the JSON contract. Unknown routes and methods
 //! get JSON errors too.

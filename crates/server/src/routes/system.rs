@@ -27,10 +27,6 @@ use crate::error::ApiError;
 use crate::extract::{Body, ReadParams, WriteId};
 use crate::state::AppState;
 
-/// The record the leader agent keeps its control state in; `/v1/cluster`
-/// shows its `report` as `reconciliation`.
-pub const CONTROL_KEY: &str = "control";
-
 fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(key) = path?;
     validate_doc_id(&key).map_err(ApiError::bad_request)?;
@@ -81,7 +77,7 @@ pub async fn put(
 /// The reconciliation status from this node's copy of the control record,
 /// or `null` before the control plane wrote one.
 pub fn reconciliation(state: &AppState) -> Value {
-    let record = match state.store.get_system(CONTROL_KEY) {
+    let record = match state.store.get_system(cairn_client::CONTROL_KEY) {
         Ok(Some(text)) => text,
         _ => return Value::Null,
     };
