@@ -108,12 +108,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads a small text file (a pid file), `None` when missing or unreadable.
-pub(crate) fn read_small(path: &Path, limit_bytes: u64) -> Option<String> {
-    let bytes = read_bounded(path, limit_bytes).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

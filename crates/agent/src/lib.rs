@@ -67,7 +67,7 @@ pub use supervisor::{
 pub use watch::{HEALTH_PERIOD_MS, WATCH_PERIOD_MS};
 
 /// This build's version, reported in every status.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use cairn_util::VERSION;
 
 /// How an agent runs: its host, where it keeps things, where it and its node
 /// listen.

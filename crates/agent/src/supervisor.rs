@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::intent::Intent;
+use cairn_util::process as os;
+use cairn_util::Backoff;
+
 use crate::process::{self, LaunchSpec, NodeProcess};
 use crate::status::{NodeState, NodeStatus};
 use crate::{Error, VERSION};
@@ -80,8 +83,8 @@ impl NodeSpec {
             node_listen,
             node_peer_listen,
             intent_path: dir.join("agent.json"),
-            pid_path: dir.join("node.pid"),
-            data_dir: dir.join("data"),
+            pid_path: dir.join(os::NODE_PID_FILE),
+            data_dir: dir.join(os::NODE_DATA_DIR),
             log_path: dir.join("node.log"),
         }
     }
@@ -127,8 +130,8 @@ pub(crate) struct State {
     pub epoch: u64,
     pub health: Health,
     pub restarts: u32,
-    /// The wait before the next restart after an unexpected exit.
-    pub backoff_ms: u64,
+    /// The waits before restarts after unexpected exits.
+    pub backoff: Backoff,
     pub started_at: Option<Instant>,
     /// When a node in backoff is restarted.
     pub retry_at: Option<Instant>,
@@ -144,7 +147,7 @@ impl State {
             epoch: 0,
             health: Health::default(),
             restarts: 0,
-            backoff_ms: BACKOFF_MS_INITIAL,
+            backoff: Backoff::new(BACKOFF_MS_INITIAL, BACKOFF_MS_MAX),
             started_at: None,
             retry_at: None,
             message: String::new(),
@@ -154,8 +157,8 @@ impl State {
 
 /// Finds the node an earlier agent left running and makes its pid file
 /// right; a node whose id the intent does not know yet gives it its id.
-fn adopt(spec: &NodeSpec, intent: &mut Intent) -> Result<Option<process::Found>, Error> {
-    let Some(found) = process::find_node(&spec.pid_path, &spec.data_dir) else {
+fn adopt(spec: &NodeSpec, intent: &mut Intent) -> Result<Option<os::FoundNode>, Error> {
+    let Some(found) = os::find_node(&spec.pid_path, &spec.data_dir) else {
         process::remove_pid_file(&spec.pid_path)?;
         return Ok(None);
     };
@@ -348,7 +351,7 @@ impl Supervisor {
         self.set_intent(intent)?;
         self.state().message = String::new();
         if self.state().process.is_none() {
-            self.state().backoff_ms = BACKOFF_MS_INITIAL;
+            self.state().backoff.reset();
             self.launch()?;
         } else {
             // A node being stopped for an earlier `StopNode` that was
@@ -387,7 +390,7 @@ impl Supervisor {
         }
         if !intent.stopped {
             self.terminate().await?;
-            self.state().backoff_ms = BACKOFF_MS_INITIAL;
+            self.state().backoff.reset();
             self.launch()?;
             self.state().message = format!("restarted for generation {restart_generation}");
         }
@@ -525,11 +528,10 @@ where
 /// after a long run and doubles after a short one.
 pub(crate) fn schedule_retry(s: &mut State, up: Duration) {
     if up >= Duration::from_millis(BACKOFF_RESET_MS) {
-        s.backoff_ms = BACKOFF_MS_INITIAL;
+        s.backoff.reset();
     }
-    let wait_ms = s.backoff_ms.clamp(BACKOFF_MS_INITIAL, BACKOFF_MS_MAX);
+    let wait_ms = s.backoff.next_delay_ms();
     s.retry_at = Some(Instant::now() + Duration::from_millis(wait_ms));
-    s.backoff_ms = (wait_ms * 2).min(BACKOFF_MS_MAX);
     s.phase = NodeState::Backoff;
 }
 
@@ -553,13 +555,13 @@ mod tests {
         for _ in 0..7 {
             schedule_retry(&mut s, Duration::from_millis(10));
             assert_eq!(s.phase, NodeState::Backoff);
-            waits.push(s.backoff_ms);
+            waits.push(s.backoff.ceiling_ms());
         }
         // The next wait after each exit: 500, 1000, … up to the cap.
         assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
         assert!(wait_ms(&s) > u128::from(BACKOFF_MS_MAX) - 1000, "the cap is waited");
         schedule_retry(&mut s, Duration::from_millis(BACKOFF_RESET_MS));
         assert!(wait_ms(&s) <= u128::from(BACKOFF_MS_INITIAL), "a long run starts over");
-        assert_eq!(s.backoff_ms, 2 * BACKOFF_MS_INITIAL);
+        assert_eq!(s.backoff.ceiling_ms(), 2 * BACKOFF_MS_INITIAL);
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_client::{Client, Read};
+use cairn_util::Rng;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -37,28 +38,6 @@ const OPS_DEFAULT: u64 = 10_000;
 const LATENCY_US_MAX: u64 = 60_000_000;
 /// Clients a run may start.
 const CLIENTS_MAX: usize = 4096;
-
-/// A small seeded generator (xorshift64*): the bench needs speed and
-/// repeatability, not cryptographic quality.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // Never zero, or xorshift stays at zero.
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// One connection to the system under test.
 #[derive(Clone)]
@@ -361,7 +340,7 @@ impl Work {
                     }
                 }
             }
-            let key = format!("bench/{}", self.rng.next() % self.keys);
+            let key = format!("bench/{}", self.rng.below(self.keys));
             let is_read = self.rng.unit() < self.read_ratio;
             let started = Instant::now();
             let sent_us = failover.now_us();
@@ -469,19 +448,4 @@ fn print_summary(result: &Value) {
 fn write_result(path: &Path, result: &Value) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(result).map_err(std::io::Error::other)?;
     std::fs::write(path, text + "\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_generator_repeats_for_a_seed_and_spreads() {
-        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        let first: Vec<u64> = (0..5).map(|_| a.next()).collect();
-        assert_eq!(first, (0..5).map(|_| b.next()).collect::<Vec<_>>());
-        let mut rng = Rng::new(0);
-        let reads = (0..10_000).filter(|_| rng.unit() < 0.3).count();
-        assert!((2_500..3_500).contains(&reads), "{reads}");
-    }
 }

@@ -210,7 +210,7 @@ fn desired_running(id: u64, replicas: u32, restart_generation: u64, running: boo
 }
 
 fn node_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join("node.pid")).ok()?.trim().parse().ok()
+    cairn_util::process::read_pid_file(&dir.join(cairn_util::process::NODE_PID_FILE))
 }
 
 /// Writes keys through whichever node answers until stopped.

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_util::Backoff;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::process::Child;
@@ -159,13 +160,12 @@ enum Deletion {
     Begun { pid: Option<u32>, supervisor: Option<JoinHandle<()>> },
 }
 
-/// The pause before restarting an agent that exited after `quick_exits`
-/// young deaths in a row: the shortest for the first few (an agent killed
-/// once or twice comes back at once), then doubling, so an agent that cannot
-/// start does not spin.
-pub(crate) fn restart_delay_ms(quick_exits: u32) -> u64 {
-    let doublings = quick_exits.saturating_sub(QUICK_EXITS_BEFORE_BACKOFF - 1).min(8);
-    (RESTART_DELAY_MS << doublings).min(RESTART_DELAY_MS_MAX)
+/// The pauses before restarting an agent that keeps dying young: the
+/// shortest for the first few (an agent killed once or twice comes back at
+/// once), then doubling, so an agent that cannot start does not spin.
+pub(crate) fn restart_pauses() -> Backoff {
+    Backoff::new(RESTART_DELAY_MS, RESTART_DELAY_MS_MAX)
+        .with_free_retries(QUICK_EXITS_BEFORE_BACKOFF - 1)
 }
 
 fn view(record: &HostRecord, runtime: Option<&Runtime>) -> Host {
@@ -431,7 +431,7 @@ impl LocalProvider {
 
     /// Keeps one host's agent running while the host is active.
     async fn supervise(self: Arc<Self>, name: String, mut child: Option<Child>) {
-        let mut quick_exits: u32 = 0;
+        let mut pauses = restart_pauses();
         loop {
             if let Some(mut running) = child.take() {
                 let pid = running.id();
@@ -443,18 +443,17 @@ impl LocalProvider {
                     process::signal_group(pid, Signal::SIGKILL);
                 }
                 if started.elapsed() >= Duration::from_millis(AGENT_STABLE_MS) {
-                    quick_exits = 0;
+                    pauses.reset();
                 }
                 let status = match status {
                     Ok(status) => status.to_string(),
                     Err(e) => format!("cannot wait for it: {e}"),
                 };
-                if !self.agent_exited(&name, pid, status, restart_delay_ms(quick_exits)) {
+                if !self.agent_exited(&name, pid, status, pauses.ceiling_ms()) {
                     return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(restart_delay_ms(quick_exits))).await;
-            quick_exits = quick_exits.saturating_add(1);
+            tokio::time::sleep(Duration::from_millis(pauses.next_delay_ms())).await;
             match self.restart(&name) {
                 Restart::Started(started) => child = Some(started),
                 Restart::Retry => {}
@@ -729,13 +728,13 @@ mod tests {
     /// longest pause.
     #[test]
     fn restart_pauses_back_off() {
-        for quick_exits in 0..QUICK_EXITS_BEFORE_BACKOFF {
-            assert_eq!(restart_delay_ms(quick_exits), RESTART_DELAY_MS);
-        }
-        let first_doubled = QUICK_EXITS_BEFORE_BACKOFF;
-        assert_eq!(restart_delay_ms(first_doubled), 2 * RESTART_DELAY_MS);
-        assert_eq!(restart_delay_ms(first_doubled + 3), 16 * RESTART_DELAY_MS);
-        assert_eq!(restart_delay_ms(first_doubled + 4), RESTART_DELAY_MS_MAX);
-        assert_eq!(restart_delay_ms(u32::MAX), RESTART_DELAY_MS_MAX);
+        let mut pauses = restart_pauses();
+        let taken: Vec<u64> = (0..10).map(|_| pauses.next_delay_ms()).collect();
+        let first_doubled = QUICK_EXITS_BEFORE_BACKOFF as usize;
+        assert!(taken[..first_doubled].iter().all(|p| *p == RESTART_DELAY_MS), "{taken:?}");
+        assert_eq!(taken[first_doubled], 2 * RESTART_DELAY_MS);
+        assert_eq!(taken[first_doubled + 3], 16 * RESTART_DELAY_MS);
+        assert_eq!(taken[first_doubled + 4], RESTART_DELAY_MS_MAX);
+        assert_eq!(taken[9], RESTART_DELAY_MS_MAX);
     }
 }

@@ -9,10 +9,10 @@
 //! group, so it survives its agent (an agent restart must not take the data
 //! plane down); it is found through the `node.pid` file the agent writes.
 //!
-//! Not handled: a pid in `node.pid` is trusted as it is. A node that died
-//! long ago could leave a pid the system has since given to another process;
-//! the agent removes the file when its node exits, which keeps that window
-//! small, and pids are only reused after the counter wraps.
+//! A pid in `node.pid` is trusted only while its command line names the
+//! host's data directory (`cairn_util::process`, the rules the agent follows
+//! too): a pid the system gave to another program after the node died is
+//! never killed as the node.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -22,16 +22,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
+use cairn_util::process as os;
+use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use crate::inventory::Ports;
 use crate::Error;
 
 /// The file an agent writes with its node's pid.
-pub const NODE_PID_FILE: &str = "node.pid";
+pub use os::NODE_PID_FILE;
 /// The file an agent's stdout and stderr are appended to.
 pub const AGENT_LOG_FILE: &str = "agent.log";
 /// How often a wait for a process to exit looks again.
@@ -97,44 +96,15 @@ pub(crate) fn spawn_agent(spec: &AgentSpec<'_>, started_ms: u64) -> Result<Child
 
 /// Sends `signal` to the process group `pgid`; a group already gone is fine.
 pub(crate) fn signal_group(pgid: u32, signal: Signal) {
-    let Some(pid) = checked_pid(pgid) else { return };
-    match killpg(pid, signal) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => {
-            tracing::warn!(pgid, ?signal, error = %e, "cannot signal an agent's process group")
-        }
-    }
-}
-
-/// A pid that is safe to signal: never 0 or 1 (every process, or init), and
-/// never the cloud itself.
-fn checked_pid(pid: u32) -> Option<Pid> {
-    let raw = i32::try_from(pid).ok()?;
-    (raw > 1 && pid != std::process::id()).then(|| Pid::from_raw(raw))
-}
-
-/// Whether `pid` names a live process (a zombie, dead but not yet reaped,
-/// counts as gone).
-pub fn process_alive(pid: u32) -> bool {
-    let Some(target) = i32::try_from(pid).ok().filter(|raw| *raw > 0).map(Pid::from_raw) else {
-        return false;
-    };
-    if kill(target, None) == Err(Errno::ESRCH) {
-        return false;
-    }
-    // /proc tells a zombie apart where it exists; elsewhere trust the signal.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        }
-        Err(_) => true,
+    if let Err(e) = os::signal_group(pgid, signal) {
+        tracing::warn!(pgid, ?signal, error = %e, "cannot signal an agent's process group");
     }
 }
 
 /// Waits up to `limit` for `pid` to be gone; says whether it is.
 pub(crate) async fn wait_gone(pid: u32, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
-    while process_alive(pid) {
+    while os::is_alive(pid) {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
@@ -143,34 +113,20 @@ pub(crate) async fn wait_gone(pid: u32, limit: Duration) -> bool {
     true
 }
 
-/// Kills (SIGKILL) the node named by `<dir>/node.pid`, if the file exists,
-/// and waits up to `limit` for it to be gone. Returns the pid it signalled.
+/// Kills (SIGKILL) the node of the host directory `dir`, if one runs (found
+/// through `node.pid`, checked against its command line), and waits up to
+/// `limit` for it to be gone. Returns the pid it signalled.
 pub(crate) async fn kill_node(dir: &Path, limit: Duration) -> Option<u32> {
-    let path = dir.join(NODE_PID_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the node's pid");
-            return None;
-        }
-    };
-    let Some(pid) = text.trim().parse::<u32>().ok().filter(|pid| checked_pid(*pid).is_some())
-    else {
-        tracing::warn!(path = %path.display(), text = text.trim(), "node.pid holds no usable pid");
-        return None;
-    };
-    let target = checked_pid(pid)?;
-    match kill(target, Signal::SIGKILL) {
+    let found = os::find_node(&dir.join(NODE_PID_FILE), &dir.join(os::NODE_DATA_DIR))?;
+    match os::signal(found.pid, Signal::SIGKILL) {
         Ok(()) => {
-            if !wait_gone(pid, limit).await {
-                tracing::warn!(pid, "the node is still there after SIGKILL");
+            if !wait_gone(found.pid, limit).await {
+                tracing::warn!(pid = found.pid, "the node is still there after SIGKILL");
             }
         }
-        Err(Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pid, error = %e, "cannot kill the node"),
+        Err(e) => tracing::warn!(pid = found.pid, error = %e, "cannot kill the node"),
     }
-    Some(pid)
+    Some(found.pid)
 }
 
 /// Whether `pid` is an agent started for the host in `dir` by an earlier run
@@ -178,13 +134,11 @@ pub(crate) async fn kill_node(dir: &Path, limit: Duration) -> Option<u32> {
 /// whose command line names `dir` qualifies, so a reused pid is never taken
 /// for an agent; where `/proc` does not exist the answer is no.
 pub(crate) fn is_stale_agent(pid: u32, dir: &Path) -> bool {
-    if checked_pid(pid).is_none() || !process_alive(pid) {
+    if os::signalable(pid).is_none() || !os::is_alive(pid) {
         return false;
     }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let dir = dir.as_os_str().as_encoded_bytes();
-    let mut args = cmdline.split(|b| *b == 0);
-    args.any(|arg| arg == dir)
+    os::cmdline(pid).is_some_and(|args| args.iter().any(|arg| arg == dir))
 }
 
 /// Whether all three ports bind on loopback now. (They may be taken again
@@ -261,16 +215,5 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(!is_stale_agent(pid, dir.path()), "a dead process is no agent");
-    }
-
-    /// pid 0, 1 and the cloud's own are never signalled.
-    #[test]
-    fn unsafe_pids_are_refused() {
-        assert!(checked_pid(0).is_none());
-        assert!(checked_pid(1).is_none());
-        assert!(checked_pid(std::process::id()).is_none());
-        assert!(checked_pid(u32::MAX).is_none());
-        assert!(process_alive(std::process::id()));
-        assert!(!process_alive(0));
     }
 }

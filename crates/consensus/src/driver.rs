@@ -88,9 +88,10 @@ use crate::membership::Membership;
 mod catch_up;
 mod reconfigure;
 
-use crate::replica::{Decided, Message, NodeId, Replica, ReplicaConfig, Rng, Timing};
+use crate::replica::{Decided, Message, NodeId, Replica, ReplicaConfig, Timing};
 pub use crate::CatchUpStats;
 use crate::{Error, Member, Role, Status};
+use cairn_util::Rng;
 use catch_up::{CatchUp, Serving};
 use reconfigure::Reconfiguration;
 

@@ -94,6 +94,8 @@ use omnipaxos::storage::StopSign;
 use omnipaxos::util::LogEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ProposeErr, ServerConfig};
 
+use cairn_util::Rng;
+
 use crate::Role;
 
 /// A node's id in a configuration (OmniPaxos's pid): non-zero and small.
@@ -768,39 +770,4 @@ fn check_config(config: &ReplicaConfig) -> Result<Vec<NodeId>, Error> {
         return bad(format!("every timeout must be at least one tick: {timing:?}"));
     }
     Ok(members)
-}
-
-/// A small seeded generator (SplitMix64): the only randomness of the replica,
-/// and of the simulations that drive it, so a seed replays a run exactly.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `[0, n)`; 0 when `n` is 0.
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-
-    /// True with probability `percent` / 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }

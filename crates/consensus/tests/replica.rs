@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_consensus::replica::{
-    Decided, Error, Message, NodeId, Replica, ReplicaConfig, Rng, Timing, PENDING_PROPOSALS_MAX,
+    Decided, Error, Message, NodeId, Replica, ReplicaConfig, Timing, PENDING_PROPOSALS_MAX,
 };
 use cairn_storage::{Applied, Command, CommandId, Conflict, Doc, Op, Outcome, StateMachine, Store};
+use cairn_util::Rng;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::ballot_leader_election::{BLEMessage, HeartbeatMsg, HeartbeatRequest};
 use omnipaxos::messages::sequence_paxos::{Accepted, PaxosMessage, PaxosMsg};

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Number, Value};
 
 /// The software version this build runs, the default of `version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use cairn_util::VERSION;
 
 /// The replica counts a cluster may have (2f+1 for f = 0..=3).
 pub const REPLICAS_ALLOWED: [u32; 4] = [1, 3, 5, 7];

@@ -23,4 +23,4 @@ mod state;
 pub use node::{Node, NodeConfig};
 
 /// This build's version, reported by `/v1/cluster`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use cairn_util::VERSION;

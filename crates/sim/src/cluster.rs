@@ -29,10 +29,11 @@ use std::fmt;
 use cairn_consensus::driver::{
     Answer, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
 };
-use cairn_consensus::replica::{NodeId, Rng, Timing};
+use cairn_consensus::replica::{NodeId, Timing};
 use cairn_consensus::Membership;
 use cairn_storage::fnv::Fnv1a;
 use cairn_storage::{Command, CommandId, Durability, Footprint, Op, Outcome, StateMachine, Store};
+use cairn_util::Rng;
 use tempfile::TempDir;
 
 use crate::agreement::Agreement;

@@ -26,7 +26,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_consensus::driver::PeerMessage;
-use cairn_consensus::replica::{NodeId, Rng};
+use cairn_consensus::replica::NodeId;
+use cairn_util::Rng;
 
 /// Ticks a broken connection stays down before it reconnects (when its pair
 /// is not cut and both nodes are up).

@@ -75,7 +75,6 @@
 
 pub mod frame;
 
-mod backoff;
 mod config;
 mod link;
 mod queue;

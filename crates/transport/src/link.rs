@@ -37,6 +37,7 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use cairn_util::Backoff;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -48,7 +49,6 @@ use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::Limits;
 use crate::frame::{Frame, FrameCodec, Hello};
 use crate::queue::OutboundQueue;
@@ -175,9 +175,11 @@ impl Link {
             // It was cancelled already; a panic in it has stopped it too.
             let _ = predecessor.await;
         }
+        // The same pair always draws the same delays; no global generator.
         let seed = (self.ctx.node_id << 32) ^ self.peer.id;
+        let limits = &self.ctx.limits;
         let backoff =
-            Backoff::new(self.ctx.limits.backoff_initial_ms, self.ctx.limits.backoff_max_ms, seed);
+            Backoff::new(limits.backoff_initial_ms, limits.backoff_max_ms).with_jitter(seed);
         let _ = self.connect_forever(backoff).await;
         lock(&self.peer.current).take();
         let discarded = self.peer.queue.close();
@@ -258,7 +260,8 @@ impl Link {
         let mut failures: u64 = 0;
         loop {
             if after_delay {
-                self.until_stopped(tokio::time::sleep(backoff.next_delay())).await?;
+                let delay = Duration::from_millis(backoff.next_delay_ms());
+                self.until_stopped(tokio::time::sleep(delay)).await?;
             }
             after_delay = true;
             match self.until_stopped(dial_once(&self.ctx, peer, addr)).await? {

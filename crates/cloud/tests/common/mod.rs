@@ -31,7 +31,9 @@ const POLL_MS: u64 = 100;
 
 const FAKE_AGENT: &str = r#"#!/bin/sh
 # A stand-in for `cairn agent`: records its command line, starts a stand-in
-# node in a process group of its own unless one runs, and sleeps.
+# node in a process group of its own unless one runs, and sleeps. The
+# stand-in node's command line names `node` and the host's data directory,
+# as a real node's does: the cloud signals nothing else as the node.
 dir=""
 prev=""
 for arg in "$@"; do
@@ -43,7 +45,7 @@ printf '%s\n' "$@" > "$dir/argv.tmp" && mv "$dir/argv.tmp" "$dir/argv"
 echo $$ >> "$dir/agent.pids"
 node=$(cat "$dir/node.pid" 2>/dev/null)
 if [ -z "$node" ] || ! kill -0 "$node" 2>/dev/null; then
-    setsid sleep 300 </dev/null >/dev/null 2>&1 &
+    setsid sh -c 'sleep 300; :' node --data-dir "$dir/data" </dev/null >/dev/null 2>&1 &
     echo $! > "$dir/node.pid"
 fi
 exec sleep 300
@@ -275,7 +277,7 @@ impl Harness {
 
     /// The stand-in node's pid, once the agent wrote it.
     pub async fn node_pid(&self, name: &str) -> u32 {
-        let path = &self.host_dir(name).join("node.pid");
+        let path = &self.host_dir(name).join(cairn_cloud::NODE_PID_FILE);
         eventually(&format!("{} to be written", path.display()), || async move {
             std::fs::read_to_string(path).ok()?.trim().parse().ok()
         })
@@ -303,7 +305,7 @@ impl Harness {
 fn kill_leftovers(root: &Path) {
     let Ok(hosts) = std::fs::read_dir(root.join("hosts")) else { return };
     for dir in hosts.flatten() {
-        for file in ["agent.pids", "node.pid"] {
+        for file in ["agent.pids", cairn_cloud::NODE_PID_FILE] {
             let Ok(text) = std::fs::read_to_string(dir.path().join(file)) else { continue };
             for pid in text.lines().filter_map(|line| line.trim().parse::<u32>().ok()) {
                 if pid > 1 && alive(pid) {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use cairn_control::desired::{validate, DesiredState};
 use serde::{Deserialize, Serialize};
-use world::{Counts, Faults, Rng, World};
+use world::{seeded, Counts, Faults, Rng, World};
 
 /// Cases per run unless `CAIRN_CONTROL_CASES` says otherwise.
 const CASES_DEFAULT: u64 = 700;
@@ -50,7 +50,7 @@ struct Case {
 }
 
 fn generate(seed: u64) -> Case {
-    let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+    let mut rng = seeded(seed.wrapping_mul(31).wrapping_add(7));
     let count = 10 + rng.below(DESIRED_PER_CASE_MAX - 9);
     let mut desired = Vec::new();
     let mut state = DesiredState::default_with_id(1);
