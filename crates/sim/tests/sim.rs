@@ -237,10 +237,14 @@ fn simulated_clusters_keep_their_promises() {
 /// - 50006030: a node removed right after a snapshot covered a write it
 ///   waited on answered that write as not done, though it took effect
 ///   (fixed: the state machine settles such requests, and a node that
-///   leaves answers the rest as of unknown outcome).
-const REGRESSION_SEEDS: [u64; 21] = [
+///   leaves answers the rest as of unknown outcome);
+/// - 100007186: four nodes catching up asked one another in turn, in a
+///   cycle that never reached the one node with the state (fixed: a peer
+///   that applied past the gap is asked first, and the turn no longer
+///   rotates with the list).
+const REGRESSION_SEEDS: [u64; 22] = [
     27, 62, 90, 180, 184, 412, 13, 12, 24, 7001029, 7010658, 14920204, 30001373, 30001926,
-    30002212, 30002822, 30002827, 30003051, 40005255, 40009774, 50006030,
+    30002212, 30002822, 30002827, 30003051, 40005255, 40009774, 50006030, 100007186,
 ];
 
 #[test]

@@ -85,27 +85,43 @@ impl Driver {
         Ok(())
     }
 
-    /// A peer that may hold what fills the gap: one that has decided past it
-    /// (it keeps decided entries it has not applied, and may have applied
-    /// them), other than `avoid` when there is a choice; the leader first,
+    /// A peer that may hold what fills the gap, other than `avoid` when
+    /// there is a choice: one that has applied past it if any does (it has
+    /// the entries, or a state to snapshot), else one that has decided past
+    /// it (it keeps decided entries it has not applied); the leader first,
     /// then in turn.
+    ///
+    /// The turn runs over the whole tier, stepping past `avoid`: leaving
+    /// `avoid` out of the list instead made the list rotate with the turn,
+    /// and three peers that had only decided past the gap were asked in a
+    /// cycle that never reached the one that had applied past it (seed
+    /// 100007186).
     pub(super) fn catch_up_source(&mut self, avoid: Option<NodeId>) -> Option<NodeId> {
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return None };
         let me = self.replica.node_id();
         let leader = self.replica.leader();
-        let mut candidates: Vec<NodeId> = self
-            .hellos
-            .iter()
-            .filter(|(id, hello)| **id != me && hello.decided_index >= through_index)
-            .map(|(id, _)| *id)
-            .filter(|id| Some(*id) != avoid)
-            .collect();
+        let tier = |has: &dyn Fn(&super::Hello) -> bool| -> Vec<NodeId> {
+            let mut ids: Vec<NodeId> = self
+                .hellos
+                .iter()
+                .filter(|(id, hello)| **id != me && has(hello))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_by_key(|id| (Some(*id) != leader, *id));
+            ids
+        };
+        let mut candidates = tier(&|hello| hello.applied_index >= through_index);
         if candidates.is_empty() {
-            return avoid.filter(|id| self.hellos.contains_key(id));
+            candidates = tier(&|hello| hello.decided_index >= through_index);
         }
-        candidates.sort_by_key(|id| (Some(*id) != leader, *id));
-        let pick = self.catch_up_turn as usize % candidates.len();
+        if candidates.is_empty() {
+            return None;
+        }
+        let mut pick = self.catch_up_turn as usize % candidates.len();
         self.catch_up_turn += 1;
+        if candidates.len() > 1 && Some(candidates[pick]) == avoid {
+            pick = (pick + 1) % candidates.len();
+        }
         Some(candidates[pick])
     }
 
