@@ -227,8 +227,9 @@ pub struct DriverConfig {
     /// (simulations check replicas against each other with it).
     pub record_applied: bool,
     /// A planted bug, for the simulator's proof that it finds bugs: answer
-    /// linearizable reads from local state at once, without a barrier. Never
-    /// set outside that test.
+    /// linearizable reads from local state at once, without a barrier. Only
+    /// in test builds (feature `planted-bugs`).
+    #[cfg(feature = "planted-bugs")]
     pub planted_stale_reads: bool,
 }
 
@@ -302,6 +303,7 @@ impl DriverConfig {
             snapshot_chunk_bytes: CHUNK_PAYLOAD_BYTES_DEFAULT,
             snapshot_dir,
             record_applied: false,
+            #[cfg(feature = "planted-bugs")]
             planted_stale_reads: false,
         }
     }
@@ -449,6 +451,7 @@ impl Driver {
             out.answers.push((request, Answer::Failed(error)));
             return;
         }
+        #[cfg(feature = "planted-bugs")]
         if self.config.planted_stale_reads {
             let index = self.sm.applied_index();
             out.answers.push((request, Answer::ReadReady { index }));

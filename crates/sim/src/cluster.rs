@@ -204,11 +204,13 @@ pub fn run(seed: u64) -> Report {
     run_with(seed, Planted::None)
 }
 
-/// A bug planted in every node, to show that the simulator catches it.
+/// A bug planted in every node, to show that the simulator catches it
+/// (feature `planted-bugs`, test builds only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Planted {
     None,
     /// Linearizable reads answered from local state without a barrier.
+    #[cfg(feature = "planted-bugs")]
     StaleReads,
 }
 
@@ -441,7 +443,10 @@ impl Sim {
         config.catch_up_timeout_ticks = 20;
         config.snapshot_chunk_bytes = params.snapshot_chunk_bytes;
         config.record_applied = true;
-        config.planted_stale_reads = self.planted == Planted::StaleReads;
+        #[cfg(feature = "planted-bugs")]
+        {
+            config.planted_stale_reads = self.planted == Planted::StaleReads;
+        }
         node.driver = Some(Driver::open(config, sm).expect("the driver opens"));
     }
 
