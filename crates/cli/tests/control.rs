@@ -209,6 +209,11 @@ fn desired_running(id: u64, replicas: u32, restart_generation: u64, running: boo
     )
 }
 
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
+}
+
 fn node_pid(dir: &Path) -> Option<u32> {
     cairn_util::process::read_pid_file(&dir.join(cairn_util::process::NODE_PID_FILE))
 }
@@ -377,12 +382,26 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     // another host's agent must take over and finish. The cloud restarts
     // the agent, which restarts its node.
     let leader_node_pid = node_pid(&up.host_dir(&leader_host)).unwrap();
+    let killed_at_ms = unix_ms();
     let _ = Command::new("kill").args(["-KILL", &agent_pid.to_string()]).status();
     let _ = Command::new("kill").args(["-KILL", &leader_node_pid.to_string()]).status();
     eprintln!("killed the leader agent on {leader_host} and its node mid-step");
     up.reached(4, 3).await;
-    let finisher = up.get("/v1/status").await.unwrap()["last"]["leader_host"].clone();
-    eprintln!("desired state 4 finished under the agent on {finisher}");
+    // Another agent led desired state 4 after the kill: the cloud's
+    // transitions (a leader change is one) name it.
+    let status = up.get("/v1/status").await.unwrap();
+    let leaders_after: Vec<String> = status["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["at_ms"].as_u64() >= Some(killed_at_ms) && t["report"]["desired_id"] == 4)
+        .filter_map(|t| t["report"]["leader_host"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        leaders_after.iter().any(|host| *host != leader_host),
+        "no other agent led desired state 4 after the one on {leader_host} died: {leaders_after:?}"
+    );
+    eprintln!("desired state 4 went on under {leaders_after:?}");
     if std::env::var("CAIRN_CONTROL_TEST_LOG").is_ok() {
         eprintln!("{}", up.log_tail());
     }
