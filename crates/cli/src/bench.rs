@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::args::{BenchArgs, Global, SystemArg};
+use crate::args::{BenchArgs, Global, Output, SystemArg};
 
 /// Operations when neither `--ops` nor `--duration` is given.
 const OPS_DEFAULT: u64 = 10_000;
@@ -178,18 +178,18 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
     for target in &targets {
         match Backend::connect(args.system, target).await {
             Ok(client) => clients.push(client),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return crate::output::failed(global.output, "unreachable", &e),
         }
     }
     let value = Bytes::from(vec![b'x'; args.value_size]);
     if args.prefill {
         eprintln!("prefilling {} keys…", args.keys);
         if let Err(e) = prefill(&clients, args.clients, args.keys, &value).await {
-            eprintln!("error: prefill failed: {e}");
-            return ExitCode::FAILURE;
+            return crate::output::failed(
+                global.output,
+                "prefill",
+                &format!("prefill failed: {e}"),
+            );
         }
     }
     let (tally, elapsed, failover) = measure(&clients, &args, value).await;
@@ -200,12 +200,15 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
             "first_write_ms": failover.millis(),
         });
     }
-    print_summary(&result);
     if let Some(path) = &args.result_file {
         if let Err(e) = write_result(path, &result) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
+            let message = format!("cannot write {}: {e}", path.display());
+            return crate::output::failed(global.output, "result_file", &message);
         }
+    }
+    match global.output {
+        Output::Json => println!("{result}"),
+        Output::Text => print_summary(&result),
     }
     ExitCode::SUCCESS
 }

@@ -24,11 +24,11 @@ const DOWN_WAIT_MS: u64 = 60_000;
 /// How long one call to the cloud or a node may take.
 const CALL_TIMEOUT_MS: u64 = 5_000;
 
-pub async fn agent(args: AgentArgs) -> ExitCode {
+pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
     init_tracing();
     let node_bin = match std::env::current_exe() {
         Ok(bin) => bin,
-        Err(e) => return fail(format!("cannot find this program's path: {e}")),
+        Err(e) => return fail(output, format!("cannot find this program's path: {e}")),
     };
     let config = AgentConfig {
         host: args.host,
@@ -45,27 +45,27 @@ pub async fn agent(args: AgentArgs) -> ExitCode {
     };
     match cairn_agent::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e.to_string()),
+        Err(e) => fail(output, e.to_string()),
     }
 }
 
-pub async fn cloud(args: CloudArgs) -> ExitCode {
+pub async fn cloud(output: Output, args: CloudArgs) -> ExitCode {
     init_tracing();
     let mut config = match cloud_config(&args.dir, args.listen, args.file.as_deref()) {
         Ok(config) => config,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     if let Some(base_port) = args.base_port {
         config.base_port = base_port;
     }
     let cloud = match Cloud::start(config).await {
         Ok(cloud) => cloud,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(output, e.to_string()),
     };
     tracing::info!(addr = %cloud.local_addr(), "cloud started");
     match cloud.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e.to_string()),
+        Err(e) => fail(output, e.to_string()),
     }
 }
 
@@ -83,37 +83,40 @@ fn cloud_config(
     Ok(config)
 }
 
-pub async fn up(args: UpArgs) -> ExitCode {
+pub async fn up(output: Output, args: UpArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let (_, desired) = match read_desired(&args.file) {
         Ok(read) => read,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     if let Err(e) = std::fs::create_dir_all(&args.dir) {
-        return fail(format!("cannot create {}: {e}", args.dir.display()));
+        return fail(output, format!("cannot create {}: {e}", args.dir.display()));
     }
     let config = match cloud_config(&args.dir, args.listen, Some(&args.file)) {
         Ok(config) => config,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     let cloud = match Cloud::start(config).await {
         Ok(cloud) => cloud,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(output, e.to_string()),
     };
     let addr = cloud.local_addr();
     let mut events = cloud.status_events();
-    println!("cloud listening on http://{addr} (local provider, data in {})", args.dir.display());
+    let listening = json!({ "listening": format!("http://{addr}"), "dir": args.dir });
+    let _ = crate::output::success(output, &listening, || {
+        format!("cloud listening on http://{addr} (local provider, data in {})", args.dir.display())
+    });
     let served = tokio::spawn(cloud.serve(shutdown_signal()));
     let zone = desired.zones.first().cloned().unwrap_or_default();
     if let Err(e) = first_host(addr, &zone, &desired.host_type).await {
-        eprintln!("error: cannot create the first host: {e}");
+        let _ = fail(output, format!("cannot create the first host: {e}"));
     }
     let printer = tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(event) => print_event(addr, &event).await,
+                Ok(event) => print_event(output, addr, &event).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => break,
             }
@@ -123,16 +126,24 @@ pub async fn up(args: UpArgs) -> ExitCode {
     printer.abort();
     match result {
         Ok(Ok(())) => {
-            println!("stopped; the data is kept in {}", args.dir.display());
-            ExitCode::SUCCESS
+            let stopped = json!({ "stopped": true, "dir": args.dir });
+            crate::output::success(output, &stopped, || {
+                format!("stopped; the data is kept in {}", args.dir.display())
+            })
         }
-        Ok(Err(e)) => fail(e.to_string()),
-        Err(e) => fail(format!("the cloud stopped: {e}")),
+        Ok(Err(e)) => fail(output, e.to_string()),
+        Err(e) => fail(output, format!("the cloud stopped: {e}")),
     }
 }
 
-async fn print_event(cloud: std::net::SocketAddr, event: &StatusEvent) {
+/// One event as a line: text for people, or one JSON object a line
+/// (`{"at", "event"}`) for programs.
+async fn print_event(output: Output, cloud: std::net::SocketAddr, event: &StatusEvent) {
     let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    if output == Output::Json {
+        println!("{}", json!({ "at": time.to_string(), "event": event }));
+        return;
+    }
     println!("{time} {event}");
     if let StatusEvent::Transition(t) = event {
         let at = t.report.state == cairn_control::status::ReconcileState::AtDesiredState;
@@ -175,52 +186,54 @@ async fn first_host(
     Ok(())
 }
 
-pub async fn down(args: CloudArg) -> ExitCode {
+pub async fn down(output: Output, args: CloudArg) -> ExitCode {
     let base = match cloud_base(&args.cloud) {
         Ok(base) => base,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     let client = match http() {
         Ok(client) => client,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     if let Err(e) = client.post(format!("{base}/v1/shutdown")).send().await {
-        return fail(format!("no cloud answers at {base}: {e}"));
+        return fail(output, format!("no cloud answers at {base}: {e}"));
     }
-    println!("stopping the cluster at {base}…");
+    if output == Output::Text {
+        println!("stopping the cluster at {base}…");
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(DOWN_WAIT_MS);
     while tokio::time::Instant::now() < deadline {
         if client.get(format!("{base}/v1/health")).send().await.is_err() {
-            println!("stopped; the data is kept");
-            return ExitCode::SUCCESS;
+            let stopped = json!({ "stopped": true, "cloud": base });
+            return crate::output::success(output, &stopped, || "stopped; the data is kept".into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    fail(format!("the cloud at {base} still answers after {DOWN_WAIT_MS} ms"))
+    fail(output, format!("the cloud at {base} still answers after {DOWN_WAIT_MS} ms"))
 }
 
 pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
     let (text, desired) = match read_desired(&args.file) {
         Ok(read) => read,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     let base = match cloud_base(&args.cloud.cloud) {
         Ok(base) => base,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     let client = match http() {
         Ok(client) => client,
-        Err(e) => return fail(e),
+        Err(e) => return fail(output, e),
     };
     let response = match client.put(format!("{base}/v1/desired")).body(text).send().await {
         Ok(response) => response,
-        Err(e) => return fail(format!("no cloud answers at {base}: {e}")),
+        Err(e) => return fail(output, format!("no cloud answers at {base}: {e}")),
     };
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let message = body["error"]["message"].as_str().unwrap_or("refused").to_string();
-        return fail(format!("the cloud refused desired state {}: {message}", desired.id));
+        return fail(output, format!("the cloud refused desired state {}: {message}", desired.id));
     }
     crate::output::success(output, &body, || {
         format!("submitted desired state {}; follow it with `cairn status --watch`", desired.id)
@@ -235,7 +248,7 @@ pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
         };
         let view = match gathered {
             Ok(view) => view,
-            Err(e) => return fail(e),
+            Err(e) => return fail(output, e),
         };
         match output {
             Output::Json => println!("{view}"),
@@ -366,7 +379,6 @@ fn read_desired(file: &Path) -> Result<(String, cairn_control::desired::DesiredS
     Ok((text, desired))
 }
 
-fn fail(message: String) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::FAILURE
+fn fail(output: Output, message: String) -> ExitCode {
+    crate::output::failed(output, "control", &message)
 }

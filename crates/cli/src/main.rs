@@ -35,12 +35,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Node(node) => runtime.block_on(node_cmd::run(node)),
-        Command::Up(args) => runtime.block_on(control_cmd::up(args)),
-        Command::Down(args) => runtime.block_on(control_cmd::down(args)),
+        Command::Up(args) => runtime.block_on(control_cmd::up(cli.global.output, args)),
+        Command::Down(args) => runtime.block_on(control_cmd::down(cli.global.output, args)),
         Command::Status(args) => runtime.block_on(control_cmd::status(cli.global.output, args)),
         Command::Apply(args) => runtime.block_on(control_cmd::apply(cli.global.output, args)),
-        Command::Agent(args) => runtime.block_on(control_cmd::agent(args)),
-        Command::Cloud(args) => runtime.block_on(control_cmd::cloud(args)),
+        Command::Agent(args) => runtime.block_on(control_cmd::agent(cli.global.output, args)),
+        Command::Cloud(args) => runtime.block_on(control_cmd::cloud(cli.global.output, args)),
         Command::Shell => shell::run(&runtime, &cli.global),
         Command::Bench(bench) => runtime.block_on(bench::run(&cli.global, bench)),
         command => runtime.block_on(client_cmd::run(&cli.global, command)),

@@ -24,6 +24,19 @@ pub fn failure(output: Output, error: &cairn_client::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A failure that is not an answer of the server (a connection, a file),
+/// named by `code`: to stdout as JSON, or to stderr as text.
+pub fn failed(output: Output, code: &str, message: &str) -> ExitCode {
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({"error": {"code": code, "message": message, "indeterminate": false}})
+        ),
+        Output::Text => eprintln!("error: {message}"),
+    }
+    ExitCode::FAILURE
+}
+
 /// A usage problem found before any request was sent.
 pub fn usage(output: Output, message: &str) -> ExitCode {
     match output {

@@ -320,4 +320,10 @@ async fn bench_reports_throughput_and_latency() {
     assert!(figures["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
     let bad = node.cli(&["bench", "--read-ratio", "2"]);
     assert_eq!(bad.status.code(), Some(2));
+    // `--output json` prints the same figures as the result file, on stdout.
+    let json = node.cli(&["--output", "json", "bench", "--clients", "2", "--ops", "50"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let printed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!(printed["ops"], 50, "{printed}");
+    assert!(printed["latency"]["p99_ms"].as_f64().is_some(), "{printed}");
 }

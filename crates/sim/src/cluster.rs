@@ -322,6 +322,8 @@ struct Sim {
     /// costs time that finds no bug, so only the replay check pays it).
     trace: Option<Fnv1a>,
     liveness: bool,
+    /// Read only where bugs can be planted (feature `planted-bugs`).
+    #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
     planted: Planted,
     /// Keys whose linearizability search ran out of budget (a violation).
     unchecked_keys: usize,
