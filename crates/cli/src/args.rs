@@ -389,7 +389,8 @@ pub struct BenchArgs {
     pub seed: u64,
     /// The system under test: Cairn's HTTP API, or etcd's gRPC API (then
     /// --targets are etcd client URLs, e.g. http://127.0.0.1:2379), for
-    /// side-by-side runs from one load generator.
+    /// side-by-side runs from one load generator (a build with the feature
+    /// `etcd`).
     #[arg(long, value_enum, default_value_t = SystemArg::Cairn)]
     pub system: SystemArg,
     /// Run --kill-cmd this long after the start, and report how long after it

@@ -43,6 +43,7 @@ const CLIENTS_MAX: usize = 4096;
 #[derive(Clone)]
 enum Backend {
     Cairn(Client),
+    #[cfg(feature = "etcd")]
     Etcd(Box<etcd_client::KvClient>),
 }
 
@@ -50,10 +51,15 @@ impl Backend {
     async fn connect(system: SystemArg, target: &str) -> Result<Backend, String> {
         match system {
             SystemArg::Cairn => Client::new(target).map(Backend::Cairn).map_err(|e| e.to_string()),
+            #[cfg(feature = "etcd")]
             SystemArg::Etcd => etcd_client::Client::connect([target], None)
                 .await
                 .map(|client| Backend::Etcd(Box::new(client.kv_client())))
                 .map_err(|e| format!("cannot connect to etcd at {target}: {e}")),
+            #[cfg(not(feature = "etcd"))]
+            SystemArg::Etcd => Err("this cairn was built without etcd's client: build it with \
+                                    `--features cairn/etcd` for --system etcd"
+                .to_string()),
         }
     }
 
@@ -62,6 +68,7 @@ impl Backend {
             Backend::Cairn(client) => {
                 client.kv_put(key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string())
             }
+            #[cfg(feature = "etcd")]
             Backend::Etcd(kv) => {
                 kv.put(key, value.to_vec(), None).await.map(|_| ()).map_err(|e| e.to_string())
             }
@@ -75,6 +82,7 @@ impl Backend {
             Backend::Cairn(client) => {
                 client.kv_get(key, read).await.map(|_| ()).map_err(|e| e.to_string())
             }
+            #[cfg(feature = "etcd")]
             Backend::Etcd(kv) => {
                 let options = match read {
                     Read::Local => Some(etcd_client::GetOptions::new().with_serializable()),
