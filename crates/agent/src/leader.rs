@@ -45,7 +45,7 @@ use cairn_control::status::Report;
 use serde_json::{json, Value};
 
 use crate::client::AgentClient;
-use crate::observe::{ask_status, host_obs, CloudHost, Eyes, HTTP_TIMEOUT_MS};
+use crate::observe::{ask_status, host_obs, CloudHost, Observer, HTTP_TIMEOUT_MS};
 use crate::status::{NodeState, NodeStatus};
 use crate::supervisor::Supervisor;
 
@@ -71,8 +71,8 @@ pub struct LeaderConfig {
 
 /// Runs the loop until the task is dropped.
 pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
-    let eyes = match Eyes::new(config.cloud.clone(), config.node.clone()) {
-        Ok(eyes) => eyes,
+    let observer = match Observer::new(config.cloud.clone(), config.node.clone()) {
+        Ok(observer) => observer,
         Err(e) => {
             tracing::error!(error = %e, "the reconciliation loop cannot start");
             return;
@@ -80,7 +80,7 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
     };
     let mut leader = Leader {
         config,
-        eyes,
+        observer,
         supervisor,
         memory: None,
         stored: None,
@@ -96,7 +96,7 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
 
 struct Leader {
     config: LeaderConfig,
-    eyes: Eyes,
+    observer: Observer,
     supervisor: Supervisor,
     /// The last control state this agent wrote or read: the state before
     /// the first node exists to store it.
@@ -140,10 +140,10 @@ impl Leader {
     /// node exists, on the cloud's first live host.
     async fn leads(&self, own: &NodeStatus) -> Result<bool, String> {
         if own.node_id != 0 {
-            let membership = self.eyes.membership().await?;
+            let membership = self.observer.membership().await?;
             return Ok(membership.leader == Some(own.node_id));
         }
-        let hosts = self.eyes.hosts().await?;
+        let hosts = self.observer.hosts().await?;
         let first = hosts.iter().find(|h| h.state != "failed");
         if first.is_none_or(|h| h.name != self.config.host) {
             return Ok(false);
@@ -153,7 +153,7 @@ impl Leader {
         for host in hosts.iter().filter(|h| h.name != self.config.host) {
             // An address that does not parse has no node to answer.
             let Ok(base) = cairn_client::base_url(&host.api_address) else { continue };
-            if self.eyes.http.get(format!("{base}/v1/health")).send().await.is_ok() {
+            if self.observer.http.get(format!("{base}/v1/health")).send().await.is_ok() {
                 return Ok(false);
             }
         }
@@ -205,10 +205,10 @@ impl Leader {
 
     async fn observe(&self, bootstrap: bool) -> Result<(Observed, Vec<CloudHost>), String> {
         if !bootstrap {
-            return self.eyes.observe().await;
+            return self.observer.observe().await;
         }
         // No node yet: no membership to read, only hosts and agents.
-        let hosts = self.eyes.hosts().await?;
+        let hosts = self.observer.hosts().await?;
         let mut observed = Observed::default();
         for host in &hosts {
             let status = self.agent_status(host).await;
@@ -226,9 +226,9 @@ impl Leader {
 
     /// The stored control state, and the whole record it came in.
     async fn read_control(&self) -> Result<Option<(ControlState, Value)>, String> {
-        let url = format!("{}/v1/system/{CONTROL_KEY}", self.eyes.node);
+        let url = format!("{}/v1/system/{CONTROL_KEY}", self.observer.node);
         let response =
-            self.eyes.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+            self.observer.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -258,9 +258,10 @@ impl Leader {
         } else {
             let url = format!(
                 "{}/v1/system/{CONTROL_KEY}?expect_revision={}",
-                self.eyes.node, self.revision
+                self.observer.node, self.revision
             );
-            match send(&self.eyes.http, reqwest::Method::PUT, &url, Some(&record), false).await {
+            match send(&self.observer.http, reqwest::Method::PUT, &url, Some(&record), false).await
+            {
                 Ok(answer) => {
                     self.revision = answer["index"].as_u64().unwrap_or(self.revision);
                     self.stored = Some(record);
@@ -303,7 +304,7 @@ impl Leader {
         if since.elapsed() >= Duration::from_millis(DEFER_MAX_MS) {
             return false;
         }
-        let Ok(hosts) = self.eyes.hosts().await else { return false };
+        let Ok(hosts) = self.observer.hosts().await else { return false };
         let Some(host) = hosts.iter().find(|h| h.name == other) else { return false };
         // It acts only while its node leads: a restarted agent beside a node
         // that no longer leads will not finish the step.
@@ -315,15 +316,15 @@ impl Leader {
     }
 
     async fn report(&self, report: &Report) {
-        let url = format!("{}/v1/status", self.eyes.cloud);
-        if let Err(e) = self.eyes.http.post(&url).json(report).send().await {
+        let url = format!("{}/v1/status", self.observer.cloud);
+        if let Err(e) = self.observer.http.post(&url).json(report).send().await {
             tracing::debug!(error = %e, "cannot report to the cloud");
         }
     }
 
     async fn offered(&self) -> Option<DesiredState> {
         let record: Value =
-            self.eyes.get_json(&format!("{}/v1/desired", self.eyes.cloud)).await.ok()?;
+            self.observer.get_json(&format!("{}/v1/desired", self.observer.cloud)).await.ok()?;
         match parse(record["text"].as_str()?) {
             Ok(state) => Some(state),
             Err(e) => {
@@ -342,7 +343,7 @@ impl Leader {
         bootstrap: bool,
     ) -> Result<(), String> {
         if !bootstrap {
-            let (fresh, _) = self.eyes.observe().await?;
+            let (fresh, _) = self.observer.observe().await?;
             step.check(&fresh)?;
         }
         let timeout = Duration::from_millis(STEP_TIMEOUT_MS);
@@ -373,9 +374,9 @@ impl Leader {
         };
         match step {
             Step::CreateHost { host, zone } => {
-                let url = format!("{}/v1/hosts", self.eyes.cloud);
+                let url = format!("{}/v1/hosts", self.observer.cloud);
                 let body = json!({ "name": host, "zone": zone, "host_type": desired.host_type });
-                send(&self.eyes.http, reqwest::Method::POST, &url, Some(&body), false)
+                send(&self.observer.http, reqwest::Method::POST, &url, Some(&body), false)
                     .await
                     .map(drop)
             }
@@ -405,12 +406,14 @@ impl Leader {
             }
             Step::RemoveMember { node_id, .. } => {
                 // Already gone is done: the step is idempotent.
-                let url = format!("{}/v1/admin/members/{node_id}", self.eyes.node);
-                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, true).await.map(drop)
+                let url = format!("{}/v1/admin/members/{node_id}", self.observer.node);
+                send(&self.observer.http, reqwest::Method::DELETE, &url, None, true).await.map(drop)
             }
             Step::DeleteHost { host } => {
-                let url = format!("{}/v1/hosts/{host}", self.eyes.cloud);
-                send(&self.eyes.http, reqwest::Method::DELETE, &url, None, false).await.map(drop)
+                let url = format!("{}/v1/hosts/{host}", self.observer.cloud);
+                send(&self.observer.http, reqwest::Method::DELETE, &url, None, false)
+                    .await
+                    .map(drop)
             }
         }
     }
@@ -439,8 +442,8 @@ impl Leader {
         if since.elapsed() < Duration::from_millis(STOP_WITHOUT_QUORUM_MS) {
             return;
         }
-        let url = format!("{}/v1/system/{CONTROL_KEY}?read=local", self.eyes.node);
-        let Ok(record) = self.eyes.get_json::<Value>(&url).await else { return };
+        let url = format!("{}/v1/system/{CONTROL_KEY}?read=local", self.observer.node);
+        let Ok(record) = self.observer.get_json::<Value>(&url).await else { return };
         if record["control"]["accepted"]["running"] == Value::Bool(false) {
             tracing::info!("the cluster is stopped: stopping this node too");
             if let Err(e) = self.supervisor.stop_node().await {

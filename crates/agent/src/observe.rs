@@ -39,7 +39,7 @@ struct HostList {
 
 /// The data plane's membership as the local node sees it.
 #[derive(Clone, Debug, Default)]
-pub struct Membership {
+pub struct MembershipView {
     /// Member node ids and their peer addresses.
     pub members: BTreeMap<u64, String>,
     /// The first index of the current configuration.
@@ -52,20 +52,20 @@ pub struct Membership {
 /// What the observation is made of: a client for the cloud and the local
 /// node's address.
 #[derive(Clone)]
-pub struct Eyes {
+pub struct Observer {
     pub http: reqwest::Client,
     pub cloud: String,
     pub node: String,
 }
 
-impl Eyes {
-    pub fn new(cloud: String, node: String) -> Result<Eyes, String> {
+impl Observer {
+    pub fn new(cloud: String, node: String) -> Result<Observer, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
             .build()
             .map_err(|e| format!("building an HTTP client: {e}"))?;
         let base = |addr: &str| cairn_client::base_url(addr).map_err(|e| e.to_string());
-        Ok(Eyes { http, cloud: base(&cloud)?, node: base(&node)? })
+        Ok(Observer { http, cloud: base(&cloud)?, node: base(&node)? })
     }
 
     /// The cloud's hosts.
@@ -75,13 +75,13 @@ impl Eyes {
     }
 
     /// The membership, as the local node knows it.
-    pub async fn membership(&self) -> Result<Membership, String> {
+    pub async fn membership(&self) -> Result<MembershipView, String> {
         let members: Value = self.get_json(&format!("{}/v1/admin/members", self.node)).await?;
         let cluster: Value = self.get_json(&format!("{}/v1/cluster", self.node)).await?;
-        let mut membership = Membership {
+        let mut membership = MembershipView {
             base_index: members["base_index"].as_u64().unwrap_or(0),
             leader: cluster["leader"].as_u64(),
-            ..Membership::default()
+            ..MembershipView::default()
         };
         if let Some(map) = members["members"].as_object() {
             for (id, address) in map {

@@ -6,10 +6,10 @@
 //! generative tests write failing cases as JSON.
 //!
 //! Invariants the planner keeps on [`ControlState`]:
-//! - a host enters `inventory` *before* the step that creates it runs, so a
+//! - a host enters `host_plans` *before* the step that creates it runs, so a
 //!   leader that dies mid-step leaves a successor who knows the host's name
 //!   and creates the same host, never a second one;
-//! - a node id is assigned to a host in `inventory` before the node starts,
+//! - a node id is assigned to a host in `host_plans` before the node starts,
 //!   and node ids are reused only once no host holds them.
 
 use std::collections::BTreeMap;
@@ -288,8 +288,10 @@ pub struct ControlState {
     pub waited_loops: u32,
     /// Why the state is what it is.
     pub message: String,
-    /// What the control plane intends for each host, by name.
-    pub inventory: BTreeMap<String, HostPlan>,
+    /// What the control plane intends for each host, by name. (Stored as
+    /// `inventory` before it was renamed: such records still read.)
+    #[serde(alias = "inventory")]
+    pub host_plans: BTreeMap<String, HostPlan>,
     /// The number in the next host's name (`host-N`).
     pub next_host_number: u64,
     /// Whether a node ever ran (then `restore_from` is refused).
@@ -305,7 +307,7 @@ impl Default for ControlState {
             attempts: 0,
             waited_loops: 0,
             message: String::new(),
-            inventory: BTreeMap::new(),
+            host_plans: BTreeMap::new(),
             next_host_number: 1,
             has_run: false,
         }

@@ -5,7 +5,7 @@
 //! last step meant to do, so a step that failed, ran twice, or ran under a
 //! leader that died is simply looked at again. What the cluster alone cannot
 //! show (which host was meant to hold which new node, which hosts are being
-//! retired) lives in the control state's inventory, updated here before the
+//! retired) lives in the control state's host plans, updated here before the
 //! step that needs it runs.
 //!
 //! Rules, in the order they are tried:
@@ -64,7 +64,7 @@ pub enum Next {
     Blocked(String),
 }
 
-/// The next step towards `desired`, and the control state with its inventory
+/// The next step towards `desired`, and the control state with its host plans
 /// brought up to date (to be stored before the step runs).
 pub fn plan(
     desired: &DesiredState,
@@ -87,7 +87,7 @@ impl Planner<'_> {
         if !self.observed.members.is_empty() {
             self.control.has_run = true;
         }
-        self.sync_inventory();
+        self.sync_host_plans();
         if !self.desired.running {
             return self.stop_all();
         }
@@ -126,14 +126,14 @@ impl Planner<'_> {
         Next::Done
     }
 
-    /// Brings the inventory in line with what is observed: hosts it does not
+    /// Brings the host plans in line with what is observed: hosts it does not
     /// know are adopted, joined nodes become serving, removed ones retiring,
     /// and deleted retiring hosts are forgotten.
-    fn sync_inventory(&mut self) {
+    fn sync_host_plans(&mut self) {
         let members = &self.observed.members;
         for (name, host) in &self.observed.hosts {
             let node_id = host.node.as_ref().and_then(|n| n.node_id);
-            let plan = self.control.inventory.entry(name.clone()).or_insert_with(|| HostPlan {
+            let plan = self.control.host_plans.entry(name.clone()).or_insert_with(|| HostPlan {
                 zone: host.zone.clone(),
                 node_id,
                 role: match node_id {
@@ -166,9 +166,9 @@ impl Planner<'_> {
         }
         let observed = &self.observed.hosts;
         self.control
-            .inventory
+            .host_plans
             .retain(|name, plan| observed.contains_key(name) || plan.role != HostRole::Retiring);
-        for number in self.control.inventory.keys().filter_map(|n| host_number(n)) {
+        for number in self.control.host_plans.keys().filter_map(|n| host_number(n)) {
             self.control.next_host_number = self.control.next_host_number.max(number + 1);
         }
     }
@@ -280,7 +280,7 @@ impl Planner<'_> {
                 return Next::Wait(format!("removing node {id} now would cost the quorum"));
             }
         }
-        for plan in self.control.inventory.values_mut() {
+        for plan in self.control.host_plans.values_mut() {
             if plan.node_id == Some(id) {
                 plan.role = HostRole::Retiring;
             }
@@ -289,7 +289,7 @@ impl Planner<'_> {
     }
 
     fn delete_retiring(&mut self) -> Option<Next> {
-        for (name, plan) in &self.control.inventory {
+        for (name, plan) in &self.control.host_plans {
             if plan.role != HostRole::Retiring {
                 continue;
             }
@@ -306,7 +306,7 @@ impl Planner<'_> {
     }
 
     fn wait_for_changes(&self) -> Option<Next> {
-        for (name, plan) in &self.control.inventory {
+        for (name, plan) in &self.control.host_plans {
             let (HostRole::Provisioning, Some(id)) = (plan.role, plan.node_id) else { continue };
             let started = self
                 .observed
@@ -376,7 +376,7 @@ impl Planner<'_> {
         // A host already meant for a new node in that zone: use it.
         let spare = self
             .control
-            .inventory
+            .host_plans
             .iter()
             .find(|(_, p)| p.role == HostRole::Provisioning && p.zone == zone)
             .map(|(name, p)| (name.clone(), p.node_id));
@@ -435,17 +435,17 @@ impl Planner<'_> {
         // waits for them now.
         let spare = self
             .control
-            .inventory
+            .host_plans
             .iter()
             .find(|(_, p)| p.role == HostRole::Provisioning)
             .map(|(name, _)| name.clone())?;
-        if let Some(plan) = self.control.inventory.get_mut(&spare) {
+        if let Some(plan) = self.control.host_plans.get_mut(&spare) {
             plan.role = HostRole::Retiring;
         }
         if self.observed.hosts.contains_key(&spare) {
             Some(Next::Step(Step::DeleteHost { host: spare }))
         } else {
-            self.control.inventory.remove(&spare);
+            self.control.host_plans.remove(&spare);
             None
         }
     }
@@ -454,7 +454,7 @@ impl Planner<'_> {
     fn create_host(&mut self, zone: String) -> Step {
         let host = format!("host-{}", self.control.next_host_number);
         self.control.next_host_number += 1;
-        self.control.inventory.insert(
+        self.control.host_plans.insert(
             host.clone(),
             HostPlan { zone: zone.clone(), node_id: None, role: HostRole::Provisioning },
         );
@@ -462,7 +462,7 @@ impl Planner<'_> {
     }
 
     fn assign(&mut self, host: &str, id: u64) {
-        if let Some(plan) = self.control.inventory.get_mut(host) {
+        if let Some(plan) = self.control.host_plans.get_mut(host) {
             plan.node_id = Some(id);
         }
     }
@@ -471,7 +471,7 @@ impl Planner<'_> {
     fn free_node_id(&self) -> u64 {
         let held = |id: u64| {
             self.observed.members.contains(&id)
-                || self.control.inventory.values().any(|p| p.node_id == Some(id))
+                || self.control.host_plans.values().any(|p| p.node_id == Some(id))
                 || self
                     .observed
                     .hosts

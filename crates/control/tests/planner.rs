@@ -280,3 +280,23 @@ fn a_refused_desired_state_leaves_the_accepted_one() {
     assert_eq!(t.control.accepted.as_ref().map(|d| d.id), Some(1));
     assert!(t.control.message.contains("restore_from"), "{}", t.control.message);
 }
+
+/// A control state stored before `inventory` was renamed `host_plans` reads
+/// back with its host plans; a new one is written with the new name.
+#[test]
+fn a_control_state_stored_under_the_old_name_still_reads() {
+    let mut state = ControlState::default();
+    state.host_plans.insert(
+        "host-1".into(),
+        serde_json::from_value(serde_json::json!({
+            "zone": "zone-a", "node_id": 1, "role": "serving"
+        }))
+        .expect("a host plan"),
+    );
+    let mut stored = serde_json::to_value(&state).expect("encodes");
+    assert!(stored.get("host_plans").is_some() && stored.get("inventory").is_none());
+    let plans = stored.as_object_mut().unwrap().remove("host_plans").unwrap();
+    stored["inventory"] = plans;
+    let read: ControlState = serde_json::from_value(stored).expect("the old name reads");
+    assert_eq!(read, state);
+}

@@ -62,7 +62,7 @@ const HELLO_BODY_BYTES: usize = MAGIC.len() + 2 + 8 + 8 + 8;
 /// What a handshake frame says: "I am `from` of `cluster_id`, and I take you
 /// for `to`". The version is checked while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hello {
+pub struct Handshake {
     pub cluster_id: u64,
     pub from: u64,
     pub to: u64,
@@ -72,9 +72,9 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// The dialer's opening frame.
-    Hello(Hello),
+    Hello(Handshake),
     /// The accepting node's answer: the connection is established.
-    Ack(Hello),
+    Ack(Handshake),
     /// Messages, in send order.
     Batch(Vec<Bytes>),
     /// Nothing to say; proves the sender is alive.
@@ -164,7 +164,7 @@ fn encoded_len(frame: &Frame) -> usize {
         }
 }
 
-fn put_hello(dst: &mut BytesMut, kind: u8, hello: Hello) {
+fn put_hello(dst: &mut BytesMut, kind: u8, hello: Handshake) {
     dst.put_u8(kind);
     dst.extend_from_slice(&MAGIC);
     dst.put_u16(PROTOCOL_VERSION);
@@ -187,7 +187,7 @@ fn parse(mut payload: Bytes) -> Result<Frame, Error> {
     }
 }
 
-fn parse_hello(mut body: Bytes) -> Result<Hello, Error> {
+fn parse_hello(mut body: Bytes) -> Result<Handshake, Error> {
     if body.len() < MAGIC.len() + 2 || body[..MAGIC.len()] != MAGIC {
         return Err(Error::handshake("not a Cairn transport handshake (bad magic)"));
     }
@@ -204,7 +204,7 @@ fn parse_hello(mut body: Bytes) -> Result<Hello, Error> {
             body.len() + MAGIC.len() + 2
         )));
     }
-    Ok(Hello { cluster_id: body.get_u64(), from: body.get_u64(), to: body.get_u64() })
+    Ok(Handshake { cluster_id: body.get_u64(), from: body.get_u64(), to: body.get_u64() })
 }
 
 fn parse_batch(mut body: Bytes) -> Result<Vec<Bytes>, Error> {
@@ -255,7 +255,7 @@ mod tests {
     // The handshake frame has the documented size and layout.
     #[test]
     fn hello_matches_the_documented_layout() {
-        let hello = Hello { cluster_id: 7, from: 1, to: 2 };
+        let hello = Handshake { cluster_id: 7, from: 1, to: 2 };
         let mut buf = BytesMut::new();
         FrameCodec::new().encode(Frame::Hello(hello), &mut buf).expect("encodes");
         let mut expected = vec![0, 0, 0, 35, KIND_HELLO];
@@ -281,7 +281,7 @@ mod tests {
     fn other_version_is_refused_by_name() {
         let mut buf = BytesMut::new();
         let mut codec = FrameCodec::new();
-        let hello = Hello { cluster_id: 1, from: 1, to: 2 };
+        let hello = Handshake { cluster_id: 1, from: 1, to: 2 };
         codec.encode(Frame::Hello(hello), &mut buf).expect("encodes");
         buf[4 + 1 + 8 + 1] = 9; // low byte of the version
         let err = codec.decode(&mut buf).expect_err("other version");

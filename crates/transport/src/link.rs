@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Limits;
-use crate::frame::{Frame, FrameCodec, Hello};
+use crate::frame::{Frame, FrameCodec, Handshake};
 use crate::queue::OutboundQueue;
 use crate::stats::{Counters, InFlight};
 use crate::transport::Event;
@@ -446,7 +446,7 @@ async fn dial_once(ctx: &Context, peer: u64, addr: SocketAddr) -> Result<Conn, E
     // Batching is done here; Nagle would only add latency to each frame.
     stream.set_nodelay(true)?;
     let mut conn = Framed::new(stream, FrameCodec::new());
-    let hello = Hello { cluster_id: ctx.cluster_id, from: ctx.node_id, to: peer };
+    let hello = Handshake { cluster_id: ctx.cluster_id, from: ctx.node_id, to: peer };
     let answer = timeout(ctx.limits.handshake_timeout(), async {
         conn.send(Frame::Hello(hello)).await?;
         conn.next().await.transpose()
@@ -468,7 +468,7 @@ async fn dial_once(ctx: &Context, peer: u64, addr: SocketAddr) -> Result<Conn, E
     Ok(conn)
 }
 
-fn check_ack(ctx: &Context, peer: u64, ack: Hello) -> Result<(), Error> {
+fn check_ack(ctx: &Context, peer: u64, ack: Handshake) -> Result<(), Error> {
     if ack.cluster_id != ctx.cluster_id {
         return Err(Error::handshake(format!(
             "peer is in cluster {}, this node in cluster {}",

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{validate_peers, TransportConfig};
-use crate::frame::{Frame, FrameCodec, Hello};
+use crate::frame::{Frame, FrameCodec, Handshake};
 use crate::link::{Conn, Context, Link, Peer, Role};
 use crate::queue::Refused;
 use crate::stats::{Counters, Stats};
@@ -428,7 +428,7 @@ async fn accept_handshake(shared: &Shared, stream: TcpStream) -> Result<(Arc<Pee
     let Some(peer) = shared.peer(hello.from) else {
         return Err(Error::handshake(format!("node {} is not a configured peer", hello.from)));
     };
-    let ack = Hello { cluster_id: ctx.cluster_id, from: ctx.node_id, to: hello.from };
+    let ack = Handshake { cluster_id: ctx.cluster_id, from: ctx.node_id, to: hello.from };
     conn.send(Frame::Ack(ack)).await?;
     conn.codec_mut().establish();
     Ok((peer, conn))

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cairn_transport::frame::{Frame, FrameCodec, Hello, MAGIC};
+use cairn_transport::frame::{Frame, FrameCodec, Handshake, MAGIC};
 use cairn_transport::{Event, Limits, FRAME_BYTES_MAX};
 use common::{
     closed_by_peer, cluster, eventually, limits, loopback, unused_addr, wait_all_connected, Node,
@@ -89,10 +89,10 @@ async fn restarted_peer_is_reconnected() {
 async fn handshake_as(from: u64, to: u64, addr: SocketAddr) -> Framed<TcpStream, FrameCodec> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut conn = Framed::new(stream, FrameCodec::new());
-    let hello = Hello { cluster_id: CLUSTER, from, to };
+    let hello = Handshake { cluster_id: CLUSTER, from, to };
     conn.send(Frame::Hello(hello)).await.expect("send HELLO");
     let ack = conn.next().await.expect("an answer").expect("a frame");
-    assert_eq!(ack, Frame::Ack(Hello { cluster_id: CLUSTER, from: to, to: from }));
+    assert_eq!(ack, Frame::Ack(Handshake { cluster_id: CLUSTER, from: to, to: from }));
     conn.codec_mut().establish();
     conn
 }
@@ -206,7 +206,7 @@ async fn corrupt_frames_close_only_their_connection() {
     let mut oversized = BytesMut::new();
     oversized.put_u32(FRAME_BYTES_MAX as u32 + 1);
     let mut handshake_again = BytesMut::new();
-    let hello = Hello { cluster_id: CLUSTER, from: 3, to: 5 };
+    let hello = Handshake { cluster_id: CLUSTER, from: 3, to: 5 };
     FrameCodec::new().encode(Frame::Hello(hello), &mut handshake_again).expect("encode HELLO");
     for (what, bytes) in [
         ("a corrupt batch", corrupt_batch),
