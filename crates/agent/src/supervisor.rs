@@ -25,7 +25,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -247,8 +247,7 @@ impl Supervisor {
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain data behind: use it.
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        cairn_util::lock(&self.inner.state)
     }
 
     /// The node as the agent sees it now. Never waits for a command.

@@ -192,16 +192,16 @@ pub(crate) struct Shared {
 impl Shared {
     /// Updates the published status (called by the loop that owns the log).
     pub(crate) fn publish(&self, update: impl FnOnce(&mut Status)) {
-        update(&mut self.status.lock().expect("status lock"));
+        update(&mut cairn_util::lock(&self.status));
     }
 
     /// Replaces the published view of the members.
     pub(crate) fn publish_members(&self, members: Vec<Member>) {
-        *self.members.lock().expect("members lock") = members;
+        *cairn_util::lock(&self.members) = members;
     }
 
     pub(crate) fn publish_membership(&self, membership: Option<Membership>) {
-        *self.membership.lock().expect("membership lock") = membership;
+        *cairn_util::lock(&self.membership) = membership;
     }
 
     pub(crate) fn set_reads_need_barrier(&self, need: bool) {
@@ -332,7 +332,7 @@ impl LogHandle {
         if self.requests.is_closed() {
             return Err(Error::Stopped);
         }
-        Ok(self.shared.status.lock().expect("status lock").clone())
+        Ok(cairn_util::lock(&self.shared.status).clone())
     }
 
     /// Moves the cluster to `members` (every member's peer address, this
@@ -349,13 +349,13 @@ impl LogHandle {
 
     /// The configuration this node is in, as last published.
     pub fn membership(&self) -> Option<Membership> {
-        self.shared.membership.lock().expect("membership lock").clone()
+        cairn_util::lock(&self.shared.membership).clone()
     }
 
     /// The members of the configuration as last published (empty until the
     /// log publishes them).
     pub fn members(&self) -> Vec<Member> {
-        self.shared.members.lock().expect("members lock").clone()
+        cairn_util::lock(&self.shared.members).clone()
     }
 
     pub(crate) fn shared(&self) -> Arc<Shared> {

@@ -65,7 +65,7 @@ impl Proposer {
     }
 
     async fn lease(&self) -> Result<Lease<'_>, Error> {
-        let pooled = self.idle.lock().expect("pool lock").pop_front();
+        let pooled = cairn_util::lock(&self.idle).pop_front();
         let session = match pooled {
             Some(session) => session,
             None => self.open().await?,
@@ -91,7 +91,7 @@ struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            let mut idle = self.proposer.idle.lock().expect("pool lock");
+            let mut idle = cairn_util::lock(&self.proposer.idle);
             if idle.len() < SESSIONS_POOLED_MAX {
                 idle.push_back(session);
             }

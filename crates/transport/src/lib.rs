@@ -137,12 +137,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Locks `mutex`, poisoned or not. No code of this crate panics while
-/// holding one of its locks, and every guarded state is consistent between
-/// statements, so a poisoned lock is still safe to use.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use cairn_util::lock;
 
 impl Error {
     /// Whether the same call may succeed later without anyone changing the

@@ -9,6 +9,7 @@
 //! - [`process`]: processes as the agent and the cloud see them: which pids
 //!   may be signalled, whether one lives, the node a host directory holds,
 //!   pid files, signals to a process or its group.
+//! - [`lock`]: the one rule for poisoned locks.
 //! - [`VERSION`]: the version every crate of the workspace shares.
 //!
 //! Nothing here knows about consensus, storage or the network; everything
@@ -20,6 +21,21 @@ pub mod rng;
 
 pub use backoff::Backoff;
 pub use rng::Rng;
+
+/// Locks `mutex`, poisoned or not: Cairn's one rule for lock poisoning.
+///
+/// A lock is poisoned only when a thread panicked while it held the guard.
+/// Every critical section in Cairn assigns, copies, or pushes and pops whole
+/// values, and calls nothing that could panic between two statements that
+/// must go together, so what a poisoned lock guards is as consistent as
+/// after any other critical section: the thread that panicked reported its
+/// bug, and the rest of the process carries on rather than failing every
+/// later call on that lock. (A panic that leaves state that cannot be trusted
+/// is a fatal error of its own, handled where it happens: OmniPaxos's
+/// storage panics stop the node, which restarts from disk.)
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The version of Cairn this binary is (the workspace's one version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
