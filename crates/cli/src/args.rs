@@ -286,31 +286,15 @@ impl From<ReadArg> for cairn_client::Read {
     }
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConflictArg {
-    Error,
-    Replace,
-    Update,
-}
-
-impl From<ConflictArg> for cairn_client::Conflict {
-    fn from(conflict: ConflictArg) -> cairn_client::Conflict {
-        match conflict {
-            ConflictArg::Error => cairn_client::Conflict::Error,
-            ConflictArg::Replace => cairn_client::Conflict::Replace,
-            ConflictArg::Update => cairn_client::Conflict::Update,
-        }
-    }
-}
-
 #[derive(Subcommand, Debug)]
 pub enum DocCommand {
     /// Insert a document (a JSON object) or many (an array); `-` reads stdin.
     Insert {
         table: String,
         json: String,
-        #[arg(long, value_enum, default_value_t = ConflictArg::Error)]
-        conflict: ConflictArg,
+        /// error, replace or update: what happens when an id exists.
+        #[arg(long, default_value_t = cairn_client::Conflict::Error)]
+        conflict: cairn_client::Conflict,
     },
     /// Print one document.
     Get {

@@ -114,7 +114,7 @@ async fn doc_command(client: &Client, out: Output, command: DocCommand) -> ExitC
                 Ok(docs) => docs,
                 Err(code) => return code,
             };
-            let result = client.insert(&table, &docs, conflict.into()).await;
+            let result = client.insert(&table, &docs, conflict).await;
             report(out, result, |v| {
                 let ids: Vec<String> =
                     v["ids"].as_array().into_iter().flatten().map(|id| id.to_string()).collect();

@@ -60,22 +60,47 @@ impl Error {
     }
 }
 
-/// What happens when an inserted document's id exists.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What happens when an inserted document's id exists: the `?conflict=`
+/// of `POST /v1/tables/{t}/docs`, as the server reads it and the client
+/// and the CLI write it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Conflict {
+    /// The insert is refused (409).
     #[default]
     Error,
+    /// The existing document is replaced.
     Replace,
+    /// The existing document is merged with the new one (RFC 7396).
     Update,
 }
 
 impl Conflict {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Conflict::Error => "error",
             Conflict::Replace => "replace",
             Conflict::Update => "update",
         }
+    }
+}
+
+impl std::str::FromStr for Conflict {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Conflict, String> {
+        match text {
+            "error" => Ok(Conflict::Error),
+            "replace" => Ok(Conflict::Replace),
+            "update" => Ok(Conflict::Update),
+            other => Err(format!("{other:?} is not error, replace or update")),
+        }
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -38,16 +38,7 @@ fn doc_path(path: DocPath) -> Result<(String, String), ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct InsertParams {
     #[serde(default)]
-    conflict: ConflictParam,
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum ConflictParam {
-    #[default]
-    Error,
-    Replace,
-    Update,
+    conflict: cairn_client::Conflict,
 }
 
 /// The id for a document sent without one. A write with a client's
@@ -109,10 +100,11 @@ pub async fn insert(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let table = table_name(path)?;
+    // The wire's name for it, to the state machine's.
     let conflict = match params?.conflict {
-        ConflictParam::Error => Conflict::Error,
-        ConflictParam::Replace => Conflict::Replace,
-        ConflictParam::Update => Conflict::Update,
+        cairn_client::Conflict::Error => Conflict::Error,
+        cairn_client::Conflict::Replace => Conflict::Replace,
+        cairn_client::Conflict::Update => Conflict::Update,
     };
     let docs = match body.json("a document (a JSON object) or an array of documents")? {
         Value::Array(values) => {
