@@ -568,94 +568,102 @@ impl Sim {
             return;
         }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let now = self.now;
-        let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
-        match self.rng.below(10) {
-            0 => {
-                let node = pick(&mut self.rng);
+        let kind = match self.rng.below(10) {
+            0 => FaultKind::Isolate,
+            1 => FaultKind::SplitMajority,
+            2 => FaultKind::PairCut,
+            3 => FaultKind::QuorumLoss,
+            4 => FaultKind::ConstrainedElection,
+            5 => FaultKind::Chained,
+            6 | 7 => FaultKind::Heal,
+            8 => FaultKind::Crash,
+            _ => FaultKind::KeepDown,
+        };
+        match kind {
+            FaultKind::Isolate => {
+                let node = self.pick(&ids);
                 self.isolate(node);
-                self.count(FaultKind::Isolate);
             }
-            1 => {
+            FaultKind::Heal => self.net.heal(),
+            FaultKind::Crash => {
+                let node = self.pick(&ids);
+                let down_for = 5 + self.rng.below(80);
+                self.crash(node, down_for);
+            }
+            FaultKind::KeepDown => {
+                // Down for long: the others compact past it.
+                let node = self.pick(&ids);
+                let down_for = 150 + self.rng.below(250);
+                self.crash(node, down_for);
+            }
+            partition => self.partition(partition, &ids),
+        }
+        self.count(kind);
+    }
+
+    /// One of `ids`, drawn from the schedule's generator.
+    fn pick(&mut self, ids: &[NodeId]) -> NodeId {
+        ids[self.rng.below(ids.len() as u64) as usize]
+    }
+
+    /// Cuts the links of a partial or whole partition: the OmniPaxos
+    /// paper's quorum-loss, constrained-election and chained scenarios, a
+    /// minority split off, or one link.
+    fn partition(&mut self, kind: FaultKind, ids: &[NodeId]) {
+        let mut cuts: Vec<(NodeId, NodeId)> = Vec::new();
+        match kind {
+            FaultKind::SplitMajority => {
                 // A random minority cut off from the rest, both ways.
-                let mut shuffled = ids.clone();
+                let mut shuffled = ids.to_vec();
                 for i in (1..shuffled.len()).rev() {
                     let j = self.rng.below(i as u64 + 1) as usize;
                     shuffled.swap(i, j);
                 }
                 let minority = &shuffled[..ids.len() / 2];
                 for &a in minority {
-                    for &b in &ids {
-                        if !minority.contains(&b) {
-                            self.net.cut(a, b, now);
-                            self.net.cut(b, a, now);
-                        }
+                    for &b in ids.iter().filter(|b| !minority.contains(b)) {
+                        cuts.extend([(a, b), (b, a)]);
                     }
                 }
-                self.count(FaultKind::SplitMajority);
             }
-            2 => {
-                let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
-                self.net.cut(a, b, now);
-                self.count(FaultKind::PairCut);
-            }
-            3 => {
-                // Quorum loss: one node still reaches everyone, the others
-                // reach only it.
-                let hub = pick(&mut self.rng);
+            FaultKind::PairCut => cuts.push((self.pick(ids), self.pick(ids))),
+            FaultKind::QuorumLoss => {
+                // One node still reaches everyone, the others reach only it.
+                let hub = self.pick(ids);
                 self.net.heal();
-                for &a in &ids {
-                    for &b in &ids {
-                        if a != hub && b != hub && a != b {
-                            self.net.cut(a, b, now);
-                        }
-                    }
+                for &a in ids.iter().filter(|a| **a != hub) {
+                    cuts.extend(ids.iter().filter(|b| **b != hub && **b != a).map(|&b| (a, b)));
                 }
-                self.count(FaultKind::QuorumLoss);
             }
-            4 => {
-                // Constrained election: the leader is cut from everyone but
-                // one node, which alone could reach a quorum.
-                let leader = self.leader().unwrap_or_else(|| pick(&mut self.rng));
-                let keep = pick(&mut self.rng);
+            FaultKind::ConstrainedElection => {
+                // The leader is cut from everyone but one node, which alone
+                // could reach a quorum.
+                let leader = match self.leader() {
+                    Some(leader) => leader,
+                    None => self.pick(ids),
+                };
+                let keep = self.pick(ids);
                 self.net.heal();
-                for &b in &ids {
-                    if b != leader && b != keep {
-                        self.net.cut(leader, b, now);
-                        self.net.cut(b, leader, now);
-                    }
+                for &b in ids.iter().filter(|b| **b != leader && **b != keep) {
+                    cuts.extend([(leader, b), (b, leader)]);
                 }
-                self.count(FaultKind::ConstrainedElection);
             }
-            5 => {
-                // Chained: each node reaches only its neighbours in a line.
+            FaultKind::Chained => {
+                // Each node reaches only its neighbours in a line.
                 self.net.heal();
                 for (i, &a) in ids.iter().enumerate() {
                     for (j, &b) in ids.iter().enumerate() {
                         if i.abs_diff(j) > 1 {
-                            self.net.cut(a, b, now);
+                            cuts.push((a, b));
                         }
                     }
                 }
-                self.count(FaultKind::Chained);
             }
-            6 | 7 => {
-                self.net.heal();
-                self.count(FaultKind::Heal);
-            }
-            8 => {
-                let node = pick(&mut self.rng);
-                let down_for = 5 + self.rng.below(80);
-                self.crash(node, down_for);
-                self.count(FaultKind::Crash);
-            }
-            _ => {
-                // Down for long: the others compact past it.
-                let node = pick(&mut self.rng);
-                let down_for = 150 + self.rng.below(250);
-                self.crash(node, down_for);
-                self.count(FaultKind::KeepDown);
-            }
+            other => unreachable!("{other:?} is not a partition"),
+        }
+        let now = self.now;
+        for (a, b) in cuts {
+            self.net.cut(a, b, now);
         }
     }
 

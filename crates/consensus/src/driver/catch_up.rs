@@ -32,6 +32,14 @@ pub(super) enum CatchUp {
     },
 }
 
+/// What became of a chunk pushed into a transfer.
+enum Pushed {
+    /// Written; the next chunk to ask for.
+    Taken { next_chunk: u64 },
+    /// Refused by the sink (out of order, corrupt): the transfer starts over.
+    Refused(cairn_storage::Error),
+}
+
 /// A snapshot this node streams to a peer.
 pub(super) struct Serving {
     transfer: u64,
@@ -250,14 +258,13 @@ impl Driver {
         chunk_seq: u64,
         bytes: &[u8],
     ) -> Result<(), Error> {
-        let Some(CatchUp::Snapshot { peer: p, transfer: t, next_chunk, .. }) = &self.catch_up
-        else {
-            return Ok(());
-        };
-        if *p != peer || *t != transfer || *next_chunk != chunk_seq {
+        let expected = matches!(&self.catch_up,
+            Some(CatchUp::Snapshot { peer: p, transfer: t, next_chunk, .. })
+                if *p == peer && *t == transfer && *next_chunk == chunk_seq);
+        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
+        if !expected {
             return Ok(());
         }
-        let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
         let chunk = match Chunk::decode(bytes) {
             Ok(chunk) => chunk,
             Err(error) => {
@@ -279,37 +286,51 @@ impl Driver {
             self.catch_up = None;
             return Ok(());
         }
+        let last = chunk.last;
+        match self.push_chunk(chunk) {
+            Ok(Pushed::Taken { next_chunk }) if !last => {
+                let message = PeerMessage::FetchSnapshot { transfer, chunk: next_chunk };
+                self.pending_messages.push((peer, message));
+                Ok(())
+            }
+            Ok(Pushed::Taken { .. }) => self.finish_install(peer),
+            Ok(Pushed::Refused(error)) => {
+                tracing::warn!(peer, %error, "a snapshot chunk was refused: starting over");
+                self.restart_snapshot(peer);
+                Ok(())
+            }
+            Err(error) => Err(self.fail_now(error)),
+        }
+    }
+
+    /// Writes `chunk` into the transfer in progress, opening the install on
+    /// the first one. A storage fault is an error; a chunk the sink refuses
+    /// (out of order, corrupt) is [`Pushed::Refused`].
+    fn push_chunk(&mut self, chunk: Chunk) -> Result<Pushed, cairn_storage::Error> {
         let Some(CatchUp::Snapshot { sink, next_chunk, asked_tick, .. }) = &mut self.catch_up
         else {
-            return Ok(());
+            unreachable!("a chunk is pushed only into a snapshot transfer");
         };
         if sink.is_none() {
-            match SnapshotSink::begin(self.sm.store(), chunk.applied_index) {
-                Ok(opened) => {
-                    *sink = Some(opened);
-                    self.install_begun = true;
-                }
-                Err(error) => return Err(self.fail_now(error)),
-            }
+            *sink = Some(SnapshotSink::begin(self.sm.store(), chunk.applied_index)?);
+            self.install_begun = true;
         }
-        let last = chunk.last;
-        let open = sink.as_mut().expect("the sink was just opened");
+        let open = sink.as_mut().expect("the sink is open");
         match open.push(chunk) {
             Ok(()) => {}
             Err(error @ cairn_storage::Error::Snapshot { .. }) => {
-                tracing::warn!(peer, %error, "a snapshot chunk was refused: starting over");
-                self.restart_snapshot(peer);
-                return Ok(());
+                return Ok(Pushed::Refused(error))
             }
-            Err(error) => return Err(self.fail_now(error)),
+            Err(error) => return Err(error),
         }
         *next_chunk += 1;
         *asked_tick = self.now_ticks;
-        if !last {
-            let message = PeerMessage::FetchSnapshot { transfer, chunk: *next_chunk };
-            self.pending_messages.push((peer, message));
-            return Ok(());
-        }
+        Ok(Pushed::Taken { next_chunk: *next_chunk })
+    }
+
+    /// The last chunk came: finishes the install, answers what the new
+    /// state settles, and resumes after the snapshot's index.
+    fn finish_install(&mut self, peer: NodeId) -> Result<(), Error> {
         let Some(CatchUp::Snapshot { sink: Some(sink), .. }) = self.catch_up.take() else {
             unreachable!("a snapshot transfer with an open sink");
         };
@@ -320,21 +341,17 @@ impl Driver {
             self.deferred_answers.append(&mut out.answers);
             settled.map(|()| index)
         });
-        match installed {
-            Ok(index) => {
-                self.install_begun = false;
-                self.stats.snapshots_installed += 1;
-                tracing::info!(peer, index, "installed a snapshot from a peer");
-                self.record_snapshot(|applied_index, state| SnapshotEvent::Installed {
-                    peer,
-                    applied_index,
-                    state,
-                });
-                self.caught_up();
-                Ok(())
-            }
-            Err(error) => Err(self.fail_now(error)),
-        }
+        let index = installed.map_err(|error| self.fail_now(error))?;
+        self.install_begun = false;
+        self.stats.snapshots_installed += 1;
+        tracing::info!(peer, index, "installed a snapshot from a peer");
+        self.record_snapshot(|applied_index, state| SnapshotEvent::Installed {
+            peer,
+            applied_index,
+            state,
+        });
+        self.caught_up();
+        Ok(())
     }
 
     pub(super) fn snapshot_unavailable(&mut self, peer: NodeId, transfer: u64, reason: &str) {
