@@ -380,6 +380,9 @@ pub struct Driver {
     reconfiguration: Option<Reconfiguration>,
     /// When this node last asked a peer for a newer membership.
     membership_asked_tick: Option<u64>,
+    /// The applied and decided indexes at the end of the last poll: neither
+    /// ever goes back.
+    high_water: (u64, u64),
     /// A newer configuration that includes this node, learned from a peer
     /// before this node applied the current one to its end: it catches up
     /// to that configuration's base index first (see `membership_arrived`).
@@ -430,6 +433,7 @@ impl Driver {
             reconfiguration: None,
             membership_asked_tick: None,
             moving_to: None,
+            high_water: (0, 0),
         })
     }
 
@@ -610,7 +614,28 @@ impl Driver {
         if let Some(membership) = self.deferred_membership.take() {
             out.membership = Some(membership);
         }
+        self.check_progress();
         Ok(())
+    }
+
+    /// The indexes move only forward, and the replica never hands out more
+    /// than the state machine applied (a snapshot or a gap fill can take the
+    /// state past it; the replica then resumes after the state).
+    fn check_progress(&mut self) {
+        let applied = self.sm.applied_index();
+        let decided = self.replica.decided_index();
+        let (applied_before, decided_before) = self.high_water;
+        assert!(
+            applied >= applied_before,
+            "applied index went back: {applied_before} to {applied}"
+        );
+        assert!(
+            decided >= decided_before,
+            "decided index went back: {decided_before} to {decided}"
+        );
+        let taken = self.replica.taken_index();
+        assert!(taken <= applied, "the replica handed out {taken}, the state applied {applied}");
+        self.high_water = (applied, decided);
     }
 
     pub fn status(&self) -> Status {
@@ -808,7 +833,8 @@ impl Driver {
             return;
         }
         self.waiting.entry(key).or_default().push((request, kind));
-        self.keys.insert(request, key);
+        let earlier = self.keys.insert(request, key);
+        assert!(earlier.is_none(), "request {request} was submitted twice");
     }
 
     /// One barrier for every read that arrived since the last one.

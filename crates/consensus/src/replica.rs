@@ -63,8 +63,8 @@
 //!   entries are handed out once each, in log order, without gaps.
 //! - The pending set holds at most [`PENDING_PROPOSALS_MAX`] commands; beyond
 //!   that [`propose`](Replica::propose) refuses with a retryable error.
-//! - Every pending command is in the due queue exactly once (checked after
-//!   every change in debug builds).
+//! - Every pending command is in the due queue exactly once (asserted after
+//!   every change).
 //! - A message from a node outside the configuration, from this node itself or
 //!   addressed to another node never reaches OmniPaxos (it would index its
 //!   per-peer tables out of bounds and panic).
@@ -737,7 +737,7 @@ impl Replica {
 
     fn check_pending(&self) {
         assert!(self.pending.len() <= PENDING_PROPOSALS_MAX, "the pending set is bounded");
-        debug_assert_eq!(self.pending.len(), self.due.len(), "one due entry per pending");
+        assert_eq!(self.pending.len(), self.due.len(), "one due entry per pending command");
     }
 }
 

@@ -73,6 +73,13 @@ pub fn plan(
 ) -> (ControlState, Next) {
     let mut control = control.clone();
     let next = Planner { desired, observed, control: &mut control }.next();
+    // The planner's promise: a step that takes a member down or out is
+    // proposed only where its quorum guard holds in the observation.
+    if let Next::Step(step) | Next::Final(step) = &next {
+        if let Some(guard) = step.guard(observed) {
+            assert!(guard.holds(observed), "planned {step:?}, which costs the quorum: {guard:?}");
+        }
+    }
     (control, next)
 }
 
