@@ -20,16 +20,15 @@
 //! files edited by hand (a file that does not parse stops the agent with a
 //! message naming it, rather than guessing).
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
+use cairn_util::files::{read_capped, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
 /// The largest `agent.json` read; the agent writes a few hundred bytes.
-const INTENT_BYTES_MAX: u64 = 64 * 1024;
+const INTENT_BYTES_MAX: usize = 64 * 1024;
 
 /// What the cluster last asked of this host's node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,9 +46,9 @@ pub(crate) struct Intent {
 impl Intent {
     /// Reads the intent; a missing file is the intent of a new host.
     pub fn load(path: &Path) -> Result<Intent, Error> {
-        let bytes = match read_bounded(path, INTENT_BYTES_MAX) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Intent::default()),
+        let bytes = match read_capped(path, INTENT_BYTES_MAX) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(Intent::default()),
             Err(e) => return Err(Error::io("cannot read", path, e)),
         };
         let intent: Intent = serde_json::from_slice(&bytes)
@@ -73,39 +72,10 @@ impl Intent {
     }
 }
 
-/// Reads a whole file, refusing one larger than `limit_bytes`.
-fn read_bounded(path: &Path, limit_bytes: u64) -> std::io::Result<Vec<u8>> {
-    let len = fs::metadata(path)?.len();
-    if len > limit_bytes {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{len} bytes, more than the {limit_bytes} bytes allowed"),
-        ));
-    }
-    fs::read(path)
-}
-
 /// Replaces `path` with `bytes` so that a crash leaves either the old file or
-/// the new one: write a sibling temporary file, fsync, rename, fsync the
-/// directory.
+/// the new one (`cairn_util::files::write_atomic`).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = Path::new(&tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::File::create(tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    };
-    write().map_err(|e| Error::io("cannot write", tmp, e))?;
-    fs::rename(tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))?;
-    if let Some(dir) = path.parent() {
-        // The rename is durable only once the directory entry is.
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("cannot fsync directory", dir, e))?;
-    }
-    Ok(())
+    write_atomic(path, bytes).map_err(|e| Error::io("cannot write", path, e))
 }
 
 #[cfg(test)]
@@ -127,11 +97,14 @@ mod tests {
         };
         intent.save(&path).expect("save");
         assert_eq!(Intent::load(&path).expect("load"), intent);
-        fs::write(&path, b"{not json").expect("write garbage");
+        std::fs::write(&path, b"{not json").expect("write garbage");
         let err = Intent::load(&path).expect_err("garbage is refused");
         assert!(err.to_string().contains("agent.json"), "{err}");
-        fs::write(&path, br#"{"node_id":0,"restart_generation":0,"stopped":false,"join":null}"#)
-            .expect("write zero id");
+        std::fs::write(
+            &path,
+            br#"{"node_id":0,"restart_generation":0,"stopped":false,"join":null}"#,
+        )
+        .expect("write zero id");
         assert!(Intent::load(&path).is_err(), "node id 0 is refused");
     }
 }

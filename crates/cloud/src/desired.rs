@@ -32,9 +32,9 @@ use std::time::Duration;
 use cairn_control::desired::{parse, DesiredError};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{read_capped, write_atomic};
 use crate::status::{Events, StatusEvent};
 use crate::{lock, now_ms, Error};
+use cairn_util::files::{read_capped, write_atomic};
 
 /// How often the watched file is read.
 pub const DESIRED_POLL_MS: u64 = 500;

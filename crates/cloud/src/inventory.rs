@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{read_capped, write_atomic};
 use crate::Error;
+use cairn_util::files::{read_capped, write_atomic};
 
 /// Longest host name, zone or host type: a DNS label, so the same names work
 /// for container and pod providers.

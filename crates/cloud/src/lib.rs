@@ -43,7 +43,6 @@ use tokio::sync::{broadcast, oneshot, Notify};
 
 mod desired;
 mod error;
-mod files;
 mod inventory;
 mod local;
 pub mod ports;

@@ -6,6 +6,7 @@
 //!   a generator that they seeded.
 //! - [`backoff`]: capped exponential delays between retries, with optional
 //!   jitter.
+//! - [`files`]: replacing a file whole, durably; reading one with a bound.
 //! - [`process`]: processes as the agent and the cloud see them: which pids
 //!   may be signalled, whether one lives, the node a host directory holds,
 //!   pid files, signals to a process or its group.
@@ -16,6 +17,7 @@
 //! here is small enough to read at once.
 
 pub mod backoff;
+pub mod files;
 pub mod process;
 pub mod rng;
 

@@ -1,19 +1,20 @@
-//! The two file habits of the cloud: replace a file whole (write a temporary
-//! beside it, flush it to disk, rename it over the old one), and read a file
-//! with a bound on its size.
+//! The two file habits of the agent and the cloud: replace a file whole
+//! (write a temporary beside it, flush it to disk, rename it over the old
+//! one), and read a file with a bound on its size.
 //!
 //! A reader therefore sees the old contents or the new, never half of either,
-//! even if the cloud dies mid-write. The directory itself is synced after the
-//! rename so the new name survives a power cut too.
+//! even if the writer dies mid-write. The directory itself is synced after
+//! the rename, so the new name survives a power cut too.
 //!
-//! Not handled: two processes writing the same file (one cloud owns a root).
+//! Not handled: two processes writing the same file (one agent owns a host
+//! directory, one cloud owns a root).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-/// Replaces `path` with `bytes`, atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Replaces `path` with `bytes`, atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
     temp_name.push(".tmp");
     let temp = path.with_file_name(temp_name);
@@ -23,11 +24,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         file.sync_all()?;
     }
     fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        // Best effort: some filesystems refuse to sync a directory, and the
-        // rename itself is already atomic.
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        // The rename is durable only once the directory entry is. A file
+        // system that cannot sync a directory says EINVAL: the rename is
+        // still atomic there, and nothing more can be done.
+        match File::open(dir).and_then(|dir| dir.sync_all()) {
+            Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => return Err(e),
+            _ => {}
         }
     }
     Ok(())
@@ -35,7 +38,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Reads `path` whole: `None` when it does not exist, an `InvalidData` error
 /// when it is over `max_bytes`.
-pub(crate) fn read_capped(path: &Path, max_bytes: usize) -> io::Result<Option<Vec<u8>>> {
+pub fn read_capped(path: &Path, max_bytes: usize) -> io::Result<Option<Vec<u8>>> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
