@@ -308,7 +308,10 @@ impl Leader {
         let Some(host) = hosts.iter().find(|h| h.name == other) else { return false };
         // It acts only while its node leads: a restarted agent beside a node
         // that no longer leads will not finish the step.
-        let acting = self.agent_status(host).await.is_some_and(|s| s.role == "leader");
+        let acting = self
+            .agent_status(host)
+            .await
+            .is_some_and(|s| s.role == Some(cairn_client::NodeRole::Leader));
         if acting {
             tracing::debug!(host = %other, "waiting out another agent's step in flight");
         }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use cairn_control::model::{HostObs, HostState, NodeObs, NodeProcess, Observed};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::client::AgentClient;
 use crate::status::{NodeState, NodeStatus};
@@ -76,30 +75,20 @@ impl Observer {
 
     /// The membership, as the local node knows it.
     pub async fn membership(&self) -> Result<MembershipView, String> {
-        let members: Value = self.get_json(&format!("{}/v1/admin/members", self.node)).await?;
-        let cluster: Value = self.get_json(&format!("{}/v1/cluster", self.node)).await?;
+        let members: cairn_client::MembersView =
+            self.get_json(&format!("{}/v1/admin/members", self.node)).await?;
+        let cluster: cairn_client::ClusterView =
+            self.get_json(&format!("{}/v1/cluster", self.node)).await?;
+        let applied = cluster.nodes.iter().filter_map(|n| Some((n.id, n.applied_index?)));
         let mut membership = MembershipView {
-            base_index: members["base_index"].as_u64().unwrap_or(0),
-            leader: cluster["leader"].as_u64(),
-            ..MembershipView::default()
+            members: members.members,
+            base_index: members.base_index,
+            applied: applied.collect(),
+            leader: cluster.leader,
         };
-        if let Some(map) = members["members"].as_object() {
-            for (id, address) in map {
-                let (Ok(id), Some(address)) = (id.parse::<u64>(), address.as_str()) else {
-                    return Err(format!("the node answered a bad member: {id}"));
-                };
-                membership.members.insert(id, address.to_string());
-            }
-        }
-        for node in cluster["nodes"].as_array().into_iter().flatten() {
-            if let (Some(id), Some(applied)) = (node["id"].as_u64(), node["applied_index"].as_u64())
-            {
-                membership.applied.insert(id, applied);
-            }
-        }
         if membership.leader.is_none() && membership.members.len() <= 1 {
             // A lone node leads itself.
-            membership.leader = cluster["nodes"][0]["id"].as_u64();
+            membership.leader = cluster.nodes.first().map(|node| node.id);
         }
         Ok(membership)
     }

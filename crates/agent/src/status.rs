@@ -7,6 +7,7 @@
 //!
 //! Not handled here: gathering the status (the supervisor does).
 
+use cairn_client::NodeRole;
 use serde::{Deserialize, Serialize};
 
 use crate::proto;
@@ -68,8 +69,9 @@ pub struct NodeStatus {
     pub pid: u32,
     /// Whether the node's last health check answered 200 with its id.
     pub healthy: bool,
-    /// The node's role from its last healthy answer (`leader`, `follower`…).
-    pub role: String,
+    /// The node's role from its last healthy answer; `None` when it has not
+    /// answered (on the wire, `""`).
+    pub role: Option<NodeRole>,
     /// The node's applied index from its last healthy answer.
     pub applied_index: u64,
     /// The restart generation the node was last (re)started for.
@@ -99,7 +101,11 @@ impl From<NodeStatus> for proto::NodeStatus {
             state: s.state.as_str().to_string(),
             pid: s.pid,
             healthy: s.healthy,
-            role: s.role,
+            role: match s.role {
+                Some(NodeRole::Leader) => "leader".into(),
+                Some(NodeRole::Follower) => "follower".into(),
+                None => String::new(),
+            },
             applied_index: s.applied_index,
             restart_generation: s.restart_generation,
             version: s.version,
@@ -120,6 +126,12 @@ impl TryFrom<proto::NodeStatus> for NodeStatus {
     fn try_from(s: proto::NodeStatus) -> Result<NodeStatus, String> {
         let state = NodeState::parse(&s.state)
             .ok_or_else(|| format!("unknown node state '{}' from {}", s.state, s.host))?;
+        let role = match s.role.as_str() {
+            "leader" => Some(NodeRole::Leader),
+            "follower" => Some(NodeRole::Follower),
+            "" => None,
+            other => return Err(format!("unknown node role '{other}' from {}", s.host)),
+        };
         Ok(NodeStatus {
             host: s.host,
             zone: s.zone,
@@ -127,7 +139,7 @@ impl TryFrom<proto::NodeStatus> for NodeStatus {
             state,
             pid: s.pid,
             healthy: s.healthy,
-            role: s.role,
+            role,
             applied_index: s.applied_index,
             restart_generation: s.restart_generation,
             version: s.version,

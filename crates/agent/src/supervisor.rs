@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::intent::Intent;
+use cairn_client::NodeRole;
 use cairn_util::process as os;
 use cairn_util::Backoff;
 
@@ -116,7 +117,7 @@ impl NodeSpec {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Health {
     pub healthy: bool,
-    pub role: String,
+    pub role: Option<NodeRole>,
     pub applied_index: u64,
 }
 
@@ -263,7 +264,7 @@ impl Supervisor {
             state: s.phase,
             pid: s.process.as_ref().map_or(0, NodeProcess::pid),
             healthy: running && s.health.healthy,
-            role: if running { s.health.role.clone() } else { String::new() },
+            role: if running { s.health.role } else { None },
             applied_index: s.health.applied_index,
             restart_generation: s.intent.restart_generation,
             version: VERSION.to_string(),

@@ -20,7 +20,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::status::NodeState;
@@ -147,35 +146,35 @@ async fn health_loop(supervisor: Supervisor, client: cairn_client::Client) {
 
 /// Reads a 200 answer of `GET /v1/health`; an answer from another node (a
 /// stray process on the node's port) is not this node's health.
-fn read_health(answer: &Value, node_id: Option<u64>) -> Result<Health, String> {
-    let id = answer["id"].as_u64();
-    if id.is_none() || id != node_id {
+fn read_health(answer: &cairn_client::Health, node_id: Option<u64>) -> Result<Health, String> {
+    if Some(answer.id) != node_id {
         return Err(format!(
             "the health answer names node {}, not node {}",
-            answer["id"],
+            answer.id,
             node_id.unwrap_or(0)
         ));
     }
-    Ok(Health {
-        healthy: true,
-        role: answer["role"].as_str().unwrap_or_default().to_string(),
-        applied_index: answer["applied_index"].as_u64().unwrap_or(0),
-    })
+    Ok(Health { healthy: true, role: Some(answer.role), applied_index: answer.applied_index })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use cairn_client::NodeRole;
 
     /// A health answer counts only when it names this host's node.
     #[test]
     fn health_answers_must_name_the_node() {
-        let answer = json!({"status": "ok", "id": 2, "role": "leader", "applied_index": 9});
+        let answer = cairn_client::Health {
+            status: "ok".into(),
+            id: 2,
+            role: NodeRole::Leader,
+            applied_index: 9,
+        };
         let health = read_health(&answer, Some(2)).expect("its own answer");
         assert!(health.healthy);
-        assert_eq!((health.role.as_str(), health.applied_index), ("leader", 9));
+        assert_eq!((health.role, health.applied_index), (Some(NodeRole::Leader), 9));
         assert!(read_health(&answer, Some(3)).is_err());
-        assert!(read_health(&json!({"status": "ok"}), Some(2)).is_err());
+        assert!(read_health(&answer, None).is_err());
     }
 }

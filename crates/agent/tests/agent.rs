@@ -41,7 +41,7 @@ async fn start_node_runs_one_healthy_node_and_refuses_others() {
     assert!(started.pid != 0, "{started:?}");
     let healthy = wait_for(&host, &client, "a healthy node 1", |s| s.healthy).await;
     assert_eq!(healthy.state, NodeState::Running);
-    assert_eq!((healthy.node_id, healthy.role.as_str()), (1, "leader"));
+    assert_eq!((healthy.node_id, healthy.role), (1, Some(cairn_client::NodeRole::Leader)));
     assert!(healthy.has_data && !healthy.stopped, "{healthy:?}");
     assert_eq!(healthy.node_address, host.config.node_listen.to_string());
     assert_eq!(healthy.peer_address, host.config.node_peer_listen.to_string());

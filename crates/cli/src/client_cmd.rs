@@ -40,8 +40,8 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         }
         Command::Doc(doc) => doc_command(client, out, doc).await,
         Command::Table(table) => table_command(client, out, table).await,
-        Command::Health => report(out, client.health().await, pretty),
-        Command::Cluster => report(out, client.cluster().await, pretty),
+        Command::Health => report(out, client.health().await, |h| pretty(&json_of(h))),
+        Command::Cluster => report(out, client.cluster().await, |c| pretty(&json_of(c))),
         Command::Member(member) => {
             let result = match member {
                 MemberCommand::List => client.members().await,
@@ -81,15 +81,20 @@ fn not_found(out: Output, message: String, code: &str) -> ExitCode {
     output::failure(out, &error)
 }
 
-fn report(
+fn report<T: serde::Serialize>(
     out: Output,
-    result: Result<Value, cairn_client::Error>,
-    text: impl FnOnce(&Value) -> String,
+    result: Result<T, cairn_client::Error>,
+    text: impl FnOnce(&T) -> String,
 ) -> ExitCode {
     match result {
-        Ok(value) => output::success(out, &value, || text(&value)),
+        Ok(answer) => output::success(out, &json_of(&answer), || text(&answer)),
         Err(e) => output::failure(out, &e),
     }
+}
+
+/// An answer as the JSON it came as (a typed answer always encodes).
+fn json_of<T: serde::Serialize>(answer: &T) -> Value {
+    serde_json::to_value(answer).unwrap_or(Value::Null)
 }
 
 /// Parses a JSON argument, or standard input when it is `-`.
@@ -218,16 +223,8 @@ async fn table_command(client: &Client, out: Output, command: TableCommand) -> E
 }
 
 /// `configuration 3: 1 at 127.0.0.1:7101, 2 at …`
-fn members_text(value: &Value) -> String {
-    let members = value["members"]
-        .as_object()
-        .map(|members| {
-            members
-                .iter()
-                .map(|(id, addr)| format!("{id} at {}", addr.as_str().unwrap_or("?")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    format!("configuration {}: {members}", value["configuration_id"])
+fn members_text(view: &cairn_client::MembersView) -> String {
+    let members: Vec<String> =
+        view.members.iter().map(|(id, addr)| format!("{id} at {addr}")).collect();
+    format!("configuration {}: {}", view.configuration_id, members.join(", "))
 }

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_client::{Client, Read};
-use serde_json::Value;
 use tempfile::TempDir;
 
 mod common;
@@ -119,7 +118,7 @@ impl Cluster {
         let mut named = std::collections::BTreeSet::new();
         for &id in self.processes.keys() {
             let cluster = self.client(id).cluster().await.ok()?;
-            named.insert(cluster["leader"].as_u64()?);
+            named.insert(cluster.leader?);
         }
         let leader = *named.first()?;
         (named.len() == 1 && self.processes.contains_key(&leader)).then_some(leader)
@@ -148,7 +147,7 @@ impl Cluster {
         let mut indexes = BTreeMap::new();
         for &id in self.processes.keys() {
             if let Ok(health) = self.client(id).health().await {
-                indexes.insert(id, health["applied_index"].as_u64().unwrap_or(0));
+                indexes.insert(id, health.applied_index);
             }
         }
         indexes
@@ -186,7 +185,7 @@ async fn applied_at_least(client: &Client, target: u64) {
     let started = Instant::now();
     loop {
         let applied = match client.health().await {
-            Ok(health) => health["applied_index"].as_u64().unwrap_or(0),
+            Ok(health) => health.applied_index,
             Err(_) => 0,
         };
         if applied >= target {
@@ -347,22 +346,20 @@ async fn cluster_shows_every_node_and_the_leader() {
     let leader = cluster.ready().await;
     let started = Instant::now();
     loop {
-        let view: Value = cluster.client(2).cluster().await.unwrap();
-        let nodes = view["nodes"].as_array().unwrap();
-        let complete = nodes.len() == 3 && nodes.iter().all(|n| n["address"].is_string());
+        let view = cluster.client(2).cluster().await.unwrap();
+        let nodes = &view.nodes;
+        let complete = nodes.len() == 3 && nodes.iter().all(|n| n.address.is_some());
         if complete {
-            assert_eq!(view["leader"].as_u64(), Some(leader));
+            assert_eq!(view.leader, Some(leader));
             for node in nodes {
-                let id = node["id"].as_u64().unwrap();
-                assert_eq!(node["address"].as_str(), Some(cluster.api[&id].as_str()));
-                assert!(node["applied_index"].as_u64().is_some());
-                assert!(node["decided_index"].as_u64().is_some());
-                let role = node["role"].as_str().unwrap();
-                assert_eq!(role == "leader", id == leader, "{view}");
+                assert_eq!(node.address.as_deref(), Some(cluster.api[&node.id].as_str()));
+                assert!(node.applied_index.is_some() && node.decided_index.is_some());
+                let leads = node.role == Some(cairn_client::NodeRole::Leader);
+                assert_eq!(leads, node.id == leader, "{view:?}");
             }
             break;
         }
-        assert!(started.elapsed() < READY_TIMEOUT, "the view never filled in: {view}");
+        assert!(started.elapsed() < READY_TIMEOUT, "the view never filled in: {view:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A node alone refuses at once rather than hang: stop the two others.
@@ -417,9 +414,8 @@ async fn a_single_node_grows_to_five_and_shrinks_back_to_one_while_serving() {
         command.spawn().expect("the cairn binary starts")
     };
     let client = |id: u64| Client::with_timeout(&api[&id], Duration::from_secs(5)).unwrap();
-    let members_of = |value: Value| -> Vec<u64> {
-        value["members"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect()
-    };
+    let members_of =
+        |view: cairn_client::MembersView| -> Vec<u64> { view.members.into_keys().collect() };
     processes.insert(1, spawn(1, false));
     let started = Instant::now();
     while client(1).kv_put("ready", "1").await.is_err() {
@@ -482,7 +478,7 @@ async fn a_single_node_grows_to_five_and_shrinks_back_to_one_while_serving() {
     // Every write acknowledged so far is on all five once each has applied
     // as far as node 1 had (writes go on meanwhile).
     let so_far = acked.lock().unwrap().clone();
-    let target = client(1).health().await.unwrap()["applied_index"].as_u64().unwrap();
+    let target = client(1).health().await.unwrap().applied_index;
     for &id in &ids {
         applied_at_least(&client(id), target).await;
     }

@@ -11,6 +11,10 @@
 
 use std::time::Duration;
 
+pub mod views;
+
+pub use views::{ClusterView, Health, MembersView, NodeRole, NodeView};
+
 use bytes::Bytes;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -225,8 +229,20 @@ impl Client {
     }
 
     async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
+        self.typed(request).await
+    }
+
+    /// The answer's body as `T`; a body that does not fit is a bad response
+    /// that names what was wrong.
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, Error> {
         let response = self.send(request).await?;
-        response.json().await.map_err(|e| Error::BadResponse(format!("body is not JSON: {e}")))
+        let bytes =
+            response.bytes().await.map_err(|e| Error::BadResponse(format!("reading: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::BadResponse(format!("the body does not fit: {e}")))
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> Result<reqwest::RequestBuilder, Error> {
@@ -275,18 +291,17 @@ impl Client {
             .body(body.to_string()))
     }
 
-    pub async fn health(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "health"])?).await
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.typed(self.request(Method::GET, &["v1", "health"])?).await
     }
 
-    pub async fn cluster(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "cluster"])?).await
+    pub async fn cluster(&self) -> Result<ClusterView, Error> {
+        self.typed(self.request(Method::GET, &["v1", "cluster"])?).await
     }
 
-    /// The cluster's membership: `{"cluster_id", "configuration_id",
-    /// "members": {"1": "HOST:PORT", …}, "base_index"}`.
-    pub async fn members(&self) -> Result<Value, Error> {
-        self.json(self.request(Method::GET, &["v1", "admin", "members"])?).await
+    /// The cluster's membership.
+    pub async fn members(&self) -> Result<MembersView, Error> {
+        self.typed(self.request(Method::GET, &["v1", "admin", "members"])?).await
     }
 
     /// Adds node `id`, which peers reach at `peer_address`, in place of
@@ -296,17 +311,17 @@ impl Client {
         id: u64,
         peer_address: &str,
         replaces: Option<u64>,
-    ) -> Result<Value, Error> {
+    ) -> Result<MembersView, Error> {
         let body =
             serde_json::json!({ "id": id, "peer_address": peer_address, "replaces": replaces });
         let request = self.request(Method::POST, &["v1", "admin", "members"])?.json(&body);
-        self.json(request).await
+        self.typed(request).await
     }
 
     /// Removes node `id`; answers the new membership once it took effect.
-    pub async fn remove_member(&self, id: u64) -> Result<Value, Error> {
+    pub async fn remove_member(&self, id: u64) -> Result<MembersView, Error> {
         let id = id.to_string();
-        self.json(self.request(Method::DELETE, &["v1", "admin", "members", &id])?).await
+        self.typed(self.request(Method::DELETE, &["v1", "admin", "members", &id])?).await
     }
 
     pub async fn metrics(&self) -> Result<String, Error> {

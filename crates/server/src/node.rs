@@ -195,9 +195,11 @@ async fn join_cluster(config: &NodeConfig, join: &str) -> Result<Membership, Err
     loop {
         match client.add_member(config.id, &peer_address.to_string(), None).await {
             Ok(answer) => {
-                let membership: Membership = serde_json::from_value(answer).map_err(|e| {
-                    Error::Cluster(format!("{join} answered a bad membership: {e}"))
-                })?;
+                // The wire's view of a membership, read as the one stored.
+                let membership: Membership =
+                    serde_json::to_value(&answer).and_then(serde_json::from_value).map_err(
+                        |e| Error::Cluster(format!("{join} answered a bad membership: {e}")),
+                    )?;
                 membership.validate().map_err(|e| Error::Cluster(e.to_string()))?;
                 if !membership.contains(config.id) {
                     return Err(Error::Cluster(format!(

@@ -90,17 +90,16 @@ async fn health_and_cluster_describe_the_single_node() {
     let node = TestNode::start().await;
     let client = node.client();
     let health = client.health().await.unwrap();
-    assert_eq!(health["status"], "ok");
-    assert_eq!(health["id"], 1);
-    assert_eq!(health["role"], "leader");
+    assert_eq!((health.status.as_str(), health.id), ("ok", 1));
+    assert_eq!(health.role, cairn_client::NodeRole::Leader);
     let cluster = client.cluster().await.unwrap();
-    assert_eq!(cluster["leader"], 1);
-    let nodes = cluster["nodes"].as_array().unwrap();
+    assert_eq!(cluster.leader, Some(1));
+    let nodes = &cluster.nodes;
     assert_eq!(nodes.len(), 1);
-    assert_eq!(nodes[0]["address"], node.addr.to_string());
-    assert_eq!(nodes[0]["reachable"], true);
-    assert!(nodes[0]["applied_index"].is_u64() && nodes[0]["decided_index"].is_u64());
-    assert!(nodes[0]["version"].is_string());
+    assert_eq!(nodes[0].address, Some(node.addr.to_string()));
+    assert!(nodes[0].reachable);
+    assert!(nodes[0].applied_index.is_some() && nodes[0].decided_index.is_some());
+    assert!(nodes[0].version.is_some());
 }
 
 #[tokio::test]
@@ -317,7 +316,7 @@ async fn a_node_stopped_gracefully_restarts_with_its_data() {
     let node = TestNode::start_with(dir, |_| {}).await;
     let client = node.client();
     assert!(client.get_doc("t", "kept", Read::Linearizable).await.unwrap().is_some());
-    assert_eq!(client.health().await.unwrap()["applied_index"], index);
+    assert_eq!(client.health().await.unwrap().applied_index, index);
     // New writes continue the index sequence.
     assert!(client.kv_put("k2", "v").await.unwrap() > index);
 }
@@ -413,7 +412,7 @@ async fn system_records_are_kept_and_shown_as_reconciliation() {
     let node = TestNode::start().await;
     node.refused(Method::GET, "/v1/system/control", "", StatusCode::NOT_FOUND, "record_not_found")
         .await;
-    assert_eq!(node.client().cluster().await.unwrap()["reconciliation"], Value::Null);
+    assert_eq!(node.client().cluster().await.unwrap().reconciliation, Value::Null);
     let record = json!({
         "control": {"anything": 1},
         "report": {"state": "AT_DESIRED_STATE", "desired_id": 7},
@@ -447,8 +446,8 @@ async fn system_records_are_kept_and_shown_as_reconciliation() {
     let (status, _) = put("", record.to_string()).await;
     assert_eq!(status, StatusCode::OK);
     let cluster = node.client().cluster().await.unwrap();
-    assert_eq!(cluster["reconciliation"]["state"], "AT_DESIRED_STATE");
-    assert_eq!(cluster["reconciliation"]["desired_id"], 7);
+    assert_eq!(cluster.reconciliation["state"], "AT_DESIRED_STATE");
+    assert_eq!(cluster.reconciliation["desired_id"], 7);
     // Not a user table, and not JSON is refused.
     let tables = node.client().list_tables().await.unwrap();
     assert!(!tables.iter().any(|t| t.starts_with('_')), "{tables:?}");

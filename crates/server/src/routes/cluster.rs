@@ -2,6 +2,8 @@
 
 use axum::extract::State;
 use axum::Json;
+use cairn_client::views::{ClusterView, Health, NodeRole, NodeView};
+use cairn_consensus::Role;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -9,67 +11,74 @@ use crate::state::AppState;
 
 /// 200 while the node serves; 503 with the reason when it cannot (no quorum
 /// in sight, catching up from a peer, removed from the cluster).
-pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let status = state.log().status()?;
     if let Some(reason) = status.not_serving {
         return Err(ApiError::from(reason));
     }
-    Ok(Json(json!({
-        "status": "ok",
-        "id": status.node_id,
-        "role": status.role.as_str(),
-        "applied_index": status.applied_index,
-    })))
+    Ok(Json(Health {
+        status: "ok".into(),
+        id: status.node_id,
+        role: node_role(status.role),
+        applied_index: status.applied_index,
+    }))
 }
 
-pub async fn cluster(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     let status = state.log().status()?;
     let members = state.log().members();
-    let nodes: Vec<Value> = if members.is_empty() {
+    let nodes: Vec<NodeView> = if members.is_empty() {
         // A single node: only itself.
-        vec![json!({
-            "id": status.node_id,
-            "address": state.config.advertise_address(),
-            "peer_address": null,
-            "zone": state.config.zone,
-            "version": crate::VERSION,
-            "role": status.role.as_str(),
-            "decided_index": status.decided_index,
-            "applied_index": status.applied_index,
-            "reachable": true,
-        })]
+        vec![NodeView {
+            id: status.node_id,
+            address: Some(state.config.advertise_address()),
+            peer_address: None,
+            zone: state.config.zone.clone(),
+            version: Some(crate::VERSION.to_string()),
+            role: Some(node_role(status.role)),
+            decided_index: Some(status.decided_index),
+            applied_index: Some(status.applied_index),
+            reachable: true,
+        }]
     } else {
         // This node's own progress and its view of the leader are live; a
         // peer's progress is as of its last hello (a fraction of a second).
         members
-            .iter()
+            .into_iter()
             .map(|m| {
                 let own = m.node_id == status.node_id;
                 let role = match (status.leader, m.role) {
-                    (Some(leader), _) if leader == m.node_id => Some("leader"),
-                    (_, Some(_)) => Some("follower"),
+                    (Some(leader), _) if leader == m.node_id => Some(NodeRole::Leader),
+                    (_, Some(_)) => Some(NodeRole::Follower),
                     (_, None) => None,
                 };
-                json!({
-                    "id": m.node_id,
-                    "address": m.api_address,
-                    "peer_address": m.peer_address,
-                    "zone": m.zone,
-                    "version": m.version,
-                    "role": role,
-                    "decided_index": if own { Some(status.decided_index) } else { m.decided_index },
-                    "applied_index": if own { Some(status.applied_index) } else { m.applied_index },
-                    "reachable": m.reachable,
-                })
+                NodeView {
+                    id: m.node_id,
+                    address: m.api_address,
+                    peer_address: m.peer_address,
+                    zone: m.zone,
+                    version: m.version,
+                    role,
+                    decided_index: if own { Some(status.decided_index) } else { m.decided_index },
+                    applied_index: if own { Some(status.applied_index) } else { m.applied_index },
+                    reachable: m.reachable,
+                }
             })
             .collect()
     };
-    Ok(Json(json!({
-        "nodes": nodes,
-        "leader": status.leader,
-        "configuration_id": status.configuration_id,
-        "reconciliation": super::system::reconciliation(&state),
-    })))
+    Ok(Json(ClusterView {
+        nodes,
+        leader: status.leader,
+        configuration_id: status.configuration_id,
+        reconciliation: super::system::reconciliation(&state),
+    }))
+}
+
+fn node_role(role: Role) -> NodeRole {
+    match role {
+        Role::Leader => NodeRole::Leader,
+        Role::Follower => NodeRole::Follower,
+    }
 }
 
 /// Opens a session for exactly-once writes: the client then sends
