@@ -38,6 +38,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_client::CONTROL_KEY;
+use cairn_cloud::{CreateHost, Host, HostState};
 use cairn_control::desired::{parse, DesiredState};
 use cairn_control::model::{ControlState, Observed, Step};
 use cairn_control::reconcile::{record, report, turn};
@@ -45,7 +46,7 @@ use cairn_control::status::Report;
 use serde_json::{json, Value};
 
 use crate::client::AgentClient;
-use crate::observe::{ask_status, host_obs, CloudHost, Observer, HTTP_TIMEOUT_MS};
+use crate::observe::{ask_status, host_obs, Observer, HTTP_TIMEOUT_MS};
 use crate::status::{NodeState, NodeStatus};
 use crate::supervisor::Supervisor;
 
@@ -144,7 +145,7 @@ impl Leader {
             return Ok(membership.leader == Some(own.node_id));
         }
         let hosts = self.observer.hosts().await?;
-        let first = hosts.iter().find(|h| h.state != "failed");
+        let first = hosts.iter().find(|h| h.state != HostState::Failed);
         if first.is_none_or(|h| h.name != self.config.host) {
             return Ok(false);
         }
@@ -203,7 +204,7 @@ impl Leader {
         Ok(())
     }
 
-    async fn observe(&self, bootstrap: bool) -> Result<(Observed, Vec<CloudHost>), String> {
+    async fn observe(&self, bootstrap: bool) -> Result<(Observed, Vec<Host>), String> {
         if !bootstrap {
             return self.observer.observe().await;
         }
@@ -217,7 +218,7 @@ impl Leader {
         Ok((observed, hosts))
     }
 
-    async fn agent_status(&self, host: &CloudHost) -> Option<NodeStatus> {
+    async fn agent_status(&self, host: &Host) -> Option<NodeStatus> {
         if host.name == self.config.host {
             return Some(self.supervisor.status());
         }
@@ -319,16 +320,14 @@ impl Leader {
     }
 
     async fn report(&self, report: &Report) {
-        let url = format!("{}/v1/status", self.observer.cloud);
-        if let Err(e) = self.observer.http.post(&url).json(report).send().await {
+        if let Err(e) = self.observer.cloud.post_status(report).await {
             tracing::debug!(error = %e, "cannot report to the cloud");
         }
     }
 
     async fn offered(&self) -> Option<DesiredState> {
-        let record: Value =
-            self.observer.get_json(&format!("{}/v1/desired", self.observer.cloud)).await.ok()?;
-        match parse(record["text"].as_str()?) {
+        let record = self.observer.cloud.desired().await.ok()??;
+        match parse(&record.text) {
             Ok(state) => Some(state),
             Err(e) => {
                 tracing::warn!(error = %e, "the cloud serves a desired state this agent refuses");
@@ -342,7 +341,7 @@ impl Leader {
         &self,
         step: &Step,
         control: &ControlState,
-        hosts: &[CloudHost],
+        hosts: &[Host],
         bootstrap: bool,
     ) -> Result<(), String> {
         if !bootstrap {
@@ -360,7 +359,7 @@ impl Leader {
         &self,
         step: &Step,
         control: &ControlState,
-        hosts: &[CloudHost],
+        hosts: &[Host],
     ) -> Result<(), String> {
         let desired = control.accepted.as_ref().ok_or("no accepted desired state")?;
         let agent = |name: &str| -> Result<String, String> {
@@ -377,11 +376,12 @@ impl Leader {
         };
         match step {
             Step::CreateHost { host, zone } => {
-                let url = format!("{}/v1/hosts", self.observer.cloud);
-                let body = json!({ "name": host, "zone": zone, "host_type": desired.host_type });
-                send(&self.observer.http, reqwest::Method::POST, &url, Some(&body), false)
-                    .await
-                    .map(drop)
+                let request = CreateHost {
+                    name: host.clone(),
+                    zone: zone.clone(),
+                    host_type: desired.host_type.clone(),
+                };
+                self.observer.cloud.create_host(&request).await.map(drop).map_err(|e| e.to_string())
             }
             Step::StartNode { host, node_id, join } => {
                 let join = join.then(|| self.config.node.clone());
@@ -413,10 +413,7 @@ impl Leader {
                 send(&self.observer.http, reqwest::Method::DELETE, &url, None, true).await.map(drop)
             }
             Step::DeleteHost { host } => {
-                let url = format!("{}/v1/hosts/{host}", self.observer.cloud);
-                send(&self.observer.http, reqwest::Method::DELETE, &url, None, false)
-                    .await
-                    .map(drop)
+                self.observer.cloud.delete_host(host).await.map(drop).map_err(|e| e.to_string())
             }
         }
     }

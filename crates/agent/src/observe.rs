@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cairn_control::model::{HostObs, HostState, NodeObs, NodeProcess, Observed};
-use serde::Deserialize;
+use cairn_cloud::{CloudClient, Host, HostState as CloudHostState};
+use cairn_control::model::{HostCondition, HostObs, NodeObs, NodeProcess, Observed};
 
 use crate::client::AgentClient;
 use crate::status::{NodeState, NodeStatus};
@@ -19,22 +19,6 @@ use crate::status::{NodeState, NodeStatus};
 pub const AGENT_STATUS_TIMEOUT_MS: u64 = 2_000;
 /// How long one HTTP call to the cloud or a node may take.
 pub const HTTP_TIMEOUT_MS: u64 = 5_000;
-
-/// A host as the cloud lists it (the fields the leader needs).
-#[derive(Clone, Debug, Deserialize)]
-pub struct CloudHost {
-    pub name: String,
-    pub zone: String,
-    pub state: String,
-    pub agent_address: String,
-    pub api_address: String,
-    pub peer_address: String,
-}
-
-#[derive(Deserialize)]
-struct HostList {
-    hosts: Vec<CloudHost>,
-}
 
 /// The data plane's membership as the local node sees it.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +37,7 @@ pub struct MembershipView {
 #[derive(Clone)]
 pub struct Observer {
     pub http: reqwest::Client,
-    pub cloud: String,
+    pub cloud: CloudClient,
     pub node: String,
 }
 
@@ -63,14 +47,15 @@ impl Observer {
             .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
             .build()
             .map_err(|e| format!("building an HTTP client: {e}"))?;
-        let base = |addr: &str| cairn_client::base_url(addr).map_err(|e| e.to_string());
-        Ok(Observer { http, cloud: base(&cloud)?, node: base(&node)? })
+        let node = cairn_client::base_url(&node).map_err(|e| e.to_string())?;
+        let cloud = CloudClient::new(&cloud, Duration::from_millis(HTTP_TIMEOUT_MS))
+            .map_err(|e| e.to_string())?;
+        Ok(Observer { http, cloud, node })
     }
 
     /// The cloud's hosts.
-    pub async fn hosts(&self) -> Result<Vec<CloudHost>, String> {
-        let list: HostList = self.get_json(&format!("{}/v1/hosts", self.cloud)).await?;
-        Ok(list.hosts)
+    pub async fn hosts(&self) -> Result<Vec<Host>, String> {
+        self.cloud.hosts().await.map_err(|e| e.to_string())
     }
 
     /// The membership, as the local node knows it.
@@ -105,7 +90,7 @@ impl Observer {
 
     /// The whole observation. `Err` when the cloud or the local node cannot
     /// be read: then nothing is decided.
-    pub async fn observe(&self) -> Result<(Observed, Vec<CloudHost>), String> {
+    pub async fn observe(&self) -> Result<(Observed, Vec<Host>), String> {
         let hosts = self.hosts().await?;
         let membership = self.membership().await?;
         let statuses = futures_join(&hosts).await;
@@ -131,13 +116,13 @@ impl Observer {
 
 /// A host as the planner sees it, from the cloud's listing and its agent's
 /// answer (`None`: no answer).
-pub fn host_obs(host: &CloudHost, status: Option<NodeStatus>) -> HostObs {
-    let state = match (host.state.as_str(), &status) {
-        ("failed", _) => HostState::Failed,
-        (_, Some(_)) => HostState::Running,
-        (_, None) => HostState::Unreachable,
+pub fn host_obs(host: &Host, status: Option<NodeStatus>) -> HostObs {
+    let state = match (host.state, &status) {
+        (CloudHostState::Failed, _) => HostCondition::Failed,
+        (_, Some(_)) => HostCondition::Running,
+        (_, None) => HostCondition::Unreachable,
     };
-    let node = status.filter(|_| state == HostState::Running).map(|s| NodeObs {
+    let node = status.filter(|_| state == HostCondition::Running).map(|s| NodeObs {
         node_id: (s.node_id != 0).then_some(s.node_id),
         process: match s.state {
             NodeState::Absent => NodeProcess::Absent,
@@ -153,11 +138,11 @@ pub fn host_obs(host: &CloudHost, status: Option<NodeStatus>) -> HostObs {
 }
 
 /// Every host's agent status, asked at once.
-async fn futures_join(hosts: &[CloudHost]) -> Vec<Option<NodeStatus>> {
+async fn futures_join(hosts: &[Host]) -> Vec<Option<NodeStatus>> {
     let mut tasks = Vec::with_capacity(hosts.len());
     for host in hosts {
         let address = host.agent_address.clone();
-        let failed = host.state == "failed";
+        let failed = host.state == CloudHostState::Failed;
         tasks.push(tokio::spawn(async move {
             if failed {
                 return None;

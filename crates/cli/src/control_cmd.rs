@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_agent::AgentConfig;
-use cairn_cloud::{Cloud, CloudConfig, StatusEvent};
+use cairn_cloud::{
+    ClientError, Cloud, CloudClient, CloudConfig, CreateHost, HostState, StatusEvent,
+};
 use serde_json::{json, Value};
 
 use crate::args::{AgentArgs, ApplyArgs, CloudArg, CloudArgs, Output, StatusArgs, UpArgs};
@@ -148,13 +150,15 @@ async fn print_event(output: Output, cloud: std::net::SocketAddr, event: &Status
     if let StatusEvent::Transition(t) = event {
         let at = t.report.state == cairn_control::status::ReconcileState::AtDesiredState;
         if at && t.report.step.is_none() {
-            if let Ok(hosts) = get_json(&format!("http://{cloud}/v1/hosts")).await {
-                let apis: Vec<String> = hosts["hosts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|h| h["state"] == "running")
-                    .filter_map(|h| h["api_address"].as_str().map(|a| format!("http://{a}")))
+            let hosts = match cloud_client(&cloud.to_string()) {
+                Ok(client) => client.hosts().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Ok(hosts) = hosts {
+                let apis: Vec<String> = hosts
+                    .iter()
+                    .filter(|h| h.state == HostState::Running)
+                    .map(|h| format!("http://{}", h.api_address))
                     .collect();
                 println!("{time}   API (any node): {}", apis.join(" "));
             }
@@ -169,41 +173,30 @@ async fn first_host(
     zone: &str,
     host_type: &str,
 ) -> Result<(), String> {
-    let hosts = get_json(&format!("http://{cloud}/v1/hosts")).await?;
-    if hosts["hosts"].as_array().is_some_and(|h| !h.is_empty()) {
+    let client = cloud_client(&cloud.to_string())?;
+    if !client.hosts().await.map_err(|e| e.to_string())?.is_empty() {
         return Ok(());
     }
-    let body = json!({ "name": "host-1", "zone": zone, "host_type": host_type });
-    let response = http()?
-        .post(format!("http://{cloud}/v1/hosts"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(response.text().await.unwrap_or_default());
-    }
-    Ok(())
+    let request =
+        CreateHost { name: "host-1".into(), zone: zone.into(), host_type: host_type.into() };
+    client.create_host(&request).await.map(drop).map_err(|e| e.to_string())
 }
 
 pub async fn down(output: Output, args: CloudArg) -> ExitCode {
-    let base = match cloud_base(&args.cloud) {
-        Ok(base) => base,
-        Err(e) => return fail(output, e),
-    };
-    let client = match http() {
+    let client = match cloud_client(&args.cloud) {
         Ok(client) => client,
         Err(e) => return fail(output, e),
     };
-    if let Err(e) = client.post(format!("{base}/v1/shutdown")).send().await {
-        return fail(output, format!("no cloud answers at {base}: {e}"));
+    let base = client.base().to_string();
+    if let Err(e) = client.shutdown().await {
+        return fail(output, e.to_string());
     }
     if output == Output::Text {
         println!("stopping the cluster at {base}…");
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(DOWN_WAIT_MS);
     while tokio::time::Instant::now() < deadline {
-        if client.get(format!("{base}/v1/health")).send().await.is_err() {
+        if client.health().await.is_err() {
             let stopped = json!({ "stopped": true, "cloud": base });
             return crate::output::success(output, &stopped, || "stopped; the data is kept".into());
         }
@@ -217,24 +210,21 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
         Ok(read) => read,
         Err(e) => return fail(output, e),
     };
-    let base = match cloud_base(&args.cloud.cloud) {
-        Ok(base) => base,
-        Err(e) => return fail(output, e),
-    };
-    let client = match http() {
+    let client = match cloud_client(&args.cloud.cloud) {
         Ok(client) => client,
         Err(e) => return fail(output, e),
     };
-    let response = match client.put(format!("{base}/v1/desired")).body(text).send().await {
-        Ok(response) => response,
-        Err(e) => return fail(output, format!("no cloud answers at {base}: {e}")),
+    let record = match client.put_desired(text).await {
+        Ok(record) => record,
+        Err(ClientError::Refused { message, .. }) => {
+            return fail(
+                output,
+                format!("the cloud refused desired state {}: {message}", desired.id),
+            )
+        }
+        Err(e) => return fail(output, e.to_string()),
     };
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("refused").to_string();
-        return fail(output, format!("the cloud refused desired state {}: {message}", desired.id));
-    }
+    let body = serde_json::to_value(&record).unwrap_or(Value::Null);
     crate::output::success(output, &body, || {
         format!("submitted desired state {}; follow it with `cairn status --watch`", desired.id)
     })
@@ -242,8 +232,8 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
 
 pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
     loop {
-        let gathered = match cloud_base(&args.cloud.cloud) {
-            Ok(base) => gather(&base).await,
+        let gathered = match cloud_client(&args.cloud.cloud) {
+            Ok(client) => gather(&client).await,
             Err(e) => Err(e),
         };
         let view = match gathered {
@@ -251,7 +241,7 @@ pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
             Err(e) => return fail(output, e),
         };
         match output {
-            Output::Json => println!("{view}"),
+            Output::Json => println!("{}", serde_json::to_value(&view).unwrap_or(Value::Null)),
             Output::Text => {
                 if args.watch {
                     print!("\x1b[2J\x1b[H");
@@ -266,48 +256,68 @@ pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
     }
 }
 
-/// The cluster as the cloud and any answering node see it.
-async fn gather(cloud: &str) -> Result<Value, String> {
-    let hosts = get_json(&format!("{cloud}/v1/hosts"))
-        .await
-        .map_err(|e| format!("no cloud answers at {cloud}: {e}"))?;
-    let status = get_json(&format!("{cloud}/v1/status")).await.unwrap_or(Value::Null);
-    let hosts = hosts["hosts"].as_array().cloned().unwrap_or_default();
-    let mut cluster = Value::Null;
-    for host in hosts.iter().filter(|h| h["state"] == "running") {
-        if let Some(api) = host["api_address"].as_str() {
-            if let Ok(view) = get_json(&format!("http://{api}/v1/cluster")).await {
-                cluster = view;
-                break;
-            }
-        }
-    }
-    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
-    let reconciliation = match &status["last"] {
-        Value::Null => cluster["reconciliation"].clone(),
-        last => last.clone(),
-    };
-    let hosts: Vec<Value> = hosts
-        .iter()
-        .map(|h| {
-            let node = nodes.iter().find(|n| n["address"] == h["api_address"]);
-            json!({
-                "name": h["name"], "zone": h["zone"], "state": h["state"],
-                "api_address": h["api_address"],
-                "node_id": node.map(|n| n["id"].clone()),
-            })
-        })
-        .collect();
-    Ok(json!({
-        "reconciliation": reconciliation,
-        "hosts": hosts,
-        "nodes": nodes,
-        "leader": cluster["leader"],
-    }))
+/// What `cairn status` shows: the cloud's hosts joined with the nodes as an
+/// answering node sees them, and the last reconciliation report.
+#[derive(Debug, serde::Serialize)]
+struct StatusView {
+    /// The cloud's last report, or the node's copy when the cloud has none.
+    reconciliation: Value,
+    hosts: Vec<HostRow>,
+    nodes: Vec<cairn_client::NodeView>,
+    leader: Option<u64>,
 }
 
-fn render(view: &Value) -> String {
-    let r = &view["reconciliation"];
+/// One host of [`StatusView`].
+#[derive(Debug, serde::Serialize)]
+struct HostRow {
+    name: String,
+    zone: String,
+    state: HostState,
+    api_address: String,
+    node_id: Option<u64>,
+}
+
+/// The cluster as the cloud and any answering node see it.
+async fn gather(cloud: &CloudClient) -> Result<StatusView, String> {
+    let hosts = cloud.hosts().await.map_err(|e| e.to_string())?;
+    let last = cloud.status().await.ok().and_then(|status| status.last);
+    let mut cluster = None;
+    for host in hosts.iter().filter(|h| h.state == HostState::Running) {
+        let answered = match cairn_client::Client::with_timeout(
+            &host.api_address,
+            Duration::from_millis(CALL_TIMEOUT_MS),
+        ) {
+            Ok(node) => node.cluster().await.ok(),
+            Err(_) => None,
+        };
+        if answered.is_some() {
+            cluster = answered;
+            break;
+        }
+    }
+    let nodes = cluster.as_ref().map(|c| c.nodes.clone()).unwrap_or_default();
+    let reconciliation = match last {
+        Some(report) => serde_json::to_value(report).unwrap_or(Value::Null),
+        None => cluster.as_ref().map_or(Value::Null, |c| c.reconciliation.clone()),
+    };
+    let hosts = hosts
+        .into_iter()
+        .map(|h| {
+            let node = nodes.iter().find(|n| n.address.as_deref() == Some(&h.api_address));
+            HostRow {
+                node_id: node.map(|n| n.id),
+                name: h.name,
+                zone: h.zone,
+                state: h.state,
+                api_address: h.api_address,
+            }
+        })
+        .collect();
+    Ok(StatusView { reconciliation, hosts, nodes, leader: cluster.and_then(|c| c.leader) })
+}
+
+fn render(view: &StatusView) -> String {
+    let r = &view.reconciliation;
     let mut out = match r["state"].as_str() {
         Some(state) => format!(
             "reconciliation: {state}, desired state {}{}\n",
@@ -323,50 +333,32 @@ fn render(view: &Value) -> String {
         "\n{:<10} {:<10} {:<10} {:<5} {:<9} {:<8} {:>9}  {}\n",
         "HOST", "ZONE", "STATE", "NODE", "ROLE", "VERSION", "APPLIED", "API"
     ));
-    let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
-    for host in view["hosts"].as_array().into_iter().flatten() {
-        let node = nodes.iter().find(|n| n["address"] == host["api_address"]);
-        let field = |key: &str| {
-            node.and_then(|n| match &n[key] {
-                Value::Null => None,
-                Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
-            })
-            .unwrap_or_else(|| "-".into())
-        };
+    for host in &view.hosts {
+        let node = view.nodes.iter().find(|n| n.address.as_deref() == Some(&host.api_address));
+        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+        let role = node.and_then(|n| n.role).map(|role| match role {
+            cairn_client::NodeRole::Leader => "leader".to_string(),
+            cairn_client::NodeRole::Follower => "follower".to_string(),
+        });
         out.push_str(&format!(
             "{:<10} {:<10} {:<10} {:<5} {:<9} {:<8} {:>9}  {}\n",
-            host["name"].as_str().unwrap_or("?"),
-            host["zone"].as_str().unwrap_or("?"),
-            host["state"].as_str().unwrap_or("?"),
-            field("id"),
-            field("role"),
-            field("version"),
-            field("applied_index"),
-            host["api_address"].as_str().unwrap_or("?"),
+            host.name,
+            host.zone,
+            host.state.as_str(),
+            or_dash(node.map(|n| n.id.to_string())),
+            or_dash(role),
+            or_dash(node.and_then(|n| n.version.clone())),
+            or_dash(node.and_then(|n| n.applied_index).map(|i| i.to_string())),
+            host.api_address,
         ));
     }
     out
 }
 
-/// The cloud's base URL from `--cloud`; the error names the address.
-fn cloud_base(address: &str) -> Result<String, String> {
-    cairn_client::base_url(address).map_err(|e| format!("--cloud: {e}"))
-}
-
-fn http() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
-}
-
-async fn get_json(url: &str) -> Result<Value, String> {
-    let response = http()?.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("GET {url}: {}", response.status()));
-    }
-    response.json().await.map_err(|e| format!("GET {url}: {e}"))
+/// A client of the cloud named by `--cloud`; the error names the address.
+fn cloud_client(address: &str) -> Result<CloudClient, String> {
+    CloudClient::new(address, Duration::from_millis(CALL_TIMEOUT_MS))
+        .map_err(|e| format!("--cloud: {e}"))
 }
 
 /// A desired state file's text and what it says; the error names the file

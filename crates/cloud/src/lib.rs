@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, oneshot, Notify};
 
+mod client;
 mod desired;
 mod error;
 mod inventory;
@@ -50,6 +51,7 @@ mod process;
 mod routes;
 mod status;
 
+pub use client::{ClientError, CloudClient};
 pub use desired::{
     DesiredRecord, DesiredSource, DESIRED_POLL_MS, DESIRED_STATE_FILE, DESIRED_TEXT_BYTES_MAX,
 };

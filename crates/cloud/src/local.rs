@@ -81,6 +81,18 @@ pub enum HostState {
     Deleting,
 }
 
+impl HostState {
+    /// The state's name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Running => "running",
+            HostState::Restarting => "restarting",
+            HostState::Failed => "failed",
+            HostState::Deleting => "deleting",
+        }
+    }
+}
+
 /// One host in the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {

@@ -27,7 +27,7 @@ pub const NODE_ID_MAX: u64 = 64;
 pub struct HostObs {
     pub name: String,
     pub zone: String,
-    pub state: HostState,
+    pub state: HostCondition,
     /// The agent's view of its node; `None` when the agent did not answer.
     pub node: Option<NodeObs>,
 }
@@ -35,7 +35,7 @@ pub struct HostObs {
 /// A host's state as the cloud reports it, joined with its agent's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HostState {
+pub enum HostCondition {
     /// The host runs and its agent answered.
     Running,
     /// The host is listed but its agent did not answer (restarting, or
@@ -102,13 +102,13 @@ impl Observed {
     /// Whether member `id` serves: its host runs and its node is healthy.
     pub fn is_up(&self, id: u64) -> bool {
         self.host_of(id).is_some_and(|h| {
-            h.state == HostState::Running && h.node.as_ref().is_some_and(|n| n.healthy)
+            h.state == HostCondition::Running && h.node.as_ref().is_some_and(|n| n.healthy)
         })
     }
 
     /// Whether member `id` is gone for good: its host failed or vanished.
     pub fn is_lost(&self, id: u64) -> bool {
-        self.host_of(id).is_none_or(|h| h.state == HostState::Failed)
+        self.host_of(id).is_none_or(|h| h.state == HostCondition::Failed)
     }
 
     /// How many members serve.
@@ -241,7 +241,7 @@ impl Step {
             if let Some(id) = member {
                 return Err(format!("{host} holds node {id}, a member"));
             }
-            let failed = fresh.hosts.get(host).is_none_or(|h| h.state == HostState::Failed);
+            let failed = fresh.hosts.get(host).is_none_or(|h| h.state == HostCondition::Failed);
             if !failed && !fresh.members_caught_up {
                 return Err(format!("{host} may still be needed: not every member caught up"));
             }

@@ -44,8 +44,8 @@ use std::collections::BTreeMap;
 
 use crate::desired::DesiredState;
 use crate::model::{
-    majority, ControlState, HostObs, HostPlan, HostRole, HostState, NodeProcess, Observed, Step,
-    NODE_ID_MAX,
+    majority, ControlState, HostCondition, HostObs, HostPlan, HostRole, NodeProcess, Observed,
+    Step, NODE_ID_MAX,
 };
 
 /// What the planner decides.
@@ -165,7 +165,7 @@ impl Planner<'_> {
                 (HostRole::Retiring, Some(id)) if members.contains(&id) => {
                     plan.role = HostRole::Serving;
                 }
-                (HostRole::Provisioning, _) if host.state == HostState::Failed => {
+                (HostRole::Provisioning, _) if host.state == HostCondition::Failed => {
                     plan.role = HostRole::Retiring;
                 }
                 _ => {}
@@ -185,7 +185,7 @@ impl Planner<'_> {
         let mut running: Vec<(&String, u64)> = Vec::new();
         for (name, host) in &self.observed.hosts {
             let Some(node) = &host.node else {
-                if host.state == HostState::Unreachable {
+                if host.state == HostCondition::Unreachable {
                     return Next::Wait(format!("{name}'s agent does not answer"));
                 }
                 continue;
@@ -213,13 +213,13 @@ impl Planner<'_> {
         }
         for (name, host) in &self.observed.hosts {
             if let Some(node) = host.node.as_ref().filter(|n| n.node_id.is_some()) {
-                if host.state == HostState::Running && node.process != NodeProcess::Absent {
+                if host.state == HostCondition::Running && node.process != NodeProcess::Absent {
                     return Next::Wait(format!("the first node starting on {name}"));
                 }
             }
         }
         let usable = self.observed.hosts.iter().find(|(_, h)| {
-            h.state == HostState::Running
+            h.state == HostCondition::Running
                 && h.node.as_ref().is_some_and(|n| n.process == NodeProcess::Absent)
         });
         if let Some((name, _)) = usable {
@@ -227,7 +227,7 @@ impl Planner<'_> {
             self.assign(&name, 1);
             return Next::Step(Step::StartNode { host: name, node_id: 1, join: false });
         }
-        if self.observed.hosts.values().any(|h| h.state == HostState::Unreachable) {
+        if self.observed.hosts.values().any(|h| h.state == HostCondition::Unreachable) {
             return Next::Wait("a host's agent does not answer yet".into());
         }
         let zone = self.desired.zones.first().cloned().unwrap_or_default();
@@ -254,7 +254,7 @@ impl Planner<'_> {
         for (name, host) in &self.observed.hosts {
             let Some(node) = &host.node else { continue };
             let Some(id) = node.node_id else { continue };
-            if host.state == HostState::Running
+            if host.state == HostCondition::Running
                 && node.process == NodeProcess::Stopped
                 && self.observed.members.contains(&id)
             {
@@ -302,10 +302,10 @@ impl Planner<'_> {
             }
             let Some(host) = self.observed.hosts.get(name) else { continue };
             let holds_member = plan.node_id.is_some_and(|id| self.observed.members.contains(&id));
-            if holds_member && host.state != HostState::Failed {
+            if holds_member && host.state != HostCondition::Failed {
                 continue;
             }
-            if host.state == HostState::Failed || self.observed.members_caught_up {
+            if host.state == HostCondition::Failed || self.observed.members_caught_up {
                 return Some(Next::Step(Step::DeleteHost { host: name.clone() }));
             }
         }
@@ -390,7 +390,7 @@ impl Planner<'_> {
         if let Some((name, node_id)) = spare {
             return match self.observed.hosts.get(&name) {
                 None => Next::Step(Step::CreateHost { host: name, zone }),
-                Some(h) if h.state == HostState::Running && h.node.is_some() => {
+                Some(h) if h.state == HostCondition::Running && h.node.is_some() => {
                     let id = node_id.unwrap_or_else(|| self.free_node_id());
                     self.assign(&name, id);
                     Next::Step(Step::StartNode { host: name, node_id: id, join: true })

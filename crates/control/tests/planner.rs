@@ -3,7 +3,7 @@
 
 use cairn_control::desired::{DesiredState, VERSION};
 use cairn_control::model::{
-    ControlState, HostObs, HostState, NodeObs, NodeProcess, Observed, Step,
+    ControlState, HostCondition, HostObs, NodeObs, NodeProcess, Observed, Step,
 };
 use cairn_control::planner::{plan, Next};
 use cairn_control::reconcile::{record, turn, WAIT_LOOPS_PER_ATTEMPT};
@@ -28,10 +28,21 @@ impl Cluster {
         self.0.members.push(id);
         self.0.member_hosts.insert(id, host.into());
         self.0.members_caught_up = true;
-        self.host(host, zone, HostState::Running, Some(node(Some(id), NodeProcess::Running, true)))
+        self.host(
+            host,
+            zone,
+            HostCondition::Running,
+            Some(node(Some(id), NodeProcess::Running, true)),
+        )
     }
 
-    fn host(mut self, host: &str, zone: &str, state: HostState, node: Option<NodeObs>) -> Cluster {
+    fn host(
+        mut self,
+        host: &str,
+        zone: &str,
+        state: HostCondition,
+        node: Option<NodeObs>,
+    ) -> Cluster {
         let obs = HostObs { name: host.into(), zone: zone.into(), state, node };
         self.0.hosts.insert(host.into(), obs);
         self
@@ -39,7 +50,7 @@ impl Cluster {
 
     /// A host whose agent answers and holds no node yet.
     fn empty(self, host: &str, zone: &str) -> Cluster {
-        self.host(host, zone, HostState::Running, Some(node(None, NodeProcess::Absent, false)))
+        self.host(host, zone, HostCondition::Running, Some(node(None, NodeProcess::Absent, false)))
     }
 
     fn leader(mut self, id: u64) -> Cluster {
@@ -103,7 +114,7 @@ fn a_created_host_gets_the_lowest_free_node_id_and_joins() {
 #[test]
 fn a_member_on_a_failed_host_is_removed_then_replaced() {
     let cluster = three().with("host-2", |h| {
-        h.state = HostState::Failed;
+        h.state = HostCondition::Failed;
         h.node = None;
     });
     assert_eq!(
@@ -124,7 +135,7 @@ fn a_member_on_a_failed_host_is_removed_then_replaced() {
 #[test]
 fn an_agent_that_does_not_answer_is_waited_for_not_replaced() {
     let cluster = three().with("host-3", |h| {
-        h.state = HostState::Unreachable;
+        h.state = HostCondition::Unreachable;
         h.node = None;
     });
     assert!(matches!(cluster.next(&want(1, 3)), Next::Wait(_)));
@@ -259,7 +270,7 @@ fn max_attempts_failed_tries_end_in_error_state_until_something_changes() {
 #[test]
 fn waiting_too_long_counts_as_failed_attempts() {
     let cluster = three().with("host-3", |h| {
-        h.state = HostState::Unreachable;
+        h.state = HostCondition::Unreachable;
         h.node = None;
     });
     let desired = DesiredState { max_attempts: 1, ..want(1, 3) };

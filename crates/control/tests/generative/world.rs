@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_control::desired::{DesiredState, VERSION};
 use cairn_control::model::{
-    majority, ControlState, HostObs, HostState, NodeObs, NodeProcess, Observed, Step,
+    majority, ControlState, HostCondition, HostObs, NodeObs, NodeProcess, Observed, Step,
 };
 use cairn_control::reconcile::{record, turn};
 use cairn_control::status::ReconcileState;
@@ -231,13 +231,13 @@ impl World {
                 self.counts.lost += 1;
             }
             let state = if host.failed {
-                HostState::Failed
+                HostCondition::Failed
             } else if host.agent_down_loops > 0 || lost {
-                HostState::Unreachable
+                HostCondition::Unreachable
             } else {
-                HostState::Running
+                HostCondition::Running
             };
-            let node = (state == HostState::Running).then(|| match &host.node {
+            let node = (state == HostCondition::Running).then(|| match &host.node {
                 None => NodeObs {
                     node_id: None,
                     process: NodeProcess::Absent,
