@@ -818,11 +818,9 @@ impl Driver {
     }
 
     fn submit(&mut self, request: RequestId, command: Command, kind: Kind, out: &mut Output) {
-        let Some(key) = command.wait_key() else {
-            let error = Error::Busy { reason: "a command without an id or token".into() };
-            out.answers.push((request, Answer::Failed(error)));
-            return;
-        };
+        // Writes carry an exactly-once id and session openings a token: the
+        // proposer and `open_session` see to it.
+        let key = command.wait_key().expect("a write or session opening names what it awaits");
         if let Err(error) = self.check_available() {
             out.answers.push((request, Answer::Failed(error)));
             return;

@@ -60,10 +60,7 @@ impl Driver {
             return Ok(());
         };
         if self.catch_up.is_none() && !self.install_begun {
-            let closed = self.fill_gap_locally(through_index).map_err(|error| match error {
-                Error::Storage(reason) => cairn_storage::Error::Corrupt { what: reason },
-                other => cairn_storage::Error::Corrupt { what: other.to_string() },
-            })?;
+            let closed = self.fill_gap_locally(through_index)?;
             if closed {
                 self.caught_up();
                 return Ok(());
@@ -172,7 +169,9 @@ impl Driver {
             return Ok(());
         }
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
-        self.apply_gap(from, commands, through_index)?;
+        if let Err(error) = self.apply_gap(from, commands, through_index) {
+            return Err(self.fail_now(error));
+        }
         if self.sm.applied_index() >= through_index {
             self.catch_up = None;
             self.caught_up();
@@ -186,13 +185,13 @@ impl Driver {
 
     /// Applies decided entries from `from` on, up to the end of the gap at
     /// `through_index` (what follows is in the local log), and answers the
-    /// requests they settle.
+    /// requests they settle. A storage fault is the caller's to fail on.
     fn apply_gap(
         &mut self,
         from: u64,
         commands: Vec<Command>,
         through_index: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<(), cairn_storage::Error> {
         let gap = (through_index + 1).saturating_sub(from);
         if gap == 0 || commands.is_empty() {
             return Ok(());
@@ -205,10 +204,7 @@ impl Driver {
             .map(|(i, c)| (from + i as u64, c))
             .collect();
         let mut out = Output::default();
-        let applied = match self.sm.apply(&entries) {
-            Ok(applied) => applied,
-            Err(error) => return Err(self.fail(error, &mut out)),
-        };
+        let applied = self.sm.apply(&entries)?;
         self.stats.entries_fetched += entries.len() as u64;
         // What is applied here is done with, whether the gap closes now or
         // later: the log may compact behind it.
@@ -224,7 +220,7 @@ impl Driver {
     /// Fills the gap from entries this node still keeps below OmniPaxos's
     /// compacted index (retained because they were not applied yet), as far
     /// as they go. Answers whether the gap is closed.
-    fn fill_gap_locally(&mut self, through_index: u64) -> Result<bool, Error> {
+    fn fill_gap_locally(&mut self, through_index: u64) -> Result<bool, cairn_storage::Error> {
         while self.sm.applied_index() < through_index {
             let from = self.sm.applied_index() + 1;
             let Some(commands) = self.replica.read_decided(from, FETCH_ENTRIES_MAX) else {

@@ -303,9 +303,11 @@ impl Driver {
             self.keys.clear();
             return Ok(());
         }
+        // The membership came from a decided StopSign or a peer and was
+        // validated: only the store can fail to take it.
         next.begin(self.sm.store()).map_err(|e| match e {
             crate::membership::MembershipError::Storage(e) => e,
-            other => cairn_storage::Error::Corrupt { what: other.to_string() },
+            other => panic!("a validated membership refused: {other}"),
         })?;
         self.membership = next.clone();
         if next.members.len() == 1 {
@@ -313,10 +315,12 @@ impl Driver {
             return Ok(());
         }
         let config = self.config.replica_config(&next);
+        // A validated membership of two or more members, this node among
+        // them, always makes a replica's configuration.
         self.replica = Replica::open(config, self.sm.store(), self.sm.applied_index()).map_err(
             |e| match e {
                 crate::replica::Error::Storage(e) => e,
-                other => cairn_storage::Error::Corrupt { what: other.to_string() },
+                other => panic!("a validated membership makes no replica: {other}"),
             },
         )?;
         self.blocked = None;
