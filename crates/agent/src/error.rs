@@ -118,3 +118,30 @@ impl Error {
         Error::Io { what, path: path.into(), source }
     }
 }
+
+/// What stops a turn of the leader's loop, or fails one of its steps. Each
+/// keeps its source; a failed step's message goes into the control state.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// The cloud did not answer, or refused.
+    #[error(transparent)]
+    Cloud(#[from] cairn_cloud::ClientError),
+    /// Another host's agent did not answer, or refused.
+    #[error(transparent)]
+    Agent(#[from] Error),
+    /// The local node did not answer, or refused.
+    #[error("the local node: {0}")]
+    Node(#[from] cairn_client::Error),
+    /// A fresh look showed the step is no longer safe.
+    #[error(transparent)]
+    Unsafe(#[from] cairn_control::model::Unsafe),
+    /// A step names a host the cloud does not list.
+    #[error("{0} is not among the cloud's hosts")]
+    UnknownHost(String),
+    /// A step came without an accepted desired state (a bug of the planner).
+    #[error("no accepted desired state")]
+    NoDesiredState,
+    /// A step outlasted its deadline.
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+}

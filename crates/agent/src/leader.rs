@@ -37,18 +37,18 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_client::CONTROL_KEY;
+use cairn_client::{Read, CONTROL_KEY};
 use cairn_cloud::{CreateHost, Host, HostState};
 use cairn_control::desired::{parse, DesiredState};
-use cairn_control::model::{ControlState, Observed, Step};
+use cairn_control::model::{ControlRecord, ControlState, Observed, Step};
 use cairn_control::reconcile::{record, report, turn};
 use cairn_control::status::Report;
-use serde_json::{json, Value};
 
 use crate::client::AgentClient;
 use crate::observe::{ask_status, host_obs, Observer, HTTP_TIMEOUT_MS};
 use crate::status::{NodeState, NodeStatus};
 use crate::supervisor::Supervisor;
+use crate::TurnError;
 
 /// How often the loop turns.
 pub const LOOP_MS: u64 = 500;
@@ -72,7 +72,8 @@ pub struct LeaderConfig {
 
 /// Runs the loop until the task is dropped.
 pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
-    let observer = match Observer::new(config.cloud.clone(), config.node.clone()) {
+    let step_timeout = Duration::from_millis(STEP_TIMEOUT_MS);
+    let observer = match Observer::new(&config.cloud, &config.node, step_timeout) {
         Ok(observer) => observer,
         Err(e) => {
             tracing::error!(error = %e, "the reconciliation loop cannot start");
@@ -95,6 +96,22 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
     }
 }
 
+/// A client of the agent on host `name`, as the cloud lists it.
+async fn agent_client(hosts: &[Host], name: String) -> Result<AgentClient, TurnError> {
+    let host = hosts.iter().find(|h| h.name == name).ok_or(TurnError::UnknownHost(name))?;
+    let timeout = Duration::from_millis(HTTP_TIMEOUT_MS);
+    Ok(AgentClient::connect(&host.agent_address, timeout).await?)
+}
+
+/// The control record as the system table keeps it, stamped with its
+/// revision.
+#[derive(serde::Deserialize)]
+struct StoredRecord {
+    revision: u64,
+    #[serde(flatten)]
+    record: ControlRecord,
+}
+
 struct Leader {
     config: LeaderConfig,
     observer: Observer,
@@ -105,7 +122,7 @@ struct Leader {
     /// The control state as the system table holds it, as far as this agent
     /// knows: an unchanged state is not written again (an idle cluster's log
     /// stays idle).
-    stored: Option<Value>,
+    stored: Option<ControlRecord>,
     /// The record's revision as last read or written (0: no record): every
     /// write expects it, so of two agents acting from one revision only one
     /// writes, and the other drops its turn.
@@ -139,7 +156,7 @@ impl Leader {
 
     /// Whether this agent leads: beside the leader node, or, before any
     /// node exists, on the cloud's first live host.
-    async fn leads(&self, own: &NodeStatus) -> Result<bool, String> {
+    async fn leads(&self, own: &NodeStatus) -> Result<bool, TurnError> {
         if own.node_id != 0 {
             let membership = self.observer.membership().await?;
             return Ok(membership.leader == Some(own.node_id));
@@ -151,28 +168,30 @@ impl Leader {
         }
         // Bootstrap only where no node answers anywhere: a new host added to
         // a running cluster must not start a second cluster.
+        let timeout = Duration::from_millis(HTTP_TIMEOUT_MS);
         for host in hosts.iter().filter(|h| h.name != self.config.host) {
-            // An address that does not parse has no node to answer.
-            let Ok(base) = cairn_client::base_url(&host.api_address) else { continue };
-            if self.observer.http.get(format!("{base}/v1/health")).send().await.is_ok() {
+            // An address that does not parse has no node to answer; any
+            // answer, 503 included, is a node.
+            let Ok(node) = cairn_client::Client::with_timeout(&host.api_address, timeout) else {
+                continue;
+            };
+            if !matches!(node.health().await, Err(cairn_client::Error::Transport { .. })) {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 
-    async fn lead(&mut self, own: &NodeStatus) -> Result<(), String> {
+    async fn lead(&mut self, own: &NodeStatus) -> Result<(), TurnError> {
         let bootstrap = own.node_id == 0;
         let read = if bootstrap { None } else { self.read_control().await? };
         let read = match read {
-            Some((control, mut record)) => {
-                self.revision = record["revision"].as_u64().unwrap_or(0);
-                if let Some(fields) = record.as_object_mut() {
-                    fields.remove("revision");
-                }
-                if self.defer(&control, &record).await {
+            Some(StoredRecord { revision, record }) => {
+                self.revision = revision;
+                if self.defer(&record).await {
                     return Ok(());
                 }
+                let control = record.control.clone();
                 self.stored = Some(record);
                 Some(control)
             }
@@ -193,7 +212,7 @@ impl Leader {
             if let Err(e) = &result {
                 tracing::warn!(step = %step.describe(), error = %e, "the step failed");
             }
-            control = record(&control, result);
+            control = record(&control, result.map_err(|e| e.to_string()));
             // A step that stopped every node cannot be recorded: the state
             // stored before it already says where the cluster is.
             // The outcome is reported with the next turn's decision.
@@ -204,7 +223,7 @@ impl Leader {
         Ok(())
     }
 
-    async fn observe(&self, bootstrap: bool) -> Result<(Observed, Vec<Host>), String> {
+    async fn observe(&self, bootstrap: bool) -> Result<(Observed, Vec<Host>), TurnError> {
         if !bootstrap {
             return self.observer.observe().await;
         }
@@ -225,21 +244,9 @@ impl Leader {
         ask_status(&host.agent_address).await
     }
 
-    /// The stored control state, and the whole record it came in.
-    async fn read_control(&self) -> Result<Option<(ControlState, Value)>, String> {
-        let url = format!("{}/v1/system/{CONTROL_KEY}", self.observer.node);
-        let response =
-            self.observer.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !response.status().is_success() {
-            return Err(format!("GET {url}: {}", response.status()));
-        }
-        let record: Value = response.json().await.map_err(|e| format!("GET {url}: {e}"))?;
-        let control = serde_json::from_value(record["control"].clone())
-            .map_err(|e| format!("the stored control state is not readable: {e}"))?;
-        Ok(Some((control, record)))
+    /// The stored control record, with its revision.
+    async fn read_control(&self) -> Result<Option<StoredRecord>, TurnError> {
+        Ok(self.observer.node.system_get(CONTROL_KEY, Read::Linearizable).await?)
     }
 
     /// Stores the control state (when a node exists) and, with `tell`,
@@ -250,21 +257,17 @@ impl Leader {
         pending_id: Option<u64>,
         bootstrap: bool,
         tell: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), TurnError> {
         self.memory = Some(control.clone());
         let report = report(control, pending_id, Some(self.config.host.clone()));
-        let record = json!({ "control": control, "report": report });
+        let record = ControlRecord { control: control.clone(), report: report.clone() };
         let stored = if bootstrap || self.stored.as_ref() == Some(&record) {
             Ok(())
         } else {
-            let url = format!(
-                "{}/v1/system/{CONTROL_KEY}?expect_revision={}",
-                self.observer.node, self.revision
-            );
-            match send(&self.observer.http, reqwest::Method::PUT, &url, Some(&record), false).await
-            {
-                Ok(answer) => {
-                    self.revision = answer["index"].as_u64().unwrap_or(self.revision);
+            let node = &self.observer.node_steps;
+            match node.system_put(CONTROL_KEY, &record, Some(self.revision)).await {
+                Ok(revision) => {
+                    self.revision = revision;
                     self.stored = Some(record);
                     Ok(())
                 }
@@ -272,7 +275,7 @@ impl Leader {
                     // Another agent wrote first (or the write failed): what
                     // this turn decided is dropped; the next turn reads again.
                     self.stored = None;
-                    Err(e)
+                    Err(e.into())
                 }
             }
         };
@@ -288,9 +291,9 @@ impl Leader {
     /// change) do not take two disruptive steps at once. A dead agent's
     /// step, or one beside a node that no longer leads, is taken over at
     /// once.
-    async fn defer(&mut self, control: &ControlState, record: &Value) -> bool {
-        let other = record["report"]["leader_host"].as_str().unwrap_or_default().to_string();
-        if control.step.is_none() || other.is_empty() || other == self.config.host {
+    async fn defer(&mut self, record: &ControlRecord) -> bool {
+        let other = record.report.leader_host.clone().unwrap_or_default();
+        if record.control.step.is_none() || other.is_empty() || other == self.config.host {
             self.deferring = None;
             return false;
         }
@@ -343,7 +346,7 @@ impl Leader {
         control: &ControlState,
         hosts: &[Host],
         bootstrap: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), TurnError> {
         if !bootstrap {
             let (fresh, _) = self.observer.observe().await?;
             step.check(&fresh)?;
@@ -351,7 +354,7 @@ impl Leader {
         let timeout = Duration::from_millis(STEP_TIMEOUT_MS);
         match tokio::time::timeout(timeout, self.run_step(step, control, hosts)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {STEP_TIMEOUT_MS} ms")),
+            Err(_) => Err(TurnError::Timeout(STEP_TIMEOUT_MS)),
         }
     }
 
@@ -360,20 +363,9 @@ impl Leader {
         step: &Step,
         control: &ControlState,
         hosts: &[Host],
-    ) -> Result<(), String> {
-        let desired = control.accepted.as_ref().ok_or("no accepted desired state")?;
-        let agent = |name: &str| -> Result<String, String> {
-            hosts
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.agent_address.clone())
-                .ok_or_else(|| format!("{name} is not among the cloud's hosts"))
-        };
-        let connect = |address: String| async move {
-            AgentClient::connect(&address, Duration::from_millis(HTTP_TIMEOUT_MS))
-                .await
-                .map_err(|e| e.to_string())
-        };
+    ) -> Result<(), TurnError> {
+        let desired = control.accepted.as_ref().ok_or(TurnError::NoDesiredState)?;
+        let agent = |name: &str| agent_client(hosts, name.to_string());
         match step {
             Step::CreateHost { host, zone } => {
                 let request = CreateHost {
@@ -381,41 +373,38 @@ impl Leader {
                     zone: zone.clone(),
                     host_type: desired.host_type.clone(),
                 };
-                self.observer.cloud.create_host(&request).await.map(drop).map_err(|e| e.to_string())
+                self.observer.cloud.create_host(&request).await?;
             }
             Step::StartNode { host, node_id, join } => {
                 let join = join.then(|| self.config.node.clone());
-                let client = connect(agent(host)?).await?;
-                client
-                    .start_node(*node_id, join, desired.restart_generation)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                let client = agent(host).await?;
+                client.start_node(*node_id, join, desired.restart_generation).await?;
             }
             Step::StopNodes { hosts: names } => {
                 for name in names {
                     if *name == self.config.host {
-                        self.supervisor.stop_node().await.map_err(|e| e.to_string())?;
+                        self.supervisor.stop_node().await?;
                     } else {
-                        let client = connect(agent(name)?).await?;
-                        client.stop_node().await.map_err(|e| e.to_string())?;
+                        agent(name).await?.stop_node().await?;
                     }
                 }
-                Ok(())
             }
             Step::RestartNode { host, generation } => {
-                let client = connect(agent(host)?).await?;
-                client.restart_node(*generation).await.map(drop).map_err(|e| e.to_string())
+                agent(host).await?.restart_node(*generation).await?;
             }
             Step::RemoveMember { node_id, .. } => {
                 // Already gone is done: the step is idempotent.
-                let url = format!("{}/v1/admin/members/{node_id}", self.observer.node);
-                send(&self.observer.http, reqwest::Method::DELETE, &url, None, true).await.map(drop)
+                match self.observer.node_steps.remove_member(*node_id).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some("member_not_found") => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             Step::DeleteHost { host } => {
-                self.observer.cloud.delete_host(host).await.map(drop).map_err(|e| e.to_string())
+                self.observer.cloud.delete_host(host).await?;
             }
         }
+        Ok(())
     }
 
     /// Starts a node the cluster stopped once the cloud asks it to run.
@@ -442,35 +431,13 @@ impl Leader {
         if since.elapsed() < Duration::from_millis(STOP_WITHOUT_QUORUM_MS) {
             return;
         }
-        let url = format!("{}/v1/system/{CONTROL_KEY}?read=local", self.observer.node);
-        let Ok(record) = self.observer.get_json::<Value>(&url).await else { return };
-        if record["control"]["accepted"]["running"] == Value::Bool(false) {
+        let read = self.observer.node.system_get::<StoredRecord>(CONTROL_KEY, Read::Local).await;
+        let Ok(Some(stored)) = read else { return };
+        if stored.record.control.accepted.is_some_and(|desired| !desired.running) {
             tracing::info!("the cluster is stopped: stopping this node too");
             if let Err(e) = self.supervisor.stop_node().await {
                 tracing::warn!(error = %e, "cannot stop the node");
             }
         }
     }
-}
-
-/// One call: its JSON answer (`null` when there is none), or an error naming
-/// the call and the answer (404 counts as success with `absent_is_done`).
-async fn send(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<&Value>,
-    absent_is_done: bool,
-) -> Result<Value, String> {
-    let mut request =
-        http.request(method.clone(), url).timeout(Duration::from_millis(STEP_TIMEOUT_MS));
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = response.status();
-    if status.is_success() || (absent_is_done && status == reqwest::StatusCode::NOT_FOUND) {
-        return Ok(response.json().await.unwrap_or(Value::Null));
-    }
-    Err(format!("{method} {url}: {status}: {}", response.text().await.unwrap_or_default()))
 }

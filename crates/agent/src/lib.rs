@@ -59,7 +59,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use client::AgentClient;
-pub use error::Error;
+pub use error::{Error, TurnError};
 pub use status::{NodeState, NodeStatus};
 pub use supervisor::{
     Supervisor, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX, BACKOFF_RESET_MS, STOP_GRACE_MS,

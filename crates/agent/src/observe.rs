@@ -14,6 +14,7 @@ use cairn_control::model::{HostCondition, HostObs, NodeObs, NodeProcess, Observe
 
 use crate::client::AgentClient;
 use crate::status::{NodeState, NodeStatus};
+use crate::TurnError;
 
 /// How long one agent may take to answer a status call.
 pub const AGENT_STATUS_TIMEOUT_MS: u64 = 2_000;
@@ -36,34 +37,33 @@ pub struct MembershipView {
 /// node's address.
 #[derive(Clone)]
 pub struct Observer {
-    pub http: reqwest::Client,
     pub cloud: CloudClient,
-    pub node: String,
+    /// The local node, for reads (a short deadline).
+    pub node: cairn_client::Client,
+    /// The local node, for writes and membership changes (a step's
+    /// deadline).
+    pub node_steps: cairn_client::Client,
 }
 
 impl Observer {
-    pub fn new(cloud: String, node: String) -> Result<Observer, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(HTTP_TIMEOUT_MS))
-            .build()
-            .map_err(|e| format!("building an HTTP client: {e}"))?;
-        let node = cairn_client::base_url(&node).map_err(|e| e.to_string())?;
-        let cloud = CloudClient::new(&cloud, Duration::from_millis(HTTP_TIMEOUT_MS))
-            .map_err(|e| e.to_string())?;
-        Ok(Observer { http, cloud, node })
+    pub fn new(cloud: &str, node: &str, step_timeout: Duration) -> Result<Observer, TurnError> {
+        let timeout = Duration::from_millis(HTTP_TIMEOUT_MS);
+        Ok(Observer {
+            cloud: CloudClient::new(cloud, timeout)?,
+            node: cairn_client::Client::with_timeout(node, timeout)?,
+            node_steps: cairn_client::Client::with_timeout(node, step_timeout)?,
+        })
     }
 
     /// The cloud's hosts.
-    pub async fn hosts(&self) -> Result<Vec<Host>, String> {
-        self.cloud.hosts().await.map_err(|e| e.to_string())
+    pub async fn hosts(&self) -> Result<Vec<Host>, TurnError> {
+        Ok(self.cloud.hosts().await?)
     }
 
     /// The membership, as the local node knows it.
-    pub async fn membership(&self) -> Result<MembershipView, String> {
-        let members: cairn_client::MembersView =
-            self.get_json(&format!("{}/v1/admin/members", self.node)).await?;
-        let cluster: cairn_client::ClusterView =
-            self.get_json(&format!("{}/v1/cluster", self.node)).await?;
+    pub async fn membership(&self) -> Result<MembershipView, TurnError> {
+        let members = self.node.members().await?;
+        let cluster = self.node.cluster().await?;
         let applied = cluster.nodes.iter().filter_map(|n| Some((n.id, n.applied_index?)));
         let mut membership = MembershipView {
             members: members.members,
@@ -78,19 +78,9 @@ impl Observer {
         Ok(membership)
     }
 
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let response = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(format!("GET {url}: {status}: {body}"));
-        }
-        response.json().await.map_err(|e| format!("GET {url}: a bad answer: {e}"))
-    }
-
     /// The whole observation. `Err` when the cloud or the local node cannot
     /// be read: then nothing is decided.
-    pub async fn observe(&self) -> Result<(Observed, Vec<Host>), String> {
+    pub async fn observe(&self) -> Result<(Observed, Vec<Host>), TurnError> {
         let hosts = self.hosts().await?;
         let membership = self.membership().await?;
         let statuses = futures_join(&hosts).await;

@@ -422,6 +422,41 @@ impl Client {
         }
     }
 
+    /// The system record `key` (`/v1/system/{key}`), as stored: a JSON
+    /// object stamped with its `revision`; `None` when it does not exist.
+    pub async fn system_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        read: Read,
+    ) -> Result<Option<T>, Error> {
+        let request =
+            self.request(Method::GET, &["v1", "system", key])?.query(&[("read", read.as_str())]);
+        match self.typed(request).await {
+            Ok(record) => Ok(Some(record)),
+            Err(error) if error.code() == Some("record_not_found") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Replaces the system record `key` with `record` (a JSON object), only
+    /// over revision `expect_revision` when given (409 `revision_conflict`
+    /// otherwise); answers the new revision (the write's log index).
+    pub async fn system_put(
+        &self,
+        key: &str,
+        record: &impl serde::Serialize,
+        expect_revision: Option<u64>,
+    ) -> Result<u64, Error> {
+        let mut request = self.request(Method::PUT, &["v1", "system", key])?.json(record);
+        if let Some(revision) = expect_revision {
+            request = request.query(&[("expect_revision", revision)]);
+        }
+        let answer = self.json(request).await?;
+        answer["index"].as_u64().ok_or_else(|| {
+            Error::BadResponse(format!("a write answered without an index: {answer}"))
+        })
+    }
+
     /// Deletes `key`; answers whether it existed.
     pub async fn kv_delete(&self, key: &str) -> Result<bool, Error> {
         let answer = self.json(self.request(Method::DELETE, &["v1", "kv", key])?).await?;

@@ -164,6 +164,20 @@ pub enum Step {
     DeleteHost { host: String },
 }
 
+/// Why a step planned from an earlier observation may not run now
+/// ([`Step::check`] against a fresh one).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsafe {
+    #[error("{step} would cost the quorum: fewer than {} of nodes {:?} serve", .guard.at_least, .guard.among)]
+    CostsQuorum { step: String, guard: Guard },
+    #[error("node {node_id} is no longer the one on {host}")]
+    NodeMoved { node_id: u64, host: String },
+    #[error("{host} holds node {node_id}, a member")]
+    HoldsMember { host: String, node_id: u64 },
+    #[error("{host} may still be needed: not every member caught up")]
+    MembersBehind { host: String },
+}
+
 /// What must hold right before a disruptive step runs: at least `at_least`
 /// of the members `among` serve. The planner only proposes steps whose guard
 /// holds in its observation; the executor checks the guard again against a
@@ -216,21 +230,16 @@ impl Step {
     /// unless it failed, every member caught up). The executor calls this
     /// right before running a step, so that a step planned from a stale
     /// observation cannot do harm.
-    pub fn check(&self, fresh: &Observed) -> Result<(), String> {
+    pub fn check(&self, fresh: &Observed) -> Result<(), Unsafe> {
         if let Some(guard) = self.guard(fresh) {
             if !guard.holds(fresh) {
-                return Err(format!(
-                    "{} would cost the quorum: fewer than {} of nodes {:?} serve",
-                    self.describe(),
-                    guard.at_least,
-                    guard.among
-                ));
+                return Err(Unsafe::CostsQuorum { step: self.describe(), guard });
             }
         }
         if let Step::RemoveMember { node_id, host: Some(host) } = self {
             let now = fresh.host_of(*node_id).map(|h| &h.name);
             if now.is_some_and(|now| now != host) {
-                return Err(format!("node {node_id} is no longer the one on {host}"));
+                return Err(Unsafe::NodeMoved { node_id: *node_id, host: host.clone() });
             }
         }
         if let Step::DeleteHost { host } = self {
@@ -239,11 +248,11 @@ impl Step {
                     || fresh.hosts.get(host).and_then(|h| h.node.as_ref()?.node_id) == Some(id)
             });
             if let Some(id) = member {
-                return Err(format!("{host} holds node {id}, a member"));
+                return Err(Unsafe::HoldsMember { host: host.clone(), node_id: *id });
             }
             let failed = fresh.hosts.get(host).is_none_or(|h| h.state == HostCondition::Failed);
             if !failed && !fresh.members_caught_up {
-                return Err(format!("{host} may still be needed: not every member caught up"));
+                return Err(Unsafe::MembersBehind { host: host.clone() });
             }
         }
         Ok(())
@@ -270,6 +279,14 @@ impl Step {
             Step::DeleteHost { host } => format!("delete {host}"),
         }
     }
+}
+
+/// The system record `control` (`/v1/system/control`): the control state
+/// and the report made from it, which `/v1/cluster` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    pub control: ControlState,
+    pub report: crate::status::Report,
 }
 
 /// The control state: what the reconciler must not forget when its leader

@@ -146,7 +146,8 @@ fn wait(next: &mut ControlState, before: &ControlState, desired: &DesiredState, 
     next.message = reason;
 }
 
-/// Records how the step of a turn went.
+/// Records how the step of a turn went; a failure's message (text for
+/// people, kept in the control state and the next report) goes into it.
 pub fn record(control: &ControlState, result: Result<(), String>) -> ControlState {
     let mut control = control.clone();
     match result {

@@ -314,7 +314,7 @@ impl World {
         self.counts.steps += 1;
         // The executor checks the step's guard against a fresh look.
         let fresh = self.observe_fresh();
-        if let Err(why) = step.check(&fresh) {
+        if let Err(why) = step.check(&fresh).map_err(|e| e.to_string()) {
             self.counts.guard_refused += 1;
             self.control = record(&self.control, Err(why));
             return Ok(());
