@@ -31,6 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::args::{BenchArgs, Global, Output, SystemArg};
+use crate::error::CliError;
 
 /// Operations when neither `--ops` nor `--duration` is given.
 const OPS_DEFAULT: u64 = 10_000;
@@ -48,39 +49,42 @@ enum Backend {
 }
 
 impl Backend {
-    async fn connect(system: SystemArg, target: &str) -> Result<Backend, String> {
+    async fn connect(system: SystemArg, target: &str) -> Result<Backend, CliError> {
         match system {
-            SystemArg::Cairn => Client::new(target).map(Backend::Cairn).map_err(|e| e.to_string()),
+            SystemArg::Cairn => Ok(Backend::Cairn(Client::new(target)?)),
             #[cfg(feature = "etcd")]
-            SystemArg::Etcd => etcd_client::Client::connect([target], None)
-                .await
-                .map(|client| Backend::Etcd(Box::new(client.kv_client())))
-                .map_err(|e| format!("cannot connect to etcd at {target}: {e}")),
+            SystemArg::Etcd => {
+                let client = etcd_client::Client::connect([target], None).await?;
+                Ok(Backend::Etcd(Box::new(client.kv_client())))
+            }
             #[cfg(not(feature = "etcd"))]
-            SystemArg::Etcd => Err("this cairn was built without etcd's client: build it with \
-                                    `--features cairn/etcd` for --system etcd"
-                .to_string()),
+            SystemArg::Etcd => Err(CliError::Usage(
+                "this cairn was built without etcd's client: build it with \
+                 `--features cairn/etcd` for --system etcd"
+                    .into(),
+            )),
         }
     }
 
-    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), String> {
+    async fn put(&mut self, key: &str, value: &Bytes) -> Result<(), CliError> {
         match self {
             Backend::Cairn(client) => {
-                client.kv_put(key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string())
+                client.kv_put(key, value.clone()).await?;
             }
             #[cfg(feature = "etcd")]
             Backend::Etcd(kv) => {
-                kv.put(key, value.to_vec(), None).await.map(|_| ()).map_err(|e| e.to_string())
+                kv.put(key, value.to_vec(), None).await?;
             }
         }
+        Ok(())
     }
 
     /// A read; etcd's default range read is linearizable like Cairn's, and
     /// `Read::Local` maps to etcd's serializable read.
-    async fn get(&mut self, key: &str, read: Read) -> Result<(), String> {
+    async fn get(&mut self, key: &str, read: Read) -> Result<(), CliError> {
         match self {
             Backend::Cairn(client) => {
-                client.kv_get(key, read).await.map(|_| ()).map_err(|e| e.to_string())
+                client.kv_get(key, read).await?;
             }
             #[cfg(feature = "etcd")]
             Backend::Etcd(kv) => {
@@ -88,9 +92,10 @@ impl Backend {
                     Read::Local => Some(etcd_client::GetOptions::new().with_serializable()),
                     _ => None,
                 };
-                kv.get(key, options).await.map(|_| ()).map_err(|e| e.to_string())
+                kv.get(key, options).await?;
             }
         }
+        Ok(())
     }
 }
 
@@ -160,25 +165,25 @@ impl Tally {
     }
 }
 
-fn check(args: &BenchArgs) -> Result<(), String> {
+fn check(args: &BenchArgs) -> Result<(), CliError> {
     if args.clients == 0 || args.clients > CLIENTS_MAX {
-        return Err(format!("--clients must be 1 to {CLIENTS_MAX}"));
+        return Err(CliError::Usage(format!("--clients must be 1 to {CLIENTS_MAX}")));
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
-        return Err("--read-ratio must be between 0 and 1".into());
+        return Err(CliError::Usage("--read-ratio must be between 0 and 1".into()));
     }
     if args.keys == 0 {
-        return Err("--keys must be at least 1".into());
+        return Err(CliError::Usage("--keys must be at least 1".into()));
     }
     if args.ops == Some(0) {
-        return Err("--ops must be at least 1".into());
+        return Err(CliError::Usage("--ops must be at least 1".into()));
     }
     Ok(())
 }
 
 pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
     if let Err(message) = check(&args) {
-        return crate::output::usage(global.output, &message);
+        return crate::output::usage(global.output, &message.to_string());
     }
     let targets =
         if args.targets.is_empty() { vec![global.addr.clone()] } else { args.targets.clone() };
@@ -186,7 +191,7 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
     for target in &targets {
         match Backend::connect(args.system, target).await {
             Ok(client) => clients.push(client),
-            Err(e) => return crate::output::failed(global.output, "unreachable", &e),
+            Err(e) => return crate::output::failed(global.output, "unreachable", &e.to_string()),
         }
     }
     let value = Bytes::from(vec![b'x'; args.value_size]);
@@ -226,9 +231,9 @@ async fn prefill(
     concurrency: usize,
     keys: u64,
     value: &Bytes,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let next = Arc::new(AtomicU64::new(0));
-    let mut tasks: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<Result<(), CliError>> = tokio::task::JoinSet::new();
     for worker in 0..concurrency {
         let mut client = clients[worker % clients.len()].clone();
         let (next, value) = (next.clone(), value.clone());
@@ -243,7 +248,7 @@ async fn prefill(
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        joined.expect("prefill task panicked")?;
+        joined??;
     }
     Ok(())
 }
@@ -369,7 +374,7 @@ impl Work {
                 }
                 Err(e) => {
                     tally.errors += 1;
-                    tally.first_error.get_or_insert(e);
+                    tally.first_error.get_or_insert(e.to_string());
                 }
             }
             match stop {

@@ -8,7 +8,7 @@
 //! and keeps the data under `--dir`. Run again, it brings the same cluster
 //! back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use cairn_cloud::{
 use serde_json::{json, Value};
 
 use crate::args::{AgentArgs, ApplyArgs, CloudArg, CloudArgs, Output, StatusArgs, UpArgs};
+use crate::error::CliError;
 use crate::node_cmd::{init_tracing, shutdown_signal};
 
 /// How long `cairn down` waits for the cloud to stop everything.
@@ -30,7 +31,10 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
     init_tracing();
     let node_bin = match std::env::current_exe() {
         Ok(bin) => bin,
-        Err(e) => return fail(output, format!("cannot find this program's path: {e}")),
+        Err(source) => {
+            let path = PathBuf::from("/proc/self/exe");
+            return fail(output, CliError::Io { what: "find this program at", path, source });
+        }
     };
     let config = AgentConfig {
         host: args.host,
@@ -47,7 +51,7 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
     };
     match cairn_agent::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(output, e.to_string()),
+        Err(e) => fail(output, CliError::AgentRun(e)),
     }
 }
 
@@ -62,12 +66,12 @@ pub async fn cloud(output: Output, args: CloudArgs) -> ExitCode {
     }
     let cloud = match Cloud::start(config).await {
         Ok(cloud) => cloud,
-        Err(e) => return fail(output, e.to_string()),
+        Err(e) => return fail(output, e.into()),
     };
     tracing::info!(addr = %cloud.local_addr(), "cloud started");
     match cloud.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(output, e.to_string()),
+        Err(e) => fail(output, e.into()),
     }
 }
 
@@ -75,9 +79,12 @@ fn cloud_config(
     dir: &Path,
     listen: std::net::SocketAddr,
     file: Option<&Path>,
-) -> Result<CloudConfig, String> {
-    let agent_bin =
-        std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
+) -> Result<CloudConfig, CliError> {
+    let agent_bin = std::env::current_exe().map_err(|source| CliError::Io {
+        what: "find this program at",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
     let mut config = CloudConfig::new(dir.to_path_buf(), listen, agent_bin);
     config.desired_file = file.map(Path::to_path_buf);
     // Host 1 serves its API on the port after the cloud's.
@@ -93,8 +100,8 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
         Ok(read) => read,
         Err(e) => return fail(output, e),
     };
-    if let Err(e) = std::fs::create_dir_all(&args.dir) {
-        return fail(output, format!("cannot create {}: {e}", args.dir.display()));
+    if let Err(source) = std::fs::create_dir_all(&args.dir) {
+        return fail(output, CliError::Io { what: "create", path: args.dir.clone(), source });
     }
     let config = match cloud_config(&args.dir, args.listen, Some(&args.file)) {
         Ok(config) => config,
@@ -102,7 +109,7 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
     };
     let cloud = match Cloud::start(config).await {
         Ok(cloud) => cloud,
-        Err(e) => return fail(output, e.to_string()),
+        Err(e) => return fail(output, e.into()),
     };
     let addr = cloud.local_addr();
     let mut events = cloud.status_events();
@@ -113,7 +120,7 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
     let served = tokio::spawn(cloud.serve(shutdown_signal()));
     let zone = desired.zones.first().cloned().unwrap_or_default();
     if let Err(e) = first_host(addr, &zone, &desired.host_type).await {
-        let _ = fail(output, format!("cannot create the first host: {e}"));
+        let _ = fail(output, e);
     }
     let printer = tokio::spawn(async move {
         loop {
@@ -133,8 +140,8 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
                 format!("stopped; the data is kept in {}", args.dir.display())
             })
         }
-        Ok(Err(e)) => fail(output, e.to_string()),
-        Err(e) => fail(output, format!("the cloud stopped: {e}")),
+        Ok(Err(e)) => fail(output, e.into()),
+        Err(e) => fail(output, e.into()),
     }
 }
 
@@ -151,7 +158,7 @@ async fn print_event(output: Output, cloud: std::net::SocketAddr, event: &Status
         let at = t.report.state == cairn_control::status::ReconcileState::AtDesiredState;
         if at && t.report.step.is_none() {
             let hosts = match cloud_client(&cloud.to_string()) {
-                Ok(client) => client.hosts().await.map_err(|e| e.to_string()),
+                Ok(client) => client.hosts().await.map_err(CliError::from),
                 Err(e) => Err(e),
             };
             if let Ok(hosts) = hosts {
@@ -172,14 +179,15 @@ async fn first_host(
     cloud: std::net::SocketAddr,
     zone: &str,
     host_type: &str,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let client = cloud_client(&cloud.to_string())?;
-    if !client.hosts().await.map_err(|e| e.to_string())?.is_empty() {
+    if !client.hosts().await?.is_empty() {
         return Ok(());
     }
     let request =
         CreateHost { name: "host-1".into(), zone: zone.into(), host_type: host_type.into() };
-    client.create_host(&request).await.map(drop).map_err(|e| e.to_string())
+    client.create_host(&request).await?;
+    Ok(())
 }
 
 pub async fn down(output: Output, args: CloudArg) -> ExitCode {
@@ -189,7 +197,7 @@ pub async fn down(output: Output, args: CloudArg) -> ExitCode {
     };
     let base = client.base().to_string();
     if let Err(e) = client.shutdown().await {
-        return fail(output, e.to_string());
+        return fail(output, e.into());
     }
     if output == Output::Text {
         println!("stopping the cluster at {base}…");
@@ -202,7 +210,10 @@ pub async fn down(output: Output, args: CloudArg) -> ExitCode {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    fail(output, format!("the cloud at {base} still answers after {DOWN_WAIT_MS} ms"))
+    fail(
+        output,
+        CliError::Usage(format!("the cloud at {base} still answers after {DOWN_WAIT_MS} ms")),
+    )
 }
 
 pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
@@ -217,12 +228,11 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
     let record = match client.put_desired(text).await {
         Ok(record) => record,
         Err(ClientError::Refused { message, .. }) => {
-            return fail(
-                output,
-                format!("the cloud refused desired state {}: {message}", desired.id),
-            )
+            let path = args.file.clone();
+            let message = format!("the cloud refused desired state {}: {message}", desired.id);
+            return fail(output, CliError::Desired { path, message });
         }
-        Err(e) => return fail(output, e.to_string()),
+        Err(e) => return fail(output, e.into()),
     };
     let body = serde_json::to_value(&record).unwrap_or(Value::Null);
     crate::output::success(output, &body, || {
@@ -278,8 +288,8 @@ struct HostRow {
 }
 
 /// The cluster as the cloud and any answering node see it.
-async fn gather(cloud: &CloudClient) -> Result<StatusView, String> {
-    let hosts = cloud.hosts().await.map_err(|e| e.to_string())?;
+async fn gather(cloud: &CloudClient) -> Result<StatusView, CliError> {
+    let hosts = cloud.hosts().await?;
     let last = cloud.status().await.ok().and_then(|status| status.last);
     let mut cluster = None;
     for host in hosts.iter().filter(|h| h.state == HostState::Running) {
@@ -356,21 +366,24 @@ fn render(view: &StatusView) -> String {
 }
 
 /// A client of the cloud named by `--cloud`; the error names the address.
-fn cloud_client(address: &str) -> Result<CloudClient, String> {
-    CloudClient::new(address, Duration::from_millis(CALL_TIMEOUT_MS))
-        .map_err(|e| format!("--cloud: {e}"))
+fn cloud_client(address: &str) -> Result<CloudClient, CliError> {
+    Ok(CloudClient::new(address, Duration::from_millis(CALL_TIMEOUT_MS))?)
 }
 
 /// A desired state file's text and what it says; the error names the file
 /// and the field.
-fn read_desired(file: &Path) -> Result<(String, cairn_control::desired::DesiredState), String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let desired =
-        cairn_control::desired::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+fn read_desired(file: &Path) -> Result<(String, cairn_control::desired::DesiredState), CliError> {
+    let path = file.to_path_buf();
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Io {
+        what: "read",
+        path: path.clone(),
+        source,
+    })?;
+    let desired = cairn_control::desired::parse(&text)
+        .map_err(|e| CliError::Desired { path, message: e.to_string() })?;
     Ok((text, desired))
 }
 
-fn fail(output: Output, message: String) -> ExitCode {
-    crate::output::failed(output, "control", &message)
+fn fail(output: Output, error: CliError) -> ExitCode {
+    crate::output::failed(output, "control", &error.to_string())
 }

@@ -14,6 +14,7 @@ mod args;
 mod bench;
 mod client_cmd;
 mod control_cmd;
+mod error;
 mod node_cmd;
 mod output;
 mod shell;
