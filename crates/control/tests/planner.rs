@@ -1,5 +1,7 @@
-//! The planner and the reconciliation loop as scenarios: a cluster as
-//! observed, a desired state, and the one step (or wait) that must follow.
+//! The reconciliation loop (accepting desired states, attempts, the error
+//! state) and the fresh checks, as scenarios. The planner's own scenarios,
+//! a cluster and a desired state in and the next step out, are scripts
+//! under `tests/plans/` (`tests/golden.rs` runs them).
 
 use cairn_control::desired::{DesiredState, VERSION};
 use cairn_control::model::{
@@ -48,11 +50,6 @@ impl Cluster {
         self
     }
 
-    /// A host whose agent answers and holds no node yet.
-    fn empty(self, host: &str, zone: &str) -> Cluster {
-        self.host(host, zone, HostCondition::Running, Some(node(None, NodeProcess::Absent, false)))
-    }
-
     fn leader(mut self, id: u64) -> Cluster {
         self.0.leader = Some(id);
         self
@@ -61,10 +58,6 @@ impl Cluster {
     fn with(mut self, host: &str, change: impl FnOnce(&mut HostObs)) -> Cluster {
         change(self.0.hosts.get_mut(host).expect("a host of the scenario"));
         self
-    }
-
-    fn next(&self, desired: &DesiredState) -> Next {
-        plan(desired, &self.0, &ControlState::default()).1
     }
 }
 
@@ -78,121 +71,6 @@ fn three() -> Cluster {
         .member("host-2", "zone-b", 2)
         .member("host-3", "zone-c", 3)
         .leader(1)
-}
-
-#[test]
-fn bootstrap_starts_node_one_on_the_first_host() {
-    let cluster = Cluster::default().empty("host-1", "zone-a");
-    assert_eq!(
-        cluster.next(&want(1, 3)),
-        Next::Step(Step::StartNode { host: "host-1".into(), node_id: 1, join: false })
-    );
-}
-
-#[test]
-fn growing_creates_a_host_in_the_zone_that_lacks_most() {
-    let cluster = Cluster::default().member("host-1", "zone-a", 1).leader(1);
-    assert_eq!(
-        cluster.next(&want(2, 3)),
-        Next::Step(Step::CreateHost { host: "host-2".into(), zone: "zone-b".into() })
-    );
-}
-
-#[test]
-fn a_created_host_gets_the_lowest_free_node_id_and_joins() {
-    let cluster = Cluster::default()
-        .member("host-1", "zone-a", 1)
-        .member("host-7", "zone-c", 3)
-        .empty("host-8", "zone-b")
-        .leader(1);
-    assert_eq!(
-        cluster.next(&want(2, 3)),
-        Next::Step(Step::StartNode { host: "host-8".into(), node_id: 2, join: true })
-    );
-}
-
-#[test]
-fn a_member_on_a_failed_host_is_removed_then_replaced() {
-    let cluster = three().with("host-2", |h| {
-        h.state = HostCondition::Failed;
-        h.node = None;
-    });
-    assert_eq!(
-        cluster.next(&want(1, 3)),
-        Next::Step(Step::RemoveMember { node_id: 2, host: Some("host-2".into()) })
-    );
-    // Once removed, the failed host goes, then a new one comes in its zone.
-    let mut removed = cluster;
-    removed.0.members.retain(|&id| id != 2);
-    removed.0.member_hosts.remove(&2);
-    let (control, next) = plan(&want(1, 3), &removed.0, &ControlState::default());
-    assert_eq!(next, Next::Step(Step::DeleteHost { host: "host-2".into() }));
-    removed.0.hosts.remove("host-2");
-    let (_, next) = plan(&want(1, 3), &removed.0, &control);
-    assert_eq!(next, Next::Step(Step::CreateHost { host: "host-4".into(), zone: "zone-b".into() }));
-}
-
-#[test]
-fn an_agent_that_does_not_answer_is_waited_for_not_replaced() {
-    let cluster = three().with("host-3", |h| {
-        h.state = HostCondition::Unreachable;
-        h.node = None;
-    });
-    assert!(matches!(cluster.next(&want(1, 3)), Next::Wait(_)));
-}
-
-#[test]
-fn without_a_quorum_nothing_changes() {
-    let cluster = three()
-        .with("host-2", |h| h.node.as_mut().unwrap().healthy = false)
-        .with("host-3", |h| h.node.as_mut().unwrap().healthy = false);
-    let Next::Wait(why) = cluster.next(&want(2, 5)) else { panic!("must wait") };
-    assert!(why.contains("no quorum"), "{why}");
-}
-
-#[test]
-fn shrinking_removes_from_the_fullest_zone_and_spares_the_leader() {
-    let cluster = three().member("host-4", "zone-a", 4).member("host-5", "zone-b", 5).leader(4);
-    // zone-a holds 1 and 4 (the leader), zone-b 2 and 5: the highest id of
-    // the fullest zones that is not the leader goes.
-    assert_eq!(
-        cluster.next(&want(2, 3)),
-        Next::Step(Step::RemoveMember { node_id: 5, host: Some("host-5".into()) })
-    );
-}
-
-#[test]
-fn a_rolling_restart_takes_followers_first_and_the_leader_last() {
-    let desired = DesiredState { restart_generation: 2, ..want(2, 3) };
-    let cluster = three().leader(1);
-    assert_eq!(
-        cluster.next(&desired),
-        Next::Step(Step::RestartNode { host: "host-2".into(), generation: 2 })
-    );
-    let done = |c: Cluster, h: &str| c.with(h, |h| h.node.as_mut().unwrap().restart_generation = 2);
-    let cluster = done(done(cluster, "host-2"), "host-3");
-    assert_eq!(
-        cluster.next(&desired),
-        Next::Step(Step::RestartNode { host: "host-1".into(), generation: 2 })
-    );
-}
-
-#[test]
-fn a_restart_waits_while_another_member_is_down() {
-    let desired = DesiredState { restart_generation: 2, ..want(2, 3) };
-    let cluster = three().with("host-3", |h| h.node.as_mut().unwrap().healthy = false);
-    assert!(matches!(cluster.next(&desired), Next::Wait(_)));
-}
-
-#[test]
-fn running_false_stops_every_node_in_one_final_step_leader_last() {
-    let desired = DesiredState { running: false, ..want(2, 3) };
-    assert_eq!(
-        three().leader(2).next(&desired),
-        Next::Final(Step::StopNodes {
-            hosts: vec!["host-1".into(), "host-3".into(), "host-2".into()]
-        })
-    );
 }
 
 #[test]
@@ -221,13 +99,6 @@ fn fresh_checks_refuse_what_a_stale_look_planned() {
     // A restart while another member is down would cost the quorum.
     let down = three().with("host-3", |h| h.node.as_mut().unwrap().healthy = false);
     assert!(Step::RestartNode { host: "host-2".into(), generation: 1 }.check(&down.0).is_err());
-}
-
-#[test]
-fn another_version_is_blocked_with_a_reason() {
-    let desired = DesiredState { version: "9.9.9".into(), ..want(2, 3) };
-    let Next::Blocked(why) = three().next(&desired) else { panic!("must be blocked") };
-    assert!(why.contains("9.9.9"), "{why}");
 }
 
 #[test]
