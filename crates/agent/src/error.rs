@@ -138,9 +138,6 @@ pub enum TurnError {
     /// A step names a host the cloud does not list.
     #[error("{0} is not among the cloud's hosts")]
     UnknownHost(String),
-    /// A step came without an accepted desired state (a bug of the planner).
-    #[error("no accepted desired state")]
-    NoDesiredState,
     /// A step outlasted its deadline.
     #[error("no answer within {0} ms")]
     Timeout(u64),

@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 use cairn_client::{Read, CONTROL_KEY};
 use cairn_cloud::{CreateHost, Host, HostState};
 use cairn_control::desired::{parse, DesiredState};
+use cairn_control::execute::{run_turn, Effects, Outcome};
 use cairn_control::model::{ControlRecord, ControlState, Observed, Step};
-use cairn_control::reconcile::{record, report, turn};
+use cairn_control::reconcile::report;
 use cairn_control::status::Report;
 
 use crate::client::AgentClient;
@@ -93,6 +94,45 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
     loop {
         tokio::time::sleep(Duration::from_millis(LOOP_MS)).await;
         leader.once().await;
+    }
+}
+
+/// A leader's turn acting on the world: the cloud, the agents, its node.
+struct Acting<'a> {
+    leader: &'a mut Leader,
+    /// The hosts as the turn's observation found them.
+    hosts: Vec<Host>,
+    /// No node exists yet: nothing to store the control state in.
+    bootstrap: bool,
+}
+
+impl Effects for Acting<'_> {
+    type Error = TurnError;
+
+    async fn look(&mut self) -> Result<Observed, TurnError> {
+        Ok(self.leader.observer.observe().await?.0)
+    }
+
+    async fn run(&mut self, step: &Step, desired: &DesiredState) -> Result<(), TurnError> {
+        tracing::info!(step = %step.describe(), "taking a step");
+        let timeout = Duration::from_millis(STEP_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, self.leader.run_step(step, desired, &self.hosts)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(TurnError::Timeout(STEP_TIMEOUT_MS)),
+        }
+    }
+
+    /// Stores the decision before a step (and reports it to the cloud),
+    /// and the outcome after it: that one is reported with the next turn's
+    /// decision.
+    async fn store(
+        &mut self,
+        control: &ControlState,
+        pending_id: Option<u64>,
+        after_step: bool,
+    ) -> Result<(), TurnError> {
+        self.leader.store(control, pending_id, self.bootstrap, !after_step).await
     }
 }
 
@@ -203,22 +243,15 @@ impl Leader {
         let control = read.or_else(|| self.memory.clone()).unwrap_or_default();
         let offered = self.offered().await;
         let (observed, hosts) = self.observe(bootstrap).await?;
-        let t = turn(&control, offered.as_ref(), &observed);
-        let mut control = t.control;
-        self.store(&control, t.pending_id, bootstrap, true).await?;
-        if let Some(step) = t.step {
-            tracing::info!(step = %step.describe(), "taking a step");
-            let result = self.take(&step, &control, &hosts, bootstrap).await;
-            if let Err(e) = &result {
-                tracing::warn!(step = %step.describe(), error = %e, "the step failed");
+        let mut acting = Acting { leader: self, hosts, bootstrap };
+        let turned =
+            run_turn(&mut acting, &control, offered.as_ref(), &observed, !bootstrap).await?;
+        match turned.step {
+            Some((step, Outcome::Refused(why) | Outcome::Failed(why))) => {
+                tracing::warn!(step = %step.describe(), error = %why, "the step failed");
             }
-            control = record(&control, result.map_err(|e| e.to_string()));
-            // A step that stopped every node cannot be recorded: the state
-            // stored before it already says where the cluster is.
-            // The outcome is reported with the next turn's decision.
-            if !matches!(step, Step::StopNodes { .. }) {
-                self.store(&control, t.pending_id, bootstrap, false).await?;
-            }
+            Some((step, Outcome::Done)) => tracing::info!(step = %step.describe(), "step done"),
+            None => {}
         }
         Ok(())
     }
@@ -339,32 +372,12 @@ impl Leader {
         }
     }
 
-    /// Runs one step after checking it against a fresh look.
-    async fn take(
-        &self,
-        step: &Step,
-        control: &ControlState,
-        hosts: &[Host],
-        bootstrap: bool,
-    ) -> Result<(), TurnError> {
-        if !bootstrap {
-            let (fresh, _) = self.observer.observe().await?;
-            step.check(&fresh)?;
-        }
-        let timeout = Duration::from_millis(STEP_TIMEOUT_MS);
-        match tokio::time::timeout(timeout, self.run_step(step, control, hosts)).await {
-            Ok(result) => result,
-            Err(_) => Err(TurnError::Timeout(STEP_TIMEOUT_MS)),
-        }
-    }
-
     async fn run_step(
         &self,
         step: &Step,
-        control: &ControlState,
+        desired: &DesiredState,
         hosts: &[Host],
     ) -> Result<(), TurnError> {
-        let desired = control.accepted.as_ref().ok_or(TurnError::NoDesiredState)?;
         let agent = |name: &str| agent_client(hosts, name.to_string());
         match step {
             Step::CreateHost { host, zone } => {

@@ -3,6 +3,7 @@
 //! reconciliation planner ([`model`], [`planner`]) and its loop ([`reconcile`]).
 
 pub mod desired;
+pub mod execute;
 pub mod model;
 pub mod planner;
 pub mod reconcile;

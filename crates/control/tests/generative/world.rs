@@ -1,8 +1,8 @@
 //! A simulated cloud, agents and data plane for the reconciler, driven by one
 //! seed: hosts appear and die, nodes start, join, restart and stop, and the
 //! membership changes only with a quorum, as the real ones do. The leader
-//! agent's turn is the real `reconcile::turn` and `record`; only the effects
-//! are simulated.
+//! agent's turn is the executor the agents run (`execute::run_turn`: plan,
+//! store, check, run, record, store); only its effects are simulated.
 //!
 //! Faults: an action fails (with or without having taken effect), a host
 //! dies, the leader agent dies mid-step (its step may or may not have taken
@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_control::desired::{DesiredState, VERSION};
+use cairn_control::execute::{now, run_turn, Effects, Outcome, Turned};
 use cairn_control::model::{
     majority, ControlState, HostCondition, HostObs, NodeObs, NodeProcess, Observed, Step,
 };
-use cairn_control::reconcile::{record, turn};
 use cairn_control::status::ReconcileState;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,105 @@ fn violation(result: Result<(), String>) -> Result<(), String> {
 }
 
 pub use cairn_util::Rng;
+
+/// A leader's turn acting on the simulated world: the executor the agents
+/// run ([`run_turn`]), over effects that answer at once and fail as the
+/// faults say.
+struct Leading<'a> {
+    world: &'a mut World,
+    leader_host: String,
+    faults_on: bool,
+    /// A step's effect broke what must hold: the world's verdict, not a
+    /// failed step.
+    violation: Option<String>,
+}
+
+/// Why a simulated effect failed.
+#[derive(Debug)]
+enum Failed {
+    /// The leader's agent died: nothing it does after this lands.
+    LeaderDied,
+    /// The fault plan failed the step (after it maybe did its work).
+    Injected,
+    /// The step failed on its own.
+    Step(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::LeaderDied => write!(f, "the leader died"),
+            Failed::Injected => write!(f, "injected failure"),
+            Failed::Step(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Leading<'_> {
+    /// Applies a step's effect, keeping a violation aside.
+    fn apply(&mut self, step: &Step) -> Result<(), String> {
+        let result = self.world.apply(step);
+        if let Err(e) = violation(result.clone()) {
+            self.violation.get_or_insert(e);
+        }
+        result
+    }
+
+    fn died(&self) -> bool {
+        self.world.hosts.get(&self.leader_host).is_some_and(|h| h.agent_down_loops > 0)
+    }
+}
+
+impl Effects for Leading<'_> {
+    type Error = Failed;
+
+    async fn look(&mut self) -> Result<Observed, Failed> {
+        Ok(self.world.observe_fresh())
+    }
+
+    async fn run(&mut self, step: &Step, _desired: &DesiredState) -> Result<(), Failed> {
+        let world = &mut *self.world;
+        if self.faults_on && world.rng.per_mille(world.faults.leader_dies) {
+            world.counts.leader_died += 1;
+            if world.rng.below(2) == 0 {
+                let _ = self.apply(step);
+            }
+            let world = &mut *self.world;
+            let loops = 2 + world.rng.below(3) as u32;
+            if let Some(host) = world.hosts.get_mut(&self.leader_host) {
+                host.agent_down_loops = loops;
+            }
+            return Err(Failed::LeaderDied);
+        }
+        if self.faults_on && world.rng.per_mille(world.faults.action_fails) {
+            world.counts.action_failed += 1;
+            if world.rng.below(2) == 0 {
+                let _ = self.apply(step);
+            }
+            return Err(Failed::Injected);
+        }
+        self.apply(step).map_err(Failed::Step)
+    }
+
+    async fn store(
+        &mut self,
+        control: &ControlState,
+        _pending_id: Option<u64>,
+        after_step: bool,
+    ) -> Result<(), Failed> {
+        if self.died() {
+            return Err(Failed::LeaderDied);
+        }
+        self.world.control = control.clone();
+        if self.world.trace && !after_step {
+            println!(
+                "  turn {} leader {}: {:?} {}",
+                self.world.counts.turns, self.leader_host, control.state, control.message
+            );
+        }
+        Ok(())
+    }
+}
 
 /// The generator of a case or world: the one seeded generator, its seed
 /// mixed as the cases recorded under `tests/regressions/` expect.
@@ -289,59 +388,35 @@ impl World {
             return Ok(());
         };
         let observed = if faults_on { self.observe() } else { self.observe_fresh() };
-        let t = turn(&self.control, self.offered.as_ref(), &observed);
-        self.control = t.control;
         if self.trace {
-            println!(
-                "  turn {} leader {leader_host} members {:?} hosts {:?}: {:?} {}",
-                self.counts.turns,
-                observed.members,
-                observed
-                    .hosts
-                    .values()
-                    .map(|h| format!(
-                        "{}:{:?}:{:?}",
-                        h.name,
-                        h.state,
-                        h.node.as_ref().map(|n| (n.node_id, n.process, n.healthy))
-                    ))
-                    .collect::<Vec<_>>(),
-                self.control.state,
-                self.control.message
-            );
+            let hosts: Vec<_> = observed
+                .hosts
+                .values()
+                .map(|h| {
+                    let node = h.node.as_ref().map(|n| (n.node_id, n.process, n.healthy));
+                    format!("{}:{:?}:{node:?}", h.name, h.state)
+                })
+                .collect();
+            println!("  turn {} members {:?} hosts {hosts:?}", self.counts.turns, observed.members);
         }
-        let Some(step) = t.step else { return Ok(()) };
-        self.counts.steps += 1;
-        // The executor checks the step's guard against a fresh look.
-        let fresh = self.observe_fresh();
-        if let Err(why) = step.check(&fresh).map_err(|e| e.to_string()) {
-            self.counts.guard_refused += 1;
-            self.control = record(&self.control, Err(why));
-            return Ok(());
+        let control = self.control.clone();
+        let offered = self.offered.clone();
+        // The agent checks a step against a fresh look unless it
+        // bootstraps (no node to look at yet).
+        let check = self.leader_host().is_some();
+        let mut leading = Leading { world: self, leader_host, faults_on, violation: None };
+        let turned = now(run_turn(&mut leading, &control, offered.as_ref(), &observed, check));
+        if let Some(e) = leading.violation {
+            return Err(e);
         }
-        if faults_on && self.rng.per_mille(self.faults.leader_dies) {
-            self.counts.leader_died += 1;
-            if self.rng.below(2) == 0 {
-                violation(self.apply(&step))?;
+        if let Ok(Turned { step: Some((_, outcome)), .. }) = turned {
+            self.counts.steps += 1;
+            if matches!(outcome, Outcome::Refused(_)) {
+                self.counts.guard_refused += 1;
             }
-            if let Some(host) = self.hosts.get_mut(&leader_host) {
-                host.agent_down_loops = 2 + self.rng.below(3) as u32;
-            }
-            return Ok(());
-        }
-        if faults_on && self.rng.per_mille(self.faults.action_fails) {
-            self.counts.action_failed += 1;
-            if self.rng.below(2) == 0 {
-                violation(self.apply(&step))?;
-            }
-            self.control = record(&self.control, Err("injected failure".into()));
-            return Ok(());
-        }
-        let result = self.apply(&step);
-        match result {
-            Ok(()) => self.control = record(&self.control, Ok(())),
-            Err(e) if e.starts_with("violation") => return Err(e),
-            Err(e) => self.control = record(&self.control, Err(e)),
+        } else if turned.is_err() {
+            // The leader died mid-step: its step was taken.
+            self.counts.steps += 1;
         }
         Ok(())
     }
