@@ -132,9 +132,6 @@ pub enum TurnError {
     /// The local node did not answer, or refused.
     #[error("the local node: {0}")]
     Node(#[from] cairn_client::Error),
-    /// A fresh look showed the step is no longer safe.
-    #[error(transparent)]
-    Unsafe(#[from] cairn_control::model::Unsafe),
     /// A step names a host the cloud does not list.
     #[error("{0} is not among the cloud's hosts")]
     UnknownHost(String),

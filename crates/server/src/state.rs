@@ -3,6 +3,7 @@
 //! shutting down (requests waiting on the log then answer at once, so a
 //! graceful shutdown does not wait out their timeouts).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,15 @@ use crate::error::ApiError;
 use crate::extract::WriteId;
 use crate::metrics::Metrics;
 use crate::NodeConfig;
+
+/// Why a bounded wait ended without its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The wait's timeout passed.
+    Timeout,
+    /// The node began to shut down.
+    Stopping,
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -68,18 +78,15 @@ impl AppState {
 
     async fn within_timeout(
         &self,
-        write: impl std::future::Future<Output = Result<Applied, cairn_consensus::Error>>,
+        write: impl Future<Output = Result<Applied, cairn_consensus::Error>>,
     ) -> Result<Applied, ApiError> {
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        tokio::select! {
-            waited = tokio::time::timeout(timeout, write) => match waited {
-                Ok(result) => Ok(result?),
-                Err(_) => Err(ApiError::timeout(format!(
-                    "the write was not applied within {} ms; it may still take effect",
-                    self.config.write_timeout_ms
-                ))),
-            },
-            () = self.stopped() => Err(ApiError::unavailable(
+        let timeout_ms = self.config.write_timeout_ms;
+        match self.awaited(timeout_ms, write).await {
+            Ok(result) => Ok(result?),
+            Err(Cut::Timeout) => Err(ApiError::timeout(format!(
+                "the write was not applied within {timeout_ms} ms; it may still take effect"
+            ))),
+            Err(Cut::Stopping) => Err(ApiError::unavailable(
                 "the node is shutting down before the write's outcome is known; it may still \
                  take effect",
             )),
@@ -88,23 +95,36 @@ impl AppState {
 
     /// Waits until local state reflects every acknowledged write.
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
-        let timeout = Duration::from_millis(self.config.write_timeout_ms);
-        tokio::select! {
-            waited = tokio::time::timeout(timeout, self.log().read_barrier()) => match waited {
-                // A read changes nothing: its failure is never indeterminate.
-                Ok(result) => {
-                    result.map_err(|e| ApiError { indeterminate: false, ..ApiError::from(e) })
-                }
-                Err(_) => Err(ApiError::new(
-                    axum::http::StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    "the read barrier did not complete in time",
-                )),
-            },
-            () = self.stopped() => Err(ApiError {
+        match self.awaited(self.config.write_timeout_ms, self.log().read_barrier()).await {
+            // A read changes nothing: its failure is never indeterminate.
+            Ok(result) => {
+                result.map_err(|e| ApiError { indeterminate: false, ..ApiError::from(e) })
+            }
+            Err(Cut::Timeout) => Err(ApiError::new(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the read barrier did not complete in time",
+            )),
+            Err(Cut::Stopping) => Err(ApiError {
                 indeterminate: false,
                 ..ApiError::unavailable("the node is shutting down: read from another node")
             }),
+        }
+    }
+
+    /// The one bounded wait of a request on the log: `fut`'s output, unless
+    /// `timeout_ms` passes first or the node begins to shut down. Each caller
+    /// words the cut for what it waited on.
+    pub async fn awaited<T>(
+        &self,
+        timeout_ms: u64,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, Cut> {
+        tokio::select! {
+            waited = tokio::time::timeout(Duration::from_millis(timeout_ms), fut) => {
+                waited.map_err(|_| Cut::Timeout)
+            }
+            () = self.stopped() => Err(Cut::Stopping),
         }
     }
 
