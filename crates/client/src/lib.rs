@@ -67,7 +67,17 @@ impl Error {
 /// What happens when an inserted document's id exists: the `?conflict=`
 /// of `POST /v1/tables/{t}/docs`, as the server reads it and the client
 /// and the CLI write it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Conflict {
     /// The insert is refused (409).

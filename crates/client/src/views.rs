@@ -6,6 +6,13 @@
 //! - [`ClusterView`] and [`NodeView`]: `GET /v1/cluster`.
 //! - [`MembersView`]: `GET /v1/admin/members`, and what a membership change
 //!   answers.
+//! - [`Failure`]: every error answer.
+//! - The data routes' answers: [`Written`], [`Created`], [`Deleted`],
+//!   [`Dropped`], [`Inserted`], [`Updated`], [`SessionOpened`], [`Tables`],
+//!   [`DocsPage`].
+//!
+//! Each derives its OpenAPI schema, so the document the node serves at
+//! `/v1/openapi.json` is made from the very types it answers with.
 //!
 //! Not here: the control plane's record (`/v1/system/control`), which the
 //! control crate types; a node only passes its report through.
@@ -13,10 +20,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// A node's role in its configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeRole {
     Leader,
@@ -24,7 +32,7 @@ pub enum NodeRole {
 }
 
 /// `GET /v1/health`: the node serves.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// Always `"ok"` (a node that cannot serve answers 503 instead).
     pub status: String,
@@ -36,7 +44,7 @@ pub struct Health {
 /// One node of [`ClusterView`], as the answering node knows it: its own
 /// progress is live, a peer's is as of its last hello; what a peer has not
 /// told yet is `None`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeView {
     pub id: u64,
     /// The node's HTTP API address.
@@ -53,7 +61,7 @@ pub struct NodeView {
 }
 
 /// `GET /v1/cluster`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterView {
     /// Every member, in id order (a single node: itself).
     pub nodes: Vec<NodeView>,
@@ -62,6 +70,7 @@ pub struct ClusterView {
     pub configuration_id: u32,
     /// The control plane's last report, from this node's copy of the
     /// control record; `null` before the control plane wrote one.
+    #[schema(value_type = Option<Object>)]
     pub reconciliation: Value,
 }
 
@@ -73,13 +82,102 @@ impl ClusterView {
 }
 
 /// `GET /v1/admin/members`: the configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MembersView {
     /// `None` for a single node that never replicated.
     pub cluster_id: Option<u64>,
     pub configuration_id: u32,
-    /// Every member's peer address, by node id.
+    /// Every member's peer address, by node id (JSON keys are strings).
+    #[schema(value_type = BTreeMap<String, String>)]
     pub members: BTreeMap<u64, String>,
     /// The global log index just before the configuration's first entry.
     pub base_index: u64,
+}
+
+/// Every error answer: `{"error": {...}}` with a status that says how to
+/// react (400 fix the request, 404 missing, 409 conflict, 413 too large, 503
+/// retry later, 504 timed out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Failure {
+    pub error: FailureDetail,
+}
+
+/// What went wrong, for [`Failure`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FailureDetail {
+    /// A stable code to branch on, such as `table_not_found`.
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// True when a write may or may not have taken effect.
+    pub indeterminate: bool,
+}
+
+/// A write's answer: the log index it applied at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Written {
+    pub index: u64,
+}
+
+/// The answer of a write that may create (a table, a replaced document, a
+/// system record): 201 when it did, 200 otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    pub created: bool,
+    pub index: u64,
+}
+
+/// A delete's answer; `deleted` is false when there was nothing to delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: bool,
+    pub index: u64,
+}
+
+/// A table drop's answer (dropping a table that is not there is not an error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Dropped {
+    pub dropped: bool,
+    pub index: u64,
+}
+
+/// An insert's answer: how each document went, and every id in the order
+/// given (generated ones included).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Inserted {
+    pub inserted: u64,
+    pub replaced: u64,
+    pub updated: u64,
+    pub ids: Vec<String>,
+    pub index: u64,
+}
+
+/// A merge patch's answer: the document as it now is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Updated {
+    #[schema(value_type = Object)]
+    pub doc: Map<String, Value>,
+    pub index: u64,
+}
+
+/// `POST /v1/sessions`: the new session's id, for `Cairn-Session`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionOpened {
+    pub session: u64,
+    pub index: u64,
+}
+
+/// `GET /v1/tables`: the table names, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tables {
+    pub tables: Vec<String>,
+}
+
+/// `GET /v1/tables/{t}/docs`: one page of documents in id order, and the id
+/// to pass as `after` for the next page (`null` on the last).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DocsPage {
+    #[schema(value_type = Vec<Object>)]
+    pub docs: Vec<Map<String, Value>>,
+    pub next: Option<String>,
 }

@@ -8,8 +8,8 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cairn_client::views::{Failure, FailureDetail};
 use cairn_storage::ApplyError;
-use serde_json::json;
 
 /// An error answer of the API.
 #[derive(Debug)]
@@ -59,11 +59,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "code": self.code,
-            "message": self.message,
-            "indeterminate": self.indeterminate,
-        }});
+        let body = Failure {
+            error: FailureDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                indeterminate: self.indeterminate,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -43,7 +43,7 @@ impl Body {
 }
 
 /// How fresh a read must be.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReadMode {
     /// Sees every write acknowledged before the read began.
@@ -53,10 +53,15 @@ pub enum ReadMode {
     Local,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A read's query: how fresh it must be.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// `linearizable` (the default) sees every write acknowledged before the
+    /// read began; `local` reads this node's state as it is.
     #[serde(default)]
+    #[param(inline)]
     pub read: ReadMode,
 }
 
@@ -95,6 +100,39 @@ fn header_u64(parts: &Parts, name: &str) -> Result<Option<u64>, ApiError> {
     }
 }
 
+impl utoipa::IntoParams for WriteId {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Type};
+        let header = |name: &str, minimum: u64, description: &str| {
+            let schema = ObjectBuilder::new().schema_type(Type::Integer).format(Some(
+                utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64),
+            ));
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .description(Some(description))
+                .schema(Some(schema.minimum(Some(minimum))))
+                .build()
+        };
+        vec![
+            header(
+                "Cairn-Session",
+                0,
+                "The client's session (from POST /v1/sessions), for exactly-once retries; \
+                 sent with Cairn-Seq or not at all.",
+            ),
+            header(
+                "Cairn-Seq",
+                1,
+                "The write's number in the session (1, 2, ...); a retry sends the same pair.",
+            ),
+        ]
+    }
+}
+
 impl FromRequestParts<AppState> for WriteId {
     type Rejection = ApiError;
 
@@ -110,4 +148,43 @@ impl FromRequestParts<AppState> for WriteId {
             ))),
         }
     }
+}
+
+/// A path naming a table.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TableParam {
+    /// 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", min_length = 1, max_length = 64)]
+    pub table: String,
+}
+
+/// A path naming a document of a table.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DocParam {
+    /// 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", min_length = 1, max_length = 64)]
+    pub table: String,
+    /// The document's id: 1 to 512 bytes of UTF-8, other than `.` and `..`.
+    #[param(min_length = 1, max_length = 512)]
+    pub id: String,
+}
+
+/// A path naming a key of the key-value space.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyParam {
+    /// 1 to 1024 bytes of UTF-8, other than `.` and `..`; it may contain `/`.
+    #[param(min_length = 1, max_length = 1024)]
+    pub key: String,
+}
+
+/// A path naming a record of the system table.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RecordParam {
+    /// 1 to 512 bytes of UTF-8, other than `.` and `..`.
+    #[param(min_length = 1, max_length = 512)]
+    pub key: String,
 }

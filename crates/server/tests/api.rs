@@ -517,3 +517,74 @@ async fn shutdown_answers_waiting_writes_at_once() {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("shutting down"), "{body}");
 }
+
+/// The OpenAPI document lists every route of the API with its methods, and
+/// states the limits the node enforces, from the same constants.
+#[tokio::test]
+async fn the_api_is_described_by_an_openapi_document() {
+    use cairn_storage::command::{
+        DOC_ID_BYTES_MAX, INSERT_DOCS_MAX, KV_KEY_BYTES_MAX, TABLE_NAME_BYTES_MAX,
+    };
+    let node = TestNode::start().await;
+    let (status, bytes) = node.raw(Method::GET, "/v1/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let document: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    let routes = [
+        ("/v1/health", &["get"][..]),
+        ("/v1/cluster", &["get"]),
+        ("/v1/sessions", &["post"]),
+        ("/v1/tables", &["get"]),
+        ("/v1/tables/{table}", &["put", "delete"]),
+        ("/v1/tables/{table}/docs", &["get", "post"]),
+        ("/v1/tables/{table}/docs/{id}", &["get", "put", "patch", "delete"]),
+        ("/v1/kv/{key}", &["get", "put", "delete"]),
+        ("/v1/system/{key}", &["get", "put"]),
+        ("/v1/admin/members", &["get", "post"]),
+        ("/v1/admin/members/{id}", &["delete"]),
+    ];
+    let paths = document["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
+    for (path, methods) in routes {
+        let item = paths.get(path).unwrap_or_else(|| panic!("{path} is not described"));
+        let mut described: Vec<&str> =
+            item.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        described.retain(|k| *k != "parameters");
+        described.sort_unstable();
+        let mut expected = methods.to_vec();
+        expected.sort_unstable();
+        assert_eq!(described, expected, "{path}");
+    }
+    let parameter = |path: &str, method: &str, name: &str| -> Value {
+        let parameters = document["paths"][path][method]["parameters"].as_array().unwrap();
+        parameters.iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
+    };
+    let table = parameter("/v1/tables/{table}", "put", "table");
+    assert_eq!(table["maxLength"], TABLE_NAME_BYTES_MAX);
+    let id = parameter("/v1/tables/{table}/docs/{id}", "get", "id");
+    assert_eq!(id["maxLength"], DOC_ID_BYTES_MAX);
+    assert_eq!(parameter("/v1/kv/{key}", "get", "key")["maxLength"], KV_KEY_BYTES_MAX);
+    assert_eq!(parameter("/v1/system/{key}", "get", "key")["maxLength"], DOC_ID_BYTES_MAX);
+    let limit = parameter("/v1/tables/{table}/docs", "get", "limit");
+    assert_eq!(limit["maximum"], cairn_storage::LIST_LIMIT_MAX);
+    let insert = &document["paths"]["/v1/tables/{table}/docs"]["post"]["requestBody"];
+    let schema = &insert["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(schema, "#/components/schemas/NewDocs");
+    let many = &document["components"]["schemas"]["NewDocs"]["oneOf"][1];
+    assert_eq!(many["maxItems"], INSERT_DOCS_MAX);
+    // Writes take the exactly-once headers; every operation lists its errors.
+    assert_eq!(parameter("/v1/tables/{table}/docs", "post", "Cairn-Seq")["minimum"], 1);
+    let mut operation_ids = std::collections::BTreeSet::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.contains_key("400") && responses.contains_key("503"),
+                "{method} {path}"
+            );
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(operation_ids.insert(id.to_string()), "operationId {id} is used twice");
+        }
+    }
+    node.stop().await;
+}

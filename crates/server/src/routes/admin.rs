@@ -21,40 +21,67 @@ use std::net::SocketAddr;
 use axum::extract::{Path, State};
 use axum::Json;
 use cairn_consensus::replica::NODE_ID_MAX;
-use serde_json::{json, Value};
+use cairn_consensus::Membership;
+use serde_json::Value;
 
+use cairn_client::views::MembersView;
+
+use super::openapi::Failures;
 use crate::error::ApiError;
 use crate::extract::Body;
-use crate::state::AppState;
+use crate::state::{AppState, Cut};
+
+/// The least time a membership change is given: it may first wait for a
+/// member to catch up to the new configuration's base, which takes longer
+/// than a write.
+const MEMBERSHIP_TIMEOUT_MS_MIN: u64 = 30_000;
+
+/// The wire's view of a configuration.
+fn view(membership: &Membership) -> MembersView {
+    MembersView {
+        cluster_id: Some(membership.cluster_id),
+        configuration_id: membership.configuration_id,
+        members: membership.members.iter().map(|(id, at)| (*id, at.to_string())).collect(),
+        base_index: membership.base_index,
+    }
+}
 
 /// The members as this node knows them: its membership, or itself alone.
-fn current(state: &AppState) -> Result<(BTreeMap<u64, SocketAddr>, Value), ApiError> {
+fn current(state: &AppState) -> (BTreeMap<u64, SocketAddr>, MembersView) {
     match state.log().membership() {
         Some(membership) => {
-            let value = serde_json::to_value(&membership)
-                .map_err(|e| ApiError::internal(format!("encoding the membership: {e}")))?;
-            Ok((membership.members, value))
+            let answer = view(&membership);
+            (membership.members, answer)
         }
         None => {
             let config = &state.config;
             let members: BTreeMap<u64, SocketAddr> =
                 config.peer_listen.map(|addr| (config.id, addr)).into_iter().collect();
-            let value = json!({
-                "cluster_id": null,
-                "configuration_id": 0,
-                "members": members,
-                "base_index": 0,
-            });
-            Ok((members, value))
+            let answer = MembersView {
+                cluster_id: None,
+                configuration_id: 0,
+                members: members.iter().map(|(id, at)| (*id, at.to_string())).collect(),
+                base_index: 0,
+            };
+            (members, answer)
         }
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(current(&state)?.1))
+/// The configuration this node is in.
+#[utoipa::path(get, operation_id = "admin_list", path = "/v1/admin/members", tag = "cluster",
+    responses((status = 200, description = "The members, by node id.", body = MembersView), Failures))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<MembersView>, ApiError> {
+    Ok(Json(current(&state).1))
 }
 
-pub async fn add(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+/// Adds a member (in place of another, with `replaces`), once it can take
+/// effect safely; answers the new configuration.
+#[utoipa::path(post, operation_id = "admin_add", path = "/v1/admin/members", tag = "cluster",
+    request_body(content = Object,
+        description = "`{\"id\": N, \"peer_address\": \"IP:PORT\", \"replaces\": M}` (`replaces` optional)."),
+    responses((status = 200, description = "The new configuration.", body = MembersView), Failures))]
+pub async fn add(State(state): State<AppState>, body: Body) -> Result<Json<MembersView>, ApiError> {
     let request = body.json("an object {\"id\": N, \"peer_address\": \"HOST:PORT\"}")?;
     let Some(fields) = request.as_object() else {
         return Err(ApiError::bad_request(
@@ -77,7 +104,7 @@ pub async fn add(State(state): State<AppState>, body: Body) -> Result<Json<Value
         })?,
         _ => return Err(ApiError::bad_request("\"peer_address\" is required: a string HOST:PORT")),
     };
-    let (mut members, answer) = current(&state)?;
+    let (mut members, answer) = current(&state);
     if members.is_empty() {
         return Err(ApiError::bad_request(
             "this node runs alone without a peer address: restart it with --peer-listen to add members",
@@ -105,12 +132,16 @@ pub async fn add(State(state): State<AppState>, body: Body) -> Result<Json<Value
     change(&state, members).await
 }
 
+/// Removes a member; answers the new configuration.
+#[utoipa::path(delete, operation_id = "admin_remove", path = "/v1/admin/members/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "The member's node id.", minimum = 1)),
+    responses((status = 200, description = "The new configuration.", body = MembersView), Failures))]
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MembersView>, ApiError> {
     let id = node_id(Some(&Value::String(id.clone())), "id")?.unwrap_or_default();
-    let (mut members, _) = current(&state)?;
+    let (mut members, _) = current(&state);
     if members.remove(&id).is_none() {
         return Err(ApiError::not_found("member_not_found", format!("node {id} is not a member")));
     }
@@ -125,28 +156,23 @@ pub async fn remove(
 async fn change(
     state: &AppState,
     members: BTreeMap<u64, SocketAddr>,
-) -> Result<Json<Value>, ApiError> {
-    let timeout = std::time::Duration::from_millis(state.config.write_timeout_ms.max(30_000));
-    let changing = tokio::time::timeout(timeout, state.log().change_membership(members));
-    let changed = tokio::select! {
-        waited = changing => match waited {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(ApiError::timeout(
-                    "the membership change did not take effect in time; it may still",
-                ))
-            }
-        },
-        () = state.stopped() => {
+) -> Result<Json<MembersView>, ApiError> {
+    let timeout_ms = state.config.write_timeout_ms.max(MEMBERSHIP_TIMEOUT_MS_MIN);
+    let changed = match state.awaited(timeout_ms, state.log().change_membership(members)).await {
+        Ok(result) => result?,
+        Err(Cut::Timeout) => {
+            return Err(ApiError::timeout(
+                "the membership change did not take effect in time; it may still",
+            ))
+        }
+        Err(Cut::Stopping) => {
             return Err(ApiError::unavailable(
                 "the node is shutting down before the membership change took effect; it may \
                  still",
             ))
         }
     };
-    let value = serde_json::to_value(&changed)
-        .map_err(|e| ApiError::internal(format!("encoding the membership: {e}")))?;
-    Ok(Json(value))
+    Ok(Json(view(&changed)))
 }
 
 /// A node id from JSON (a number, or a string of digits in a path).

@@ -2,15 +2,18 @@
 
 use axum::extract::State;
 use axum::Json;
-use cairn_client::views::{ClusterView, Health, NodeRole, NodeView};
+use cairn_client::views::{ClusterView, Health, NodeRole, NodeView, SessionOpened};
 use cairn_consensus::Role;
-use serde_json::{json, Value};
+
+use super::openapi::Failures;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// 200 while the node serves; 503 with the reason when it cannot (no quorum
 /// in sight, catching up from a peer, removed from the cluster).
+#[utoipa::path(get, operation_id = "cluster_health", path = "/v1/health", tag = "cluster",
+    responses((status = 200, description = "The node serves.", body = Health), Failures))]
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let status = state.log().status()?;
     if let Some(reason) = status.not_serving {
@@ -24,6 +27,10 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     }))
 }
 
+/// The cluster as this node sees it: every member's address, zone, version,
+/// role and progress, the leader, and the control plane's last report.
+#[utoipa::path(get, operation_id = "cluster_cluster", path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "The members as this node knows them.", body = ClusterView), Failures))]
 pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     let status = state.log().status()?;
     let members = state.log().members();
@@ -84,14 +91,16 @@ fn node_role(role: Role) -> NodeRole {
 /// Opens a session for exactly-once writes: the client then sends
 /// `Cairn-Session: <session>` and `Cairn-Seq: 1, 2, …` with its writes, one
 /// write in flight at a time, and repeats the same pair when it retries.
+#[utoipa::path(post, operation_id = "cluster_open_session", path = "/v1/sessions", tag = "cluster",
+    responses((status = 201, description = "The session is open.", body = SessionOpened), Failures))]
 pub async fn open_session(
     State(state): State<AppState>,
-) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, Json<SessionOpened>), ApiError> {
     let applied = state.open_session().await?;
     match applied.outcome {
         cairn_storage::Outcome::SessionOpened { session } => Ok((
             axum::http::StatusCode::CREATED,
-            Json(json!({ "session": session, "index": applied.index })),
+            Json(SessionOpened { session, index: applied.index }),
         )),
         other => Err(super::tables::unexpected(other)),
     }

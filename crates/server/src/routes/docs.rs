@@ -5,41 +5,79 @@
 //! generated id must be the same on every replica.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cairn_storage::command::{validate_doc_id, INSERT_DOCS_MAX};
+use cairn_client::views::{Created, Deleted, DocsPage, Inserted, Updated};
+use cairn_storage::command::{validate_doc_id, DOC_ID_BYTES_MAX, INSERT_DOCS_MAX};
 use cairn_storage::{Conflict, Doc, Op, Outcome, LIST_LIMIT_MAX};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::openapi::{ArrayBuilder, ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
 
+use super::created_answer;
+use super::openapi::Failures;
 use super::tables::{table_name, unexpected};
-use super::{created_answer, written};
 use crate::error::ApiError;
-use crate::extract::WriteId;
-use crate::extract::{Body, ReadMode, ReadParams};
+use crate::extract::{Body, DocParam, ReadMode, ReadParams, TableParam, WriteId};
 use crate::state::AppState;
 
 /// Documents per page when `limit` is not given.
 const LIST_LIMIT_DEFAULT: usize = 100;
 
-type TablePath = Result<Path<String>, PathRejection>;
-type DocPath = Result<Path<(String, String)>, PathRejection>;
+type TablePath = Result<Path<TableParam>, PathRejection>;
+type DocPath = Result<Path<DocParam>, PathRejection>;
 
 fn doc_path(path: DocPath) -> Result<(String, String), ApiError> {
-    let Path((table, id)) = path?;
-    let table = table_name(Ok(Path(table)))?;
+    let Path(DocParam { table, id }) = path?;
+    let table = table_name(Ok(Path(TableParam { table })))?;
     validate_doc_id(&id).map_err(ApiError::bad_request)?;
     Ok((table, id))
 }
 
-#[derive(Deserialize)]
+/// An insert's query.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct InsertParams {
+    /// What an existing id meets: `error` (the default: 409), `replace`, or
+    /// `update` (a merge).
     #[serde(default)]
+    #[param(inline)]
     conflict: cairn_client::Conflict,
 }
+
+/// An insert's body: one document, or an array of 1 to [`INSERT_DOCS_MAX`].
+/// A document is a JSON object; its `id`, when given, is a string of 1 to
+/// 512 bytes (generated when absent).
+pub struct NewDocs(Value);
+
+impl FromRequest<AppState> for NewDocs {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<NewDocs, ApiError> {
+        let body = Body::from_request(req, state).await?;
+        Ok(NewDocs(body.json("a document (a JSON object) or an array of documents")?))
+    }
+}
+
+impl utoipa::PartialSchema for NewDocs {
+    fn schema() -> RefOr<Schema> {
+        let id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(DOC_ID_BYTES_MAX))
+            .description(Some("1 to 512 bytes; generated when absent"))
+            .build();
+        let doc = || ObjectBuilder::new().schema_type(Type::Object).property("id", id.clone());
+        let many =
+            ArrayBuilder::new().items(doc()).min_items(Some(1)).max_items(Some(INSERT_DOCS_MAX));
+        OneOfBuilder::new().item(doc()).item(many).into()
+    }
+}
+
+impl utoipa::ToSchema for NewDocs {}
 
 /// The id for a document sent without one. A write with a client's
 /// `(session, seq)` gets ids derived from it, so a retry carries the same
@@ -92,13 +130,17 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// Inserts a document, or an array of them at once (all or none).
+#[utoipa::path(post, operation_id = "docs_insert", path = "/v1/tables/{table}/docs", tag = "tables",
+    params(TableParam, InsertParams, WriteId), request_body = NewDocs,
+    responses((status = 201, description = "The documents are in.", body = Inserted), Failures))]
 pub async fn insert(
     State(state): State<AppState>,
     write_id: WriteId,
     path: TablePath,
     params: Result<Query<InsertParams>, QueryRejection>,
-    body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    NewDocs(body): NewDocs,
+) -> Result<(StatusCode, Json<Inserted>), ApiError> {
     let table = table_name(path)?;
     // The wire's name for it, to the state machine's.
     let conflict = match params?.conflict {
@@ -106,7 +148,7 @@ pub async fn insert(
         cairn_client::Conflict::Replace => Conflict::Replace,
         cairn_client::Conflict::Update => Conflict::Update,
     };
-    let docs = match body.json("a document (a JSON object) or an array of documents")? {
+    let docs = match body {
         Value::Array(values) => {
             if values.is_empty() || values.len() > INSERT_DOCS_MAX {
                 return Err(ApiError::bad_request(format!(
@@ -124,14 +166,18 @@ pub async fn insert(
         // The ids come from the outcome: a retry answered from memory reports
         // the ids first stored, not the ones generated for the retry.
         Outcome::Inserted { inserted, replaced, updated, ids } => {
-            let fields =
-                json!({"inserted": inserted, "replaced": replaced, "updated": updated, "ids": ids});
-            Ok((StatusCode::CREATED, Json(written(&applied, fields))))
+            let (inserted, replaced, updated, ids) = (*inserted, *replaced, *updated, ids.clone());
+            let answer = Inserted { inserted, replaced, updated, ids, index: applied.index };
+            Ok((StatusCode::CREATED, Json(answer)))
         }
         other => Err(unexpected(other.clone())),
     }
 }
 
+/// A document.
+#[utoipa::path(get, operation_id = "docs_get", path = "/v1/tables/{table}/docs/{id}", tag = "tables",
+    params(DocParam, ReadParams),
+    responses((status = 200, description = "The document.", body = Object), Failures))]
 pub async fn get(
     State(state): State<AppState>,
     path: DocPath,
@@ -148,12 +194,20 @@ pub async fn get(
     }
 }
 
+/// Replaces a document, or creates it.
+#[utoipa::path(put, operation_id = "docs_replace", path = "/v1/tables/{table}/docs/{id}", tag = "tables",
+    params(DocParam, WriteId),
+    request_body(content = Object, description = "The document; an `id` in it must be the path's."),
+    responses(
+        (status = 201, description = "The document was created.", body = Created),
+        (status = 200, description = "The document was replaced.", body = Created),
+        Failures))]
 pub async fn replace(
     State(state): State<AppState>,
     write_id: WriteId,
     path: DocPath,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     let (table, id) = doc_path(path)?;
     let Value::Object(mut object) = body.json("a document (a JSON object)")? else {
         return Err(ApiError::bad_request("a document must be a JSON object"));
@@ -179,12 +233,17 @@ fn check_id_matches(object: &Map<String, Value>, id: &str) -> Result<(), ApiErro
     }
 }
 
+/// Merges a JSON merge patch (RFC 7396) into a document.
+#[utoipa::path(patch, operation_id = "docs_update", path = "/v1/tables/{table}/docs/{id}", tag = "tables",
+    params(DocParam, WriteId),
+    request_body(content = Object, description = "A JSON merge patch; it cannot change the `id`."),
+    responses((status = 200, description = "The document as it now is.", body = Updated), Failures))]
 pub async fn update(
     State(state): State<AppState>,
     write_id: WriteId,
     path: DocPath,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Updated>, ApiError> {
     let (table, id) = doc_path(path)?;
     let patch = body.json("a JSON merge patch (an object)")?;
     let Value::Object(object) = &patch else {
@@ -194,36 +253,55 @@ pub async fn update(
     let applied = state.write(Op::Update { table, id, patch: patch.to_string() }, write_id).await?;
     match applied.outcome {
         Outcome::Updated { ref json } => {
-            let doc: Value = serde_json::from_str(json)
-                .map_err(|e| ApiError::internal(format!("patched document is not JSON: {e}")))?;
-            Ok(Json(written(&applied, json!({ "doc": doc }))))
+            let doc: Map<String, Value> = serde_json::from_str(json).map_err(|e| {
+                ApiError::internal(format!("patched document is not a JSON object: {e}"))
+            })?;
+            Ok(Json(Updated { doc, index: applied.index }))
         }
         other => Err(unexpected(other)),
     }
 }
 
+/// Deletes a document.
+#[utoipa::path(delete, operation_id = "docs_delete", path = "/v1/tables/{table}/docs/{id}", tag = "tables",
+    params(DocParam, WriteId),
+    responses((status = 200, description = "The document is gone.", body = Deleted), Failures))]
 pub async fn delete(
     State(state): State<AppState>,
     write_id: WriteId,
     path: DocPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let (table, id) = doc_path(path)?;
     let applied = state.write(Op::Delete { table, id }, write_id).await?;
     match applied.outcome {
-        Outcome::Deleted { existed } => Ok(Json(written(&applied, json!({ "deleted": existed })))),
+        Outcome::Deleted { existed } => {
+            Ok(Json(Deleted { deleted: existed, index: applied.index }))
+        }
         other => Err(unexpected(other)),
     }
 }
 
-#[derive(Deserialize)]
+/// A page's query.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// The page starts after this id (the last page's `next`).
     after: Option<String>,
+    /// Documents per page: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `linearizable` (the default) or `local`.
     #[serde(default)]
+    #[param(inline)]
     read: ReadMode,
 }
 
+/// A page of documents in id order.
+#[utoipa::path(get, operation_id = "docs_list", path = "/v1/tables/{table}/docs", tag = "tables",
+    params(TableParam, ListParams),
+    responses((status = 200, description = "One page, and the cursor of the next.", body = DocsPage),
+        Failures))]
 pub async fn list(
     State(state): State<AppState>,
     path: TablePath,

@@ -5,40 +5,50 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cairn_client::views::{Deleted, Written};
 use cairn_storage::command::validate_kv_key;
 use cairn_storage::{Op, Outcome};
-use serde_json::{json, Value};
 
+use super::openapi::Failures;
 use super::tables::unexpected;
-use super::written;
 use crate::error::ApiError;
-use crate::extract::WriteId;
-use crate::extract::{Body, ReadParams};
+use crate::extract::{Body, KeyParam, ReadParams, WriteId};
 use crate::state::AppState;
 
-fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(key) = path?;
+type KeyPath = Result<Path<KeyParam>, PathRejection>;
+
+fn key(path: KeyPath) -> Result<String, ApiError> {
+    let Path(KeyParam { key }) = path?;
     validate_kv_key(&key).map_err(ApiError::bad_request)?;
     Ok(key)
 }
 
+/// Stores a value under a key.
+#[utoipa::path(put, operation_id = "kv_put", path = "/v1/kv/{key}", tag = "kv", params(KeyParam, WriteId),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The value: any bytes."),
+    responses((status = 200, description = "The value is stored.", body = Written), Failures))]
 pub async fn put(
     State(state): State<AppState>,
     write_id: WriteId,
-    path: Result<Path<String>, PathRejection>,
+    path: KeyPath,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Written>, ApiError> {
     let key = key(path)?;
     let applied = state.write(Op::KvPut { key, value: body.0.to_vec() }, write_id).await?;
     match applied.outcome {
-        Outcome::KvWritten => Ok(Json(written(&applied, json!({})))),
+        Outcome::KvWritten => Ok(Json(Written { index: applied.index })),
         other => Err(unexpected(other)),
     }
 }
 
+/// The value under a key.
+#[utoipa::path(get, operation_id = "kv_get", path = "/v1/kv/{key}", tag = "kv", params(KeyParam, ReadParams),
+    responses((status = 200, description = "The value, as it was stored.", body = Vec<u8>,
+        content_type = "application/octet-stream"), Failures))]
 pub async fn get(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    path: KeyPath,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
@@ -51,15 +61,20 @@ pub async fn get(
     }
 }
 
+/// Deletes a key.
+#[utoipa::path(delete, operation_id = "kv_delete", path = "/v1/kv/{key}", tag = "kv", params(KeyParam, WriteId),
+    responses((status = 200, description = "The key is gone.", body = Deleted), Failures))]
 pub async fn delete(
     State(state): State<AppState>,
     write_id: WriteId,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: KeyPath,
+) -> Result<Json<Deleted>, ApiError> {
     let key = key(path)?;
     let applied = state.write(Op::KvDelete { key }, write_id).await?;
     match applied.outcome {
-        Outcome::Deleted { existed } => Ok(Json(written(&applied, json!({ "deleted": existed })))),
+        Outcome::Deleted { existed } => {
+            Ok(Json(Deleted { deleted: existed, index: applied.index }))
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -9,36 +9,44 @@ mod admin;
 mod cluster;
 mod docs;
 mod kv;
+mod openapi;
 mod system;
 mod tables;
+
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
+use cairn_client::views::Created;
 use cairn_storage::Applied;
-use serde_json::{json, Value};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::metrics;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(cluster::health))
-        .route("/v1/cluster", get(cluster::cluster))
-        .route("/v1/sessions", axum::routing::post(cluster::open_session))
-        .route("/v1/tables", get(tables::list))
-        .route("/v1/tables/{table}", axum::routing::put(tables::create).delete(tables::drop))
-        .route("/v1/tables/{table}/docs", get(docs::list).post(docs::insert))
-        .route(
-            "/v1/tables/{table}/docs/{id}",
-            get(docs::get).put(docs::replace).patch(docs::update).delete(docs::delete),
-        )
+    let (described, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(cluster::health))
+        .routes(routes!(cluster::cluster))
+        .routes(routes!(cluster::open_session))
+        .routes(routes!(tables::list))
+        .routes(routes!(tables::create, tables::drop))
+        .routes(routes!(docs::list, docs::insert))
+        .routes(routes!(docs::get, docs::replace, docs::update, docs::delete))
+        .routes(routes!(system::get, system::put))
+        .routes(routes!(admin::list, admin::add))
+        .routes(routes!(admin::remove))
+        .split_for_parts();
+    let document: Arc<str> = openapi::render(document).into();
+    described
+        // Keys may contain '/': a wildcard, described by hand (see `openapi`).
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
-        .route("/v1/system/{key}", get(system::get).put(system::put))
-        .route("/v1/admin/members", get(admin::list).post(admin::add))
-        .route("/v1/admin/members/{id}", axum::routing::delete(admin::remove))
+        .route("/v1/openapi.json", openapi::serve(document))
         .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -60,13 +68,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// The answer to a write that may create: 201 when it did, 200 otherwise.
-fn created_answer(applied: &Applied, created: bool) -> (StatusCode, Json<Value>) {
+fn created_answer(applied: &Applied, created: bool) -> (StatusCode, Json<Created>) {
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    (status, Json(written(applied, json!({ "created": created }))))
-}
-
-/// A write's JSON answer: `fields` plus the index it was applied at.
-fn written(applied: &Applied, mut fields: Value) -> Value {
-    fields["index"] = json!(applied.index);
-    fields
+    (status, Json(Created { created, index: applied.index }))
 }

@@ -17,25 +17,32 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cairn_client::views::Created;
 use cairn_storage::command::validate_doc_id;
 use cairn_storage::{Op, Outcome};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::openapi::Failures;
 use super::tables::unexpected;
-use super::written;
 use crate::error::ApiError;
-use crate::extract::{Body, ReadParams, WriteId};
+use crate::extract::{Body, ReadParams, RecordParam, WriteId};
 use crate::state::AppState;
 
-fn key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(key) = path?;
+type RecordPath = Result<Path<RecordParam>, PathRejection>;
+
+fn key(path: RecordPath) -> Result<String, ApiError> {
+    let Path(RecordParam { key }) = path?;
     validate_doc_id(&key).map_err(ApiError::bad_request)?;
     Ok(key)
 }
 
+/// A system record.
+#[utoipa::path(get, operation_id = "system_get", path = "/v1/system/{key}", tag = "system", params(RecordParam, ReadParams),
+    responses((status = 200, description = "The record, with its `revision`.", body = Object),
+        Failures))]
 pub async fn get(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    path: RecordPath,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = key(path)?;
@@ -50,26 +57,34 @@ pub async fn get(
 }
 
 /// `PUT`'s query: the revision the write expects.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PutParams {
+    /// Write only over this revision (0: only when there is no record yet).
     expect_revision: Option<u64>,
 }
 
+/// Replaces a system record; the record's `revision` becomes the write's
+/// log index.
+#[utoipa::path(put, operation_id = "system_put", path = "/v1/system/{key}", tag = "system",
+    params(RecordParam, PutParams, WriteId),
+    request_body(content = Object, description = "The record: a JSON object."),
+    responses((status = 200, description = "The record is stored.", body = Created), Failures))]
 pub async fn put(
     State(state): State<AppState>,
     write_id: WriteId,
-    path: Result<Path<String>, PathRejection>,
+    path: RecordPath,
     params: Result<Query<PutParams>, QueryRejection>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Created>, ApiError> {
     let key = key(path)?;
     let Query(PutParams { expect_revision }) = params?;
     let value = body.json("a JSON object")?;
     let json = value.to_string();
     let applied = state.write(Op::SystemPut { key, json, expect_revision }, write_id).await?;
     match applied.outcome {
-        Outcome::Replaced { created } => Ok(Json(written(&applied, json!({ "created": created })))),
+        Outcome::Replaced { created } => Ok(Json(Created { created, index: applied.index })),
         other => Err(unexpected(other)),
     }
 }

@@ -4,36 +4,45 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use cairn_client::views::{Created, Dropped, Tables};
 use cairn_storage::command::validate_table_name;
 use cairn_storage::{Op, Outcome};
-use serde_json::{json, Value};
 
-use super::{created_answer, written};
+use super::created_answer;
+use super::openapi::Failures;
 use crate::error::ApiError;
-use crate::extract::ReadParams;
-use crate::extract::WriteId;
+use crate::extract::{ReadParams, TableParam, WriteId};
 use crate::state::AppState;
 
+/// The tables, by name.
+#[utoipa::path(get, operation_id = "tables_list", path = "/v1/tables", tag = "tables", params(ReadParams),
+    responses((status = 200, description = "The table names, in order.", body = Tables), Failures))]
 pub async fn list(
     State(state): State<AppState>,
     params: Result<axum::extract::Query<ReadParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tables>, ApiError> {
     params?.barrier(&state).await?;
-    Ok(Json(json!({ "tables": state.store.list_tables()? })))
+    Ok(Json(Tables { tables: state.store.list_tables()? }))
 }
 
 /// Checks a table name from the path.
-pub fn table_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(table) = path?;
+pub fn table_name(path: Result<Path<TableParam>, PathRejection>) -> Result<String, ApiError> {
+    let Path(TableParam { table }) = path?;
     validate_table_name(&table).map_err(ApiError::bad_request)?;
     Ok(table)
 }
 
+/// Creates a table; creating one that exists changes nothing.
+#[utoipa::path(put, operation_id = "tables_create", path = "/v1/tables/{table}", tag = "tables", params(TableParam, WriteId),
+    responses(
+        (status = 201, description = "The table was created.", body = Created),
+        (status = 200, description = "The table was there already.", body = Created),
+        Failures))]
 pub async fn create(
     State(state): State<AppState>,
     write_id: WriteId,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    path: Result<Path<TableParam>, PathRejection>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     let table = table_name(path)?;
     let applied = state.write(Op::CreateTable { table }, write_id).await?;
     match applied.outcome {
@@ -42,15 +51,18 @@ pub async fn create(
     }
 }
 
+/// Drops a table with its documents.
+#[utoipa::path(delete, operation_id = "tables_drop", path = "/v1/tables/{table}", tag = "tables", params(TableParam, WriteId),
+    responses((status = 200, description = "The table is gone.", body = Dropped), Failures))]
 pub async fn drop(
     State(state): State<AppState>,
     write_id: WriteId,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: Result<Path<TableParam>, PathRejection>,
+) -> Result<Json<Dropped>, ApiError> {
     let table = table_name(path)?;
     let applied = state.write(Op::DropTable { table }, write_id).await?;
     match applied.outcome {
-        Outcome::TableDropped => Ok(Json(written(&applied, json!({ "dropped": true })))),
+        Outcome::TableDropped => Ok(Json(Dropped { dropped: true, index: applied.index })),
         other => Err(unexpected(other)),
     }
 }
