@@ -35,6 +35,9 @@ pub enum Error {
     /// The persisted intent (`agent.json`) is not what this agent wrote.
     #[error("cannot read {path}: {message} (fix or remove the file)")]
     BadIntent { path: PathBuf, message: String },
+    /// The node's certificate could not be issued.
+    #[error("cannot issue the node's certificate: {0}")]
+    Certificate(#[from] cairn_tls::Error),
     /// The node's binary could not be started.
     #[error("cannot start the node binary {bin}: {source}")]
     Spawn { bin: PathBuf, source: std::io::Error },
@@ -102,6 +105,7 @@ impl Error {
             }
             Error::Rpc { status, .. } => tonic::Status::new(status.code(), message),
             Error::Io { .. }
+            | Error::Certificate(_)
             | Error::Spawn { .. }
             | Error::Signal { .. }
             | Error::BadAnswer { .. }

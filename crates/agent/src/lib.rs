@@ -93,6 +93,10 @@ pub struct AgentConfig {
     /// Stop the node (SIGTERM) when the agent shuts down: the cloud's `down`
     /// stops the whole host. Otherwise the node outlives the agent.
     pub stop_node_on_shutdown: bool,
+    /// The cluster's CA (`ca.crt`, `ca.key`): the agent issues its node a
+    /// certificate for the node's id into `<dir>/certs` and starts it with
+    /// `--certs-dir`, so peers talk mutual TLS. Without it, plain TCP.
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// A started agent: its node supervised, its gRPC port bound.
@@ -128,7 +132,7 @@ impl Agent {
         let local_addr = listener
             .local_addr()
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
-        let spec = supervisor::NodeSpec::new(
+        let mut spec = supervisor::NodeSpec::new(
             config.host.clone(),
             config.zone.clone(),
             dir,
@@ -136,6 +140,7 @@ impl Agent {
             config.node_listen,
             config.node_peer_listen,
         );
+        spec.ca_dir = config.ca_dir.clone();
         let supervisor = Supervisor::open(spec)?;
         let tasks = watch::start(&supervisor)?;
         tracing::info!(%local_addr, host = %config.host, "agent started");

@@ -42,6 +42,8 @@ pub(crate) struct LaunchSpec<'a> {
     pub join: Option<&'a str>,
     /// Where the node's stdout and stderr are appended.
     pub log_path: &'a Path,
+    /// Passed as `--certs-dir`: the node's certificates.
+    pub certs_dir: Option<&'a Path>,
 }
 
 /// A running node process.
@@ -121,6 +123,9 @@ pub(crate) fn spawn(spec: &LaunchSpec<'_>) -> Result<NodeProcess, Error> {
         .arg(spec.zone);
     if let Some(join) = spec.join.filter(|_| !has_data(spec.data_dir)) {
         command.arg("--join").arg(join);
+    }
+    if let Some(certs_dir) = spec.certs_dir {
+        command.arg("--certs-dir").arg(certs_dir);
     }
     // The environment (CAIRN_LOG among it) is inherited as it is.
     command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(false).process_group(0);

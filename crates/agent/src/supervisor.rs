@@ -66,6 +66,10 @@ pub(crate) struct NodeSpec {
     pub pid_path: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// `<dir>/certs`: the node's certificates, when the agent has a CA.
+    pub certs_dir: PathBuf,
+    /// The cluster's CA, which issues the node's certificate.
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -87,7 +91,26 @@ impl NodeSpec {
             pid_path: dir.join(os::NODE_PID_FILE),
             data_dir: dir.join(os::NODE_DATA_DIR),
             log_path: dir.join("node.log"),
+            certs_dir: dir.join("certs"),
+            ca_dir: None,
         }
+    }
+
+    /// The certificates directory for node `node_id`, its certificate issued
+    /// by the CA when missing (or for another node); `None` without a CA.
+    fn node_certificates(&self, node_id: u64) -> Result<Option<PathBuf>, Error> {
+        let Some(ca_dir) = &self.ca_dir else { return Ok(None) };
+        let cert = self.certs_dir.join(cairn_tls::node_cert_file(node_id));
+        if !cert.exists() {
+            let names = [
+                self.host.clone(),
+                self.node_listen.ip().to_string(),
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+            ];
+            cairn_tls::Ca::load(ca_dir)?.issue_node(&self.certs_dir, node_id, &names)?;
+        }
+        Ok(Some(self.certs_dir.clone()))
     }
 
     /// The address others reach `addr` at: the host's name when it listens
@@ -425,7 +448,17 @@ impl Supervisor {
             };
             (node_id, s.intent.join.clone())
         };
+        let certs_dir = match spec.node_certificates(node_id) {
+            Ok(dir) => dir,
+            Err(e) => {
+                let mut s = self.state();
+                schedule_retry(&mut s, Duration::ZERO);
+                s.message = e.to_string();
+                return Err(e);
+            }
+        };
         let launch = LaunchSpec {
+            certs_dir: certs_dir.as_deref(),
             bin: &spec.node_bin,
             node_id,
             data_dir: &spec.data_dir,

@@ -170,6 +170,7 @@ mod tests {
             id: 2,
             role: NodeRole::Leader,
             applied_index: 9,
+            peer_tls: true,
         };
         let health = read_health(&answer, Some(2)).expect("its own answer");
         assert!(health.healthy);

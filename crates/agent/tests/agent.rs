@@ -303,6 +303,7 @@ fn agent_process() {
         cloud: None,
         node_bin: text("node_bin").into(),
         stop_node_on_shutdown: false,
+        ca_dir: None,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(cairn_agent::run(config, std::future::pending())).expect("the agent runs");

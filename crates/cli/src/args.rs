@@ -56,6 +56,9 @@ pub enum Command {
     Cloud(CloudArgs),
     /// Run a data node.
     Node(NodeArgs),
+    /// Make the cluster's certificates (CA, then one per node).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Store VALUE under KEY in the key-value space.
     Put { key: String, value: String },
     /// Print the value under KEY.
@@ -102,6 +105,9 @@ pub struct NodeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = cairn_server::node::MAX_BODY_BYTES_DEFAULT)]
     pub max_body_bytes: usize,
+    /// HTTP connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = cairn_server::http::MAX_CONNECTIONS_DEFAULT)]
+    pub max_connections: usize,
     /// How long a write may wait for its answer, in milliseconds.
     #[arg(long, default_value_t = cairn_server::node::WRITE_TIMEOUT_MS_DEFAULT)]
     pub write_timeout_ms: u64,
@@ -131,6 +137,45 @@ pub struct NodeArgs {
     /// address (any member) belongs to; needs --peer-listen.
     #[arg(long, conflicts_with = "peers")]
     pub join: Option<String>,
+    /// A host name this node answers to in the Host header, beyond IP
+    /// addresses and localhost (repeat for more). Other names are refused,
+    /// so that no web page can reach the node through a user's browser by
+    /// pointing its own name at it (DNS rebinding).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// Where this node's certificates are (`ca.crt`, `node-<id>.crt`,
+    /// `node-<id>.key`, made by `cairn cert`): peers then authenticate each
+    /// other with mutual TLS. Without it, peers talk plain TCP.
+    #[arg(long, value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Make the cluster's certificate authority: `ca.crt` (every node needs
+    /// it) and `ca.key` (keep it where certificates are issued).
+    CreateCa {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        certs_dir: PathBuf,
+    },
+    /// Issue node ID its certificate and key (`node-ID.crt`, `node-ID.key`),
+    /// signed by the CA; issuing again replaces them (rotation).
+    CreateNode {
+        /// The node's id.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        /// Where to write them (created if missing; gets a copy of ca.crt).
+        #[arg(long, value_name = "DIR")]
+        certs_dir: PathBuf,
+        /// Where the CA is (`ca.crt`, `ca.key`); the certs dir by default.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// A host name or IP address clients reach the node by (repeat for
+        /// more).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
 }
 
 /// Where the cloud listens, by default.
@@ -198,6 +243,10 @@ pub struct AgentArgs {
     /// The cloud's URL; without it the agent only supervises its node.
     #[arg(long)]
     pub cloud: Option<String>,
+    /// The cluster's CA (`ca.crt`, `ca.key`): the agent issues its node a
+    /// certificate, and the node's peers talk mutual TLS.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

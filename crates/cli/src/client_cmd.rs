@@ -53,6 +53,7 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
             report(out, result, members_text)
         }
         Command::Node(_)
+        | Command::Cert(_)
         | Command::Shell
         | Command::Bench(_)
         | Command::Up(_)

@@ -48,6 +48,7 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
         // The cloud stops an agent (down, delete) with SIGTERM: its node goes
         // with it. A killed agent leaves its node running for the next one.
         stop_node_on_shutdown: true,
+        ca_dir: args.ca_dir,
     };
     match cairn_agent::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let mut config = NodeConfig::new(args.id, args.data_dir, args.listen);
     config.zone = args.zone;
     config.max_body_bytes = args.max_body_bytes;
+    config.max_connections = args.max_connections;
     config.write_timeout_ms = args.write_timeout_ms;
     config.peer_listen = args.peer_listen;
     config.peers = args.peers.0;
@@ -18,6 +19,8 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.election_timeout_ms = args.election_timeout_ms;
     config.log_retain_entries = args.log_retain_entries;
     config.join = args.join;
+    config.browser.allowed_hosts = args.allow_hosts;
+    config.certs_dir = args.certs_dir;
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
@@ -66,5 +69,51 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
         _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// `cairn cert`: makes the cluster's CA, or a node's certificate.
+pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> ExitCode {
+    use crate::args::CertCommand;
+    let made = match command {
+        CertCommand::CreateCa { certs_dir } => cairn_tls::Ca::create(&certs_dir).map(|_| {
+            serde_json::json!({
+                "ca_cert": certs_dir.join(cairn_tls::CA_CERT_FILE),
+                "ca_key": certs_dir.join(cairn_tls::CA_KEY_FILE),
+            })
+        }),
+        CertCommand::CreateNode { id, certs_dir, ca_dir, hosts } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| certs_dir.clone());
+            cairn_tls::Ca::load(&ca_dir)
+                .and_then(|ca| ca.issue_node(&certs_dir, id, &hosts))
+                .map(|cert| {
+                    serde_json::json!({
+                        "node": id,
+                        "cert": cert,
+                        "key": certs_dir.join(cairn_tls::node_key_file(id)),
+                        "names": std::iter::once(cairn_tls::peer_name(id)).chain(hosts).collect::<Vec<_>>(),
+                    })
+                })
+        }
+    };
+    match made {
+        Ok(answer) => {
+            match output {
+                crate::args::Output::Json => println!("{answer}"),
+                crate::args::Output::Text => {
+                    for (name, value) in answer.as_object().into_iter().flatten() {
+                        println!(
+                            "{name}: {}",
+                            value.as_str().map_or(value.to_string(), str::to_string)
+                        );
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

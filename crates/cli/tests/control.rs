@@ -342,7 +342,12 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
         .find(|h| h["name"] != leader && h["state"] == "running")
         .and_then(|h| h["name"].as_str().map(String::from))
         .unwrap();
-    let failed = http().post(up.url(&format!("/v1/hosts/{victim}/fail"))).send().await.unwrap();
+    let failed = http()
+        .post(up.url(&format!("/v1/hosts/{victim}/fail")))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert!(failed.status().is_success());
     let started = Instant::now();
     loop {

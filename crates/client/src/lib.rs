@@ -264,7 +264,13 @@ impl Client {
             )));
         }
         let is_write = method != Method::GET;
-        let request = self.http.request(method, self.url(segments));
+        // A node takes a POST only as JSON, with a body or without (see the
+        // server's browser checks); a body sets its own type over this.
+        let is_post = method == Method::POST;
+        let mut request = self.http.request(method, self.url(segments));
+        if is_post {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
         Ok(match self.write_id {
             Some((session, seq)) if is_write => request
                 .header("cairn-session", session.to_string())
@@ -295,10 +301,15 @@ impl Client {
         segments: &[&str],
         body: &Value,
     ) -> Result<reqwest::RequestBuilder, Error> {
-        Ok(self
-            .request(method, segments)?
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string()))
+        // `request` already says JSON for a POST.
+        let is_post = method == Method::POST;
+        let request = self.request(method, segments)?;
+        let request = if is_post {
+            request
+        } else {
+            request.header(reqwest::header::CONTENT_TYPE, "application/json")
+        };
+        Ok(request.body(body.to_string()))
     }
 
     pub async fn health(&self) -> Result<Health, Error> {

@@ -39,6 +39,10 @@ pub struct Health {
     pub id: u64,
     pub role: NodeRole,
     pub applied_index: u64,
+    /// Whether the node's peers authenticate each other with mutual TLS (it
+    /// runs with `--certs-dir`); without, they talk plain TCP.
+    #[serde(default)]
+    pub peer_tls: bool,
 }
 
 /// One node of [`ClusterView`], as the answering node knows it: its own

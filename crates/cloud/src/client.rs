@@ -143,8 +143,10 @@ impl CloudClient {
     ) -> Result<T, ClientError> {
         let call = format!("{method} {path}");
         let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(body);
+        match body {
+            Some(body) => request = request.json(body),
+            // The cloud takes a POST only as JSON, with a body or without.
+            None => request = request.header(reqwest::header::CONTENT_TYPE, "application/json"),
         }
         self.read(call, request).await
     }

@@ -73,6 +73,9 @@ pub enum Error {
     NoDesiredState,
     #[error("no route {method} {path}")]
     RouteNotFound { method: String, path: String },
+    /// What a web page could send through a user's browser.
+    #[error("{0}")]
+    Browser(cairn_util::browser::Refusal),
 }
 
 impl Error {
@@ -88,6 +91,10 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Browser(cairn_util::browser::Refusal::ContentType { .. }) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Error::Browser(_) => StatusCode::FORBIDDEN,
             Error::HostNotFound { .. } | Error::NoDesiredState | Error::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -119,6 +126,10 @@ impl Error {
             Error::DesiredStale { .. } => "stale_desired_state",
             Error::NoDesiredState => "no_desired_state",
             Error::RouteNotFound { .. } => "not_found",
+            Error::Browser(cairn_util::browser::Refusal::ContentType { .. }) => {
+                "unsupported_media_type"
+            }
+            Error::Browser(_) => "forbidden",
             Error::Config(_)
             | Error::Listen { .. }
             | Error::Io { .. }

@@ -74,6 +74,20 @@ pub const BASE_PORT_DEFAULT: u16 = 7000;
 /// How long requests still open at shutdown may run before they are cut.
 pub const SERVE_DRAIN_MS: u64 = 5_000;
 
+/// Where under the root the cluster's CA is kept (`ca.crt`, `ca.key`).
+pub const CA_DIR: &str = "ca";
+
+/// Makes the cluster's CA on the first start; checks it on the others.
+fn open_ca(dir: &std::path::Path) -> Result<(), Error> {
+    let opened = if dir.join(cairn_tls::CA_CERT_FILE).exists() {
+        cairn_tls::Ca::load(dir).map(drop)
+    } else {
+        tracing::info!(dir = %dir.display(), "making the cluster's certificate authority");
+        cairn_tls::Ca::create(dir).map(drop)
+    };
+    opened.map_err(|e| Error::Config(format!("the cluster's certificate authority: {e}")))
+}
+
 /// A cloud's settings.
 #[derive(Clone, Debug)]
 pub struct CloudConfig {
@@ -155,11 +169,14 @@ impl Cloud {
         let events = Events::new();
         let desired =
             Arc::new(DesiredStore::open(&root, config.desired_file.clone(), events.clone())?);
+        let ca_dir = root.join(CA_DIR);
+        open_ca(&ca_dir)?;
         let provider_config = ProviderConfig {
             root,
             agent_bin,
             base_port: config.base_port,
             cloud_url: cloud_url(local_addr),
+            ca_dir,
         };
         let provider = LocalProvider::open(provider_config, events.clone())?;
         provider.resume().await;

@@ -131,6 +131,9 @@ pub(crate) struct ProviderConfig {
     pub base_port: u16,
     /// Where agents reach the cloud.
     pub cloud_url: String,
+    /// The cluster's CA (`<root>/ca`): agents issue their nodes'
+    /// certificates from it, so peers talk mutual TLS.
+    pub ca_dir: PathBuf,
 }
 
 /// What this run of the cloud knows of a host beyond the inventory.
@@ -257,6 +260,7 @@ impl LocalProvider {
             dir: &dir,
             ports: record.ports,
             cloud_url: &self.config.cloud_url,
+            ca_dir: &self.config.ca_dir,
         };
         process::spawn_agent(&spec, now_ms())
     }

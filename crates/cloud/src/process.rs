@@ -45,6 +45,8 @@ pub(crate) struct AgentSpec<'a> {
     pub ports: Ports,
     /// The cloud's URL, `http://127.0.0.1:port`.
     pub cloud_url: &'a str,
+    /// The cluster's CA, which the agent issues its node's certificate from.
+    pub ca_dir: &'a Path,
 }
 
 /// The agent's command line after the binary.
@@ -65,6 +67,8 @@ pub(crate) fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
     }
     args.push("--cloud".into());
     args.push(spec.cloud_url.into());
+    args.push("--ca-dir".into());
+    args.push(spec.ca_dir.as_os_str().to_owned());
     args
 }
 
@@ -181,12 +185,14 @@ mod tests {
             dir: Path::new("/r/hosts/host-1"),
             ports,
             cloud_url: "http://127.0.0.1:6999",
+            ca_dir: Path::new("/r/ca"),
         };
         let args: Vec<String> =
             agent_args(&spec).into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let expected = "agent --host host-1 --zone zone-a --dir /r/hosts/host-1 \
                         --listen 127.0.0.1:7003 --node-listen 127.0.0.1:7001 \
-                        --node-peer-listen 127.0.0.1:7002 --cloud http://127.0.0.1:6999";
+                        --node-peer-listen 127.0.0.1:7002 --cloud http://127.0.0.1:6999 \
+                        --ca-dir /r/ca";
         assert_eq!(args.join(" "), expected);
     }
 

@@ -17,8 +17,12 @@
 //! provider, the desired store or the status log, so the same rules hold for
 //! callers inside the process.
 //!
-//! Not handled: authentication. The cloud listens on loopback or a private
-//! network that only the cluster's hosts and its operator reach.
+//! Requests a web page could send through a user's browser are refused (403
+//! for a foreign Host or Origin, 415 for a `POST` that is not JSON; see
+//! [`cairn_util::browser`]).
+//!
+//! Not handled yet: authentication. The cloud listens on loopback or a
+//! private network that only the cluster's hosts and its operator reach.
 
 use std::sync::Arc;
 
@@ -56,7 +60,28 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         // The largest body of any route; each route checks its own below.
         .layer(DefaultBodyLimit::max(DESIRED_TEXT_BYTES_MAX))
+        .layer(axum::middleware::from_fn(guard))
         .with_state(shared)
+}
+
+/// Refuses what a web page could send through a user's browser (see
+/// [`cairn_util::browser`]): the cloud listens on loopback, where any page
+/// could otherwise stop the cluster or fail its hosts.
+async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let text = |name| {
+        headers.get(name).map(|value: &axum::http::HeaderValue| value.to_str().unwrap_or(""))
+    };
+    let checked = cairn_util::browser::Request {
+        method: request.method().as_str(),
+        host: text(axum::http::header::HOST),
+        origin: text(axum::http::header::ORIGIN),
+        content_type: text(axum::http::header::CONTENT_TYPE),
+    };
+    match cairn_util::browser::Policy::default().check(&checked) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => Error::Browser(refusal).into_response(),
+    }
 }
 
 impl IntoResponse for Error {

@@ -58,6 +58,8 @@ async fn create_starts_an_agent_and_is_idempotent() {
         format!("127.0.0.1:{}", api + 1),
         "--cloud".into(),
         cloud,
+        "--ca-dir".into(),
+        std::fs::canonicalize(h.root.path()).expect("root").join("ca").display().to_string(),
     ];
     assert_eq!(h.argv("host-1").await, expected);
 
@@ -267,6 +269,56 @@ async fn the_inventory_survives_a_restart() {
     assert_eq!(status, StatusCode::CREATED, "{third}");
     assert!(third["number"].as_u64() > failed["number"].as_u64(), "{third}");
     h.stop().await;
+}
+
+/// A web page the operator opens cannot stop the cluster or fail its hosts
+/// through the operator's browser: a simple cross-site POST (form or text
+/// body, no preflight), a page of another origin, or a rebound name (DNS
+/// rebinding) is refused before anything is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_web_page_could_send_are_refused() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.create("host-1", "zone-a").await;
+    h.running("host-1", None).await;
+    let http = reqwest::Client::new();
+    // (what, headers, status)
+    type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode);
+    let attempts: Vec<Attempt> = vec![
+        (
+            "a form POST",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        ("a text POST", vec![("content-type", "text/plain")], StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ("a POST without a type", vec![], StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            "another origin",
+            vec![("content-type", "application/json"), ("origin", "http://evil.example")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "a rebound name",
+            vec![("content-type", "application/json"), ("host", "evil.example:7000")],
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for path in ["/v1/hosts/host-1/fail", "/v1/shutdown"] {
+        for (what, headers, status) in &attempts {
+            let mut request = http.post(h.url(path)).body("{}");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let answer = request.send().await.expect("POST");
+            assert_eq!(answer.status(), *status, "{what} to {path}");
+            let body: serde_json::Value = answer.json().await.expect("a JSON error");
+            assert!(body["error"]["message"].is_string(), "{what} to {path}: {body}");
+        }
+    }
+    // Nothing was done: the host runs, and the cloud still serves.
+    let host = h.host("host-1").await.expect("host-1");
+    assert_eq!(host["state"], "running", "{host}");
+    assert_eq!(h.get("/v1/health").await.0, StatusCode::OK);
 }
 
 /// `POST /v1/shutdown` stops a serving cloud and its agents.

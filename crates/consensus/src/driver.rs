@@ -76,7 +76,7 @@
 //! - Choosing members: the caller (an operator, the control plane) asks.
 //! - Time: it counts the ticks it is given.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cairn_storage::snapshot::CHUNK_PAYLOAD_BYTES_DEFAULT;
@@ -380,6 +380,10 @@ pub struct Driver {
     reconfiguration: Option<Reconfiguration>,
     /// When this node last asked a peer for a newer membership.
     membership_asked_tick: Option<u64>,
+    /// The peers asked for their membership and not yet answered: only
+    /// their answers are taken (a membership nobody asked for is a peer's
+    /// bug or an impostor's attempt to move this node).
+    membership_asked: BTreeSet<NodeId>,
     /// The applied and decided indexes at the end of the last poll: neither
     /// ever goes back.
     high_water: (u64, u64),
@@ -432,6 +436,7 @@ impl Driver {
             membership,
             reconfiguration: None,
             membership_asked_tick: None,
+            membership_asked: BTreeSet::new(),
             moving_to: None,
             high_water: (0, 0),
         })
@@ -884,7 +889,8 @@ impl Driver {
                     return Ok(());
                 }
                 Decided::Reconfigured { index, stopsign } => {
-                    return self.stopsign_decided(index, stopsign.metadata.as_deref(), out);
+                    let nodes = &stopsign.next_config.nodes;
+                    return self.stopsign_decided(index, nodes, stopsign.metadata.as_deref(), out);
                 }
             }
         }

@@ -42,6 +42,28 @@ pub use local::LocalLog;
 pub use membership::Membership;
 pub use proposer::Proposer;
 
+/// Room, beyond its payload, that a peer message takes: the message's enum
+/// tag, its small fields as varints, and OmniPaxos' own fields around an
+/// entry (ballot, indexes) with margin.
+pub const PEER_MESSAGE_OVERHEAD_BYTES: usize = 4096;
+
+// The limits agree: every log entry and every snapshot chunk fits one peer
+// message, so nothing a node accepted can be stuck at the transport.
+const _: () = assert!(
+    cairn_storage::COMMAND_BYTES_MAX + PEER_MESSAGE_OVERHEAD_BYTES
+        <= cairn_transport::MESSAGE_BYTES_MAX
+);
+const _: () = assert!(
+    cairn_storage::snapshot::CHUNK_ENCODED_BYTES_MAX + PEER_MESSAGE_OVERHEAD_BYTES
+        <= cairn_transport::MESSAGE_BYTES_MAX
+);
+const _: () = assert!(
+    driver::FETCH_ENTRIES_BYTES_MAX
+        + cairn_storage::COMMAND_BYTES_MAX
+        + PEER_MESSAGE_OVERHEAD_BYTES
+        <= cairn_transport::MESSAGE_BYTES_MAX
+);
+
 /// Errors of the log. Either way the node cannot serve until restarted, and a
 /// write that got one may or may not have taken effect: the last batch may have
 /// become durable before the log could answer.
@@ -187,6 +209,9 @@ pub(crate) struct Shared {
     /// Whether local state can lag acknowledged writes (a replica), so reads
     /// must wait for a barrier. A single node applies before it acknowledges.
     reads_need_barrier: AtomicBool,
+    /// The peer transport, while the log is replicated: its counters are
+    /// read for metrics.
+    transport: Mutex<Option<cairn_transport::TransportHandle>>,
 }
 
 impl Shared {
@@ -198,6 +223,10 @@ impl Shared {
     /// Replaces the published view of the members.
     pub(crate) fn publish_members(&self, members: Vec<Member>) {
         *cairn_util::lock(&self.members) = members;
+    }
+
+    pub(crate) fn publish_transport(&self, transport: Option<cairn_transport::TransportHandle>) {
+        *cairn_util::lock(&self.transport) = transport;
     }
 
     pub(crate) fn publish_membership(&self, membership: Option<Membership>) {
@@ -298,6 +327,7 @@ impl LogHandle {
             members: Mutex::new(Vec::new()),
             membership: Mutex::new(None),
             reads_need_barrier: AtomicBool::new(reads_need_barrier),
+            transport: Mutex::new(None),
         });
         LogHandle { requests, shared }
     }
@@ -328,6 +358,11 @@ impl LogHandle {
     }
 
     /// The log's progress as last published; an error once it has stopped.
+    /// The peer transport's counters, while the log is replicated.
+    pub fn transport_stats(&self) -> Option<cairn_transport::Stats> {
+        cairn_util::lock(&self.shared.transport).as_ref().map(|t| t.stats())
+    }
+
     pub fn status(&self) -> Result<Status, Error> {
         if self.requests.is_closed() {
             return Err(Error::Stopped);

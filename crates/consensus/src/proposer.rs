@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use cairn_storage::{Applied, Command, CommandId, Op, Outcome};
+use cairn_storage::{Applied, ApplyError, Command, CommandId, Op, Outcome};
 
 use crate::{Error, LogHandle};
 
@@ -51,14 +51,25 @@ impl Proposer {
     }
 
     /// Applies `op` exactly once and answers with where and how it applied.
+    ///
+    /// A pooled session that the state machine no longer takes is forgotten,
+    /// so only the one write that found out fails (it did not apply, and may
+    /// be retried): one evicted while idle (`SessionUnknown`), or one a
+    /// client used behind this node's back (`StaleSequence`,
+    /// `SequenceReused`: a client may send any session id).
     pub async fn write(&self, op: Op) -> Result<Applied, Error> {
         let mut lease = self.lease().await?;
         let session = lease.session.as_mut().expect("a lease holds its session");
         session.last_seq += 1;
         let id = CommandId { session: session.id, seq: session.last_seq };
         let applied = self.log.propose(Command::new(Some(id), op)).await?;
-        if let Outcome::Failed(cairn_storage::ApplyError::SessionUnknown { .. }) = applied.outcome {
-            // Evicted while idle: forget it. The command did not apply.
+        if let Outcome::Failed(
+            ApplyError::SessionUnknown { .. }
+            | ApplyError::StaleSequence { .. }
+            | ApplyError::SequenceReused { .. },
+        ) = applied.outcome
+        {
+            tracing::debug!(session = id.session, outcome = ?applied.outcome, "a pooled session was lost");
             lease.session = None;
         }
         Ok(applied)

@@ -89,6 +89,7 @@ fn spawn(
     events: mpsc::Receiver<Event>,
 ) -> Result<LogThread, StartError> {
     shared.publish_membership(Some(driver.membership().clone()));
+    shared.publish_transport(Some(transport.clone()));
     let status = driver.status();
     shared.publish(|published| *published = status);
     LogThread::spawn("cairn-replica", move || {
@@ -361,6 +362,11 @@ fn send(transport: &TransportHandle, to: NodeId, message: &PeerMessage) {
             if transport.disconnect(to) {
                 tracing::warn!(to, "the queue to a peer overflowed: reconnecting to resynchronise");
             }
+        }
+        Err(error @ cairn_transport::Error::MessageTooLarge { .. }) => {
+            // The limits keep every entry and chunk under a message: this is
+            // a bug, or a batch OmniPaxos made of many large entries.
+            tracing::warn!(to, %error, "a message too large for the transport was dropped");
         }
         Err(error) => tracing::trace!(to, %error, "a message was dropped"),
     }

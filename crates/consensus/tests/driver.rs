@@ -331,6 +331,27 @@ fn a_node_without_a_quorum_in_sight_refuses_at_once_and_recovers() {
 }
 
 #[test]
+fn a_membership_nobody_asked_for_moves_no_node() {
+    let mut net = Net::new(11);
+    net.settle();
+    // An impostor (or a peer with a bug) posing as member 1 tells node 3
+    // that the cluster moved on to node 3 alone: taken, it would split the
+    // brain (node 3 deciding alone beside the others' majority).
+    let alone = membership().next([(3, address(3))].into_iter().collect(), 0);
+    net.drivers.get_mut(&3).unwrap().step(1, PeerMessage::Membership(alone)).unwrap();
+    net.run(20);
+    assert_eq!(net.drivers[&3].membership(), &membership(), "node 3 stayed in its configuration");
+    assert_eq!(net.drivers[&3].blocked(), None);
+    // It still writes with the others.
+    let session = net.open_session(3);
+    let write = net.write(3, CommandId { session, seq: 1 }, "still", "here");
+    net.run_until(200, "node 3 writes with its peers", |n| n.answers.contains_key(&write));
+    net.run_until(100, "every node applied it", |n| {
+        NODES.iter().all(|&id| n.kv(id, "still").is_some())
+    });
+}
+
+#[test]
 fn a_cancelled_request_gets_no_answer_and_is_not_re_proposed() {
     let mut net = Net::new(4);
     net.settle();

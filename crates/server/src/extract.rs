@@ -11,18 +11,28 @@ use serde_json::Value;
 use crate::error::{body_error, ApiError};
 use crate::state::AppState;
 
-/// A request body read whole, within `--max-body-bytes`.
+/// A request body read whole, within `--max-body-bytes` and
+/// [`crate::http::BODY_READ_TIMEOUT`].
 pub struct Body(pub Bytes);
 
 impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Body, ApiError> {
+        json_post(req.method().as_str(), req.headers())?;
         let limit = state.config.max_body_bytes;
-        Bytes::from_request(req, state)
-            .await
-            .map(Body)
-            .map_err(|rejection| body_error(rejection, limit))
+        let read = Bytes::from_request(req, state);
+        match tokio::time::timeout(crate::http::BODY_READ_TIMEOUT, read).await {
+            Ok(read) => read.map(Body).map_err(|rejection| body_error(rejection, limit)),
+            Err(_) => Err(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    crate::http::BODY_READ_TIMEOUT.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -40,6 +50,32 @@ impl Body {
             ))
         })
     }
+}
+
+/// A `POST` must say `Content-Type: application/json`: a browser sends no
+/// such request cross-site without asking first, and nobody answers its
+/// question (see [`cairn_util::browser`]). Routes that take a POST without a
+/// body extract this; [`Body`] checks it too.
+pub struct JsonPost;
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonPost {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<JsonPost, ApiError> {
+        json_post(parts.method.as_str(), &parts.headers).map(|()| JsonPost)
+    }
+}
+
+fn json_post(method: &str, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type =
+        headers.get(axum::http::header::CONTENT_TYPE).map(|value| value.to_str().unwrap_or(""));
+    cairn_util::browser::check_content_type(method, content_type).map_err(|refusal| {
+        ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            refusal.to_string(),
+        )
+    })
 }
 
 /// How fresh a read must be.

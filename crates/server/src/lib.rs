@@ -6,6 +6,8 @@
 //! - `error`: the JSON error contract.
 //! - `extract`: bodies, JSON and query parameters, checked at the edge.
 //! - `metrics`: Prometheus text at `/metrics`.
+//! - [`http`]: serving connections within bounds (count, header and body
+//!   timeouts, idle timeout).
 //!
 //! Handlers never write to the store themselves: every change is an [`Op`]
 //! proposed through the log, which is what makes the same API replicated once
@@ -15,6 +17,7 @@
 
 mod error;
 mod extract;
+pub mod http;
 mod metrics;
 pub mod node;
 mod routes;

@@ -43,6 +43,9 @@ pub struct Metrics {
     entries_fetched: Gauge,
     snapshots_installed: Gauge,
     snapshots_served: Gauge,
+    peer_messages_dropped: Gauge,
+    peer_messages_too_large: Gauge,
+    peer_connections_rejected: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,8 +90,27 @@ impl Metrics {
             "catch_up_snapshots_served",
             "Snapshot transfers started for peers, since start",
         );
+        let peer_messages_dropped = gauge(
+            &mut registry,
+            "peer_messages_dropped",
+            "Messages to peers given up (queue full, too large, peer gone, connection cut), since start",
+        );
+        let peer_messages_too_large = gauge(
+            &mut registry,
+            "peer_messages_too_large",
+            "Messages to peers dropped for being over one peer message's limit, since start",
+        );
+        let peer_connections_rejected = gauge(
+            &mut registry,
+            "peer_connections_rejected",
+            "Peer connections refused or closed: bad handshakes, broken frames, too many \
+             handshakes, since start",
+        );
         Metrics {
             registry,
+            peer_messages_dropped,
+            peer_messages_too_large,
+            peer_connections_rejected,
             requests,
             latency,
             applied_index,
@@ -140,6 +162,12 @@ pub async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError>
         set(&metrics.entries_fetched, status.catch_up.entries_fetched);
         set(&metrics.snapshots_installed, status.catch_up.snapshots_installed);
         set(&metrics.snapshots_served, status.catch_up.snapshots_served);
+    }
+    if let Some(stats) = state.log().transport_stats() {
+        let set = |gauge: &Gauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        set(&metrics.peer_messages_dropped, stats.messages_dropped);
+        set(&metrics.peer_messages_too_large, stats.messages_too_large);
+        set(&metrics.peer_connections_rejected, stats.connections_rejected);
     }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics.registry)

@@ -37,6 +37,11 @@ use crate::state::AppState;
 
 /// Largest request body accepted by default: 16 MiB.
 pub const MAX_BODY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// The most `--max-body-bytes` may be: what a body turns into (one log
+/// entry) stays under [`cairn_storage::COMMAND_BYTES_MAX`], with room for
+/// what JSON documents gain when stored (ids, numbers written out).
+pub const MAX_BODY_BYTES_LIMIT: usize = 32 * 1024 * 1024;
+const _: () = assert!(MAX_BODY_BYTES_LIMIT < cairn_storage::COMMAND_BYTES_MAX);
 /// How long a joining node keeps asking to be added.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a write may wait for its answer by default.
@@ -57,6 +62,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub zone: Option<String>,
     pub max_body_bytes: usize,
+    /// HTTP connections served at once; more wait.
+    pub max_connections: usize,
     pub write_timeout_ms: u64,
     /// Where peers reach this node (replicated mode).
     pub peer_listen: Option<SocketAddr>,
@@ -70,6 +77,12 @@ pub struct NodeConfig {
     /// On an empty data directory: the HTTP address of a member of a running
     /// cluster to join.
     pub join: Option<String>,
+    /// What requests from browsers must show (the names this node answers
+    /// to beyond addresses and `localhost`).
+    pub browser: cairn_util::browser::Policy,
+    /// Where this node's certificates are (`ca.crt`, `node-<id>.crt`,
+    /// `node-<id>.key`; see `cairn cert`): peers then talk over mutual TLS.
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -80,6 +93,7 @@ impl NodeConfig {
             listen,
             zone: None,
             max_body_bytes: MAX_BODY_BYTES_DEFAULT,
+            max_connections: crate::http::MAX_CONNECTIONS_DEFAULT,
             write_timeout_ms: WRITE_TIMEOUT_MS_DEFAULT,
             peer_listen: None,
             peers: BTreeMap::new(),
@@ -87,7 +101,25 @@ impl NodeConfig {
             election_timeout_ms: ELECTION_TIMEOUT_MS_DEFAULT,
             log_retain_entries: LOG_RETAIN_ENTRIES_DEFAULT,
             join: None,
+            browser: cairn_util::browser::Policy::default(),
+            certs_dir: None,
         }
+    }
+
+    /// Checks the settings against each other and against the limits that
+    /// hold for the whole cluster (see `docs/security.md`, "Limits").
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+            return Err(Error::Config(format!(
+                "--max-body-bytes must be 1 to {MAX_BODY_BYTES_LIMIT} (got {}): a body becomes \
+                 one log entry, and an entry must fit in one peer message",
+                self.max_body_bytes
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config("--max-connections must be at least 1".into()));
+        }
+        Ok(())
     }
 
     /// The address clients should use for this node.
@@ -107,6 +139,10 @@ pub enum Error {
     Log(std::io::Error),
     #[error("bad cluster settings: {0}")]
     Cluster(String),
+    #[error("bad settings: {0}")]
+    Config(String),
+    #[error("cannot use the certificates: {0}")]
+    Certificates(#[from] cairn_tls::Error),
     #[error("cannot start replication: {0}")]
     Replication(String),
     #[error("the HTTP server failed: {0}")]
@@ -120,6 +156,9 @@ pub struct Node {
     listener: TcpListener,
     state: AppState,
     log: LogThread,
+    /// The node's peer TLS settings (from `--certs-dir`), for every
+    /// transport it starts.
+    peer_tls: Option<cairn_tls::PeerTls>,
     transport: Option<TransportHandle>,
 }
 
@@ -228,6 +267,7 @@ async fn join_cluster(config: &NodeConfig, join: &str) -> Result<Membership, Err
 impl Node {
     /// Opens the store, starts the log and binds the listener.
     pub async fn start(mut config: NodeConfig) -> Result<Node, Error> {
+        config.validate()?;
         let open_error = |source| Error::Open { dir: config.data_dir.clone(), source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| open_error(cairn_storage::Error::Corrupt { what: e.to_string() }))?;
@@ -243,9 +283,14 @@ impl Node {
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
         // Port 0 picks a free port: advertise the real one.
         config.listen = listener.local_addr().map_err(Error::Serve)?;
+        let peer_tls = match &config.certs_dir {
+            Some(dir) => Some(cairn_tls::PeerTls::load(dir, config.id)?),
+            None => None,
+        };
         let (log, handle, transport) = match membership(&config, &store).await? {
             Some(membership) if membership.members.len() > 1 => {
-                let (transport, events) = start_transport(&config, &membership).await?;
+                let (transport, events) =
+                    start_transport(&config, &membership, peer_tls.clone()).await?;
                 let replicated_config = replicated_config(&config, membership);
                 sm.store().set_durability(Durability::Deferred);
                 let (log, handle) =
@@ -265,7 +310,7 @@ impl Node {
             metrics: Arc::new(Metrics::new()),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
-        Ok(Node { listener, state, log, transport })
+        Ok(Node { listener, state, log, transport, peer_tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -279,7 +324,7 @@ impl Node {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Node { listener, state, mut log, mut transport } = self;
+        let Node { listener, state, mut log, mut transport, peer_tls } = self;
         let config = state.config.clone();
         // Requests waiting on the log answer as soon as shutdown begins: a
         // node without quorum (one just removed, say) would otherwise hold
@@ -291,14 +336,12 @@ impl Node {
         };
         let app = router(state);
         tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "serving the HTTP API");
-        let server = std::future::IntoFuture::into_future(
-            axum::serve(listener, app).with_graceful_shutdown(shutdown),
-        );
+        let server = crate::http::serve(listener, app, config.max_connections, shutdown);
         tokio::pin!(server);
         let result = loop {
             let log_stopped = log.stopped();
             tokio::select! {
-                served = &mut server => break served.map_err(Error::Serve),
+                () = &mut server => break Ok(()),
                 _ = log_stopped => {
                     let handover = tokio::task::spawn_blocking(move || log.join()).await.ok().flatten();
                     let Some(handover) = handover else {
@@ -307,7 +350,7 @@ impl Node {
                         }
                         return Err(Error::LogFailed);
                     };
-                    match take_over(&config, handover, &mut transport).await {
+                    match take_over(&config, handover, &mut transport, peer_tls.clone()).await {
                         Ok(next) => log = next,
                         Err(error) => {
                             tracing::error!(%error, "cannot start the next log");
@@ -331,10 +374,11 @@ async fn take_over(
     config: &NodeConfig,
     handover: Handover,
     transport: &mut Option<TransportHandle>,
+    tls: Option<cairn_tls::PeerTls>,
 ) -> Result<LogThread, Error> {
     if handover.replicated() {
         let membership = handover.membership.clone();
-        let (started, events) = start_transport(config, &membership).await?;
+        let (started, events) = start_transport(config, &membership, tls).await?;
         handover.state_machine().store().set_durability(Durability::Deferred);
         let log = replicated::resume(
             replicated_config(config, membership),
@@ -361,15 +405,23 @@ async fn take_over(
 async fn start_transport(
     config: &NodeConfig,
     membership: &Membership,
+    tls: Option<cairn_tls::PeerTls>,
 ) -> Result<(TransportHandle, mpsc::Receiver<Event>), Error> {
     let own = membership.members[&config.id];
     let listen = config.peer_listen.unwrap_or(own);
-    let transport_config = TransportConfig::new(
+    if tls.is_none() {
+        tracing::warn!(
+            "peers talk plain TCP: anyone who reaches the peer port and knows the cluster id \
+             can pose as a member; give the node --certs-dir (see `cairn cert`)"
+        );
+    }
+    let mut transport_config = TransportConfig::new(
         config.id,
         membership.cluster_id,
         listen,
         membership.peers_of(config.id),
     );
+    transport_config.tls = tls;
     let started =
         Transport::start(transport_config).await.map_err(|e| Error::Replication(e.to_string()))?;
     tracing::info!(

@@ -50,8 +50,24 @@ impl TestNode {
         path: &str,
         body: impl Into<reqwest::Body>,
     ) -> (StatusCode, Vec<u8>) {
-        let response =
-            reqwest::Client::new().request(method, self.url(path)).body(body).send().await.unwrap();
+        // A node takes a POST only as JSON (the browser checks).
+        let content_type = if method == Method::POST { "application/json" } else { "" };
+        self.with_headers(method, path, body, &[("content-type", content_type)]).await
+    }
+
+    /// `raw` with these headers (an empty value is left out).
+    async fn with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Vec<u8>) {
+        let mut request = reqwest::Client::new().request(method, self.url(path)).body(body);
+        for (name, value) in headers.iter().filter(|(_, value)| !value.is_empty()) {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
         (response.status(), response.bytes().await.unwrap().to_vec())
     }
 
@@ -292,6 +308,170 @@ async fn bodies_over_the_limit_are_refused_with_413() {
 }
 
 #[tokio::test]
+async fn requests_a_web_page_could_send_are_refused() {
+    let node = TestNode::start().await;
+    node.client().create_table("t").await.unwrap();
+    let doc = r#"{"id":"a"}"#;
+    let host = node.addr.to_string();
+    let own_origin = format!("http://{host}");
+    // (what, method, path, headers, status, code)
+    type Refusal<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>, StatusCode, &'a str);
+    let refusals: Vec<Refusal> = vec![
+        // A simple cross-site POST: a form or text/plain body, or none.
+        (
+            "a form POST",
+            Method::POST,
+            "/v1/tables/t/docs",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "a text/plain POST",
+            Method::POST,
+            "/v1/tables/t/docs",
+            vec![("content-type", "text/plain")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "a POST without a type",
+            Method::POST,
+            "/v1/sessions",
+            vec![],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        // A page of another origin, whatever it sends.
+        (
+            "another origin",
+            Method::POST,
+            "/v1/tables/t/docs",
+            vec![("content-type", "application/json"), ("origin", "http://evil.example")],
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "another origin reading",
+            Method::GET,
+            "/v1/tables/t/docs/a",
+            vec![("origin", "http://evil.example")],
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        // DNS rebinding: the page's own name, pointed at this node.
+        (
+            "a rebound name",
+            Method::POST,
+            "/v1/tables/t/docs",
+            vec![
+                ("content-type", "application/json"),
+                ("host", "evil.example:7001"),
+                ("origin", "http://evil.example:7001"),
+            ],
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "a rebound name reading",
+            Method::GET,
+            "/v1/tables/t/docs/a",
+            vec![("host", "evil.example")],
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+    ];
+    for (what, method, path, headers, status, code) in refusals {
+        let (got, bytes) = node.with_headers(method, path, doc, &headers).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(got, status, "{what}: {text}");
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{text}"));
+        assert_eq!(value["error"]["code"], code, "{what}: {text}");
+    }
+    // Nothing of it was written.
+    assert_eq!(node.client().get_doc("t", "a", Read::Linearizable).await.unwrap(), None);
+    // The node's own pages, and clients that are no browser, pass.
+    let own = [("content-type", "application/json"), ("origin", own_origin.as_str())];
+    let (got, _) = node.with_headers(Method::POST, "/v1/tables/t/docs", doc, &own).await;
+    assert_eq!(got, StatusCode::CREATED);
+    let by_name = [("host", "localhost")];
+    let (got, _) = node.with_headers(Method::GET, "/v1/tables/t/docs/a", "", &by_name).await;
+    assert_eq!(got, StatusCode::OK);
+    // A name the node was told to answer to.
+    let named = TestNode::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.browser.allowed_hosts = vec!["db.example".into()]
+    })
+    .await;
+    let (got, _) =
+        named.with_headers(Method::GET, "/v1/health", "", &[("host", "db.example:7001")]).await;
+    assert_eq!(got, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_slow_client_cannot_hold_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start().await;
+    // Headers a byte at a time, never finished: the node closes the
+    // connection once the header timeout passes, whatever trickles in.
+    let mut slow = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let limit = cairn_server::http::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(30);
+    let mut buf = [0u8; 1024];
+    loop {
+        assert!(started.elapsed() < limit, "the connection stayed open past {limit:?}");
+        let _ = slow.write_all(b"X").await;
+        match tokio::time::timeout(std::time::Duration::from_secs(2), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => break, // an error answer, then the close
+            Err(_) => {}
+        }
+    }
+    assert!(
+        started.elapsed() + std::time::Duration::from_secs(3)
+            >= cairn_server::http::HEADER_READ_TIMEOUT,
+        "closed before the header timeout: {:?}",
+        started.elapsed()
+    );
+    // Meanwhile, and after, others are served.
+    node.client().health().await.unwrap();
+}
+
+#[tokio::test]
+async fn settings_past_the_limits_are_refused_at_start() {
+    let mut config = NodeConfig::new(
+        1,
+        tempfile::tempdir().unwrap().path().join("data"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.max_body_bytes = cairn_server::node::MAX_BODY_BYTES_LIMIT + 1;
+    let error = Node::start(config.clone()).await.err().expect("refused");
+    assert!(error.to_string().contains("--max-body-bytes"), "{error}");
+    config.max_body_bytes = 1024;
+    config.max_connections = 0;
+    let error = Node::start(config).await.err().expect("refused");
+    assert!(error.to_string().contains("--max-connections"), "{error}");
+}
+
+#[tokio::test]
+async fn documents_over_the_limit_are_refused_with_413_and_nothing_written() {
+    let node = TestNode::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.max_body_bytes = cairn_server::node::MAX_BODY_BYTES_LIMIT
+    })
+    .await;
+    node.client().create_table("t").await.unwrap();
+    let over = format!(r#"{{"id":"a","pad":"{}"}}"#, "x".repeat(cairn_storage::DOC_BYTES_MAX));
+    let status = StatusCode::PAYLOAD_TOO_LARGE;
+    let message = node.refused(Method::POST, "/v1/tables/t/docs", &over, status, "too_large").await;
+    assert!(message.contains("document 'a'"), "{message}");
+    node.refused(Method::PUT, "/v1/tables/t/docs/a", &over, status, "too_large").await;
+    let value = "v".repeat(cairn_storage::KV_VALUE_BYTES_MAX + 1);
+    node.refused(Method::PUT, "/v1/kv/k", &value, status, "too_large").await;
+    assert_eq!(node.client().get_doc("t", "a", Read::Linearizable).await.unwrap(), None);
+    assert_eq!(node.client().kv_get("k", Read::Linearizable).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn metrics_count_requests_by_route_in_prometheus_text() {
     let node = TestNode::start().await;
     let client = node.client();
@@ -353,6 +533,36 @@ async fn concurrent_writers_each_get_their_own_answer() {
             client.kv_get(&format!("w{writer}/19"), Read::Linearizable).await.unwrap().unwrap();
         assert_eq!(value, format!("{writer}:19").as_bytes());
     }
+}
+
+/// Session ids are log indexes, so a client can guess the node's own pooled
+/// session and write under it far ahead of the node's count. That used to
+/// fail every plain write on that session (409 `stale_sequence`) until the
+/// node restarted; now the one write that finds out fails and the pool
+/// drops the session. A sequence far past the last is refused outright, so
+/// the session cannot be burned either.
+#[tokio::test]
+async fn a_guessed_pooled_session_costs_one_write_at_most() {
+    let node = TestNode::start().await;
+    let client = node.client();
+    // The node's first plain write opens its pooled session just before it.
+    let created = client.create_table("t").await.unwrap();
+    let pooled = created["index"].as_u64().unwrap() - 1;
+    let burn = client.with_write_id(pooled, u64::MAX).kv_put("burn", "x").await.unwrap_err();
+    assert_eq!(burn.code(), Some("bad_request"), "{burn}");
+    client.with_write_id(pooled, 1_000).kv_put("ahead", "x").await.unwrap();
+    let mut failed = 0;
+    for i in 0..6 {
+        if let Err(e) = client.kv_put(&format!("plain{i}"), "v").await {
+            assert_eq!(e.code(), Some("stale_sequence"), "{e}");
+            failed += 1;
+        }
+    }
+    assert!(failed <= 1, "{failed} plain writes failed after the guess");
+    assert_eq!(
+        client.kv_get("plain5", Read::Linearizable).await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
 }
 
 #[tokio::test]

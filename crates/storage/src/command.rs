@@ -24,6 +24,19 @@ pub const DOC_ID_BYTES_MAX: usize = 512;
 pub const KV_KEY_BYTES_MAX: usize = 1024;
 /// Most documents one insert may carry; larger imports are split by the client.
 pub const INSERT_DOCS_MAX: usize = 10_000;
+/// Largest document, as stored JSON text: what a write carries, and what a
+/// merge patch makes, is checked against it.
+pub const DOC_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest value of the key-value space.
+pub const KV_VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest encoded command, that is, one log entry. The HTTP body limit stays
+/// under it, and it stays under one peer message (checked where both are
+/// known, in the consensus crate).
+pub const COMMAND_BYTES_MAX: usize = 40 * 1024 * 1024;
+/// How far past a session's last sequence number a command may go. A client
+/// counts up by one; a number far ahead is a bug or an attack that would burn
+/// the session (nothing below it could be used again), and is refused.
+pub const SEQ_GAP_MAX: u64 = 1 << 20;
 
 /// The identity of a command for exactly-once application: a session opened
 /// through the log, and a sequence number that grows with every command of that
@@ -291,6 +304,27 @@ pub fn validate_doc_id(id: &str) -> Result<(), String> {
         return Err(format!(
             "bad document id: an id is a string of 1 to {DOC_ID_BYTES_MAX} bytes (got {} bytes)",
             id.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the size of a document's JSON text against [`DOC_BYTES_MAX`].
+pub fn validate_doc_size(id: &str, bytes: usize) -> Result<(), String> {
+    if bytes > DOC_BYTES_MAX {
+        return Err(format!(
+            "document '{}' is {bytes} bytes of JSON, over the limit of {DOC_BYTES_MAX} bytes",
+            id.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the size of a value of the key-value space.
+pub fn validate_kv_value(bytes: usize) -> Result<(), String> {
+    if bytes > KV_VALUE_BYTES_MAX {
+        return Err(format!(
+            "the value is {bytes} bytes, over the limit of {KV_VALUE_BYTES_MAX} bytes"
         ));
     }
     Ok(())

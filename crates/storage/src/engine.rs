@@ -54,6 +54,10 @@ const META_CLUSTER_CONFIG: &[u8] = b"cluster_config";
 
 /// Most documents one page of a listing returns.
 pub const LIST_LIMIT_MAX: usize = 1000;
+/// A page of a listing ends after the document that takes its documents to
+/// this many bytes or more: a page holds at most this plus one document
+/// ([`crate::command::DOC_BYTES_MAX`]), whatever its `limit`.
+pub const PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The start of a table's range in `docs`.
 pub(crate) fn doc_prefix(table: &str) -> Vec<u8> {
@@ -365,7 +369,9 @@ impl Store {
         }
     }
 
-    /// Up to `limit` documents with ids after `after`, in id order.
+    /// Up to `limit` documents with ids after `after`, in id order, fewer
+    /// when they reach [`PAGE_BYTES_MAX`] (the page's cursor says where the
+    /// next one starts).
     pub fn list_docs(&self, table: &str, after: Option<&str>, limit: usize) -> Result<Page, Error> {
         assert!(limit > 0 && limit <= LIST_LIMIT_MAX, "limit {limit} out of range");
         let snapshot = self.db.snapshot();
@@ -387,13 +393,15 @@ impl Store {
         let prefix_len = doc_prefix(table).len();
         let mut docs = Vec::with_capacity(limit.min(64));
         let mut last_id = None;
+        let mut bytes = 0;
         for item in snapshot.iterator_cf_opt(self.cf(CF_DOCS), read_opts, mode) {
             let (key, value) = item?;
-            if docs.len() == limit {
+            if docs.len() == limit || bytes >= PAGE_BYTES_MAX {
                 // There is at least one more: the page gets a cursor.
                 return Ok(Page { docs, next: last_id });
             }
             last_id = Some(json_text(key[prefix_len..].to_vec())?);
+            bytes += value.len();
             docs.push(json_text(value.into_vec())?);
         }
         Ok(Page { docs, next: None })

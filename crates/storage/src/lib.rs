@@ -23,8 +23,9 @@ pub mod snapshot;
 
 pub use command::{
     ApplyError, Command, CommandId, CompactionMarker, Conflict, Doc, Op, Outcome, WaitKey,
+    COMMAND_BYTES_MAX, DOC_BYTES_MAX, KV_VALUE_BYTES_MAX, SEQ_GAP_MAX,
 };
-pub use engine::{Durability, Footprint, Page, Store, LIST_LIMIT_MAX};
+pub use engine::{Durability, Footprint, Page, Store, LIST_LIMIT_MAX, PAGE_BYTES_MAX};
 pub use machine::{Applied, StateMachine};
 pub use snapshot::{Chunk, SnapshotCf, SnapshotSink, SnapshotSource};
 

@@ -39,8 +39,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::{
-    validate_doc_id, validate_kv_key, validate_table_name, ApplyError, Command, CommandId,
-    Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX, SYSTEM_TABLE,
+    validate_doc_id, validate_doc_size, validate_kv_key, validate_kv_value, validate_table_name,
+    ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX, SEQ_GAP_MAX,
+    SYSTEM_TABLE,
 };
 use crate::engine::{
     doc_key, doc_prefix, doc_prefix_end, Store, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
@@ -239,6 +240,14 @@ impl StateMachine {
             };
             return Ok(Applied { index, outcome: Outcome::Failed(error) });
         }
+        if id.seq - record.last_seq > SEQ_GAP_MAX {
+            let message = format!(
+                "sequence {} of session {} is more than {SEQ_GAP_MAX} past its last ({}): \
+                 a session's sequence numbers count up by one",
+                id.seq, id.session, record.last_seq
+            );
+            return Ok(Applied { index, outcome: Outcome::Failed(invalid(message)) });
+        }
         let outcome = self.execute(batch, index, &command.op)?;
         batch.touch_session(id, record.last_index, index, hash, &outcome);
         Ok(Applied { index, outcome })
@@ -317,6 +326,7 @@ fn require_table(batch: &Batch, table: &str) -> Result<Result<(), ApplyError>, E
 /// Parses a document and checks that it is an object whose `id` is `id`.
 fn parse_doc(doc: &Doc) -> Result<Value, ApplyError> {
     validate_doc_id(&doc.id).map_err(invalid)?;
+    validate_doc_size(&doc.id, doc.json.len()).map_err(invalid)?;
     let value: Value = serde_json::from_str(&doc.json)
         .map_err(|e| invalid(format!("document '{}' is not valid JSON: {e}", doc.id)))?;
     check_doc(&doc.id, &value)?;
@@ -424,7 +434,11 @@ fn merge(id: &str, old: &[u8], patch: &Value) -> Result<Result<String, ApplyErro
         let message = format!("{refusal}: a patch cannot remove or change a document's id");
         return Ok(Err(invalid(message)));
     }
-    Ok(Ok(value.to_string()))
+    let json = value.to_string();
+    if let Err(message) = validate_doc_size(id, json.len()) {
+        return Ok(Err(invalid(format!("the patch would make {message}"))));
+    }
+    Ok(Ok(json))
 }
 
 fn replace(batch: &mut Batch, table: &str, doc: &Doc) -> Effect {
@@ -480,6 +494,9 @@ fn delete(batch: &mut Batch, table: &str, id: &str) -> Effect {
 
 fn kv_put(batch: &mut Batch, key: &str, value: &[u8]) -> Effect {
     if let Err(message) = validate_kv_key(key) {
+        return Ok(Err(invalid(message)));
+    }
+    if let Err(message) = validate_kv_value(value.len()) {
         return Ok(Err(invalid(message)));
     }
     batch.put(Cf::Kv, key.as_bytes().to_vec(), value.to_vec());

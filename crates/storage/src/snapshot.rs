@@ -72,14 +72,28 @@ use crate::Error;
 /// The key+value bytes a chunk holds unless asked otherwise.
 pub const CHUNK_PAYLOAD_BYTES_DEFAULT: usize = 1024 * 1024;
 /// Most key+value bytes in one chunk, whatever is asked: also the largest pair
-/// a snapshot can carry.
-pub const CHUNK_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// a snapshot can carry, so the largest document or value with its key must
+/// fit (checked below), and an encoded chunk must fit one peer message
+/// (checked in the consensus crate, which knows both).
+pub const CHUNK_PAYLOAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Most pairs in one chunk (a full default chunk of 16-byte `session_lru` keys).
 pub const CHUNK_PAIRS_MAX: usize = 65_536;
 /// Most bytes of an encoded chunk: the payload, two length prefixes (varints of
 /// at most 10 bytes) per pair, and the fixed fields.
 pub const CHUNK_ENCODED_BYTES_MAX: usize =
     CHUNK_PAYLOAD_BYTES_MAX + CHUNK_PAIRS_MAX * 2 * VARINT_BYTES_MAX + CHUNK_HEADER_BYTES_MAX;
+
+const _: () = assert!(
+    crate::command::DOC_BYTES_MAX
+        + crate::command::TABLE_NAME_BYTES_MAX
+        + 1
+        + crate::command::DOC_ID_BYTES_MAX
+        <= CHUNK_PAYLOAD_BYTES_MAX
+);
+const _: () = assert!(
+    crate::command::KV_VALUE_BYTES_MAX + crate::command::KV_KEY_BYTES_MAX
+        <= CHUNK_PAYLOAD_BYTES_MAX
+);
 
 /// Longest postcard varint of a `u64`.
 const VARINT_BYTES_MAX: usize = 10;

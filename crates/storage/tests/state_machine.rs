@@ -311,3 +311,88 @@ fn listing_pages_through_a_table_in_id_order_and_stays_inside_it() {
     assert_eq!((tail.docs.len(), tail.next), (1, None));
     assert!(node.sm.store().list_docs("missing", None, 10).is_err());
 }
+
+#[test]
+fn a_sequence_number_far_past_the_last_is_refused_and_the_session_stays_usable() {
+    let mut node = Node::new();
+    let session = node.open_session();
+    let put = |seq, key: &str| {
+        Command::new(
+            Some(CommandId { session, seq }),
+            Op::KvPut { key: key.into(), value: b"1".to_vec() },
+        )
+    };
+    // A guessed session and u64::MAX would otherwise burn the session: no
+    // number below could be used again.
+    let refused = node.apply(vec![put(u64::MAX, "burn")]).remove(0).outcome;
+    let Outcome::Failed(ApplyError::Invalid { message }) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(message.contains("past its last"), "{message}");
+    assert_eq!(node.sm.store().kv_get("burn").unwrap(), None);
+    let far = node.apply(vec![put(cairn_storage::SEQ_GAP_MAX + 1, "far")]).remove(0).outcome;
+    assert!(matches!(far, Outcome::Failed(ApplyError::Invalid { .. })), "{far:?}");
+    // The session's owner goes on counting from where it was.
+    assert_eq!(node.apply(vec![put(1, "a")]).remove(0).outcome, Outcome::KvWritten);
+    let edge = put(1 + cairn_storage::SEQ_GAP_MAX, "edge");
+    assert_eq!(node.apply(vec![edge]).remove(0).outcome, Outcome::KvWritten);
+}
+
+#[test]
+fn documents_and_values_stay_under_their_size_limits_merge_patches_included() {
+    use cairn_storage::{DOC_BYTES_MAX, KV_VALUE_BYTES_MAX};
+    let mut node = Node::new();
+    node.run(create("t"));
+    let big = "x".repeat(DOC_BYTES_MAX - 100);
+    let near = doc("a", &format!(r#"{{"pad":"{big}"}}"#));
+    assert!(near.json.len() <= DOC_BYTES_MAX);
+    assert!(matches!(node.run(insert("t", vec![near], Conflict::Error)), Outcome::Inserted { .. }));
+    // A patch that would take the document over the limit is refused, and the
+    // document stays as it was: repeated patches cannot grow it without bound.
+    let patch = format!(r#"{{"more":"{}"}}"#, "y".repeat(200));
+    let refused = node.run(Op::Update { table: "t".into(), id: "a".into(), patch });
+    let Outcome::Failed(ApplyError::Invalid { message }) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(message.contains("over the limit"), "{message}");
+    assert!(stored(&node, "t", "a").unwrap().get("more").is_none());
+    // A document over the limit is refused whole, by insert and by replace.
+    let over = doc("b", &format!(r#"{{"pad":"{}"}}"#, "x".repeat(DOC_BYTES_MAX)));
+    let refused = node.run(insert("t", vec![over.clone()], Conflict::Error));
+    assert!(matches!(refused, Outcome::Failed(ApplyError::Invalid { .. })), "{refused:?}");
+    let refused = node.run(Op::Replace { table: "t".into(), doc: over });
+    assert!(matches!(refused, Outcome::Failed(ApplyError::Invalid { .. })), "{refused:?}");
+    assert_eq!(stored(&node, "t", "b"), None);
+    let value = vec![0u8; KV_VALUE_BYTES_MAX + 1];
+    let refused = node.run(Op::KvPut { key: "k".into(), value });
+    assert!(matches!(refused, Outcome::Failed(ApplyError::Invalid { .. })), "{refused:?}");
+    assert_eq!(node.sm.store().kv_get("k").unwrap(), None);
+}
+
+#[test]
+fn a_page_is_bounded_in_bytes_whatever_its_limit() {
+    use cairn_storage::PAGE_BYTES_MAX;
+    let mut node = Node::new();
+    node.run(create("t"));
+    let pad = "x".repeat(1024 * 1024);
+    let docs: Vec<Doc> =
+        (0..10).map(|i| doc(&format!("d{i}"), &format!(r#"{{"pad":"{pad}"}}"#))).collect();
+    node.run(insert("t", docs, Conflict::Error));
+    let mut pages = 0;
+    let mut seen = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = node.sm.store().list_docs("t", after.as_deref(), 1000).unwrap();
+        let bytes: usize = page.docs.iter().map(String::len).sum();
+        let last = page.docs.last().map_or(0, String::len);
+        assert!(bytes - last < PAGE_BYTES_MAX, "a page of {bytes} bytes went on past the bound");
+        pages += 1;
+        seen += page.docs.len();
+        match page.next {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 10);
+    assert!(pages >= 3, "10 MiB in pages of at most ~4 MiB takes 3 pages, not {pages}");
+}

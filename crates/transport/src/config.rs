@@ -159,7 +159,7 @@ impl Limits {
 }
 
 /// Who this node is, where it listens and whom it talks to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TransportConfig {
     /// This node's id: non-zero, unique in the cluster.
     pub node_id: u64,
@@ -173,6 +173,11 @@ pub struct TransportConfig {
     pub peers: BTreeMap<u64, SocketAddr>,
     /// Bounds and timings.
     pub limits: Limits,
+    /// Mutual TLS with the cluster's CA: every connection is encrypted, and
+    /// a peer must hold a certificate of the CA naming the node it claims
+    /// to be. `None` runs plain TCP, where anyone who reaches the port and
+    /// knows the cluster id can pose as a member (`cairn node --insecure`).
+    pub tls: Option<cairn_tls::PeerTls>,
 }
 
 impl TransportConfig {
@@ -183,7 +188,7 @@ impl TransportConfig {
         listen: SocketAddr,
         peers: BTreeMap<u64, SocketAddr>,
     ) -> TransportConfig {
-        TransportConfig { node_id, cluster_id, listen, peers, limits: Limits::default() }
+        TransportConfig { node_id, cluster_id, listen, peers, limits: Limits::default(), tls: None }
     }
 
     /// Refuses a configuration that cannot work, naming the field.

@@ -62,10 +62,18 @@
 //! readers wait, TCP pushes back, and the *sender's* queue drops: memory stays
 //! bounded on both ends.
 //!
+//! # Trust
+//!
+//! With [`TransportConfig::tls`] (a node's `--certs-dir`), connections run
+//! under mutual TLS 1.3: each side's certificate must be the cluster CA's,
+//! the dialer checks that the node it reached is the one it dialed, and
+//! the acceptor that the dialer's certificate names the node its HELLO
+//! claims. Without it (`--insecure`), there is no encryption or
+//! authentication: a process that can reach the port and knows the
+//! cluster id can claim to be a peer.
+//!
 //! # What it does not do
 //!
-//! - No encryption or authentication: a process that can reach the port and
-//!   knows the cluster id can claim to be a peer. Run it on a private network.
 //! - No retransmission, acknowledgement or deduplication: that is consensus's
 //!   job.
 //! - No message priorities: a large snapshot chunk queued before a heartbeat
@@ -79,6 +87,7 @@ mod config;
 mod link;
 mod queue;
 mod stats;
+mod stream;
 mod transport;
 
 pub use config::{
@@ -89,7 +98,9 @@ pub use config::{
 };
 pub use frame::{FRAME_BYTES_MAX, MESSAGES_PER_FRAME_MAX, MESSAGE_BYTES_MAX, PROTOCOL_VERSION};
 pub use stats::Stats;
-pub use transport::{Event, Transport, TransportHandle, HANDSHAKES_IN_FLIGHT_MAX};
+pub use transport::{
+    Event, Transport, TransportHandle, HANDSHAKES_IN_FLIGHT_MAX, HANDSHAKES_PER_ADDRESS_MAX,
+};
 
 use std::net::SocketAddr;
 

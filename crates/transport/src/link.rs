@@ -40,7 +40,6 @@ use std::time::Duration;
 use cairn_util::Backoff;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -53,11 +52,12 @@ use crate::config::Limits;
 use crate::frame::{Frame, FrameCodec, Handshake};
 use crate::queue::OutboundQueue;
 use crate::stats::{Counters, InFlight};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::transport::Event;
 use crate::{lock, Error};
 
 /// An established, framed connection.
-pub(crate) type Conn = Framed<TcpStream, FrameCodec>;
+pub(crate) type Conn = Framed<Stream, FrameCodec>;
 
 /// What all links and the acceptor of one transport share.
 #[derive(Debug)]
@@ -66,6 +66,8 @@ pub(crate) struct Context {
     pub cluster_id: u64,
     pub limits: Limits,
     pub counters: Counters,
+    /// Mutual TLS with the cluster's CA; `None` runs plain TCP (insecure).
+    pub tls: Option<cairn_tls::PeerTls>,
 }
 
 /// The state of one peer that outlives its connections.
@@ -297,7 +299,7 @@ impl Link {
         let parts = conn.into_parts();
         // Every write of the handshake was flushed.
         assert!(parts.write_buf.is_empty(), "unflushed handshake bytes");
-        let (read_half, write_half) = parts.io.into_split();
+        let (read_half, write_half) = parts.io.split();
         let mut reader = FramedRead::new(Counted::new(read_half), parts.codec);
         // Frames the peer sent right behind its handshake are already here.
         *reader.read_buffer_mut() = parts.read_buf;
@@ -311,7 +313,7 @@ impl Link {
     }
 
     /// Drains the queue in batches, one frame each; pings when idle.
-    async fn write_loop(&self, mut writer: FramedWrite<OwnedWriteHalf, FrameCodec>) -> Ended {
+    async fn write_loop(&self, mut writer: FramedWrite<WriteHalf, FrameCodec>) -> Ended {
         let limits = &self.ctx.limits;
         loop {
             let taken = timeout(
@@ -386,7 +388,7 @@ impl Link {
 }
 
 /// The reading half of an established connection.
-type Reader = FramedRead<Counted<OwnedReadHalf>, FrameCodec>;
+type Reader = FramedRead<Counted<ReadHalf>, FrameCodec>;
 
 /// The next frame, or `None` when nothing at all arrived for `idle`. A large
 /// frame may take longer than `idle` to arrive: while its bytes keep coming,
@@ -445,16 +447,31 @@ async fn dial_once(ctx: &Context, peer: u64, addr: SocketAddr) -> Result<Conn, E
         })??;
     // Batching is done here; Nagle would only add latency to each frame.
     stream.set_nodelay(true)?;
-    let mut conn = Framed::new(stream, FrameCodec::new());
     let hello = Handshake { cluster_id: ctx.cluster_id, from: ctx.node_id, to: peer };
     let answer = timeout(ctx.limits.handshake_timeout(), async {
+        let stream = match &ctx.tls {
+            None => Stream::Plain(stream),
+            // The peer's certificate must be the CA's and name node `peer`.
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                let name = cairn_tls::PeerTls::server_name(peer);
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| Error::handshake(format!("TLS with node {peer} failed: {e}")))?;
+                Stream::Tls(Box::new(stream.into()))
+            }
+        };
+        let mut conn = Framed::new(stream, FrameCodec::new());
         conn.send(Frame::Hello(hello)).await?;
-        conn.next().await.transpose()
+        let answer = conn.next().await.transpose()?;
+        Ok::<_, Error>((conn, answer))
     })
     .await
     .map_err(|_| {
         Error::handshake(format!("no answer within {} ms", ctx.limits.handshake_timeout_ms))
-    })??;
+    })?;
+    let (mut conn, answer) = answer?;
     match answer {
         Some(Frame::Ack(ack)) => check_ack(ctx, peer, ack)?,
         Some(other) => return Err(Error::handshake(format!("expected ACK, got {other:?}"))),

@@ -21,6 +21,9 @@ pub struct Stats {
     /// Messages given up: queue full, too large, unknown or removed peer,
     /// or in flight when a connection broke.
     pub messages_dropped: u64,
+    /// Of those, messages over [`crate::MESSAGE_BYTES_MAX`]: a bug in what
+    /// the node sends, since its limits keep every entry and chunk under it.
+    pub messages_too_large: u64,
     /// Messages waiting in outbound queues now (a gauge, not a counter).
     pub messages_queued: u64,
     /// Batch frames written (pings excluded): `messages_sent / frames_sent`
@@ -43,6 +46,7 @@ pub(crate) struct Counters {
     pub messages_sent: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_dropped: AtomicU64,
+    pub messages_too_large: AtomicU64,
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub connections: AtomicU64,
@@ -61,6 +65,7 @@ impl Counters {
             messages_sent: read(&self.messages_sent),
             messages_received: read(&self.messages_received),
             messages_dropped: read(&self.messages_dropped),
+            messages_too_large: read(&self.messages_too_large),
             messages_queued,
             frames_sent: read(&self.frames_sent),
             frames_received: read(&self.frames_received),

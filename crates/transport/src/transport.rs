@@ -14,15 +14,16 @@
 //!   this cluster, this node, and a configured peer with a lower id (the lower
 //!   id dials); otherwise it is closed, logged and counted.
 //! - At most [`HANDSHAKES_IN_FLIGHT_MAX`] incoming connections wait for their
-//!   handshake, each for at most the handshake timeout.
+//!   handshake, at most [`HANDSHAKES_PER_ADDRESS_MAX`] of them from one IP
+//!   address, each for at most the handshake timeout.
 //! - Cancelling the root token (shutdown, or dropping the last handle) stops
 //!   every task; nothing outlives the transport for longer than it takes a
 //!   task to notice.
 //!
 //! It does not read, order or retry messages: links do.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,11 +42,18 @@ use crate::frame::{Frame, FrameCodec, Handshake};
 use crate::link::{Conn, Context, Link, Peer, Role};
 use crate::queue::Refused;
 use crate::stats::{Counters, Stats};
+use crate::stream::Stream;
 use crate::{lock, Error};
 
 /// Incoming connections that may be in their handshake at once; more are
 /// closed on accept. Peers are few, so only strangers ever reach this.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
+/// Of those, how many may come from one IP address, so that idle sockets
+/// from one stranger cannot fill the pool and keep the real peers out.
+/// Every member of a cluster on one machine shares an address: this leaves
+/// room for all of them (a configuration has at most 9 members) to reconnect
+/// at once.
+pub const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
 /// Pending connections the kernel holds for the listener.
 const LISTEN_BACKLOG: u32 = 128;
 /// Pause after a failed accept (out of file descriptors, say), so the loop
@@ -88,6 +96,7 @@ impl Transport {
                 cluster_id: config.cluster_id,
                 limits: config.limits,
                 counters: Counters::default(),
+                tls: config.tls.clone(),
             }),
             registry: Mutex::new(Registry {
                 peers: BTreeMap::new(),
@@ -205,6 +214,7 @@ impl TransportHandle {
                 Err(Refused::Full) => Error::QueueFull { peer: to },
                 Err(Refused::Closed) => Error::UnknownPeer { peer: to },
                 Err(Refused::TooLarge) => {
+                    Counters::add(&shared.ctx.counters.messages_too_large, 1);
                     Error::MessageTooLarge { size_bytes, size_bytes_max: crate::MESSAGE_BYTES_MAX }
                 }
             }
@@ -348,18 +358,49 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut handshakes = JoinSet::new();
+    // Handshakes in flight by remote address, and the address of each task.
+    let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
+    let mut task_address: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
     loop {
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) if handshakes.len() < HANDSHAKES_IN_FLIGHT_MAX => {
-                    handshakes.spawn(accept_one(shared.clone(), stream, remote));
+            Some(done) = handshakes.join_next_with_id(), if !handshakes.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(error) => error.id(),
+                };
+                if let Some(ip) = task_address.remove(&id) {
+                    if let Some(count) = per_address.get_mut(&ip) {
+                        *count -= 1;
+                        if *count == 0 {
+                            per_address.remove(&ip);
+                        }
+                    }
                 }
-                Ok((_, remote)) => {
-                    Counters::add(&shared.ctx.counters.connections_rejected, 1);
-                    warn!(node = shared.ctx.node_id, %remote, "too many handshakes in flight; connection closed");
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let from_here = per_address.get(&remote.ip()).copied().unwrap_or(0);
+                    let refusal = if handshakes.len() >= HANDSHAKES_IN_FLIGHT_MAX {
+                        Some("too many handshakes in flight")
+                    } else if from_here >= HANDSHAKES_PER_ADDRESS_MAX {
+                        Some("too many handshakes in flight from its address")
+                    } else {
+                        None
+                    };
+                    match refusal {
+                        None => {
+                            let task = handshakes.spawn(accept_one(shared.clone(), stream, remote));
+                            task_address.insert(task.id(), remote.ip());
+                            *per_address.entry(remote.ip()).or_default() += 1;
+                        }
+                        Some(reason) => {
+                            drop(stream);
+                            Counters::add(&shared.ctx.counters.connections_rejected, 1);
+                            warn!(node = shared.ctx.node_id, %remote, "{reason}; connection closed");
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(node = shared.ctx.node_id, "accept failed: {e}");
@@ -401,6 +442,27 @@ async fn accept_one(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) 
 async fn accept_handshake(shared: &Shared, stream: TcpStream) -> Result<(Arc<Peer>, Conn), Error> {
     let ctx = &shared.ctx;
     stream.set_nodelay(true)?;
+    let (stream, certificates) = match &ctx.tls {
+        None => (Stream::Plain(stream), None),
+        // The dialer's certificate must be the CA's; which node it names is
+        // checked against the HELLO below.
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            let stream = acceptor
+                .accept(stream)
+                .await
+                .map_err(|e| Error::handshake(format!("TLS failed: {e}")))?;
+            let certificates: Vec<_> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect();
+            (Stream::Tls(Box::new(stream.into())), Some(certificates))
+        }
+    };
     let mut conn = Framed::new(stream, FrameCodec::new());
     let hello = match conn.next().await.transpose()? {
         Some(Frame::Hello(hello)) => hello,
@@ -424,6 +486,11 @@ async fn accept_handshake(shared: &Shared, stream: TcpStream) -> Result<(Arc<Pee
             "node {} must not dial node {}: the lower id dials",
             hello.from, ctx.node_id
         )));
+    }
+    if let Some(certificates) = &certificates {
+        cairn_tls::check_peer_id(certificates, hello.from).map_err(|reason| {
+            Error::handshake(format!("a peer claiming to be node {}: {reason}", hello.from))
+        })?;
     }
     let Some(peer) = shared.peer(hello.from) else {
         return Err(Error::handshake(format!("node {} is not a configured peer", hello.from)));

@@ -188,6 +188,35 @@ async fn bad_handshakes_are_refused_without_harm() {
     assert_eq!(five.handle.stats().connections, 1);
 }
 
+/// Idle sockets from one stranger's address fill no more than its share of
+/// the handshake pool: a real peer (on another address) still gets in at
+/// once, long before the stranger's sockets time out.
+#[tokio::test]
+async fn idle_sockets_from_one_address_do_not_keep_real_peers_out() {
+    let limits = Limits { handshake_timeout_ms: 120_000, ..limits() };
+    let addr1 = unused_addr();
+    let mut five = Node::start(5, loopback(), BTreeMap::from([(1, addr1)]), limits.clone()).await;
+    // 127.0.0.2 is loopback too, and not the peers' 127.0.0.1.
+    let mut idle = Vec::new();
+    for _ in 0..cairn_transport::HANDSHAKES_IN_FLIGHT_MAX {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind("127.0.0.2:0".parse().unwrap()).expect("bind 127.0.0.2");
+        idle.push(socket.connect(five.addr()).await.expect("connect"));
+    }
+    let refused = (cairn_transport::HANDSHAKES_IN_FLIGHT_MAX
+        - cairn_transport::HANDSHAKES_PER_ADDRESS_MAX) as u64;
+    let handle = five.handle.clone();
+    eventually("the stranger's sockets past its share are refused", || {
+        handle.stats().connections_rejected == refused
+    })
+    .await;
+    let mut one = Node::start(1, addr1, BTreeMap::from([(5, five.addr())]), limits).await;
+    one.wait_connected(5).await;
+    five.wait_connected(1).await;
+    assert_messages_flow(&mut one, &mut five, "beside the stranger").await;
+    drop(idle);
+}
+
 /// After a valid handshake, a corrupt batch or a frame over the size limit
 /// closes that connection alone, and is counted. (Node 3 is played by raw
 /// sockets; node 1 is real and stays connected.)

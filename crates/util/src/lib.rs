@@ -10,6 +10,8 @@
 //! - [`process`]: processes as the agent and the cloud see them: which pids
 //!   may be signalled, whether one lives, the node a host directory holds,
 //!   pid files, signals to a process or its group.
+//! - [`browser`]: the checks that keep web pages from using Cairn's HTTP
+//!   APIs through a user's browser (Host, Origin, Content-Type).
 //! - [`lock`]: the one rule for poisoned locks.
 //! - [`VERSION`]: the version every crate of the workspace shares.
 //!
@@ -17,6 +19,7 @@
 //! here is small enough to read at once.
 
 pub mod backoff;
+pub mod browser;
 pub mod files;
 pub mod process;
 pub mod rng;

@@ -106,6 +106,7 @@ impl Host {
             cloud: None,
             node_bin,
             stop_node_on_shutdown: false,
+            ca_dir: None,
         };
         Host { tmp, config }
     }

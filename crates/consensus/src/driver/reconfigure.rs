@@ -139,6 +139,14 @@ impl Driver {
         from: NodeId,
         next: Membership,
     ) -> Result<(), Error> {
+        if !self.membership_asked.remove(&from) {
+            tracing::warn!(
+                from,
+                configuration_id = next.configuration_id,
+                "refused a membership this node did not ask that peer for"
+            );
+            return Ok(());
+        }
         if next.configuration_id <= self.membership.configuration_id
             || next.cluster_id != self.membership.cluster_id
             || next.validate().is_err()
@@ -227,18 +235,17 @@ impl Driver {
     pub(super) fn stopsign_decided(
         &mut self,
         index: u64,
+        nodes: &[NodeId],
         metadata: Option<&[u8]>,
         out: &mut Output,
     ) -> Result<(), cairn_storage::Error> {
-        let members: Option<BTreeMap<NodeId, SocketAddr>> =
-            metadata.and_then(|bytes| serde_json::from_slice(bytes).ok());
-        let Some(members) = members else {
-            tracing::error!(
-                index,
-                "a StopSign without a readable member list: this node stops here"
-            );
-            self.blocked = Some(Blocked::Reconfigured { index });
-            return Ok(());
+        let members = match stopsign_members(&self.membership, nodes, metadata) {
+            Ok(members) => members,
+            Err(reason) => {
+                tracing::error!(index, %reason, "a StopSign this node cannot follow: it stops here");
+                self.blocked = Some(Blocked::Reconfigured { index });
+                return Ok(());
+            }
         };
         if self.sm.applied_index() + 1 == index {
             let noop = [(index, Command::new(None, Op::Noop))];
@@ -339,6 +346,63 @@ impl Driver {
             return;
         }
         self.membership_asked_tick = Some(self.now_ticks);
+        self.membership_asked.insert(peer);
         self.pending_messages.push((peer, PeerMessage::FetchMembership));
+    }
+}
+
+/// The member map a decided StopSign carries, checked: it must read, make
+/// a valid configuration, and name exactly the nodes of the StopSign's
+/// own configuration. Every node decides the same StopSign, so every node
+/// refuses the same bad one.
+fn stopsign_members(
+    current: &Membership,
+    nodes: &[NodeId],
+    metadata: Option<&[u8]>,
+) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let bytes = metadata.ok_or("it carries no member list")?;
+    let members: BTreeMap<NodeId, SocketAddr> =
+        serde_json::from_slice(bytes).map_err(|e| format!("its member list does not read: {e}"))?;
+    current.next(members.clone(), 0).validate().map_err(|e| e.to_string())?;
+    let named: BTreeSet<NodeId> = nodes.iter().copied().collect();
+    if !members.keys().copied().eq(named.iter().copied()) {
+        return Err(format!(
+            "its member list {:?} is not its configuration's nodes {named:?}",
+            members.keys().collect::<Vec<_>>()
+        ));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(id: NodeId) -> SocketAddr {
+        format!("127.0.0.1:{}", 7000 + id).parse().unwrap()
+    }
+
+    fn members(ids: &[NodeId]) -> BTreeMap<NodeId, SocketAddr> {
+        ids.iter().map(|&id| (id, addr(id))).collect()
+    }
+
+    #[test]
+    fn a_stopsigns_member_list_must_read_be_valid_and_match_its_configuration() {
+        let current = Membership::new_cluster(members(&[1, 2, 3])).unwrap();
+        let encode = |m: &BTreeMap<NodeId, SocketAddr>| serde_json::to_vec(m).unwrap();
+        let good = members(&[1, 2, 4]);
+        assert_eq!(stopsign_members(&current, &[1, 2, 4], Some(&encode(&good))), Ok(good.clone()));
+        let refused = |nodes: &[NodeId], metadata: Option<&[u8]>| {
+            stopsign_members(&current, nodes, metadata).unwrap_err()
+        };
+        assert!(refused(&[1, 2, 4], None).contains("no member list"));
+        assert!(refused(&[1, 2, 4], Some(b"{not json")).contains("does not read"));
+        // Members the StopSign's own configuration does not name, or misses.
+        assert!(refused(&[1, 2], Some(&encode(&good))).contains("not its configuration"));
+        assert!(refused(&[1, 2, 4, 5], Some(&encode(&good))).contains("not its configuration"));
+        // An empty list, or ids out of range, make no configuration.
+        assert!(refused(&[], Some(&encode(&BTreeMap::new()))).contains("members"));
+        let out_of_range = members(&[0, 1]);
+        assert!(refused(&[0, 1], Some(&encode(&out_of_range))).contains("out of range"));
     }
 }

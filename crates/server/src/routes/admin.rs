@@ -41,9 +41,14 @@ fn view(membership: &Membership) -> MembersView {
     MembersView {
         cluster_id: Some(membership.cluster_id),
         configuration_id: membership.configuration_id,
-        members: membership.members.iter().map(|(id, at)| (*id, at.to_string())).collect(),
+        members: addresses(&membership.members),
         base_index: membership.base_index,
     }
+}
+
+/// Each member's peer address, as the wire writes it.
+fn addresses(members: &BTreeMap<u64, SocketAddr>) -> BTreeMap<u64, String> {
+    members.iter().map(|(id, at)| (*id, at.to_string())).collect()
 }
 
 /// The members as this node knows them: its membership, or itself alone.
@@ -60,7 +65,7 @@ fn current(state: &AppState) -> (BTreeMap<u64, SocketAddr>, MembersView) {
             let answer = MembersView {
                 cluster_id: None,
                 configuration_id: 0,
-                members: members.iter().map(|(id, at)| (*id, at.to_string())).collect(),
+                members: addresses(&members),
                 base_index: 0,
             };
             (members, answer)

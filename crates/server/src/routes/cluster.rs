@@ -24,6 +24,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         id: status.node_id,
         role: node_role(status.role),
         applied_index: status.applied_index,
+        peer_tls: state.config.certs_dir.is_some(),
     }))
 }
 
@@ -95,6 +96,7 @@ fn node_role(role: Role) -> NodeRole {
     responses((status = 201, description = "The session is open.", body = SessionOpened), Failures))]
 pub async fn open_session(
     State(state): State<AppState>,
+    _: crate::extract::JsonPost,
 ) -> Result<(axum::http::StatusCode, Json<SessionOpened>), ApiError> {
     let applied = state.open_session().await?;
     match applied.outcome {

@@ -10,8 +10,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cairn_client::views::{Created, Deleted, DocsPage, Inserted, Updated};
-use cairn_storage::command::{validate_doc_id, DOC_ID_BYTES_MAX, INSERT_DOCS_MAX};
-use cairn_storage::{Conflict, Doc, Op, Outcome, LIST_LIMIT_MAX};
+use cairn_storage::command::{
+    validate_doc_id, validate_doc_size, DOC_ID_BYTES_MAX, INSERT_DOCS_MAX,
+};
+use cairn_storage::{Conflict, Doc, Op, Outcome, COMMAND_BYTES_MAX, LIST_LIMIT_MAX};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::openapi::{ArrayBuilder, ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
@@ -116,7 +118,18 @@ fn new_doc(value: Value, position: Option<usize>, write_id: &WriteId) -> Result<
     };
     validate_doc_id(&id).map_err(|e| ApiError::bad_request(format!("{}{e}", at())))?;
     object.insert("id".into(), Value::String(id.clone()));
-    Ok(Doc { id, json: Value::Object(object).to_string() })
+    let json = Value::Object(object).to_string();
+    validate_doc_size(&id, json.len()).map_err(|e| too_large(format!("{}{e}", at())))?;
+    Ok(Doc { id, json })
+}
+
+/// What a document adds to an entry beyond its id and JSON: two length
+/// prefixes, with margin.
+const DOC_FRAMING_BYTES: usize = 16;
+
+/// 413 for a document, value or command over its limit.
+pub(super) fn too_large(message: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -157,20 +170,30 @@ pub async fn insert(
                 )));
             }
             let docs = values.into_iter().enumerate().map(|(i, v)| new_doc(v, Some(i), &write_id));
-            docs.collect::<Result<Vec<_>, _>>()?
+            let docs = docs.collect::<Result<Vec<_>, _>>()?;
+            // Stored JSON can be longer than what was sent (ids added,
+            // numbers written out): the entry is checked, not the body.
+            let bytes: usize =
+                docs.iter().map(|d| d.json.len() + d.id.len() + DOC_FRAMING_BYTES).sum();
+            if bytes > COMMAND_BYTES_MAX {
+                return Err(too_large(format!(
+                    "the insert would make a log entry of about {bytes} bytes, over the limit of \
+                     {COMMAND_BYTES_MAX}: send fewer documents at once"
+                )));
+            }
+            docs
         }
         value => vec![new_doc(value, None, &write_id)?],
     };
     let applied = state.write(Op::Insert { table, docs, conflict }, write_id).await?;
-    match &applied.outcome {
+    match applied.outcome {
         // The ids come from the outcome: a retry answered from memory reports
         // the ids first stored, not the ones generated for the retry.
         Outcome::Inserted { inserted, replaced, updated, ids } => {
-            let (inserted, replaced, updated, ids) = (*inserted, *replaced, *updated, ids.clone());
             let answer = Inserted { inserted, replaced, updated, ids, index: applied.index };
             Ok((StatusCode::CREATED, Json(answer)))
         }
-        other => Err(unexpected(other.clone())),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -214,7 +237,9 @@ pub async fn replace(
     };
     check_id_matches(&object, &id)?;
     object.insert("id".into(), Value::String(id.clone()));
-    let doc = Doc { id, json: Value::Object(object).to_string() };
+    let json = Value::Object(object).to_string();
+    validate_doc_size(&id, json.len()).map_err(too_large)?;
+    let doc = Doc { id, json };
     let applied = state.write(Op::Replace { table, doc }, write_id).await?;
     match applied.outcome {
         Outcome::Replaced { created } => Ok(created_answer(&applied, created)),

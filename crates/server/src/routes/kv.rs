@@ -35,6 +35,7 @@ pub async fn put(
     body: Body,
 ) -> Result<Json<Written>, ApiError> {
     let key = key(path)?;
+    cairn_storage::command::validate_kv_value(body.0.len()).map_err(super::docs::too_large)?;
     let applied = state.write(Op::KvPut { key, value: body.0.to_vec() }, write_id).await?;
     match applied.outcome {
         Outcome::KvWritten => Ok(Json(Written { index: applied.index })),

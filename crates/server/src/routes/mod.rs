@@ -13,14 +13,13 @@ mod openapi;
 mod system;
 mod tables;
 
-use std::sync::Arc;
-
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
 use cairn_client::views::Created;
 use cairn_storage::Applied;
+use cairn_util::browser;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -42,7 +41,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(admin::list, admin::add))
         .routes(routes!(admin::remove))
         .split_for_parts();
-    let document: Arc<str> = openapi::render(document).into();
+    let document = bytes::Bytes::from(openapi::render(document));
     described
         // Keys may contain '/': a wildcard, described by hand (see `openapi`).
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
@@ -51,8 +50,37 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// Refuses what a web page could send through a user's browser: a name this
+/// node does not answer to (DNS rebinding) or a page of another origin (see
+/// [`cairn_util::browser`]): 403, before anything of the request is read or
+/// done.
+async fn guard(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let text = |name| headers.get(name).map(|value: &HeaderValue| value.to_str().unwrap_or(""));
+    let checked = browser::Request {
+        method: request.method().as_str(),
+        host: text(header::HOST),
+        origin: text(header::ORIGIN),
+        content_type: text(header::CONTENT_TYPE),
+    };
+    // The content type of a POST is checked by the routes that take one
+    // (`extract::JsonPost`), so a method a path does not take is still 405.
+    match state.config.browser.check_site(&checked) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal.to_string()).into_response()
+        }
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

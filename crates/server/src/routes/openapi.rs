@@ -10,10 +10,10 @@
 //! described under `/v1/kv/{key}`; a test checks that both stay.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use utoipa::openapi::{
     ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder, ResponsesBuilder,
 };
@@ -33,9 +33,16 @@ impl utoipa::IntoResponses for Failures {
         let failures = [
             ("400", "The request is malformed or refused: fix it before sending it again."),
             ("404", "A table, document, key, record, session or route that does not exist."),
+            (
+                "403",
+                "Refused as a browser's request from elsewhere: a Host this node does not \
+                 answer to, or a page of another origin.",
+            ),
             ("405", "The method is not allowed on this path."),
+            ("408", "The request body did not arrive in time."),
             ("409", "A conflict: an existing id, a revision or a sequence number."),
             ("413", "The request body is over the node's limit (`--max-body-bytes`)."),
+            ("415", "A POST without `Content-Type: application/json`."),
             (
                 "503",
                 "The node cannot serve now (`no_quorum`, `not_serving`, `busy`, `orphaned`, \
@@ -80,12 +87,11 @@ pub struct ApiDoc;
 pub struct KvDoc;
 
 /// `GET /v1/openapi.json`: the document, rendered once when the router is made.
-pub fn serve(document: Arc<str>) -> axum::routing::MethodRouter<AppState> {
+/// Each request shares the rendered bytes; none is copied.
+pub fn serve(document: Bytes) -> axum::routing::MethodRouter<AppState> {
     axum::routing::get(move || {
         let document = document.clone();
-        async move {
-            ([(header::CONTENT_TYPE, "application/json")], document.to_string()).into_response()
-        }
+        async move { ([(header::CONTENT_TYPE, "application/json")], document).into_response() }
     })
 }
 

@@ -51,8 +51,20 @@ impl Node {
         peers: BTreeMap<u64, SocketAddr>,
         limits: Limits,
     ) -> Node {
+        Node::start_tls(id, listen, peers, limits, None).await
+    }
+
+    /// [`Node::start`] under mutual TLS with `tls`, or plain with `None`.
+    pub async fn start_tls(
+        id: u64,
+        listen: SocketAddr,
+        peers: BTreeMap<u64, SocketAddr>,
+        limits: Limits,
+        tls: Option<cairn_tls::PeerTls>,
+    ) -> Node {
         let mut config = TransportConfig::new(id, CLUSTER, listen, peers);
         config.limits = limits;
+        config.tls = tls;
         let (handle, events) = Transport::start(config)
             .await
             .unwrap_or_else(|e| panic!("node {id} failed to start: {e}"));
