@@ -124,9 +124,12 @@ pub(crate) fn spawn(spec: &LaunchSpec<'_>) -> Result<NodeProcess, Error> {
     if let Some(join) = spec.join.filter(|_| !has_data(spec.data_dir)) {
         command.arg("--join").arg(join);
     }
-    if let Some(certs_dir) = spec.certs_dir {
-        command.arg("--certs-dir").arg(certs_dir);
-    }
+    match spec.certs_dir {
+        Some(certs_dir) => command.arg("--certs-dir").arg(certs_dir),
+        // An agent without the cluster's CA (one run by hand) runs its node
+        // as it can: with peers on plain TCP.
+        None => command.arg("--insecure"),
+    };
     // The environment (CAIRN_LOG among it) is inherited as it is.
     command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(false).process_group(0);
     let child =

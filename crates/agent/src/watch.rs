@@ -171,6 +171,7 @@ mod tests {
             role: NodeRole::Leader,
             applied_index: 9,
             peer_tls: true,
+            insecure: false,
         };
         let health = read_health(&answer, Some(2)).expect("its own answer");
         assert!(health.healthy);

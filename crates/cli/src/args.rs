@@ -145,9 +145,14 @@ pub struct NodeArgs {
     pub allow_hosts: Vec<String>,
     /// Where this node's certificates are (`ca.crt`, `node-<id>.crt`,
     /// `node-<id>.key`, made by `cairn cert`): peers then authenticate each
-    /// other with mutual TLS. Without it, peers talk plain TCP.
-    #[arg(long, value_name = "DIR")]
+    /// other with mutual TLS. A node that replicates needs this or
+    /// --insecure.
+    #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
     pub certs_dir: Option<PathBuf>,
+    /// Let peers talk plain TCP with no authentication: anyone who reaches
+    /// the peer port can pose as a member. For tests and development.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Subcommand, Debug)]

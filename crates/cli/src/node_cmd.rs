@@ -21,6 +21,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.join = args.join;
     config.browser.allowed_hosts = args.allow_hosts;
     config.certs_dir = args.certs_dir;
+    config.insecure = args.insecure;
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {

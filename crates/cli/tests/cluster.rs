@@ -54,7 +54,8 @@ impl Cluster {
             api,
             peers,
             processes: BTreeMap::new(),
-            flags: Vec::new(),
+            // Peers on plain TCP, unless a test gives certificates.
+            flags: vec!["--insecure".to_string()],
         }
     }
 
@@ -83,7 +84,7 @@ impl Cluster {
 
     fn start_with(flags: &[&str]) -> Cluster {
         let mut cluster = Cluster::new();
-        cluster.flags = flags.iter().map(|f| f.to_string()).collect();
+        cluster.flags.extend(flags.iter().map(|f| f.to_string()));
         for id in NODES {
             cluster.spawn(id);
         }
@@ -457,7 +458,7 @@ async fn a_single_node_grows_to_five_and_shrinks_back_to_one_while_serving() {
             .args(["node", "--id", &id.to_string(), "--data-dir"])
             .arg(dir.path().join(format!("node{id}")))
             .args(["--listen", &api[&id], "--peer-listen", &peer[&id]])
-            .args(["--write-timeout-ms", "5000"])
+            .args(["--write-timeout-ms", "5000", "--insecure"])
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -43,6 +43,9 @@ pub struct Health {
     /// runs with `--certs-dir`); without, they talk plain TCP.
     #[serde(default)]
     pub peer_tls: bool,
+    /// Whether the node runs `--insecure` (no authentication of peers).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// One node of [`ClusterView`], as the answering node knows it: its own

@@ -54,6 +54,11 @@ pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 250;
 /// Log entries kept behind the applied index by default.
 pub const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 
+/// Why a node that replicates without certificates is refused.
+const NO_CERTIFICATES: &str = "a node that replicates needs certificates, so that only the \
+    cluster's nodes can be its peers: give --certs-dir DIR (make them with `cairn cert`), or \
+    --insecure to let peers talk plain TCP with no authentication (tests and development only)";
+
 /// A node's settings.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -83,6 +88,9 @@ pub struct NodeConfig {
     /// Where this node's certificates are (`ca.crt`, `node-<id>.crt`,
     /// `node-<id>.key`; see `cairn cert`): peers then talk over mutual TLS.
     pub certs_dir: Option<PathBuf>,
+    /// Lets peers talk plain TCP, with no authentication (tests and
+    /// development). A node that replicates needs this or `certs_dir`.
+    pub insecure: bool,
 }
 
 impl NodeConfig {
@@ -103,7 +111,14 @@ impl NodeConfig {
             join: None,
             browser: cairn_util::browser::Policy::default(),
             certs_dir: None,
+            insecure: false,
         }
+    }
+
+    /// Whether the node may talk to peers: it has peers, joins a cluster,
+    /// or listens for peers to grow.
+    fn may_replicate(&self) -> bool {
+        !self.peers.is_empty() || self.join.is_some() || self.peer_listen.is_some()
     }
 
     /// Checks the settings against each other and against the limits that
@@ -118,6 +133,12 @@ impl NodeConfig {
         }
         if self.max_connections == 0 {
             return Err(Error::Config("--max-connections must be at least 1".into()));
+        }
+        if self.insecure && self.certs_dir.is_some() {
+            return Err(Error::Config("--insecure and --certs-dir exclude each other".into()));
+        }
+        if self.may_replicate() && self.certs_dir.is_none() && !self.insecure {
+            return Err(Error::Config(NO_CERTIFICATES.into()));
         }
         Ok(())
     }
@@ -268,6 +289,12 @@ impl Node {
     /// Opens the store, starts the log and binds the listener.
     pub async fn start(mut config: NodeConfig) -> Result<Node, Error> {
         config.validate()?;
+        if config.insecure {
+            tracing::warn!(
+                "running --insecure: peers are not authenticated; use it for tests and \
+                 development only"
+            );
+        }
         let open_error = |source| Error::Open { dir: config.data_dir.clone(), source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| open_error(cairn_storage::Error::Corrupt { what: e.to_string() }))?;
@@ -410,9 +437,14 @@ async fn start_transport(
     let own = membership.members[&config.id];
     let listen = config.peer_listen.unwrap_or(own);
     if tls.is_none() {
+        // A node restarted on a replicated data directory without the flags
+        // it ran with.
+        if !config.insecure {
+            return Err(Error::Config(NO_CERTIFICATES.into()));
+        }
         tracing::warn!(
-            "peers talk plain TCP: anyone who reaches the peer port and knows the cluster id \
-             can pose as a member; give the node --certs-dir (see `cairn cert`)"
+            "--insecure: peers talk plain TCP, and anyone who reaches the peer port and knows \
+             the cluster id can pose as a member"
         );
     }
     let mut transport_config = TransportConfig::new(

@@ -449,8 +449,20 @@ async fn settings_past_the_limits_are_refused_at_start() {
     assert!(error.to_string().contains("--max-body-bytes"), "{error}");
     config.max_body_bytes = 1024;
     config.max_connections = 0;
-    let error = Node::start(config).await.err().expect("refused");
+    let error = Node::start(config.clone()).await.err().expect("refused");
     assert!(error.to_string().contains("--max-connections"), "{error}");
+    // A node that replicates needs certificates, or to be told --insecure.
+    config.max_connections = 16;
+    config.peer_listen = Some("127.0.0.1:0".parse().unwrap());
+    let error = Node::start(config.clone()).await.err().expect("refused");
+    assert!(
+        error.to_string().contains("--certs-dir") && error.to_string().contains("--insecure"),
+        "{error}"
+    );
+    config.insecure = true;
+    config.certs_dir = Some("certs".into());
+    let error = Node::start(config).await.err().expect("refused");
+    assert!(error.to_string().contains("exclude each other"), "{error}");
 }
 
 #[tokio::test]
@@ -690,6 +702,7 @@ async fn shutdown_answers_waiting_writes_at_once() {
             c.id = id;
             c.peer_listen = Some(peers[&id]);
             c.peers = peers;
+            c.insecure = true;
             c.election_timeout_ms = 3_000;
             c.write_timeout_ms = write_timeout_ms;
         }

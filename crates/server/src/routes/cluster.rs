@@ -25,6 +25,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         role: node_role(status.role),
         applied_index: status.applied_index,
         peer_tls: state.config.certs_dir.is_some(),
+        insecure: state.config.insecure,
     }))
 }
 
