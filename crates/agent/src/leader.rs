@@ -67,6 +67,8 @@ pub const DEFER_MAX_MS: u64 = 10_000;
 pub struct LeaderConfig {
     pub host: String,
     pub cloud: String,
+    /// The cloud's admin token.
+    pub cloud_token: Option<String>,
     /// The local node's HTTP address.
     pub node: String,
 }
@@ -74,7 +76,12 @@ pub struct LeaderConfig {
 /// Runs the loop until the task is dropped.
 pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
     let step_timeout = Duration::from_millis(STEP_TIMEOUT_MS);
-    let observer = match Observer::new(&config.cloud, &config.node, step_timeout) {
+    let observer = match Observer::new(
+        &config.cloud,
+        config.cloud_token.clone(),
+        &config.node,
+        step_timeout,
+    ) {
         Ok(observer) => observer,
         Err(e) => {
             tracing::error!(error = %e, "the reconciliation loop cannot start");

@@ -88,6 +88,8 @@ pub struct AgentConfig {
     pub node_peer_listen: SocketAddr,
     /// The cloud's URL, for the leader loop.
     pub cloud: Option<String>,
+    /// The cloud's admin token, sent with the leader loop's calls.
+    pub cloud_token: Option<String>,
     /// The `cairn` binary the node runs as (`<node_bin> node --id …`).
     pub node_bin: PathBuf,
     /// Stop the node (SIGTERM) when the agent shuts down: the cloud's `down`
@@ -181,6 +183,7 @@ impl Agent {
             let leader_config = leader::LeaderConfig {
                 host: config.host.clone(),
                 cloud,
+                cloud_token: config.cloud_token.clone(),
                 node: supervisor.inner.spec.health_addr().to_string(),
             };
             tokio::spawn(leader::run(leader_config, supervisor.clone()))

@@ -46,10 +46,15 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(cloud: &str, node: &str, step_timeout: Duration) -> Result<Observer, TurnError> {
+    pub fn new(
+        cloud: &str,
+        cloud_token: Option<String>,
+        node: &str,
+        step_timeout: Duration,
+    ) -> Result<Observer, TurnError> {
         let timeout = Duration::from_millis(HTTP_TIMEOUT_MS);
         Ok(Observer {
-            cloud: CloudClient::new(cloud, timeout)?,
+            cloud: CloudClient::new(cloud, timeout)?.with_token(cloud_token),
             node: cairn_client::Client::with_timeout(node, timeout)?,
             node_steps: cairn_client::Client::with_timeout(node, step_timeout)?,
         })

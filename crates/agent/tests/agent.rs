@@ -301,6 +301,7 @@ fn agent_process() {
         node_listen: text("node_listen").parse().expect("node_listen"),
         node_peer_listen: text("node_peer_listen").parse().expect("node_peer_listen"),
         cloud: None,
+        cloud_token: None,
         node_bin: text("node_bin").into(),
         stop_node_on_shutdown: false,
         ca_dir: None,

@@ -191,6 +191,10 @@ pub struct CloudArg {
     /// The cloud's address (`cairn up` listens on 127.0.0.1:7000).
     #[arg(long, env = "CAIRN_CLOUD", default_value = CLOUD_DEFAULT)]
     pub cloud: String,
+    /// The file holding the cloud's admin token (`cairn up` makes it in its
+    /// directory).
+    #[arg(long, env = "CAIRN_CLOUD_TOKEN_FILE", default_value = ".cairn/cloud.token")]
+    pub cloud_token_file: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -252,6 +256,9 @@ pub struct AgentArgs {
     /// certificate, and the node's peers talk mutual TLS.
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
+    /// The file holding the cloud's admin token (the cloud passes it).
+    #[arg(long, value_name = "FILE")]
+    pub cloud_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -36,6 +36,16 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
             return fail(output, CliError::Io { what: "find this program at", path, source });
         }
     };
+    let cloud_token = match &args.cloud_token_file {
+        Some(path) => match cairn_util::secret::read(path) {
+            Ok(token) => token,
+            Err(source) => {
+                let what = "read the cloud's admin token from";
+                return fail(output, CliError::Io { what, path: path.clone(), source });
+            }
+        },
+        None => None,
+    };
     let config = AgentConfig {
         host: args.host,
         zone: args.zone,
@@ -49,6 +59,7 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
         // with it. A killed agent leaves its node running for the next one.
         stop_node_on_shutdown: true,
         ca_dir: args.ca_dir,
+        cloud_token,
     };
     match cairn_agent::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,13 +131,14 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
     });
     let served = tokio::spawn(cloud.serve(shutdown_signal()));
     let zone = desired.zones.first().cloned().unwrap_or_default();
-    if let Err(e) = first_host(addr, &zone, &desired.host_type).await {
+    let token_file = args.dir.join(cairn_cloud::TOKEN_FILE);
+    if let Err(e) = first_host(addr, &token_file, &zone, &desired.host_type).await {
         let _ = fail(output, e);
     }
     let printer = tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(event) => print_event(output, addr, &event).await,
+                Ok(event) => print_event(output, addr, &token_file, &event).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => break,
             }
@@ -148,7 +160,12 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
 
 /// One event as a line: text for people, or one JSON object a line
 /// (`{"at", "event"}`) for programs.
-async fn print_event(output: Output, cloud: std::net::SocketAddr, event: &StatusEvent) {
+async fn print_event(
+    output: Output,
+    cloud: std::net::SocketAddr,
+    token_file: &std::path::Path,
+    event: &StatusEvent,
+) {
     let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     if output == Output::Json {
         println!("{}", json!({ "at": time.to_string(), "event": event }));
@@ -158,7 +175,7 @@ async fn print_event(output: Output, cloud: std::net::SocketAddr, event: &Status
     if let StatusEvent::Transition(t) = event {
         let at = t.report.state == cairn_control::status::ReconcileState::AtDesiredState;
         if at && t.report.step.is_none() {
-            let hosts = match cloud_client(&cloud.to_string()) {
+            let hosts = match cloud_client(&cloud.to_string(), token_file) {
                 Ok(client) => client.hosts().await.map_err(CliError::from),
                 Err(e) => Err(e),
             };
@@ -178,10 +195,11 @@ async fn print_event(output: Output, cloud: std::net::SocketAddr, event: &Status
 /// bootstraps the cluster.
 async fn first_host(
     cloud: std::net::SocketAddr,
+    token_file: &std::path::Path,
     zone: &str,
     host_type: &str,
 ) -> Result<(), CliError> {
-    let client = cloud_client(&cloud.to_string())?;
+    let client = cloud_client(&cloud.to_string(), token_file)?;
     if !client.hosts().await?.is_empty() {
         return Ok(());
     }
@@ -192,7 +210,7 @@ async fn first_host(
 }
 
 pub async fn down(output: Output, args: CloudArg) -> ExitCode {
-    let client = match cloud_client(&args.cloud) {
+    let client = match cloud_client(&args.cloud, &args.cloud_token_file) {
         Ok(client) => client,
         Err(e) => return fail(output, e),
     };
@@ -222,7 +240,7 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
         Ok(read) => read,
         Err(e) => return fail(output, e),
     };
-    let client = match cloud_client(&args.cloud.cloud) {
+    let client = match cloud_client(&args.cloud.cloud, &args.cloud.cloud_token_file) {
         Ok(client) => client,
         Err(e) => return fail(output, e),
     };
@@ -243,7 +261,7 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
 
 pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
     loop {
-        let gathered = match cloud_client(&args.cloud.cloud) {
+        let gathered = match cloud_client(&args.cloud.cloud, &args.cloud.cloud_token_file) {
             Ok(client) => gather(&client).await,
             Err(e) => Err(e),
         };
@@ -367,8 +385,15 @@ fn render(view: &StatusView) -> String {
 }
 
 /// A client of the cloud named by `--cloud`; the error names the address.
-fn cloud_client(address: &str) -> Result<CloudClient, CliError> {
-    Ok(CloudClient::new(address, Duration::from_millis(CALL_TIMEOUT_MS))?)
+/// Sends the admin token from `token_file` when the file is there (the cloud
+/// answers 401 naming the file when the token is missing or wrong).
+fn cloud_client(address: &str, token_file: &std::path::Path) -> Result<CloudClient, CliError> {
+    let token = cairn_util::secret::read(token_file).map_err(|source| CliError::Io {
+        what: "read the cloud's admin token from",
+        path: token_file.to_path_buf(),
+        source,
+    })?;
+    Ok(CloudClient::new(address, Duration::from_millis(CALL_TIMEOUT_MS))?.with_token(token))
 }
 
 /// A desired state file's text and what it says; the error names the file

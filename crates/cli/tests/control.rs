@@ -66,8 +66,14 @@ impl Up {
         format!("http://{}{path}", self.cloud)
     }
 
+    /// The cloud's admin token, once `cairn up` made it.
+    fn token(&self) -> String {
+        let path = self.dir.path().join(".cairn").join(cairn_cloud::TOKEN_FILE);
+        std::fs::read_to_string(path).map(|t| t.trim().to_string()).unwrap_or_default()
+    }
+
     async fn get(&self, path: &str) -> Option<Value> {
-        let response = http().get(self.url(path)).send().await.ok()?;
+        let response = http().get(self.url(path)).bearer_auth(self.token()).send().await.ok()?;
         response.status().is_success().then_some(())?;
         response.json().await.ok()
     }
@@ -150,7 +156,11 @@ impl Up {
 
     /// What `cairn status` shows now.
     fn status(&self) -> String {
-        let out = Command::new(BIN).args(["status", "--cloud", &self.cloud]).output().unwrap();
+        let out = Command::new(BIN)
+            .current_dir(self.dir.path())
+            .args(["status", "--cloud", &self.cloud])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -226,7 +236,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(cloud: String) -> Writer {
+    fn start(cloud: String, token: String) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (s, a) = (stop.clone(), acked.clone());
@@ -236,7 +246,7 @@ impl Writer {
             let mut at = 0usize;
             while !s.load(Ordering::Relaxed) {
                 if apis.is_empty() {
-                    apis = live_apis(&cloud).await;
+                    apis = live_apis(&cloud, &token).await;
                     if apis.is_empty() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -274,8 +284,9 @@ impl Writer {
     }
 }
 
-async fn live_apis(cloud: &str) -> Vec<String> {
-    let Ok(response) = http().get(format!("http://{cloud}/v1/hosts")).send().await else {
+async fn live_apis(cloud: &str, token: &str) -> Vec<String> {
+    let hosts = http().get(format!("http://{cloud}/v1/hosts")).bearer_auth(token);
+    let Ok(response) = hosts.send().await else {
         return Vec::new();
     };
     let hosts: Value = response.json().await.unwrap_or(Value::Null);
@@ -322,7 +333,7 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     let mut timings = Vec::new();
     timings.push(("bootstrap, 1 replica", up.reached(1, 1).await));
     eprintln!("after bootstrap:\n{}", up.status());
-    let writer = Writer::start(up.cloud.clone());
+    let writer = Writer::start(up.cloud.clone(), up.token());
     writes_go_on(&writer, 50).await;
 
     up.edit(&desired(2, 3, 0));
@@ -344,6 +355,7 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
         .unwrap();
     let failed = http()
         .post(up.url(&format!("/v1/hosts/{victim}/fail")))
+        .bearer_auth(up.token())
         .header("content-type", "application/json")
         .send()
         .await
@@ -435,6 +447,7 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     let started = Instant::now();
     let json = loop {
         let out = Command::new(BIN)
+            .current_dir(up.dir.path())
             .args(["status", "--cloud", &up.cloud, "--output", "json"])
             .output()
             .unwrap();

@@ -53,6 +53,8 @@ impl ClientError {
 pub struct CloudClient {
     http: reqwest::Client,
     base: String,
+    /// The cloud's admin token, sent with every call.
+    token: Option<String>,
 }
 
 impl CloudClient {
@@ -65,7 +67,20 @@ impl CloudClient {
             .timeout(timeout)
             .build()
             .map_err(|e| ClientError::BadAddress(format!("cannot build an HTTP client: {e}")))?;
-        Ok(CloudClient { http, base })
+        Ok(CloudClient { http, base, token: None })
+    }
+
+    /// Sends `token` (the cloud's admin token) with every call.
+    pub fn with_token(mut self, token: Option<String>) -> CloudClient {
+        self.token = token;
+        self
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// The cloud's base URL (`http://HOST:PORT`).
@@ -116,7 +131,8 @@ impl CloudClient {
     /// Offers a desired state (JSONC text); answers it as accepted.
     pub async fn put_desired(&self, text: String) -> Result<DesiredRecord, ClientError> {
         let call = "PUT /v1/desired".to_string();
-        let request = self.http.put(format!("{}/v1/desired", self.base)).body(text);
+        let request =
+            self.authorized(self.http.put(format!("{}/v1/desired", self.base)).body(text));
         self.read(call, request).await
     }
 
@@ -142,7 +158,8 @@ impl CloudClient {
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
         let call = format!("{method} {path}");
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request =
+            self.authorized(self.http.request(method, format!("{}{path}", self.base)));
         match body {
             Some(body) => request = request.json(body),
             // The cloud takes a POST only as JSON, with a body or without.

@@ -73,6 +73,9 @@ pub enum Error {
     NoDesiredState,
     #[error("no route {method} {path}")]
     RouteNotFound { method: String, path: String },
+    /// A request without the admin token.
+    #[error("this call needs the cloud's admin token: send `Authorization: Bearer <token>`, the token being in the cloud's {file}")]
+    Unauthorized { file: &'static str },
     /// What a web page could send through a user's browser.
     #[error("{0}")]
     Browser(cairn_util::browser::Refusal),
@@ -95,6 +98,7 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Error::Browser(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::HostNotFound { .. } | Error::NoDesiredState | Error::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -130,6 +134,7 @@ impl Error {
                 "unsupported_media_type"
             }
             Error::Browser(_) => "forbidden",
+            Error::Unauthorized { .. } => "unauthorized",
             Error::Config(_)
             | Error::Listen { .. }
             | Error::Io { .. }

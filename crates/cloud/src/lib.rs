@@ -76,6 +76,10 @@ pub const SERVE_DRAIN_MS: u64 = 5_000;
 
 /// Where under the root the cluster's CA is kept (`ca.crt`, `ca.key`).
 pub const CA_DIR: &str = "ca";
+/// The file under the root that holds the cloud's admin token (made on the
+/// first start, readable by its owner only): every request but
+/// `GET /v1/health` carries it as `Authorization: Bearer <token>`.
+pub const TOKEN_FILE: &str = "cloud.token";
 
 /// Makes the cluster's CA on the first start; checks it on the others.
 fn open_ca(dir: &std::path::Path) -> Result<(), Error> {
@@ -117,6 +121,8 @@ pub(crate) struct Shared {
     pub status: StatusLog,
     /// Woken by `POST /v1/shutdown`.
     pub shutdown: Notify,
+    /// The admin token every request but `GET /v1/health` must carry.
+    pub token: String,
 }
 
 /// A cloud, bound and with its agents started: call [`Cloud::serve`]. (A
@@ -171,17 +177,21 @@ impl Cloud {
             Arc::new(DesiredStore::open(&root, config.desired_file.clone(), events.clone())?);
         let ca_dir = root.join(CA_DIR);
         open_ca(&ca_dir)?;
+        let token_file = root.join(TOKEN_FILE);
+        let token = cairn_util::secret::load_or_create(&token_file)
+            .map_err(|e| Error::io("cannot make or read the admin token", &token_file, e))?;
         let provider_config = ProviderConfig {
             root,
             agent_bin,
             base_port: config.base_port,
             cloud_url: cloud_url(local_addr),
             ca_dir,
+            token_file,
         };
         let provider = LocalProvider::open(provider_config, events.clone())?;
         provider.resume().await;
         let status = StatusLog::new(events.clone());
-        let shared = Arc::new(Shared { provider, desired, status, shutdown: Notify::new() });
+        let shared = Arc::new(Shared { provider, desired, status, shutdown: Notify::new(), token });
         tracing::info!(%local_addr, "cloud started");
         Ok(Cloud { listener, local_addr, shared, events })
     }

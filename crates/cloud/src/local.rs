@@ -134,6 +134,8 @@ pub(crate) struct ProviderConfig {
     /// The cluster's CA (`<root>/ca`): agents issue their nodes'
     /// certificates from it, so peers talk mutual TLS.
     pub ca_dir: PathBuf,
+    /// The admin token's file, which agents read to call the cloud.
+    pub token_file: PathBuf,
 }
 
 /// What this run of the cloud knows of a host beyond the inventory.
@@ -261,6 +263,7 @@ impl LocalProvider {
             ports: record.ports,
             cloud_url: &self.config.cloud_url,
             ca_dir: &self.config.ca_dir,
+            token_file: &self.config.token_file,
         };
         process::spawn_agent(&spec, now_ms())
     }

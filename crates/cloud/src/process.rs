@@ -47,6 +47,8 @@ pub(crate) struct AgentSpec<'a> {
     pub cloud_url: &'a str,
     /// The cluster's CA, which the agent issues its node's certificate from.
     pub ca_dir: &'a Path,
+    /// The cloud's admin token, which the agent sends with its calls.
+    pub token_file: &'a Path,
 }
 
 /// The agent's command line after the binary.
@@ -69,6 +71,8 @@ pub(crate) fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
     args.push(spec.cloud_url.into());
     args.push("--ca-dir".into());
     args.push(spec.ca_dir.as_os_str().to_owned());
+    args.push("--cloud-token-file".into());
+    args.push(spec.token_file.as_os_str().to_owned());
     args
 }
 
@@ -186,13 +190,14 @@ mod tests {
             ports,
             cloud_url: "http://127.0.0.1:6999",
             ca_dir: Path::new("/r/ca"),
+            token_file: Path::new("/r/cloud.token"),
         };
         let args: Vec<String> =
             agent_args(&spec).into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let expected = "agent --host host-1 --zone zone-a --dir /r/hosts/host-1 \
                         --listen 127.0.0.1:7003 --node-listen 127.0.0.1:7001 \
                         --node-peer-listen 127.0.0.1:7002 --cloud http://127.0.0.1:6999 \
-                        --ca-dir /r/ca";
+                        --ca-dir /r/ca --cloud-token-file /r/cloud.token";
         assert_eq!(args.join(" "), expected);
     }
 

@@ -21,8 +21,10 @@
 //! for a foreign Host or Origin, 415 for a `POST` that is not JSON; see
 //! [`cairn_util::browser`]).
 //!
-//! Not handled yet: authentication. The cloud listens on loopback or a
-//! private network that only the cluster's hosts and its operator reach.
+//! Every request but `GET /v1/health` must carry the cloud's admin token
+//! (`Authorization: Bearer <token>`, from `<root>/cloud.token`); 401
+//! `unauthorized` otherwise. Agents get the file's path from the cloud; the
+//! CLI reads `.cairn/cloud.token` (`--cloud-token-file`).
 
 use std::sync::Arc;
 
@@ -60,6 +62,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         // The largest body of any route; each route checks its own below.
         .layer(DefaultBodyLimit::max(DESIRED_TEXT_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(axum::middleware::from_fn(guard))
         .with_state(shared)
 }
@@ -81,6 +84,28 @@ async fn guard(request: axum::extract::Request, next: axum::middleware::Next) ->
     match cairn_util::browser::Policy::default().check(&checked) {
         Ok(()) => next.run(request).await,
         Err(refusal) => Error::Browser(refusal).into_response(),
+    }
+}
+
+/// Every request but `GET /v1/health` must carry the admin token.
+async fn authorize(
+    State(shared): AppState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() == Method::GET && request.uri().path() == "/v1/health" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        Some(token) if cairn_util::secret::same(token.trim(), &shared.token) => {
+            next.run(request).await
+        }
+        _ => Error::Unauthorized { file: crate::TOKEN_FILE }.into_response(),
     }
 }
 

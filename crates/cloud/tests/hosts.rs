@@ -60,6 +60,12 @@ async fn create_starts_an_agent_and_is_idempotent() {
         cloud,
         "--ca-dir".into(),
         std::fs::canonicalize(h.root.path()).expect("root").join("ca").display().to_string(),
+        "--cloud-token-file".into(),
+        std::fs::canonicalize(h.root.path())
+            .expect("root")
+            .join("cloud.token")
+            .display()
+            .to_string(),
     ];
     assert_eq!(h.argv("host-1").await, expected);
 
@@ -282,6 +288,7 @@ async fn requests_a_web_page_could_send_are_refused() {
     h.create("host-1", "zone-a").await;
     h.running("host-1", None).await;
     let http = reqwest::Client::new();
+    let token = h.token();
     // (what, headers, status)
     type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode);
     let attempts: Vec<Attempt> = vec![
@@ -305,7 +312,7 @@ async fn requests_a_web_page_could_send_are_refused() {
     ];
     for path in ["/v1/hosts/host-1/fail", "/v1/shutdown"] {
         for (what, headers, status) in &attempts {
-            let mut request = http.post(h.url(path)).body("{}");
+            let mut request = http.post(h.url(path)).bearer_auth(&token).body("{}");
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
@@ -319,6 +326,46 @@ async fn requests_a_web_page_could_send_are_refused() {
     let host = h.host("host-1").await.expect("host-1");
     assert_eq!(host["state"], "running", "{host}");
     assert_eq!(h.get("/v1/health").await.0, StatusCode::OK);
+}
+
+/// Every call but the health check needs the cloud's admin token (made on
+/// the first start in the root, readable by its owner only): without it, or
+/// with another, nothing is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_the_admin_token() {
+    let mut h = Harness::new();
+    h.start().await;
+    h.create("host-1", "zone-a").await;
+    h.running("host-1", None).await;
+    let http = reqwest::Client::new();
+    for token in [None, Some("0".repeat(64))] {
+        for (method, path) in [
+            (reqwest::Method::GET, "/v1/hosts"),
+            (reqwest::Method::POST, "/v1/hosts/host-1/fail"),
+            (reqwest::Method::POST, "/v1/shutdown"),
+            (reqwest::Method::DELETE, "/v1/hosts/host-1"),
+        ] {
+            let mut request = http
+                .request(method.clone(), h.url(path))
+                .header("content-type", "application/json")
+                .body("{}");
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let answer = request.send().await.expect("a request");
+            assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
+            let body: serde_json::Value = answer.json().await.expect("a JSON error");
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        }
+    }
+    let health = http.get(h.url("/v1/health")).send().await.expect("health");
+    assert_eq!(health.status(), StatusCode::OK, "the health check is open");
+    let host = h.host("host-1").await.expect("host-1");
+    assert_eq!(host["state"], "running", "{host}");
+    use std::os::unix::fs::PermissionsExt;
+    let token_file = h.root.path().join(cairn_cloud::TOKEN_FILE);
+    let mode = std::fs::metadata(token_file).expect("the token file").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the token file is readable by others: {mode:o}");
 }
 
 /// `POST /v1/shutdown` stops a serving cloud and its agents.

@@ -12,6 +12,7 @@
 //!   pid files, signals to a process or its group.
 //! - [`browser`]: the checks that keep web pages from using Cairn's HTTP
 //!   APIs through a user's browser (Host, Origin, Content-Type).
+//! - [`secret`]: random tokens, kept in owner-only files.
 //! - [`lock`]: the one rule for poisoned locks.
 //! - [`VERSION`]: the version every crate of the workspace shares.
 //!
@@ -23,6 +24,7 @@ pub mod browser;
 pub mod files;
 pub mod process;
 pub mod rng;
+pub mod secret;
 
 pub use backoff::Backoff;
 pub use rng::Rng;

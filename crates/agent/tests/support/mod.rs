@@ -104,6 +104,7 @@ impl Host {
             node_listen: free_addr(),
             node_peer_listen: free_addr(),
             cloud: None,
+            cloud_token: None,
             node_bin,
             stop_node_on_shutdown: false,
             ca_dir: None,

@@ -223,20 +223,34 @@ impl Harness {
         (status, body)
     }
 
+    /// The cloud's admin token, which every call but the health check needs.
+    pub fn token(&self) -> String {
+        let path = self.root.path().join(cairn_cloud::TOKEN_FILE);
+        cairn_util::secret::read(&path).expect("read the token").expect("the cloud made a token")
+    }
+
+    fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.bearer_auth(self.token())
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        Self::answer(self.http.get(self.url(path)).send().await.expect("GET")).await
+        let request = self.with_token(self.http.get(self.url(path)));
+        Self::answer(request.send().await.expect("GET")).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        Self::answer(self.http.post(self.url(path)).json(&body).send().await.expect("POST")).await
+        let request = self.with_token(self.http.post(self.url(path)).json(&body));
+        Self::answer(request.send().await.expect("POST")).await
     }
 
     pub async fn put_text(&self, path: &str, text: String) -> (StatusCode, Value) {
-        Self::answer(self.http.put(self.url(path)).body(text).send().await.expect("PUT")).await
+        let request = self.with_token(self.http.put(self.url(path)).body(text));
+        Self::answer(request.send().await.expect("PUT")).await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        Self::answer(self.http.delete(self.url(path)).send().await.expect("DELETE")).await
+        let request = self.with_token(self.http.delete(self.url(path)));
+        Self::answer(request.send().await.expect("DELETE")).await
     }
 
     pub async fn create(&self, name: &str, zone: &str) -> (StatusCode, Value) {
