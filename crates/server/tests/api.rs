@@ -405,6 +405,8 @@ async fn requests_a_web_page_could_send_are_refused() {
     let (got, _) =
         named.with_headers(Method::GET, "/v1/health", "", &[("host", "db.example:7001")]).await;
     assert_eq!(got, StatusCode::OK);
+    named.stop().await;
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -435,6 +437,7 @@ async fn a_slow_client_cannot_hold_a_connection() {
     );
     // Meanwhile, and after, others are served.
     node.client().health().await.unwrap();
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -481,6 +484,7 @@ async fn documents_over_the_limit_are_refused_with_413_and_nothing_written() {
     node.refused(Method::PUT, "/v1/kv/k", &value, status, "too_large").await;
     assert_eq!(node.client().get_doc("t", "a", Read::Linearizable).await.unwrap(), None);
     assert_eq!(node.client().kv_get("k", Read::Linearizable).await.unwrap(), None);
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -575,6 +579,7 @@ async fn a_guessed_pooled_session_costs_one_write_at_most() {
         client.kv_get("plain5", Read::Linearizable).await.unwrap().as_deref(),
         Some(&b"v"[..])
     );
+    node.stop().await;
 }
 
 #[tokio::test]
