@@ -448,27 +448,22 @@ impl Supervisor {
             };
             (node_id, s.intent.join.clone())
         };
-        let certs_dir = match spec.node_certificates(node_id) {
-            Ok(dir) => dir,
-            Err(e) => {
-                let mut s = self.state();
-                schedule_retry(&mut s, Duration::ZERO);
-                s.message = e.to_string();
-                return Err(e);
-            }
-        };
-        let launch = LaunchSpec {
-            certs_dir: certs_dir.as_deref(),
-            bin: &spec.node_bin,
-            node_id,
-            data_dir: &spec.data_dir,
-            listen: spec.node_listen,
-            peer_listen: spec.node_peer_listen,
-            zone: &spec.zone,
-            join: join.as_deref(),
-            log_path: &spec.log_path,
-        };
-        let child = match process::spawn(&launch) {
+        // The node's certificate is issued first (when the agent has a CA);
+        // either failing puts the node in backoff.
+        let launched = spec.node_certificates(node_id).and_then(|certs_dir| {
+            process::spawn(&LaunchSpec {
+                certs_dir: certs_dir.as_deref(),
+                bin: &spec.node_bin,
+                node_id,
+                data_dir: &spec.data_dir,
+                listen: spec.node_listen,
+                peer_listen: spec.node_peer_listen,
+                zone: &spec.zone,
+                join: join.as_deref(),
+                log_path: &spec.log_path,
+            })
+        });
+        let child = match launched {
             Ok(child) => child,
             Err(e) => {
                 let mut s = self.state();

@@ -155,8 +155,8 @@ pub async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError>
     let metrics = &state.metrics;
     let applied = i64::try_from(state.store.applied_index()).unwrap_or(i64::MAX);
     metrics.applied_index.set(applied);
+    let set = |gauge: &Gauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
     if let Ok(status) = state.log().status() {
-        let set = |gauge: &Gauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
         set(&metrics.decided_index, status.decided_index);
         set(&metrics.compactions, status.catch_up.compactions);
         set(&metrics.entries_fetched, status.catch_up.entries_fetched);
@@ -164,7 +164,6 @@ pub async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError>
         set(&metrics.snapshots_served, status.catch_up.snapshots_served);
     }
     if let Some(stats) = state.log().transport_stats() {
-        let set = |gauge: &Gauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
         set(&metrics.peer_messages_dropped, stats.messages_dropped);
         set(&metrics.peer_messages_too_large, stats.messages_too_large);
         set(&metrics.peer_connections_rejected, stats.connections_rejected);
