@@ -35,15 +35,34 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// Connects to the agent at `addr` (`HOST:PORT` or `http://HOST:PORT`),
-    /// waiting at most `timeout`.
+    /// Connects to the agent at `addr` (`HOST:PORT` or `http://HOST:PORT`)
+    /// over plain TCP, waiting at most `timeout`: for agents run without a
+    /// CA.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<AgentClient, Error> {
+        AgentClient::connect_with(addr, timeout, None).await
+    }
+
+    /// Connects to the agent at `addr`, over mutual TLS when given this
+    /// agent's client settings ([`cairn_tls::AgentTls::client`]).
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<AgentClient, Error> {
         let addr = addr.trim();
         let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| Error::InvalidArgument(format!("agent address '{addr}': {e}")))?
             .connect_timeout(timeout);
-        let channel = tokio::time::timeout(timeout, endpoint.connect())
+        let connecting = async {
+            match tls {
+                Some(config) => {
+                    endpoint.connect_with_connector(crate::tls::Connector { config }).await
+                }
+                None => endpoint.connect().await,
+            }
+        };
+        let channel = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| Error::Deadline {
                 addr: addr.to_string(),

@@ -35,6 +35,7 @@
 //! Not here: deciding (the planner), the agent's own commands (the
 //! supervisor).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_client::{Read, CONTROL_KEY};
@@ -69,6 +70,12 @@ pub struct LeaderConfig {
     pub cloud: String,
     /// The cloud's admin token.
     pub cloud_token: Option<String>,
+    /// The local node's admin token.
+    pub node_token: Option<String>,
+    /// This agent's TLS client settings, for calls to other agents.
+    pub agent_tls: Option<Arc<rustls::ClientConfig>>,
+    /// How to reach nodes' HTTPS APIs (trust in the CA).
+    pub api_tls: Option<Arc<rustls::ClientConfig>>,
     /// The local node's HTTP address.
     pub node: String,
 }
@@ -80,6 +87,9 @@ pub async fn run(config: LeaderConfig, supervisor: Supervisor) {
         &config.cloud,
         config.cloud_token.clone(),
         &config.node,
+        config.node_token.clone(),
+        config.agent_tls.clone(),
+        config.api_tls.clone(),
         step_timeout,
     ) {
         Ok(observer) => observer,
@@ -144,10 +154,14 @@ impl Effects for Acting<'_> {
 }
 
 /// A client of the agent on host `name`, as the cloud lists it.
-async fn agent_client(hosts: &[Host], name: String) -> Result<AgentClient, TurnError> {
+async fn agent_client(
+    hosts: &[Host],
+    name: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<AgentClient, TurnError> {
     let host = hosts.iter().find(|h| h.name == name).ok_or(TurnError::UnknownHost(name))?;
     let timeout = Duration::from_millis(HTTP_TIMEOUT_MS);
-    Ok(AgentClient::connect(&host.agent_address, timeout).await?)
+    Ok(AgentClient::connect_with(&host.agent_address, timeout, tls).await?)
 }
 
 /// The control record as the system table keeps it, stamped with its
@@ -219,7 +233,8 @@ impl Leader {
         for host in hosts.iter().filter(|h| h.name != self.config.host) {
             // An address that does not parse has no node to answer; any
             // answer, 503 included, is a node.
-            let Ok(node) = cairn_client::Client::with_timeout(&host.api_address, timeout) else {
+            let tls = self.observer.api_tls.clone();
+            let Ok(node) = cairn_client::Client::with_tls(&host.api_address, timeout, tls) else {
                 continue;
             };
             if !matches!(node.health().await, Err(cairn_client::Error::Transport { .. })) {
@@ -281,7 +296,7 @@ impl Leader {
         if host.name == self.config.host {
             return Some(self.supervisor.status());
         }
-        ask_status(&host.agent_address).await
+        ask_status(&host.agent_address, self.observer.agent_tls.clone()).await
     }
 
     /// The stored control record, with its revision.
@@ -385,7 +400,8 @@ impl Leader {
         desired: &DesiredState,
         hosts: &[Host],
     ) -> Result<(), TurnError> {
-        let agent = |name: &str| agent_client(hosts, name.to_string());
+        let agent =
+            |name: &str| agent_client(hosts, name.to_string(), self.observer.agent_tls.clone());
         match step {
             Step::CreateHost { host, zone } => {
                 let request = CreateHost {

@@ -45,6 +45,7 @@ mod process;
 mod service;
 mod status;
 mod supervisor;
+mod tls;
 mod watch;
 
 /// The agent's gRPC messages, client and server, generated from
@@ -99,6 +100,31 @@ pub struct AgentConfig {
     /// certificate for the node's id into `<dir>/certs` and starts it with
     /// `--certs-dir`, so peers talk mutual TLS. Without it, plain TCP.
     pub ca_dir: Option<PathBuf>,
+    /// With a CA: the cluster's admin token, which the node starts with
+    /// (`--admin-token-file`) and the agent sends to it. By default
+    /// `<dir>/admin.token`, made when missing.
+    pub node_token_file: Option<PathBuf>,
+}
+
+/// The agent's own certificate, issued from the CA into `<dir>/certs` when
+/// missing, and the mutual TLS settings made from it.
+fn agent_tls(
+    config: &AgentConfig,
+    ca_dir: &std::path::Path,
+    dir: &std::path::Path,
+    listen: SocketAddr,
+) -> Result<cairn_tls::AgentTls, Error> {
+    let certs = dir.join("certs");
+    if !certs.join(cairn_tls::AGENT_CERT_FILE).exists() {
+        let names = [
+            config.host.clone(),
+            listen.ip().to_string(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ];
+        cairn_tls::Ca::load(ca_dir)?.issue_agent(&certs, &names)?;
+    }
+    Ok(cairn_tls::AgentTls::load(&certs)?)
 }
 
 /// A started agent: its node supervised, its gRPC port bound.
@@ -109,6 +135,10 @@ pub struct Agent {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     tasks: watch::Tasks,
+    /// What the agent sends its node as `Authorization: Bearer`.
+    node_token: Option<String>,
+    /// Mutual TLS for gRPC, with a CA.
+    tls: Option<cairn_tls::AgentTls>,
 }
 
 impl Agent {
@@ -137,16 +167,35 @@ impl Agent {
         let mut spec = supervisor::NodeSpec::new(
             config.host.clone(),
             config.zone.clone(),
-            dir,
+            dir.clone(),
             config.node_bin.clone(),
             config.node_listen,
             config.node_peer_listen,
         );
         spec.ca_dir = config.ca_dir.clone();
+        let node_token = match &config.ca_dir {
+            None => None,
+            Some(_) => {
+                let path =
+                    config.node_token_file.clone().unwrap_or_else(|| dir.join("admin.token"));
+                let token = cairn_util::secret::load_or_create(&path).map_err(|e| {
+                    Error::io("cannot read or make the node's admin token", &path, e)
+                })?;
+                spec.admin_token_file = Some(path);
+                Some(token)
+            }
+        };
+        let tls = match &config.ca_dir {
+            None => None,
+            Some(ca_dir) => Some(agent_tls(&config, ca_dir, &dir, local_addr)?),
+        };
+        if let Some(ca_dir) = &config.ca_dir {
+            spec.api_tls = Some(cairn_tls::api_client(&ca_dir.join(cairn_tls::CA_CERT_FILE))?);
+        }
         let supervisor = Supervisor::open(spec)?;
         let tasks = watch::start(&supervisor)?;
         tracing::info!(%local_addr, host = %config.host, "agent started");
-        Ok(Agent { config, supervisor, listener, local_addr, tasks })
+        Ok(Agent { config, supervisor, listener, local_addr, tasks, node_token, tls })
     }
 
     /// The supervisor of this host's node, for an in-process leader loop.
@@ -172,11 +221,9 @@ impl Agent {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Agent { config, supervisor, listener, local_addr, tasks } = self;
+        let Agent { config, supervisor, listener, local_addr, tasks, node_token, tls } = self;
         let service =
             proto::agent_server::AgentServer::new(service::AgentService::new(supervisor.clone()));
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         // Every agent with a cloud runs the reconciliation loop; it acts only
         // where it leads.
         let leader = config.cloud.clone().map(|cloud| {
@@ -184,15 +231,26 @@ impl Agent {
                 host: config.host.clone(),
                 cloud,
                 cloud_token: config.cloud_token.clone(),
+                node_token,
+                agent_tls: tls.as_ref().map(|tls| tls.client.clone()),
+                api_tls: supervisor.inner.spec.api_tls.clone(),
                 node: supervisor.inner.spec.health_addr().to_string(),
             };
             tokio::spawn(leader::run(leader_config, supervisor.clone()))
         });
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(|source| Error::Transport { addr: local_addr.to_string(), source });
+        let server = tonic::transport::Server::builder().add_service(service);
+        let served = match &tls {
+            Some(tls) => {
+                let incoming = tls::incoming(listener, tls.server.clone());
+                server.serve_with_incoming_shutdown(incoming, shutdown).await
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                server.serve_with_incoming_shutdown(incoming, shutdown).await
+            }
+        }
+        .map_err(|source| Error::Transport { addr: local_addr.to_string(), source });
         drop(tasks);
         if let Some(leader) = leader {
             leader.abort();

@@ -7,6 +7,7 @@
 //! only the cloud can say a host `Failed`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cloud::{CloudClient, Host, HostState as CloudHostState};
@@ -43,6 +44,10 @@ pub struct Observer {
     /// The local node, for writes and membership changes (a step's
     /// deadline).
     pub node_steps: cairn_client::Client,
+    /// How to reach other agents: mutual TLS when the cluster has a CA.
+    pub agent_tls: Option<Arc<rustls::ClientConfig>>,
+    /// How to reach nodes: HTTPS trusting the CA, when there is one.
+    pub api_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Observer {
@@ -50,13 +55,22 @@ impl Observer {
         cloud: &str,
         cloud_token: Option<String>,
         node: &str,
+        node_token: Option<String>,
+        agent_tls: Option<Arc<rustls::ClientConfig>>,
+        api_tls: Option<Arc<rustls::ClientConfig>>,
         step_timeout: Duration,
     ) -> Result<Observer, TurnError> {
         let timeout = Duration::from_millis(HTTP_TIMEOUT_MS);
+        let node_client = |timeout| {
+            cairn_client::Client::with_tls(node, timeout, api_tls.clone())
+                .map(|client| client.with_token(node_token.clone()))
+        };
         Ok(Observer {
             cloud: CloudClient::new(cloud, timeout)?.with_token(cloud_token),
-            node: cairn_client::Client::with_timeout(node, timeout)?,
-            node_steps: cairn_client::Client::with_timeout(node, step_timeout)?,
+            node: node_client(timeout)?,
+            node_steps: node_client(step_timeout)?,
+            agent_tls,
+            api_tls,
         })
     }
 
@@ -88,7 +102,7 @@ impl Observer {
     pub async fn observe(&self) -> Result<(Observed, Vec<Host>), TurnError> {
         let hosts = self.hosts().await?;
         let membership = self.membership().await?;
-        let statuses = futures_join(&hosts).await;
+        let statuses = futures_join(&hosts, self.agent_tls.clone()).await;
         let mut observed = Observed {
             members: membership.members.keys().copied().collect(),
             leader: membership.leader,
@@ -133,16 +147,20 @@ pub fn host_obs(host: &Host, status: Option<NodeStatus>) -> HostObs {
 }
 
 /// Every host's agent status, asked at once.
-async fn futures_join(hosts: &[Host]) -> Vec<Option<NodeStatus>> {
+async fn futures_join(
+    hosts: &[Host],
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Vec<Option<NodeStatus>> {
     let mut tasks = Vec::with_capacity(hosts.len());
     for host in hosts {
         let address = host.agent_address.clone();
+        let tls = tls.clone();
         let failed = host.state == CloudHostState::Failed;
         tasks.push(tokio::spawn(async move {
             if failed {
                 return None;
             }
-            ask_status(&address).await
+            ask_status(&address, tls).await
         }));
     }
     let mut statuses = Vec::with_capacity(tasks.len());
@@ -154,10 +172,13 @@ async fn futures_join(hosts: &[Host]) -> Vec<Option<NodeStatus>> {
 
 /// One agent's status, or `None` when it does not answer within
 /// [`AGENT_STATUS_TIMEOUT_MS`] (connecting included).
-pub async fn ask_status(address: &str) -> Option<NodeStatus> {
+pub async fn ask_status(
+    address: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<NodeStatus> {
     let timeout = Duration::from_millis(AGENT_STATUS_TIMEOUT_MS);
     let asked = async {
-        let client = AgentClient::connect(address, timeout).await.ok()?;
+        let client = AgentClient::connect_with(address, timeout, tls).await.ok()?;
         client.status().await.ok()
     };
     tokio::time::timeout(timeout, asked).await.ok().flatten()

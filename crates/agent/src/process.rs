@@ -44,6 +44,8 @@ pub(crate) struct LaunchSpec<'a> {
     pub log_path: &'a Path,
     /// Passed as `--certs-dir`: the node's certificates.
     pub certs_dir: Option<&'a Path>,
+    /// Passed as `--admin-token-file` with `certs_dir`.
+    pub admin_token_file: Option<&'a Path>,
 }
 
 /// A running node process.
@@ -125,11 +127,18 @@ pub(crate) fn spawn(spec: &LaunchSpec<'_>) -> Result<NodeProcess, Error> {
         command.arg("--join").arg(join);
     }
     match spec.certs_dir {
-        Some(certs_dir) => command.arg("--certs-dir").arg(certs_dir),
+        Some(certs_dir) => {
+            command.arg("--certs-dir").arg(certs_dir);
+            if let Some(token_file) = spec.admin_token_file {
+                command.arg("--admin-token-file").arg(token_file);
+            }
+        }
         // An agent without the cluster's CA (one run by hand) runs its node
-        // as it can: with peers on plain TCP.
-        None => command.arg("--insecure"),
-    };
+        // as it can: with peers on plain TCP and no client tokens.
+        None => {
+            command.arg("--insecure");
+        }
+    }
     // The environment (CAIRN_LOG among it) is inherited as it is.
     command.stdin(Stdio::null()).stdout(log).stderr(log_err).kill_on_drop(false).process_group(0);
     let child =

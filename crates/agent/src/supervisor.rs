@@ -70,6 +70,10 @@ pub(crate) struct NodeSpec {
     pub certs_dir: PathBuf,
     /// The cluster's CA, which issues the node's certificate.
     pub ca_dir: Option<PathBuf>,
+    /// The node's admin token (with a CA).
+    pub admin_token_file: Option<PathBuf>,
+    /// With a CA, the node's API speaks HTTPS: how to reach it.
+    pub api_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl NodeSpec {
@@ -93,6 +97,8 @@ impl NodeSpec {
             log_path: dir.join("node.log"),
             certs_dir: dir.join("certs"),
             ca_dir: None,
+            admin_token_file: None,
+            api_tls: None,
         }
     }
 
@@ -453,6 +459,7 @@ impl Supervisor {
         let launched = spec.node_certificates(node_id).and_then(|certs_dir| {
             process::spawn(&LaunchSpec {
                 certs_dir: certs_dir.as_deref(),
+                admin_token_file: spec.admin_token_file.as_deref(),
                 bin: &spec.node_bin,
                 node_id,
                 data_dir: &spec.data_dir,

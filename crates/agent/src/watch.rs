@@ -47,9 +47,12 @@ impl Drop for Tasks {
 /// Starts the watcher and the health poller of `supervisor`.
 pub(crate) fn start(supervisor: &Supervisor) -> Result<Tasks, crate::Error> {
     let addr = supervisor.inner.spec.health_addr().to_string();
-    let client =
-        cairn_client::Client::with_timeout(&addr, Duration::from_millis(HEALTH_TIMEOUT_MS))
-            .map_err(|e| crate::Error::InvalidArgument(format!("node address {addr}: {e}")))?;
+    let client = cairn_client::Client::with_tls(
+        &addr,
+        Duration::from_millis(HEALTH_TIMEOUT_MS),
+        supervisor.inner.spec.api_tls.clone(),
+    )
+    .map_err(|e| crate::Error::InvalidArgument(format!("node address {addr}: {e}")))?;
     let watcher = tokio::spawn(watch_loop(supervisor.clone()));
     let poller = tokio::spawn(health_loop(supervisor.clone(), client));
     Ok(Tasks(vec![watcher, poller]))

@@ -305,7 +305,56 @@ fn agent_process() {
         node_bin: text("node_bin").into(),
         stop_node_on_shutdown: false,
         ca_dir: None,
+        node_token_file: None,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(cairn_agent::run(config, std::future::pending())).expect("the agent runs");
+}
+
+/// Agent gRPC used to stop a node for anyone who reached its port, and the
+/// stop persisted. With the cluster's CA, an agent takes calls only over
+/// mutual TLS from a certificate of the CA that names an agent: plain TCP,
+/// an agent of another CA and a node's certificate of this CA all get
+/// nothing done, and an agent of the cluster commands as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_only_the_clusters_agents_can_call_an_agent() {
+    let mut host = Host::new();
+    let ca_dir = host.tmp.path().join("ca");
+    let ca = cairn_tls::Ca::create(&ca_dir).expect("a CA");
+    host.config.ca_dir = Some(ca_dir.clone());
+    let agent = RunningAgent::start(host.config.clone()).await;
+    let addr = agent.addr.to_string();
+    let timeout = Duration::from_secs(5);
+
+    // Another agent of the cluster.
+    let ours = host.tmp.path().join("other-agent");
+    ca.issue_agent(&ours, &[]).expect("an agent certificate");
+    let ours = cairn_tls::AgentTls::load(&ours).expect("its settings").client;
+    let client = AgentClient::connect_with(&addr, timeout, Some(ours)).await.expect("connect");
+    client.start_node(1, None, 0).await.expect("start node 1");
+    let running = wait_for(&host, &client, "a healthy node 1", |s| s.healthy).await;
+    assert!(host.config.dir.join("certs").join(cairn_tls::AGENT_CERT_FILE).exists());
+
+    // Strangers: no TLS; an agent of another CA; a node of this one.
+    let other_ca_dir = host.tmp.path().join("other-ca");
+    let other_ca = cairn_tls::Ca::create(&other_ca_dir).expect("another CA");
+    let theirs = host.tmp.path().join("their-agent");
+    other_ca.issue_agent(&theirs, &[]).expect("their agent");
+    let theirs = cairn_tls::AgentTls::load(&theirs).expect("their settings").client;
+    let node_dir = host.tmp.path().join("node-certs");
+    ca.issue_node(&node_dir, 7, &[]).expect("a node certificate");
+    let node = cairn_tls::PeerTls::load(&node_dir, 7).expect("the node's settings").client;
+    for (who, tls) in [("plain TCP", None), ("another CA", Some(theirs)), ("a node", Some(node))] {
+        let refused = match AgentClient::connect_with(&addr, timeout, tls).await {
+            Ok(stranger) => stranger.stop_node().await.map(drop),
+            Err(e) => Err(e),
+        };
+        assert!(refused.is_err(), "{who} stopped the node");
+    }
+    let after = client.status().await.expect("status");
+    assert_eq!((after.state, after.pid, after.stopped), (NodeState::Running, running.pid, false));
+    assert!(runs_from(running.pid, &host.data_dir()), "the node still runs");
+    let stopped = client.stop_node().await.expect("the cluster's agent stops it");
+    assert!(stopped.stopped, "{stopped:?}");
+    agent.shutdown().await.expect("shutdown");
 }

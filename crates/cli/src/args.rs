@@ -31,6 +31,72 @@ pub struct Global {
     /// How to print results.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// A file holding the bearer token to send (see `cairn token`); the
+    /// environment variable CAIRN_TOKEN holds one itself. By default the
+    /// admin token of the cluster `cairn up` runs here, when there is one.
+    #[arg(long, global = true, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The cluster's CA certificate: nodes are then reached over HTTPS and
+    /// must show a certificate of this CA. By default the CA of the cluster
+    /// `cairn up` runs here, when there is one.
+    #[arg(long, global = true, env = "CAIRN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Where `cairn up` keeps the cluster's CA certificate.
+pub const CA_CERT_DEFAULT: &str = ".cairn/ca/ca.crt";
+
+/// Where `cairn up` keeps the cluster's admin token.
+pub const ADMIN_TOKEN_FILE_DEFAULT: &str = ".cairn/admin.token";
+
+impl Global {
+    /// The token to send: `CAIRN_TOKEN`, else `--token-file`, else the
+    /// admin token of a cluster `cairn up` runs from this directory, else
+    /// none (a node run `--insecure`).
+    pub fn token(&self) -> Result<Option<String>, String> {
+        if let Ok(token) = std::env::var("CAIRN_TOKEN") {
+            let token = token.trim();
+            if !token.is_empty() {
+                return Ok(Some(token.to_string()));
+            }
+        }
+        let (path, given) = match &self.token_file {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(ADMIN_TOKEN_FILE_DEFAULT), false),
+        };
+        match cairn_util::secret::read(&path) {
+            Ok(Some(token)) => Ok(Some(token)),
+            Ok(None) if !given => Ok(None),
+            Ok(None) => Err(format!("--token-file {}: no such file", path.display())),
+            Err(e) => Err(format!("cannot read the token in {}: {e}", path.display())),
+        }
+    }
+
+    /// The TLS settings that trust the cluster's CA: `--ca-cert`, else the
+    /// CA of a cluster `cairn up` runs from this directory, else none
+    /// (plain HTTP, for a node on loopback without certificates).
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        let path = match &self.ca_cert {
+            Some(path) => path.clone(),
+            None => {
+                let default = PathBuf::from(CA_CERT_DEFAULT);
+                if !default.exists() {
+                    return Ok(None);
+                }
+                default
+            }
+        };
+        cairn_tls::api_client(&path).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// A client of the node at `addr`, with this command line's token and
+    /// CA.
+    pub fn client(&self, addr: &str) -> Result<cairn_client::Client, String> {
+        let timeout = std::time::Duration::from_millis(cairn_client::REQUEST_TIMEOUT_MS_DEFAULT);
+        let client = cairn_client::Client::with_tls(addr, timeout, self.tls()?)
+            .map_err(|e| e.to_string())?;
+        Ok(client.with_token(self.token()?))
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +148,9 @@ pub enum Command {
     /// Change the cluster's members (a membership change on a live cluster).
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Make, list and revoke clients' tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// An interactive prompt: `put a 1`, `get a`, `get a 7002`, `help`.
     Shell,
     /// Measure throughput and latency under concurrent load.
@@ -149,10 +218,16 @@ pub struct NodeArgs {
     /// --insecure.
     #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
     pub certs_dir: Option<PathBuf>,
-    /// Let peers talk plain TCP with no authentication: anyone who reaches
-    /// the peer port can pose as a member. For tests and development.
+    /// Let peers talk plain TCP with no authentication, and clients in
+    /// with no token: anyone who reaches a port can pose as a member or
+    /// change anything. For tests and development.
     #[arg(long)]
     pub insecure: bool,
+    /// The node's admin token: made there when missing (readable by its
+    /// owner only). Defaults to `admin.token` in the data directory. The
+    /// nodes of a cluster share one, so that a joining node may join.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,7 +252,7 @@ pub enum CertCommand {
         #[arg(long, value_name = "DIR")]
         ca_dir: Option<PathBuf>,
         /// A host name or IP address clients reach the node by (repeat for
-        /// more).
+        /// more; `localhost` and `127.0.0.1` when none is given).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
@@ -259,6 +334,10 @@ pub struct AgentArgs {
     /// The file holding the cloud's admin token (the cloud passes it).
     #[arg(long, value_name = "FILE")]
     pub cloud_token_file: Option<PathBuf>,
+    /// With --ca-dir: the cluster's admin token, given to the node and sent
+    /// to it (default: `admin.token` in --dir, made when missing).
+    #[arg(long, value_name = "FILE")]
+    pub node_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -330,6 +409,24 @@ pub enum MemberCommand {
     },
     /// Remove node ID from the cluster.
     Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token with a role; it is printed this once (the cluster
+    /// keeps only its hash).
+    Create {
+        /// What the token is for (shown by `list`).
+        #[arg(long)]
+        name: String,
+        /// read, write (reads too) or admin.
+        #[arg(long)]
+        role: cairn_client::views::Role,
+    },
+    /// List the tokens: id, name, role; never a secret.
+    List,
+    /// Revoke the token ID (the part of the token before the `.`).
+    Revoke { id: String },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

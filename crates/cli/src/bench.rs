@@ -49,12 +49,31 @@ enum Backend {
 }
 
 impl Backend {
-    async fn connect(system: SystemArg, target: &str) -> Result<Backend, CliError> {
+    async fn connect(
+        global: &Global,
+        system: SystemArg,
+        target: &str,
+    ) -> Result<Backend, CliError> {
         match system {
-            SystemArg::Cairn => Ok(Backend::Cairn(Client::new(target)?)),
+            SystemArg::Cairn => Ok(Backend::Cairn(global.client(target).map_err(CliError::Usage)?)),
             #[cfg(feature = "etcd")]
             SystemArg::Etcd => {
-                let client = etcd_client::Client::connect([target], None).await?;
+                // etcd over TLS: `--ca-cert` names its CA, the target
+                // `https://`.
+                let options = match &global.ca_cert {
+                    Some(path) => {
+                        let pem = std::fs::read(path).map_err(|source| CliError::Io {
+                            what: "read the CA certificate",
+                            path: path.clone(),
+                            source,
+                        })?;
+                        let tls = etcd_client::TlsOptions::new()
+                            .ca_certificate(etcd_client::Certificate::from_pem(pem));
+                        Some(etcd_client::ConnectOptions::new().with_tls(tls))
+                    }
+                    None => None,
+                };
+                let client = etcd_client::Client::connect([target], options).await?;
                 Ok(Backend::Etcd(Box::new(client.kv_client())))
             }
             #[cfg(not(feature = "etcd"))]
@@ -189,7 +208,7 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
         if args.targets.is_empty() { vec![global.addr.clone()] } else { args.targets.clone() };
     let mut clients = Vec::with_capacity(targets.len());
     for target in &targets {
-        match Backend::connect(args.system, target).await {
+        match Backend::connect(global, args.system, target).await {
             Ok(client) => clients.push(client),
             Err(e) => return crate::output::failed(global.output, "unreachable", &e.to_string()),
         }

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use cairn_client::{Client, Read};
 use serde_json::{json, Value};
 
-use crate::args::{Command, DocCommand, Global, MemberCommand, Output, TableCommand};
+use crate::args::{Command, DocCommand, Global, MemberCommand, Output, TableCommand, TokenCommand};
 use crate::output::{self, pretty, value_json};
 
 pub async fn run(global: &Global, command: Command) -> ExitCode {
-    let client = match Client::new(&global.addr) {
+    let client = match global.client(&global.addr) {
         Ok(client) => client,
-        Err(e) => return output::usage(global.output, &e.to_string()),
+        Err(e) => return output::usage(global.output, &e),
     };
     execute(&client, global.output, command).await
 }
@@ -51,6 +51,34 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 MemberCommand::Remove { id } => client.remove_member(id).await,
             };
             report(out, result, members_text)
+        }
+        Command::Token(TokenCommand::Create { name, role }) => {
+            report(out, client.create_token(&name, role).await, |created| {
+                format!(
+                    "token {} ({}, role {}):\n{}\nkeep it now: it is not shown again",
+                    created.view.id, created.view.name, created.view.role, created.token
+                )
+            })
+        }
+        Command::Token(TokenCommand::List) => report(out, client.list_tokens().await, |list| {
+            if list.tokens.is_empty() {
+                return "no tokens (the node's admin token is not listed)".into();
+            }
+            let rows: Vec<String> = list
+                .tokens
+                .iter()
+                .map(|t| format!("{}  {:<5}  {}", t.id, t.role.as_str(), t.name))
+                .collect();
+            rows.join("\n")
+        }),
+        Command::Token(TokenCommand::Revoke { id }) => {
+            report(out, client.revoke_token(&id).await, |revoked| {
+                if revoked.revoked {
+                    format!("revoked {id}")
+                } else {
+                    format!("no token {id} (nothing revoked)")
+                }
+            })
         }
         Command::Node(_)
         | Command::Cert(_)

@@ -59,6 +59,7 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
         // with it. A killed agent leaves its node running for the next one.
         stop_node_on_shutdown: true,
         ca_dir: args.ca_dir,
+        node_token_file: args.node_token_file,
         cloud_token,
     };
     match cairn_agent::run(config, shutdown_signal()).await {
@@ -183,7 +184,9 @@ async fn print_event(
                 let apis: Vec<String> = hosts
                     .iter()
                     .filter(|h| h.state == HostState::Running)
-                    .map(|h| format!("http://{}", h.api_address))
+                    // Every node of `cairn up` serves HTTPS with the
+                    // cluster's CA (`.cairn/ca/ca.crt`).
+                    .map(|h| format!("https://{}", h.api_address))
                     .collect();
                 println!("{time}   API (any node): {}", apis.join(" "));
             }
@@ -259,10 +262,15 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
     })
 }
 
-pub async fn status(output: Output, args: StatusArgs) -> ExitCode {
+pub async fn status(global: &crate::args::Global, args: StatusArgs) -> ExitCode {
+    let output = global.output;
+    let node = match global.token().and_then(|token| Ok((token, global.tls()?))) {
+        Ok(node) => node,
+        Err(e) => return crate::output::usage(output, &e),
+    };
     loop {
         let gathered = match cloud_client(&args.cloud.cloud, &args.cloud.cloud_token_file) {
-            Ok(client) => gather(&client).await,
+            Ok(client) => gather(&client, &node).await,
             Err(e) => Err(e),
         };
         let view = match gathered {
@@ -307,16 +315,22 @@ struct HostRow {
 }
 
 /// The cluster as the cloud and any answering node see it.
-async fn gather(cloud: &CloudClient) -> Result<StatusView, CliError> {
+/// `node`: the token and TLS settings to reach the nodes with.
+async fn gather(
+    cloud: &CloudClient,
+    node: &(Option<String>, Option<std::sync::Arc<rustls::ClientConfig>>),
+) -> Result<StatusView, CliError> {
+    let (token, tls) = node;
     let hosts = cloud.hosts().await?;
     let last = cloud.status().await.ok().and_then(|status| status.last);
     let mut cluster = None;
     for host in hosts.iter().filter(|h| h.state == HostState::Running) {
-        let answered = match cairn_client::Client::with_timeout(
+        let answered = match cairn_client::Client::with_tls(
             &host.api_address,
             Duration::from_millis(CALL_TIMEOUT_MS),
+            tls.clone(),
         ) {
-            Ok(node) => node.cluster().await.ok(),
+            Ok(node) => node.with_token(token.clone()).cluster().await.ok(),
             Err(_) => None,
         };
         if answered.is_some() {

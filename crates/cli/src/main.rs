@@ -27,6 +27,8 @@ use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one TLS cryptography of the process, for every HTTPS client.
+    cairn_tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
         Command::Cert(command) => node_cmd::cert(cli.global.output, command),
         Command::Up(args) => runtime.block_on(control_cmd::up(cli.global.output, args)),
         Command::Down(args) => runtime.block_on(control_cmd::down(cli.global.output, args)),
-        Command::Status(args) => runtime.block_on(control_cmd::status(cli.global.output, args)),
+        Command::Status(args) => runtime.block_on(control_cmd::status(&cli.global, args)),
         Command::Apply(args) => runtime.block_on(control_cmd::apply(cli.global.output, args)),
         Command::Agent(args) => runtime.block_on(control_cmd::agent(cli.global.output, args)),
         Command::Cloud(args) => runtime.block_on(control_cmd::cloud(cli.global.output, args)),

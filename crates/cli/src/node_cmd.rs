@@ -22,6 +22,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.browser.allowed_hosts = args.allow_hosts;
     config.certs_dir = args.certs_dir;
     config.insecure = args.insecure;
+    config.admin_token_file = args.admin_token_file;
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(e) => {
@@ -85,6 +86,13 @@ pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> E
         }),
         CertCommand::CreateNode { id, certs_dir, ca_dir, hosts } => {
             let ca_dir = ca_dir.unwrap_or_else(|| certs_dir.clone());
+            // Clients must find the name they dialed in the certificate
+            // (the API speaks HTTPS): loopback unless told otherwise.
+            let hosts = if hosts.is_empty() {
+                vec!["localhost".to_string(), "127.0.0.1".to_string()]
+            } else {
+                hosts
+            };
             cairn_tls::Ca::load(&ca_dir)
                 .and_then(|ca| ca.issue_node(&certs_dir, id, &hosts))
                 .map(|cert| {

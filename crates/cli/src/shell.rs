@@ -120,11 +120,11 @@ impl Shell<'_> {
         }
     }
 
-    fn client(&mut self, addr: &str) -> Result<Client, cairn_client::Error> {
+    fn client(&mut self, addr: &str) -> Result<Client, String> {
         if let Some(client) = self.clients.get(addr) {
             return Ok(client.clone());
         }
-        let client = Client::new(addr)?;
+        let client = self.global.client(addr)?;
         self.clients.insert(addr.to_string(), client.clone());
         Ok(client)
     }

@@ -39,6 +39,10 @@ struct Cluster {
     processes: BTreeMap<u64, Child>,
     /// Extra flags for every node.
     flags: Vec<String>,
+    /// The nodes' shared admin token, when they are not `--insecure`.
+    token_file: Option<PathBuf>,
+    /// Trust in the nodes' CA, when their APIs speak HTTPS.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Cluster {
@@ -56,6 +60,8 @@ impl Cluster {
             processes: BTreeMap::new(),
             // Peers on plain TCP, unless a test gives certificates.
             flags: vec!["--insecure".to_string()],
+            token_file: None,
+            tls: None,
         }
     }
 
@@ -92,7 +98,13 @@ impl Cluster {
     }
 
     fn client(&self, id: u64) -> Client {
-        Client::with_timeout(&self.api[&id], Duration::from_secs(5)).unwrap()
+        // None until a node made it: the node then answers 401, and the
+        // caller asks again.
+        let token = self.token_file.as_ref().and_then(|path| {
+            std::fs::read_to_string(path).ok().map(|token| token.trim().to_string())
+        });
+        let timeout = Duration::from_secs(5);
+        Client::with_tls(&self.api[&id], timeout, self.tls.clone()).unwrap().with_token(token)
     }
 
     fn pid(&self, id: u64) -> u32 {
@@ -409,13 +421,22 @@ async fn a_cluster_with_certificates_replicates_over_mutual_tls() {
     cert(&["create-ca"], other.path());
     cert(&["create-node", "--id", "3"], other.path());
 
+    // One admin token for the three nodes, made by whichever starts first.
+    let token_file = certs.path().join("admin.token");
+    let flags = |certs: &std::path::Path| {
+        let token = token_file.display().to_string();
+        vec!["--certs-dir".into(), certs.display().to_string(), "--admin-token-file".into(), token]
+    };
     let mut cluster = Cluster::new();
-    cluster.flags = vec!["--certs-dir".into(), certs.path().display().to_string()];
+    cluster.token_file = Some(token_file.clone());
+    // With certificates, the nodes' APIs speak HTTPS with the same CA.
+    cluster.tls = Some(cairn_tls::api_client(&certs.path().join("ca.crt")).unwrap());
+    cluster.flags = flags(certs.path());
     for id in [1, 2] {
         cluster.spawn(id);
     }
     // Node 3 runs with the other CA's certificate: refused by both peers.
-    cluster.flags = vec!["--certs-dir".into(), other.path().display().to_string()];
+    cluster.flags = flags(other.path());
     cluster.spawn(3);
     let started = Instant::now();
     loop {
@@ -427,11 +448,23 @@ async fn a_cluster_with_certificates_replicates_over_mutual_tls() {
     }
     // The impostor never gets the write (it hears no peer).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let seen = cluster.client(3).kv_get("tls", Read::Local).await;
-    assert!(!matches!(seen, Ok(Some(_))), "node 3 of another CA got the data: {seen:?}");
+    // Its API speaks HTTPS with the other CA's certificate: a client of
+    // this cluster refuses it, one that trusts the other CA reads it.
+    let ours = cluster.client(3).health().await;
+    assert!(matches!(ours, Err(cairn_client::Error::Transport { .. })), "{ours:?}");
+    let theirs = cairn_tls::api_client(&other.path().join("ca.crt")).unwrap();
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let impostor = Client::with_tls(&cluster.api[&3], Duration::from_secs(5), Some(theirs))
+        .unwrap()
+        .with_token(Some(token));
+    let seen = impostor.kv_get("tls", Read::Local).await;
+    assert!(
+        !matches!(seen, Ok(Some(_)) | Err(cairn_client::Error::Transport { .. })),
+        "node 3 of another CA got the data, or did not answer: {seen:?}"
+    );
     // Node 3 with the right certificate catches up.
     cluster.kill9(3);
-    cluster.flags = vec!["--certs-dir".into(), certs.path().display().to_string()];
+    cluster.flags = flags(certs.path());
     cluster.spawn(3);
     let acked = vec![("tls".to_string(), "1".to_string())];
     check_everywhere(&cluster, &acked).await;

@@ -72,6 +72,24 @@ impl Up {
         std::fs::read_to_string(path).map(|t| t.trim().to_string()).unwrap_or_default()
     }
 
+    /// The nodes' admin token, which `cairn up` made beside the cloud's.
+    fn node_token(&self) -> String {
+        let path = self.dir.path().join(".cairn").join(cairn_cloud::NODE_TOKEN_FILE);
+        std::fs::read_to_string(path).map(|t| t.trim().to_string()).unwrap_or_default()
+    }
+
+    /// Trust in the cluster's CA, which `cairn up` made: the nodes serve
+    /// HTTPS with its certificates.
+    fn node_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        let ca = self.dir.path().join(".cairn/ca").join(cairn_tls::CA_CERT_FILE);
+        cairn_tls::api_client(&ca).ok()
+    }
+
+    /// A client of the node at `api`, as the admin.
+    fn node(&self, api: &str, timeout: Duration) -> Client {
+        Client::with_tls(api, timeout, self.node_tls()).unwrap().with_token(Some(self.node_token()))
+    }
+
     async fn get(&self, path: &str) -> Option<Value> {
         let response = http().get(self.url(path)).bearer_auth(self.token()).send().await.ok()?;
         response.status().is_success().then_some(())?;
@@ -118,13 +136,11 @@ impl Up {
     /// The number of members a node shows, when every one is reachable.
     async fn members(&self, _replicas: usize) -> Option<usize> {
         for api in self.apis().await {
-            let Ok(response) = http().get(format!("http://{api}/v1/cluster")).send().await else {
+            let Ok(cluster) = self.node(&api, Duration::from_secs(5)).cluster().await else {
                 continue;
             };
-            let Ok(cluster) = response.json::<Value>().await else { continue };
-            let nodes = cluster["nodes"].as_array()?;
-            if nodes.iter().all(|n| n["reachable"] == true) {
-                return Some(nodes.len());
+            if cluster.nodes.iter().all(|n| n.reachable) {
+                return Some(cluster.nodes.len());
             }
             return None;
         }
@@ -193,6 +209,8 @@ impl Drop for Up {
 }
 
 fn http() -> reqwest::Client {
+    // reqwest takes the process's TLS cryptography: install it first.
+    cairn_tls::install_default_provider();
     reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
 }
 
@@ -236,7 +254,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(cloud: String, token: String) -> Writer {
+    fn start(up: &Up) -> Writer {
+        let (cloud, token, node_token) = (up.cloud.clone(), up.token(), up.node_token());
+        let tls = up.node_tls();
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (s, a) = (stop.clone(), acked.clone());
@@ -253,7 +273,9 @@ impl Writer {
                     }
                 }
                 let api = &apis[at % apis.len()];
-                let client = Client::with_timeout(api, Duration::from_secs(10)).unwrap();
+                let client = Client::with_tls(api, Duration::from_secs(10), tls.clone())
+                    .unwrap()
+                    .with_token(Some(node_token.clone()));
                 let key = format!("w{i}");
                 match client.kv_put(&key, key.clone()).await {
                     Ok(_) => {
@@ -333,7 +355,25 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     let mut timings = Vec::new();
     timings.push(("bootstrap, 1 replica", up.reached(1, 1).await));
     eprintln!("after bootstrap:\n{}", up.status());
-    let writer = Writer::start(up.cloud.clone(), up.token());
+    // Secure by default: a node of `cairn up` speaks HTTPS only, lets no
+    // one in without a token, and the CLI run in the cluster's directory
+    // finds the CA and the admin's token.
+    let api = up.apis().await.remove(0);
+    let plain = http().get(format!("http://{api}/v1/health")).send().await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    let stranger = Client::with_tls(&api, Duration::from_secs(10), up.node_tls()).unwrap();
+    assert!(stranger.health().await.is_ok(), "health is open, over HTTPS");
+    let refused = stranger.list_tables().await.unwrap_err();
+    assert_eq!(refused.status(), Some(401), "{refused}");
+    let put = Command::new(BIN)
+        .current_dir(up.dir.path())
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("CAIRN_TOKEN_FILE")
+        .args(["--addr", &api, "put", "from-the-cli", "1"])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let writer = Writer::start(&up);
     writes_go_on(&writer, 50).await;
 
     up.edit(&desired(2, 3, 0));
@@ -487,7 +527,7 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     up.edit(&desired_running(7, 3, 5, true));
     timings.push(("running: true again", up.reached(7, 3).await));
     let apis = up.apis().await;
-    let client = Client::with_timeout(&apis[0], Duration::from_secs(30)).unwrap();
+    let client = up.node(&apis[0], Duration::from_secs(30));
     for key in &acked {
         let got = client.kv_get(key, Read::Linearizable).await.unwrap();
         assert_eq!(got.as_deref(), Some(key.as_bytes()), "acknowledged write {key} lost");

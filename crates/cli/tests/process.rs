@@ -22,6 +22,7 @@ struct NodeProcess {
     child: Child,
     addr: String,
     data_dir: PathBuf,
+    token_file: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -30,17 +31,24 @@ fn free_port() -> u16 {
 
 impl NodeProcess {
     fn start(data_dir: &Path, port: u16) -> NodeProcess {
+        NodeProcess::start_with_token(data_dir, port, &data_dir.join("admin.token"))
+    }
+
+    /// A node whose admin token is in `token_file` (made there if missing).
+    fn start_with_token(data_dir: &Path, port: u16, token_file: &Path) -> NodeProcess {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(BIN)
             .args(["node", "--id", "1", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &addr])
+            .arg("--admin-token-file")
+            .arg(token_file)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the cairn binary starts");
-        NodeProcess { child, addr, data_dir: data_dir.to_path_buf() }
+        NodeProcess { child, addr, data_dir: data_dir.to_path_buf(), token_file: token_file.into() }
     }
 
     async fn ready(mut self) -> NodeProcess {
@@ -58,8 +66,14 @@ impl NodeProcess {
         }
     }
 
+    /// The node's admin token (made in its data directory by default).
+    fn token_file(&self) -> PathBuf {
+        self.token_file.clone()
+    }
+
     fn client(&self) -> Client {
-        Client::new(&self.addr).unwrap()
+        let token = std::fs::read_to_string(self.token_file()).unwrap().trim().to_string();
+        Client::new(&self.addr).unwrap().with_token(Some(token))
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -70,7 +84,7 @@ impl NodeProcess {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        cli_at(&self.addr, args, None)
+        cli_at(&self.addr, Some(&self.token_file()), args, None)
     }
 }
 
@@ -81,10 +95,15 @@ impl Drop for NodeProcess {
     }
 }
 
-fn cli_at(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
+fn cli_at(addr: &str, token_file: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new(BIN);
+    if let Some(token_file) = token_file {
+        command.env("CAIRN_TOKEN_FILE", token_file);
+    }
+    let mut child = command
         .args(args)
         .env("CAIRN_ADDR", addr)
+        .env_remove("CAIRN_TOKEN")
         .env("HOME", std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -218,7 +237,7 @@ async fn the_cli_speaks_to_a_node_with_text_json_and_exit_codes() {
     assert_eq!(node.cli(&["doc", "get", "users", "alan"]).status.code(), Some(1));
     assert!(node.cli(&["delete", "greeting"]).status.success());
 
-    let unreachable = cli_at(&format!("127.0.0.1:{}", free_port()), &["get", "a"], None);
+    let unreachable = cli_at(&format!("127.0.0.1:{}", free_port()), None, &["get", "a"], None);
     assert_eq!(unreachable.status.code(), Some(1));
     assert!(stderr(&unreachable).contains("cannot reach"), "{}", stderr(&unreachable));
 }
@@ -227,15 +246,22 @@ async fn the_cli_speaks_to_a_node_with_text_json_and_exit_codes() {
 async fn the_shell_runs_commands_and_sends_one_to_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let node = started(&dir).await;
+    // Two nodes that share an admin token, as a cluster's nodes do.
     let other_dir = tempfile::tempdir().unwrap();
-    let other = started(&other_dir).await;
+    let other = NodeProcess::start_with_token(
+        &other_dir.path().join("node1"),
+        free_port(),
+        &node.token_file(),
+    )
+    .ready()
+    .await;
     let other_port = other.addr.rsplit(':').next().unwrap().to_string();
 
     let script = format!(
         "put a 1\nget a\nput b \"two words\"\nget b\nput a 9 {other_port}\nget a {other_port}\nget a\n\
          table create t\ntable list\nfrobnicate\ndelete a\nget a\n"
     );
-    let output = cli_at(&node.addr, &["shell"], Some(&script));
+    let output = cli_at(&node.addr, Some(&node.token_file()), &["shell"], Some(&script));
     let out = stdout(&output);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("OK (index "), "{out}");
@@ -326,4 +352,48 @@ async fn bench_reports_throughput_and_latency() {
     let printed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
     assert_eq!(printed["ops"], 50, "{printed}");
     assert!(printed["latency"]["p99_ms"].as_f64().is_some(), "{printed}");
+}
+
+/// `cairn token` as an admin uses it: a token made with a role, used by
+/// another client through `CAIRN_TOKEN`, refused past its role, listed
+/// without its secret, and revoked.
+#[tokio::test]
+async fn tokens_are_made_used_listed_and_revoked_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = started(&dir).await;
+    let stranger = cli_at(&node.addr, None, &["get", "a"], None);
+    assert_eq!(stranger.status.code(), Some(1));
+    assert!(stderr(&stranger).contains("unauthorized"), "{}", stderr(&stranger));
+
+    let made =
+        node.cli(&["--output", "json", "token", "create", "--name", "reports", "--role", "read"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    let token = made["token"].as_str().unwrap().to_string();
+    let id = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["role"], "read");
+    let bad_role = node.cli(&["token", "create", "--name", "x", "--role", "root"]);
+    assert_eq!(bad_role.status.code(), Some(2), "{}", stderr(&bad_role));
+
+    let as_reader = |args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(args).env("CAIRN_ADDR", &node.addr).env("CAIRN_TOKEN", &token);
+        command.env_remove("CAIRN_TOKEN_FILE").output().unwrap()
+    };
+    assert!(node.cli(&["put", "a", "1"]).status.success());
+    let read = as_reader(&["get", "a"]);
+    assert_eq!(stdout(&read).trim(), "1", "{}", stderr(&read));
+    let write = as_reader(&["put", "a", "2"]);
+    assert_eq!(write.status.code(), Some(1));
+    assert!(stderr(&write).contains("forbidden"), "{}", stderr(&write));
+
+    let listed = node.cli(&["token", "list"]);
+    assert!(stdout(&listed).contains(&id) && stdout(&listed).contains("reports"));
+    let (_, secret) = token.split_once('.').unwrap();
+    assert!(!stdout(&listed).contains(secret), "{}", stdout(&listed));
+    let revoked = node.cli(&["token", "revoke", &id]);
+    assert!(stdout(&revoked).contains("revoked"), "{}", stdout(&revoked));
+    let after = as_reader(&["get", "a"]);
+    assert_eq!(after.status.code(), Some(1));
+    assert!(stderr(&after).contains("unauthorized"), "{}", stderr(&after));
 }

@@ -62,6 +62,14 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 /// What happens when an inserted document's id exists: the `?conflict=`
@@ -161,21 +169,32 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     addr: String,
-    /// `(session, seq)` sent with every write, for exactly-once retries.
-    write_id: Option<(u64, u64)>,
+    /// `(session handle, seq)` sent with every write, for exactly-once
+    /// retries.
+    write_id: Option<(std::sync::Arc<str>, u64)>,
+    /// The bearer token sent with every request.
+    token: Option<std::sync::Arc<str>>,
 }
 
-/// Turns `7001`, `host:7001` or `http://host:7001` into a base URL.
+/// Turns `7001`, `host:7001`, `http://host:7001` or `https://host:7001`
+/// into a base URL; an address without a scheme is plain HTTP.
 pub fn parse_addr(addr: &str) -> Result<Url, Error> {
+    parse_addr_as(addr, "http")
+}
+
+/// [`parse_addr`], with `scheme` for an address that names none.
+fn parse_addr_as(addr: &str, scheme: &str) -> Result<Url, Error> {
     let addr = addr.trim();
     let with_host = if !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_digit()) {
         format!("127.0.0.1:{addr}")
     } else {
         addr.to_string()
     };
-    let full = if with_host.contains("://") { with_host } else { format!("http://{with_host}") };
+    let full =
+        if with_host.contains("://") { with_host } else { format!("{scheme}://{with_host}") };
     let url = Url::parse(&full).map_err(|_| Error::BadAddress(addr.to_string()))?;
-    if url.scheme() != "http" || url.host_str().is_none() || url.port_or_known_default().is_none() {
+    let known = matches!(url.scheme(), "http" | "https");
+    if !known || url.host_str().is_none() || url.port_or_known_default().is_none() {
         return Err(Error::BadAddress(addr.to_string()));
     }
     Ok(url)
@@ -194,13 +213,32 @@ impl Client {
     }
 
     pub fn with_timeout(addr: &str, timeout: Duration) -> Result<Client, Error> {
-        let base = parse_addr(addr)?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::Transport { addr: addr.to_string(), source: e })?;
-        Ok(Client { http, base, addr: addr.to_string(), write_id: None })
+        Client::with_tls(addr, timeout, None)
+    }
+
+    /// A client that speaks HTTPS with `tls` (which trusts the cluster's
+    /// CA; see `cairn_tls::api_client`): an address without a scheme is
+    /// then `https://`. Without it, plain HTTP.
+    pub fn with_tls(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, Error> {
+        cairn_tls::install_default_provider();
+        let base = parse_addr_as(addr, if tls.is_some() { "https" } else { "http" })?;
+        let mut builder = reqwest::Client::builder().timeout(timeout).tcp_nodelay(true);
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
+        }
+        let http =
+            builder.build().map_err(|e| Error::Transport { addr: addr.to_string(), source: e })?;
+        Ok(Client { http, base, addr: addr.to_string(), write_id: None, token: None })
+    }
+
+    /// This client with a bearer token (`Authorization: Bearer <token>`) on
+    /// every request; `None` sends none (an `--insecure` node).
+    pub fn with_token(self, token: Option<String>) -> Client {
+        Client { token: token.map(std::sync::Arc::from), ..self }
     }
 
     /// The node this client talks to, as given.
@@ -271,28 +309,31 @@ impl Client {
         if is_post {
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
-        Ok(match self.write_id {
-            Some((session, seq)) if is_write => request
-                .header("cairn-session", session.to_string())
-                .header("cairn-seq", seq.to_string()),
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        Ok(match &self.write_id {
+            Some((session, seq)) if is_write => {
+                request.header("cairn-session", &**session).header("cairn-seq", seq.to_string())
+            }
             _ => request,
         })
     }
 
-    /// Opens a session for exactly-once writes; see [`Client::with_write_id`].
-    pub async fn open_session(&self) -> Result<u64, Error> {
-        let answer = self.json(self.request(Method::POST, &["v1", "sessions"])?).await?;
-        answer["session"]
-            .as_u64()
-            .ok_or_else(|| Error::BadResponse(format!("no session in {answer}")))
+    /// Opens a session for exactly-once writes, and answers its handle; see
+    /// [`Client::with_write_id`].
+    pub async fn open_session(&self) -> Result<String, Error> {
+        let answer: views::SessionOpened =
+            self.typed(self.request(Method::POST, &["v1", "sessions"])?).await?;
+        Ok(answer.session)
     }
 
     /// A client whose writes carry `(session, seq)`. Send one write per `seq`
     /// (1, 2, …), one at a time; when a write fails as indeterminate, send it
     /// again with the same `seq`: the node answers a repeat from memory, so the
     /// write takes effect once however often it is sent.
-    pub fn with_write_id(&self, session: u64, seq: u64) -> Client {
-        Client { write_id: Some((session, seq)), ..self.clone() }
+    pub fn with_write_id(&self, session: &str, seq: u64) -> Client {
+        Client { write_id: Some((std::sync::Arc::from(session), seq)), ..self.clone() }
     }
 
     fn with_body(
@@ -343,6 +384,28 @@ impl Client {
     pub async fn remove_member(&self, id: u64) -> Result<MembersView, Error> {
         let id = id.to_string();
         self.typed(self.request(Method::DELETE, &["v1", "admin", "members", &id])?).await
+    }
+
+    /// Makes a token with `role` (admin only); the answer holds its secret,
+    /// shown this once.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: views::Role,
+    ) -> Result<views::TokenCreated, Error> {
+        let body = views::NewToken { name: name.to_string(), role };
+        let request = self.request(Method::POST, &["v1", "tokens"])?.json(&body);
+        self.typed(request).await
+    }
+
+    /// The cluster's tokens, without their secrets (admin only).
+    pub async fn list_tokens(&self) -> Result<views::TokenList, Error> {
+        self.typed(self.request(Method::GET, &["v1", "tokens"])?).await
+    }
+
+    /// Revokes the token `id` (admin only).
+    pub async fn revoke_token(&self, id: &str) -> Result<views::TokenRevoked, Error> {
+        self.typed(self.request(Method::DELETE, &["v1", "tokens", id])?).await
     }
 
     pub async fn metrics(&self) -> Result<String, Error> {
@@ -496,7 +559,10 @@ mod tests {
         assert_eq!(parse_addr("7002").unwrap().as_str(), "http://127.0.0.1:7002/");
         assert_eq!(parse_addr("localhost:7001").unwrap().as_str(), "http://localhost:7001/");
         assert_eq!(parse_addr("http://10.0.0.1:80").unwrap().host_str(), Some("10.0.0.1"));
-        for bad in ["", "https://x:1", "::::", "ftp://a:1"] {
+        assert_eq!(parse_addr("https://x:1").unwrap().as_str(), "https://x:1/");
+        assert_eq!(parse_addr_as("7002", "https").unwrap().as_str(), "https://127.0.0.1:7002/");
+        assert_eq!(parse_addr_as("http://a:1", "https").unwrap().as_str(), "http://a:1/");
+        for bad in ["", "::::", "ftp://a:1"] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }
     }

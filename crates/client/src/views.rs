@@ -167,10 +167,92 @@ pub struct Updated {
     pub index: u64,
 }
 
-/// `POST /v1/sessions`: the new session's id, for `Cairn-Session`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// `POST /v1/sessions`: the new session's handle, for `Cairn-Session`. It
+/// is unguessable and good only with the credential that opened it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionOpened {
-    pub session: u64,
+    pub session: String,
+    pub index: u64,
+}
+
+/// A client's role: `read`, `write` (which reads too) or `admin` (all of
+/// it, with membership, the system table, tokens and tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Role, String> {
+        match text {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("'{other}' is not a role: use read, write or admin")),
+        }
+    }
+}
+
+/// `POST /v1/tokens`: what a new token is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What the token is for: 1 to 64 printable characters.
+    pub name: String,
+    pub role: Role,
+}
+
+/// A token as listed: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// `POST /v1/tokens`: the new token. `token` is shown this once; the
+/// cluster keeps only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub view: TokenView,
+    pub token: String,
+    pub index: u64,
+}
+
+/// `GET /v1/tokens`: every token, by id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// `DELETE /v1/tokens/{id}`: whether the token existed; it is gone now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenRevoked {
+    pub revoked: bool,
     pub index: u64,
 }
 

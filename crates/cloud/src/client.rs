@@ -63,6 +63,7 @@ impl CloudClient {
     pub fn new(address: &str, timeout: Duration) -> Result<CloudClient, ClientError> {
         let base = cairn_client::base_url(address)
             .map_err(|e| ClientError::BadAddress(format!("the cloud's address: {e}")))?;
+        cairn_tls::install_default_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()

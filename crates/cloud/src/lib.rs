@@ -80,6 +80,10 @@ pub const CA_DIR: &str = "ca";
 /// first start, readable by its owner only): every request but
 /// `GET /v1/health` carries it as `Authorization: Bearer <token>`.
 pub const TOKEN_FILE: &str = "cloud.token";
+/// The file under the root that holds the cluster's admin token: every
+/// node starts with it (`--admin-token-file`), agents send it to their
+/// nodes, and the CLI finds it here (`.cairn/admin.token`).
+pub const NODE_TOKEN_FILE: &str = "admin.token";
 
 /// Makes the cluster's CA on the first start; checks it on the others.
 fn open_ca(dir: &std::path::Path) -> Result<(), Error> {
@@ -180,6 +184,10 @@ impl Cloud {
         let token_file = root.join(TOKEN_FILE);
         let token = cairn_util::secret::load_or_create(&token_file)
             .map_err(|e| Error::io("cannot make or read the admin token", &token_file, e))?;
+        let node_token_file = root.join(NODE_TOKEN_FILE);
+        cairn_util::secret::load_or_create(&node_token_file).map_err(|e| {
+            Error::io("cannot make or read the nodes' admin token", &node_token_file, e)
+        })?;
         let provider_config = ProviderConfig {
             root,
             agent_bin,
@@ -187,6 +195,7 @@ impl Cloud {
             cloud_url: cloud_url(local_addr),
             ca_dir,
             token_file,
+            node_token_file,
         };
         let provider = LocalProvider::open(provider_config, events.clone())?;
         provider.resume().await;

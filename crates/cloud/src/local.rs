@@ -136,6 +136,8 @@ pub(crate) struct ProviderConfig {
     pub ca_dir: PathBuf,
     /// The admin token's file, which agents read to call the cloud.
     pub token_file: PathBuf,
+    /// The nodes' admin token's file, which agents give their nodes.
+    pub node_token_file: PathBuf,
 }
 
 /// What this run of the cloud knows of a host beyond the inventory.
@@ -264,6 +266,7 @@ impl LocalProvider {
             cloud_url: &self.config.cloud_url,
             ca_dir: &self.config.ca_dir,
             token_file: &self.config.token_file,
+            node_token_file: &self.config.node_token_file,
         };
         process::spawn_agent(&spec, now_ms())
     }

@@ -49,6 +49,8 @@ pub(crate) struct AgentSpec<'a> {
     pub ca_dir: &'a Path,
     /// The cloud's admin token, which the agent sends with its calls.
     pub token_file: &'a Path,
+    /// The cluster's admin token, which the agent gives its node.
+    pub node_token_file: &'a Path,
 }
 
 /// The agent's command line after the binary.
@@ -73,6 +75,8 @@ pub(crate) fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
     args.push(spec.ca_dir.as_os_str().to_owned());
     args.push("--cloud-token-file".into());
     args.push(spec.token_file.as_os_str().to_owned());
+    args.push("--node-token-file".into());
+    args.push(spec.node_token_file.as_os_str().to_owned());
     args
 }
 
@@ -191,13 +195,15 @@ mod tests {
             cloud_url: "http://127.0.0.1:6999",
             ca_dir: Path::new("/r/ca"),
             token_file: Path::new("/r/cloud.token"),
+            node_token_file: Path::new("/r/admin.token"),
         };
         let args: Vec<String> =
             agent_args(&spec).into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let expected = "agent --host host-1 --zone zone-a --dir /r/hosts/host-1 \
                         --listen 127.0.0.1:7003 --node-listen 127.0.0.1:7001 \
                         --node-peer-listen 127.0.0.1:7002 --cloud http://127.0.0.1:6999 \
-                        --ca-dir /r/ca --cloud-token-file /r/cloud.token";
+                        --ca-dir /r/ca --cloud-token-file /r/cloud.token \
+                        --node-token-file /r/admin.token";
         assert_eq!(args.join(" "), expected);
     }
 

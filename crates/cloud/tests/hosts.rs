@@ -42,6 +42,7 @@ async fn create_starts_an_agent_and_is_idempotent() {
     let running = h.running("host-1", None).await;
     let dir = std::fs::canonicalize(h.host_dir("host-1")).expect("host dir");
     let cloud = h.url("").trim_end_matches('/').to_string();
+    let root = std::fs::canonicalize(h.root.path()).expect("root");
     let expected = [
         "agent".to_string(),
         "--host".into(),
@@ -59,13 +60,11 @@ async fn create_starts_an_agent_and_is_idempotent() {
         "--cloud".into(),
         cloud,
         "--ca-dir".into(),
-        std::fs::canonicalize(h.root.path()).expect("root").join("ca").display().to_string(),
+        root.join("ca").display().to_string(),
         "--cloud-token-file".into(),
-        std::fs::canonicalize(h.root.path())
-            .expect("root")
-            .join("cloud.token")
-            .display()
-            .to_string(),
+        root.join("cloud.token").display().to_string(),
+        "--node-token-file".into(),
+        root.join("admin.token").display().to_string(),
     ];
     assert_eq!(h.argv("host-1").await, expected);
 

@@ -142,27 +142,30 @@ impl utoipa::IntoParams for WriteId {
     ) -> Vec<utoipa::openapi::path::Parameter> {
         use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
         use utoipa::openapi::{ObjectBuilder, Type};
-        let header = |name: &str, minimum: u64, description: &str| {
-            let schema = ObjectBuilder::new().schema_type(Type::Integer).format(Some(
-                utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64),
-            ));
+        let header = |name: &str, schema: ObjectBuilder, description: &str| {
             ParameterBuilder::new()
                 .name(name)
                 .parameter_in(ParameterIn::Header)
                 .description(Some(description))
-                .schema(Some(schema.minimum(Some(minimum))))
+                .schema(Some(schema))
                 .build()
         };
+        let seq = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(1));
         vec![
             header(
                 "Cairn-Session",
-                0,
-                "The client's session (from POST /v1/sessions), for exactly-once retries; \
-                 sent with Cairn-Seq or not at all.",
+                ObjectBuilder::new().schema_type(Type::String),
+                "The handle of the client's session (from POST /v1/sessions), for \
+                 exactly-once retries; sent with Cairn-Seq or not at all.",
             ),
             header(
                 "Cairn-Seq",
-                1,
+                seq,
                 "The write's number in the session (1, 2, ...); a retry sends the same pair.",
             ),
         ]
@@ -172,16 +175,49 @@ impl utoipa::IntoParams for WriteId {
 impl FromRequestParts<AppState> for WriteId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<WriteId, ApiError> {
-        match (header_u64(parts, SESSION_HEADER)?, header_u64(parts, SEQ_HEADER)?) {
-            (None, None) => Ok(WriteId(None)),
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<WriteId, ApiError> {
+        let handle = match parts.headers.get(SESSION_HEADER) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ApiError::bad_request(format!("header {SESSION_HEADER} must be text"))
+            })?),
+        };
+        let (handle, seq) = match (handle, header_u64(parts, SEQ_HEADER)?) {
+            (None, None) => return Ok(WriteId(None)),
             (Some(_), Some(0)) => {
-                Err(ApiError::bad_request(format!("header {SEQ_HEADER} starts at 1")))
+                return Err(ApiError::bad_request(format!("header {SEQ_HEADER} starts at 1")))
             }
-            (Some(session), Some(seq)) => Ok(WriteId(Some(CommandId { session, seq }))),
-            _ => Err(ApiError::bad_request(format!(
-                "send both {SESSION_HEADER} and {SEQ_HEADER}, or neither"
-            ))),
+            (Some(handle), Some(seq)) => (handle.to_string(), seq),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "send both {SESSION_HEADER} and {SEQ_HEADER}, or neither"
+                )))
+            }
+        };
+        let principal = parts
+            .extensions
+            .get::<crate::auth::Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a write reached its route unauthenticated"))?;
+        // The key is made before the first session's handle: a node that
+        // does not have it yet is behind, and a barrier brings it.
+        let key = match crate::auth::stored_session_key(state)? {
+            Some(key) => Some(key),
+            None => {
+                state.read_barrier().await?;
+                crate::auth::stored_session_key(state)?
+            }
+        };
+        match key.and_then(|key| crate::auth::session_number(&key, &handle, &principal)) {
+            Some(session) => Ok(WriteId(Some(CommandId { session, seq }))),
+            None => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "session_forbidden",
+                format!(
+                    "{SESSION_HEADER} is not a session this credential opened: open one with \
+                     POST /v1/sessions and send its handle"
+                ),
+            )),
         }
     }
 }

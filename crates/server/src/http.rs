@@ -8,6 +8,8 @@
 //!   stays open. A client that sends a byte every few seconds (slowloris)
 //!   holds a connection no longer than that.
 //! - A body must arrive within [`BODY_READ_TIMEOUT`] (the `Body` extractor).
+//! - With TLS (a node with certificates), the handshake must finish within
+//!   [`HEADER_READ_TIMEOUT`] too, and counts against the connection cap.
 //! - On shutdown the listener closes at once; connections finish the request
 //!   they are serving, idle ones close.
 //!
@@ -38,14 +40,16 @@ pub const HEADER_BYTES_MAX: usize = 64 * 1024;
 /// does not spin while the cause lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits for the
-/// connections to finish what they serve.
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown`
+/// completes, then waits for the connections to finish what they serve.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     max_connections: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -75,10 +79,28 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let Some(acceptor) = tls.clone() else {
+            let connection =
+                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "an HTTP connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        let (watcher, builder) = (graceful.watcher(), builder.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "an HTTP connection ended with an error");
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%error, "an HTTPS connection ended with an error");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "a TLS handshake failed"),
+                Err(_) => tracing::debug!("a TLS handshake timed out"),
             }
             drop(permit);
         });

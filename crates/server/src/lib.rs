@@ -3,6 +3,7 @@
 //! - [`node`]: starting and stopping a node.
 //! - `routes`: one module per group of routes of the README's API table
 //!   ("HTTP API (v1)").
+//! - `auth`: bearer tokens, roles, and sessions bound to who opened them.
 //! - `error`: the JSON error contract.
 //! - `extract`: bodies, JSON and query parameters, checked at the edge.
 //! - `metrics`: Prometheus text at `/metrics`.
@@ -15,6 +16,7 @@
 //!
 //! [`Op`]: cairn_storage::Op
 
+mod auth;
 mod error;
 mod extract;
 pub mod http;

@@ -88,9 +88,15 @@ pub struct NodeConfig {
     /// Where this node's certificates are (`ca.crt`, `node-<id>.crt`,
     /// `node-<id>.key`; see `cairn cert`): peers then talk over mutual TLS.
     pub certs_dir: Option<PathBuf>,
-    /// Lets peers talk plain TCP, with no authentication (tests and
+    /// Lets peers talk plain TCP and clients in with no token (tests and
     /// development). A node that replicates needs this or `certs_dir`.
     pub insecure: bool,
+    /// The node's admin token (see [`crate::auth`]); read from
+    /// `admin_token_file` at start when not given.
+    pub admin_token: Option<cairn_util::secret::Secret>,
+    /// Where the admin token is, made there when missing; by default
+    /// `admin.token` in the data directory.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -112,6 +118,8 @@ impl NodeConfig {
             browser: cairn_util::browser::Policy::default(),
             certs_dir: None,
             insecure: false,
+            admin_token: None,
+            admin_token_file: None,
         }
     }
 
@@ -134,11 +142,24 @@ impl NodeConfig {
         if self.max_connections == 0 {
             return Err(Error::Config("--max-connections must be at least 1".into()));
         }
+        if self.insecure && (self.admin_token.is_some() || self.admin_token_file.is_some()) {
+            return Err(Error::Config(
+                "--insecure lets every client in: it takes no --admin-token-file".into(),
+            ));
+        }
         if self.insecure && self.certs_dir.is_some() {
             return Err(Error::Config("--insecure and --certs-dir exclude each other".into()));
         }
         if self.may_replicate() && self.certs_dir.is_none() && !self.insecure {
             return Err(Error::Config(NO_CERTIFICATES.into()));
+        }
+        if !self.listen.ip().is_loopback() && self.certs_dir.is_none() && !self.insecure {
+            return Err(Error::Config(format!(
+                "--listen {} is not a loopback address: clients would send their tokens and \
+                 data in the clear. Give --certs-dir DIR (the API then speaks HTTPS), listen \
+                 on 127.0.0.1, or --insecure (tests and development only)",
+                self.listen
+            )));
         }
         Ok(())
     }
@@ -249,8 +270,16 @@ async fn join_cluster(config: &NodeConfig, join: &str) -> Result<Membership, Err
     let peer_address = config.peer_listen.ok_or_else(|| {
         Error::Cluster("--join needs --peer-listen: the address peers reach this node at".into())
     })?;
-    let client = cairn_client::Client::with_timeout(join, Duration::from_secs(30))
-        .map_err(|e| Error::Cluster(format!("--join {join}: {e}")))?;
+    // With certificates, the members' APIs speak HTTPS with the same CA.
+    let tls = match &config.certs_dir {
+        Some(dir) => Some(cairn_tls::api_client(&dir.join(cairn_tls::CA_CERT_FILE))?),
+        None => None,
+    };
+    let client = cairn_client::Client::with_tls(join, Duration::from_secs(30), tls)
+        .map_err(|e| Error::Cluster(format!("--join {join}: {e}")))?
+        // Joining is an admin's act: the cluster's nodes share the admin
+        // token (`cairn up` gives each the same one).
+        .with_token(config.admin_token.as_ref().map(|token| token.expose().to_string()));
     let started = std::time::Instant::now();
     loop {
         match client.add_member(config.id, &peer_address.to_string(), None).await {
@@ -291,13 +320,27 @@ impl Node {
         config.validate()?;
         if config.insecure {
             tracing::warn!(
-                "running --insecure: peers are not authenticated; use it for tests and \
-                 development only"
+                "running --insecure: peers are not authenticated, clients need no token, \
+                 and nothing is encrypted; use it for tests and development only"
             );
         }
         let open_error = |source| Error::Open { dir: config.data_dir.clone(), source };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| open_error(cairn_storage::Error::Corrupt { what: e.to_string() }))?;
+        if !config.insecure && config.admin_token.is_none() {
+            let path = config
+                .admin_token_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("admin.token"));
+            let token = cairn_util::secret::load_or_create(&path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read or make the admin token {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(path = %path.display(), "the node's admin token is in this file");
+            config.admin_token = Some(cairn_util::secret::Secret::new(token));
+        }
         let store = Store::open(&config.data_dir).map_err(open_error)?;
         // A crash during a snapshot install: forget the partial state; the
         // node catches up from its peers again.
@@ -362,8 +405,11 @@ impl Node {
             stopping.send_replace(true);
         };
         let app = router(state);
-        tracing::info!(addr = %listener.local_addr().map_err(Error::Serve)?, "serving the HTTP API");
-        let server = crate::http::serve(listener, app, config.max_connections, shutdown);
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+        let api_tls = peer_tls.as_ref().map(|tls| tls.api.clone());
+        let scheme = if api_tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, %scheme, "serving the HTTP API");
+        let server = crate::http::serve(listener, app, config.max_connections, api_tls, shutdown);
         tokio::pin!(server);
         let result = loop {
             let log_stopped = log.stopped();

@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+/// The admin token of the test nodes that are not `--insecure`.
+const ADMIN_TOKEN: &str = "the-test-nodes-admin-token";
+
 struct TestNode {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -24,9 +27,15 @@ impl TestNode {
     }
 
     async fn start_with(dir: TempDir, configure: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        // reqwest takes the process's TLS cryptography: install it first.
+        cairn_tls::install_default_provider();
         let mut config =
             NodeConfig::new(1, dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        config.admin_token = Some(cairn_util::secret::Secret::new(ADMIN_TOKEN));
         configure(&mut config);
+        if config.insecure {
+            config.admin_token = None;
+        }
         let node = Node::start(config).await.unwrap();
         let addr = node.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -36,8 +45,13 @@ impl TestNode {
         TestNode { addr, stop: Some(stop), task: Some(task), dir }
     }
 
+    /// A client with the admin token.
     fn client(&self) -> Client {
-        Client::new(&self.addr.to_string()).unwrap()
+        self.client_with(Some(ADMIN_TOKEN))
+    }
+
+    fn client_with(&self, token: Option<&str>) -> Client {
+        Client::new(&self.addr.to_string()).unwrap().with_token(token.map(str::to_string))
     }
 
     fn url(&self, path: &str) -> String {
@@ -55,7 +69,8 @@ impl TestNode {
         self.with_headers(method, path, body, &[("content-type", content_type)]).await
     }
 
-    /// `raw` with these headers (an empty value is left out).
+    /// `raw` with these headers (an empty value is left out), and the admin
+    /// token unless they name an `authorization` of their own.
     async fn with_headers(
         &self,
         method: Method,
@@ -64,6 +79,9 @@ impl TestNode {
         headers: &[(&str, &str)],
     ) -> (StatusCode, Vec<u8>) {
         let mut request = reqwest::Client::new().request(method, self.url(path)).body(body);
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("authorization")) {
+            request = request.bearer_auth(ADMIN_TOKEN);
+        }
         for (name, value) in headers.iter().filter(|(_, value)| !value.is_empty()) {
             request = request.header(*name, *value);
         }
@@ -551,22 +569,31 @@ async fn concurrent_writers_each_get_their_own_answer() {
     }
 }
 
-/// Session ids are log indexes, so a client can guess the node's own pooled
-/// session and write under it far ahead of the node's count. That used to
-/// fail every plain write on that session (409 `stale_sequence`) until the
-/// node restarted; now the one write that finds out fails and the pool
-/// drops the session. A sequence far past the last is refused outright, so
-/// the session cannot be burned either.
+/// Session numbers are log indexes, so a client could guess the node's own
+/// pooled session and write under it far ahead of the node's count, which
+/// failed every plain write on that session (409 `stale_sequence`) until the
+/// node restarted. A session is now named by a handle only its opener can
+/// have: the number alone, or with a made-up tag, is refused, and nothing
+/// is written.
 #[tokio::test]
-async fn a_guessed_pooled_session_costs_one_write_at_most() {
+async fn a_guessed_session_is_refused_and_costs_nothing() {
     let node = TestNode::start().await;
     let client = node.client();
     // The node's first plain write opens its pooled session just before it.
     let created = client.create_table("t").await.unwrap();
     let pooled = created["index"].as_u64().unwrap() - 1;
-    let burn = client.with_write_id(pooled, u64::MAX).kv_put("burn", "x").await.unwrap_err();
+    for guess in [pooled.to_string(), format!("{pooled}.{}", "0".repeat(32))] {
+        for seq in [u64::MAX, 1_000] {
+            let refused = client.with_write_id(&guess, seq).kv_put("ahead", "x").await.unwrap_err();
+            assert_eq!(refused.code(), Some("session_forbidden"), "{refused}");
+            assert!(!refused.is_indeterminate(), "nothing was proposed");
+        }
+    }
+    assert_eq!(client.kv_get("ahead", Read::Linearizable).await.unwrap(), None);
+    // A real session's handle is refused far past its last sequence.
+    let session = client.open_session().await.unwrap();
+    let burn = client.with_write_id(&session, u64::MAX).kv_put("burn", "x").await.unwrap_err();
     assert_eq!(burn.code(), Some("bad_request"), "{burn}");
-    client.with_write_id(pooled, 1_000).kv_put("ahead", "x").await.unwrap();
     let mut failed = 0;
     for i in 0..6 {
         if let Err(e) = client.kv_put(&format!("plain{i}"), "v").await {
@@ -574,7 +601,7 @@ async fn a_guessed_pooled_session_costs_one_write_at_most() {
             failed += 1;
         }
     }
-    assert!(failed <= 1, "{failed} plain writes failed after the guess");
+    assert_eq!(failed, 0, "{failed} plain writes failed after the guesses");
     assert_eq!(
         client.kv_get("plain5", Read::Linearizable).await.unwrap().as_deref(),
         Some(&b"v"[..])
@@ -593,7 +620,7 @@ async fn a_client_retrying_with_its_session_id_writes_once() {
     // after timeouts: one effect, one index, the first answer every time.
     // The document has no id: the node generates one per request, yet every
     // answer names the id that was stored.
-    let first_try = client.with_write_id(session, 1);
+    let first_try = client.with_write_id(&session, 1);
     let first = first_try.insert("t", &json!({"x": 1}), Conflict::Error).await.unwrap();
     for _ in 0..2 {
         let again = first_try.insert("t", &json!({"x": 1}), Conflict::Error).await.unwrap();
@@ -604,31 +631,39 @@ async fn a_client_retrying_with_its_session_id_writes_once() {
     assert_eq!(client.list_docs("t", None, 10, Read::Linearizable).await.unwrap().docs.len(), 1);
 
     // The next write of the session applies; the old one is now stale.
-    let next = client.with_write_id(session, 2).kv_put("k", "v").await.unwrap();
+    let next = client.with_write_id(&session, 2).kv_put("k", "v").await.unwrap();
     assert!(next > first["index"].as_u64().unwrap());
     let stale = first_try.insert("t", &json!({"id": "b"}), Conflict::Error).await.unwrap_err();
     assert_eq!(stale.code(), Some("stale_sequence"));
     assert_eq!(client.get_doc("t", "b", Read::Linearizable).await.unwrap(), None);
 
-    let reused = client.with_write_id(session, 2).kv_put("other", "v").await.unwrap_err();
+    let reused = client.with_write_id(&session, 2).kv_put("other", "v").await.unwrap_err();
     assert_eq!(reused.code(), Some("sequence_reused"));
-    let unknown = client.with_write_id(999_999, 1).kv_put("k", "w").await.unwrap_err();
-    assert!(unknown.is_indeterminate(), "an earlier attempt may have applied");
-    assert_eq!(unknown.code(), Some("session_not_found"));
+    let unknown = client.with_write_id("999999", 1).kv_put("k", "w").await.unwrap_err();
+    assert_eq!(unknown.code(), Some("session_forbidden"));
     assert_eq!(client.kv_get("k", Read::Linearizable).await.unwrap().unwrap(), "v".as_bytes());
 
-    for (session, seq) in [("1", "x"), ("abc", "1"), ("1", "0")] {
+    let bad = [
+        (session.as_str(), "x", StatusCode::BAD_REQUEST),
+        ("abc", "1", StatusCode::FORBIDDEN),
+        (session.as_str(), "0", StatusCode::BAD_REQUEST),
+    ];
+    for (session, seq, status) in bad {
         let response = reqwest::Client::new()
             .put(node.url("/v1/kv/k"))
+            .bearer_auth(ADMIN_TOKEN)
             .header("cairn-session", session)
             .header("cairn-seq", seq)
             .body("z")
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{session}/{seq}");
+        assert_eq!(response.status(), status, "{session}/{seq}");
     }
-    let only_one = reqwest::Client::new().delete(node.url("/v1/kv/k")).header("cairn-seq", "3");
+    let only_one = reqwest::Client::new()
+        .delete(node.url("/v1/kv/k"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("cairn-seq", "3");
     assert_eq!(only_one.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
 }
 
@@ -770,6 +805,8 @@ async fn the_api_is_described_by_an_openapi_document() {
         ("/v1/system/{key}", &["get", "put"]),
         ("/v1/admin/members", &["get", "post"]),
         ("/v1/admin/members/{id}", &["delete"]),
+        ("/v1/tokens", &["get", "post"]),
+        ("/v1/tokens/{id}", &["delete"]),
     ];
     let paths = document["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
@@ -815,4 +852,233 @@ async fn the_api_is_described_by_an_openapi_document() {
         }
     }
     node.stop().await;
+}
+
+/// What anyone who reaches the port could do before: add a member of their
+/// own (and be sent the whole dataset), rewrite the control plane's record,
+/// read and write everything. Now every route but the open three needs a
+/// token, and its role must cover the route.
+#[tokio::test]
+async fn clients_need_a_token_whose_role_covers_the_route() {
+    let node = TestNode::start().await;
+    let none = [("authorization", "")];
+    for path in ["/v1/health", "/metrics", "/v1/openapi.json"] {
+        let (status, _) = node.with_headers(Method::GET, path, "", &none).await;
+        assert_eq!(status, StatusCode::OK, "{path} stays open");
+    }
+    let member = r#"{"id": 9, "peer_address": "127.0.0.1:1"}"#;
+    let strangers = [
+        (Method::POST, "/v1/admin/members", member),
+        (Method::PUT, "/v1/system/control", r#"{"x": 1}"#),
+        (Method::GET, "/v1/tables", ""),
+        (Method::PUT, "/v1/kv/a", "1"),
+        (Method::GET, "/v1/no/such/route", ""),
+    ];
+    for (method, path, body) in &strangers {
+        for header in ["", "Bearer nope", "Bearer 0123456789abcdef.00", "Basic YTpi"] {
+            let mut request = reqwest::Client::new()
+                .request(method.clone(), node.url(path))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if !header.is_empty() {
+                request = request.header("authorization", header);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path} {header}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+        }
+    }
+    let admin = node.client();
+    let members = admin.members().await.unwrap().members;
+    assert!(!members.contains_key(&9), "a stranger got in: {members:?}");
+
+    let reader = admin.create_token("dashboards", cairn_client::views::Role::Read).await.unwrap();
+    let writer = admin.create_token("the app", cairn_client::views::Role::Write).await.unwrap();
+    assert_ne!(reader.token, writer.token);
+    let (id, secret) = reader.token.split_once('.').unwrap();
+    assert_eq!((id, secret.len()), (reader.view.id.as_str(), 64), "{}", reader.token);
+    // The cluster keeps hashes only: neither listing nor the record holds a
+    // secret.
+    let listed = admin.list_tokens().await.unwrap();
+    assert_eq!(listed.tokens.len(), 2);
+    let (_, record) = node.raw(Method::GET, "/v1/system/tokens", "").await;
+    let record = String::from_utf8(record).unwrap();
+    for created in [&reader, &writer] {
+        let (_, secret) = created.token.split_once('.').unwrap();
+        assert!(!record.contains(secret), "{record}");
+        assert!(!serde_json::to_string(&listed).unwrap().contains(secret));
+    }
+
+    let read = node.client_with(Some(&reader.token));
+    let write = node.client_with(Some(&writer.token));
+    admin.create_table("t").await.unwrap();
+    assert_eq!(read.kv_get("a", Read::Linearizable).await.unwrap(), None);
+    assert_eq!(read.list_tables().await.unwrap(), vec!["t".to_string()]);
+    let forbidden = |result: Result<_, cairn_client::Error>| match result {
+        Err(e) => assert_eq!((e.status(), e.code()), (Some(403), Some("forbidden")), "{e}"),
+        Ok(_) => panic!("allowed"),
+    };
+    forbidden(read.kv_put("a", "1").await.map(drop));
+    forbidden(read.open_session().await.map(drop));
+    write.kv_put("a", "1").await.unwrap();
+    write.insert("t", &json!({"id": "d"}), Conflict::Error).await.unwrap();
+    forbidden(write.create_table("u").await.map(drop));
+    forbidden(write.drop_table("t").await.map(drop));
+    forbidden(write.members().await.map(drop));
+    forbidden(write.add_member(9, "127.0.0.1:1", None).await.map(drop));
+    forbidden(write.system_put("control", &json!({"x": 1}), None).await.map(drop));
+    forbidden(write.create_token("more", cairn_client::views::Role::Admin).await.map(drop));
+    forbidden(write.list_tokens().await.map(drop));
+    assert_eq!(read.kv_get("a", Read::Linearizable).await.unwrap().as_deref(), Some(&b"1"[..]));
+
+    let revoked = admin.revoke_token(&reader.view.id).await.unwrap();
+    assert!(revoked.revoked);
+    assert!(!admin.revoke_token(&reader.view.id).await.unwrap().revoked, "gone already");
+    let after = read.kv_get("a", Read::Linearizable).await.unwrap_err();
+    assert_eq!(after.code(), Some("unauthorized"), "{after}");
+    write.kv_put("b", "2").await.unwrap();
+    assert_eq!(admin.list_tokens().await.unwrap().tokens.len(), 1);
+    // A bad request for a token names what is wrong and makes none.
+    node.refused(
+        Method::POST,
+        "/v1/tokens",
+        r#"{"name": "x", "role": "root"}"#,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    node.refused(
+        Method::POST,
+        "/v1/tokens",
+        r#"{"name": "", "role": "read"}"#,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert_eq!(admin.list_tokens().await.unwrap().tokens.len(), 1);
+    node.stop().await;
+}
+
+/// A session's handle is good only with the credential that opened it.
+#[tokio::test]
+async fn a_session_works_only_with_the_credential_that_opened_it() {
+    let node = TestNode::start().await;
+    let admin = node.client();
+    let alice = admin.create_token("alice", cairn_client::views::Role::Write).await.unwrap();
+    let bob = admin.create_token("bob", cairn_client::views::Role::Write).await.unwrap();
+    let alice = node.client_with(Some(&alice.token));
+    let bob = node.client_with(Some(&bob.token));
+    let session = alice.open_session().await.unwrap();
+    let (number, tag) = session.split_once('.').unwrap();
+    assert!(number.parse::<u64>().is_ok() && tag.len() == 32, "{session}");
+    let stolen = bob.with_write_id(&session, 1).kv_put("k", "bob").await.unwrap_err();
+    assert_eq!((stolen.status(), stolen.code()), (Some(403), Some("session_forbidden")));
+    let admins = admin.with_write_id(&session, 1).kv_put("k", "admin").await.unwrap_err();
+    assert_eq!(admins.code(), Some("session_forbidden"));
+    alice.with_write_id(&session, 1).kv_put("k", "alice").await.unwrap();
+    assert_eq!(bob.kv_get("k", Read::Linearizable).await.unwrap().as_deref(), Some(&b"alice"[..]));
+    node.stop().await;
+}
+
+/// `--insecure` lets every client in as an admin, and says so.
+#[tokio::test]
+async fn an_insecure_node_needs_no_token() {
+    let node = TestNode::start_with(tempfile::tempdir().unwrap(), |c| c.insecure = true).await;
+    let anyone = node.client_with(None);
+    assert!(anyone.health().await.unwrap().insecure);
+    anyone.create_table("t").await.unwrap();
+    anyone.members().await.unwrap();
+    let session = anyone.open_session().await.unwrap();
+    anyone.with_write_id(&session, 1).kv_put("k", "v").await.unwrap();
+    node.stop().await;
+}
+
+/// A node run by hand makes its admin token on first start, readable by
+/// its owner only, and keeps it across restarts.
+#[tokio::test]
+async fn a_node_makes_its_admin_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || async {
+        let config = NodeConfig::new(1, data.clone(), "127.0.0.1:0".parse().unwrap());
+        let node = Node::start(config).await.unwrap();
+        let addr = node.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop, task)
+    };
+    let (addr, stop, task) = start().await;
+    let path = data.join("admin.token");
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0);
+    let client = Client::new(&addr.to_string()).unwrap();
+    let refused = client.list_tables().await.unwrap_err();
+    assert_eq!(refused.status(), Some(401));
+    client.clone().with_token(Some(token.clone())).create_table("t").await.unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let (addr, stop, task) = start().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token, "kept");
+    let client = Client::new(&addr.to_string()).unwrap().with_token(Some(token));
+    assert_eq!(client.list_tables().await.unwrap(), vec!["t".to_string()]);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// With certificates the API speaks HTTPS only, with the node's certificate
+/// of the cluster's CA: a client that trusts the CA gets in (with its
+/// token), plain HTTP and a client of another CA get nothing.
+#[tokio::test]
+async fn a_node_with_certificates_serves_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = cairn_tls::Ca::create(&certs).unwrap();
+    ca.issue_node(&certs, 1, &["127.0.0.1".to_string()]).unwrap();
+    let other = dir.path().join("other");
+    cairn_tls::Ca::create(&other).unwrap();
+    let node = TestNode::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.certs_dir = Some(certs.clone());
+    })
+    .await;
+    let addr = node.addr.to_string();
+    let timeout = std::time::Duration::from_secs(10);
+    let trusted = cairn_tls::api_client(&certs.join("ca.crt")).unwrap();
+    let client = Client::with_tls(&addr, timeout, Some(trusted.clone()))
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()));
+    assert!(client.health().await.unwrap().peer_tls);
+    client.kv_put("k", "v").await.unwrap();
+    let explicit = Client::with_tls(&format!("https://{addr}"), timeout, Some(trusted))
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()));
+    assert_eq!(explicit.kv_get("k", Read::Linearizable).await.unwrap().as_deref(), Some(&b"v"[..]));
+
+    let plain = node.client().health().await.unwrap_err();
+    assert!(matches!(plain, cairn_client::Error::Transport { .. }), "{plain}");
+    let strange = cairn_tls::api_client(&other.join("ca.crt")).unwrap();
+    let strange = Client::with_tls(&addr, timeout, Some(strange)).unwrap();
+    let refused = strange.health().await.unwrap_err();
+    assert!(matches!(refused, cairn_client::Error::Transport { .. }), "{refused}");
+    node.stop().await;
+}
+
+/// Plain HTTP only on loopback: a node that listens elsewhere needs
+/// certificates, or to be told --insecure.
+#[tokio::test]
+async fn a_node_off_loopback_needs_certificates_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new(1, dir.path().join("data"), "0.0.0.0:0".parse().unwrap());
+    let error = Node::start(config.clone()).await.err().expect("refused");
+    let message = error.to_string();
+    assert!(message.contains("loopback") && message.contains("--certs-dir"), "{message}");
+    config.insecure = true;
+    let node = Node::start(config).await.expect("--insecure starts");
+    assert!(node.local_addr().ip().is_unspecified());
+    // Stopped, not dropped: its log closes before the process ends.
+    node.serve(async {}).await.unwrap();
 }

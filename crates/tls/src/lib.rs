@@ -20,6 +20,11 @@
 //! Rotation: issue new node certificates from the same CA and restart nodes
 //! one at a time. A new CA needs every node's certificate reissued; nodes
 //! with certificates of different CAs cannot talk.
+//!
+//! Host agents talk gRPC over mutual TLS with the same CA ([`AgentTls`]):
+//! each has a certificate naming `agent.cairn` (`agent.crt`, `agent.key`),
+//! and an agent takes calls only from a client whose certificate names it
+//! too, so a node's certificate cannot stop another host's node.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -60,6 +65,13 @@ pub fn node_key_file(id: u64) -> String {
 pub fn peer_name(id: u64) -> String {
     format!("node-{id}.cairn")
 }
+
+/// The name every agent's certificate carries.
+pub const AGENT_NAME: &str = "agent.cairn";
+/// An agent's certificate file.
+pub const AGENT_CERT_FILE: &str = "agent.crt";
+/// An agent's key file.
+pub const AGENT_KEY_FILE: &str = "agent.key";
 
 /// Why certificates could not be made, read or used.
 #[derive(Debug, thiserror::Error)]
@@ -147,8 +159,28 @@ impl Ca {
     pub fn issue_node(&self, dir: &Path, id: u64, hosts: &[String]) -> Result<PathBuf, Error> {
         let mut names = vec![peer_name(id)];
         names.extend(hosts.iter().cloned());
+        let files = (node_cert_file(id), node_key_file(id));
+        self.issue(dir, names, &format!("cairn node {id}"), files)
+    }
+
+    /// Issues a host agent its certificate, naming [`AGENT_NAME`] and
+    /// `hosts`, into `dir` (`agent.crt`, `agent.key`, and `ca.crt`).
+    pub fn issue_agent(&self, dir: &Path, hosts: &[String]) -> Result<PathBuf, Error> {
+        let mut names = vec![AGENT_NAME.to_string()];
+        names.extend(hosts.iter().cloned());
+        let files = (AGENT_CERT_FILE.to_string(), AGENT_KEY_FILE.to_string());
+        self.issue(dir, names, "cairn agent", files)
+    }
+
+    fn issue(
+        &self,
+        dir: &Path,
+        names: Vec<String>,
+        common_name: &str,
+        (cert_file, key_file): (String, String),
+    ) -> Result<PathBuf, Error> {
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, format!("cairn node {id}"));
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages =
@@ -159,8 +191,8 @@ impl Ca {
         let issuer = self.issuer(&dir.join(CA_CERT_FILE))?;
         let cert = params.signed_by(&key, &issuer)?;
         create_dir(dir)?;
-        let cert_path = dir.join(node_cert_file(id));
-        write_file(&dir.join(node_key_file(id)), key.serialize_pem().as_bytes(), true)?;
+        let cert_path = dir.join(cert_file);
+        write_file(&dir.join(key_file), key.serialize_pem().as_bytes(), true)?;
         write_file(&cert_path, cert.pem().as_bytes(), false)?;
         let ca_path = dir.join(CA_CERT_FILE);
         if !ca_path.exists() {
@@ -185,6 +217,9 @@ pub struct PeerTls {
     pub server: Arc<ServerConfig>,
     /// For connections this node dials: presents its own certificate.
     pub client: Arc<ClientConfig>,
+    /// For the client API (HTTPS): the node's certificate, no client
+    /// certificate asked (clients show bearer tokens instead).
+    pub api: Arc<ServerConfig>,
 }
 
 impl PeerTls {
@@ -193,17 +228,8 @@ impl PeerTls {
     /// names the node.
     pub fn load(dir: &Path, id: u64) -> Result<PeerTls, Error> {
         let hint = "issue it with `cairn cert create-node`";
-        let ca_path = dir.join(CA_CERT_FILE);
-        let ca_pem = read_text(&ca_path, "copy the cluster's ca.crt there")?;
         let cert_path = dir.join(node_cert_file(id));
-        let cert_pem = read_text(&cert_path, hint)?;
-        let key_path = dir.join(node_key_file(id));
-        let key_pem = read_text(&key_path, hint)?;
-        let ca = pem_certs(&ca_path, &ca_pem, "CA certificate")?;
-        let chain = pem_certs(&cert_path, &cert_pem, "certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
-            Error::Invalid { path: key_path.clone(), what: "private key", message: e.to_string() }
-        })?;
+        let (ca, chain, key) = read_identity(dir, &cert_path, &dir.join(node_key_file(id)), hint)?;
         PeerTls::new(ca, chain, key, id).map_err(|e| match e {
             Error::Tls(message) => {
                 Error::Invalid { path: cert_path.clone(), what: "node certificate", message }
@@ -219,38 +245,12 @@ impl PeerTls {
         key: PrivateKeyDer<'static>,
         id: u64,
     ) -> Result<PeerTls, Error> {
-        let tls = |e: rustls::Error| Error::Tls(e.to_string());
-        let mut roots = RootCertStore::empty();
-        for cert in ca {
-            roots.add(cert).map_err(tls)?;
-        }
-        let roots = Arc::new(roots);
-        let provider = Arc::new(provider());
-        let first = chain.first().ok_or_else(|| Error::Tls("no certificate".into()))?;
         // The node's own certificate must be the CA's and name the node, or
         // every peer would refuse it: say so at start, not at each dial.
-        verify_chain(&roots, &provider, first, &chain[1..])?;
-        check_peer_id(std::slice::from_ref(first), id).map_err(Error::Tls)?;
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| Error::Tls(e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(tls)?;
-        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_webpki_verifier(server_verifier)
-            .with_client_auth_cert(chain, key)
-            .map_err(tls)?;
-        Ok(PeerTls { server: Arc::new(server), client: Arc::new(client) })
+        let api = api_server(chain.clone(), key.clone_key())?;
+        let (server, client) =
+            mutual(ca, chain, key, |first| check_peer_id(std::slice::from_ref(first), id))?;
+        Ok(PeerTls { server, client, api })
     }
 
     /// The name a dialing node expects the certificate of node `id` to have.
@@ -258,6 +258,168 @@ impl PeerTls {
         // `node-<id>.cairn` is always a valid DNS name.
         ServerName::try_from(peer_name(id)).expect("a valid DNS name")
     }
+}
+
+/// What a host agent needs to serve and call gRPC over mutual TLS.
+#[derive(Clone, Debug)]
+pub struct AgentTls {
+    /// For calls the agent takes: asks for a client certificate of the CA
+    /// (which [`check_agent`] then requires to name an agent).
+    pub server: Arc<ServerConfig>,
+    /// For calls the agent makes: presents its own certificate and expects
+    /// the other agent's to name [`AGENT_NAME`].
+    pub client: Arc<ClientConfig>,
+}
+
+impl AgentTls {
+    /// The settings from `ca.crt`, `agent.crt` and `agent.key` in `dir`.
+    pub fn load(dir: &Path) -> Result<AgentTls, Error> {
+        let hint = "an agent with --ca-dir issues it itself";
+        let cert_path = dir.join(AGENT_CERT_FILE);
+        let (ca, chain, key) = read_identity(dir, &cert_path, &dir.join(AGENT_KEY_FILE), hint)?;
+        let (server, client) =
+            mutual(ca, chain, key, |first| check_agent(std::slice::from_ref(first))).map_err(
+                |e| match e {
+                    Error::Tls(message) => Error::Invalid {
+                        path: cert_path.clone(),
+                        what: "agent certificate",
+                        message,
+                    },
+                    other => other,
+                },
+            )?;
+        Ok(AgentTls { server, client })
+    }
+
+    /// The name an agent's certificate must have.
+    pub fn server_name() -> ServerName<'static> {
+        ServerName::try_from(AGENT_NAME).expect("a valid DNS name")
+    }
+}
+
+/// Checks that a client's certificate (verified as the CA's by the
+/// handshake) is an agent's, not a node's.
+pub fn check_agent(certs: &[CertificateDer<'_>]) -> Result<(), String> {
+    let cert = certs.first().ok_or("the caller presented no certificate")?;
+    let cert = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("the caller's certificate does not parse: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&AgentTls::server_name())
+        .map_err(|_| format!("the caller's certificate does not name {AGENT_NAME}"))
+}
+
+/// The client API's TLS: TLS 1.2 or 1.3 (what curl and browsers speak),
+/// HTTP/1.1, no client certificate.
+fn api_server(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, Error> {
+    let tls = |e: rustls::Error| Error::Tls(e.to_string());
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a client of a node's HTTPS API needs: trust in the cluster's CA
+/// (the `ca.crt` at `ca_path`) and no other, so a certificate from any
+/// other authority is refused.
+pub fn api_client(ca_path: &Path) -> Result<Arc<ClientConfig>, Error> {
+    let hint = "the cluster's CA certificate (`.cairn/ca/ca.crt` for `cairn up`)";
+    let pem = read_text(ca_path, hint)?;
+    let tls = |e: rustls::Error| Error::Tls(e.to_string());
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certs(ca_path, &pem, "CA certificate")? {
+        roots.add(cert).map_err(tls)?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CA, the certificate chain and the key of one identity in `dir`.
+#[allow(clippy::type_complexity)]
+fn read_identity(
+    dir: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    hint: &'static str,
+) -> Result<
+    (Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    Error,
+> {
+    let ca_path = dir.join(CA_CERT_FILE);
+    let ca_pem = read_text(&ca_path, "copy the cluster's ca.crt there")?;
+    let cert_pem = read_text(cert_path, hint)?;
+    let key_pem = read_text(key_path, hint)?;
+    let ca = pem_certs(&ca_path, &ca_pem, "CA certificate")?;
+    let chain = pem_certs(cert_path, &cert_pem, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Invalid {
+        path: key_path.to_path_buf(),
+        what: "private key",
+        message: e.to_string(),
+    })?;
+    Ok((ca, chain, key))
+}
+
+/// Mutual TLS 1.3 settings for one identity of the CA: a server that asks
+/// for a client certificate of the CA, and a client that presents `chain`
+/// and checks the server's against the CA. `identity` checks the identity's
+/// own certificate, so a wrong one is said at start, not at each call.
+fn mutual(
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    identity: impl FnOnce(&CertificateDer<'static>) -> Result<(), String>,
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), Error> {
+    let tls = |e: rustls::Error| Error::Tls(e.to_string());
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots.add(cert).map_err(tls)?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(provider());
+    let first = chain.first().ok_or_else(|| Error::Tls("no certificate".into()))?;
+    verify_chain(&roots, &provider, first, &chain[1..])?;
+    identity(first).map_err(Error::Tls)?;
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(tls)?;
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_webpki_verifier(server_verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls)?;
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
+/// Makes *ring* the process's default TLS cryptography, once: HTTP clients
+/// that build their own TLS settings (reqwest's) take the default, and
+/// there is none until one is installed. Idempotent; a default installed
+/// first is kept.
+pub fn install_default_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = provider().install_default();
+    });
 }
 
 /// The cryptography: *ring*'s, which builds with a C compiler alone (the

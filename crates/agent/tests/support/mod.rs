@@ -3,7 +3,8 @@
 //!
 //! The fake node is a small Python program behind a shell wrapper, so that
 //! `<node_bin> node --id N --data-dir D --listen A ...` runs it the way the
-//! agent runs `cairn node`. It serves `GET /v1/health` as a healthy leader,
+//! agent runs `cairn node`. It serves `GET /v1/health` as a healthy leader
+//! (over HTTPS with the certificate the agent issued, given `--certs-dir`),
 //! appends its pid and arguments to `<data-dir>/starts.log` (how scenarios
 //! see restarts and `--join`), exits on SIGTERM, and exits by itself once its
 //! host directory is gone (a test run that dies leaves no node behind).
@@ -67,7 +68,16 @@ def orphan_watch():
 
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 threading.Thread(target=orphan_watch, daemon=True).start()
-HTTPServer((host, int(port)), Health).serve_forever()
+server = HTTPServer((host, int(port)), Health)
+certs_dir = arg("--certs-dir")
+if certs_dir:
+    # As `cairn node` does with certificates: the API speaks HTTPS.
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(certs_dir, "node-%d.crt" % node_id),
+                            os.path.join(certs_dir, "node-%d.key" % node_id))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 "#;
 
 /// A free loopback port: bound, read, released.
@@ -108,6 +118,7 @@ impl Host {
             node_bin,
             stop_node_on_shutdown: false,
             ca_dir: None,
+            node_token_file: None,
         };
         Host { tmp, config }
     }

@@ -131,6 +131,8 @@ impl Harness {
         let mut permissions = std::fs::metadata(&agent_bin).expect("stat").permissions();
         permissions.set_mode(0o755);
         std::fs::set_permissions(&agent_bin, permissions).expect("chmod the fake agent");
+        // reqwest takes the process's TLS cryptography: install it first.
+        cairn_tls::install_default_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(DEADLINE_MS))
             .build()

@@ -93,17 +93,25 @@ fn node_role(role: Role) -> NodeRole {
 /// Opens a session for exactly-once writes: the client then sends
 /// `Cairn-Session: <session>` and `Cairn-Seq: 1, 2, …` with its writes, one
 /// write in flight at a time, and repeats the same pair when it retries.
+/// The handle is unguessable and works only with the credential that
+/// opened the session.
 #[utoipa::path(post, operation_id = "cluster_open_session", path = "/v1/sessions", tag = "cluster",
     responses((status = 201, description = "The session is open.", body = SessionOpened), Failures))]
 pub async fn open_session(
     State(state): State<AppState>,
+    principal: axum::Extension<crate::auth::Principal>,
     _: crate::extract::JsonPost,
 ) -> Result<(axum::http::StatusCode, Json<SessionOpened>), ApiError> {
+    // The key first: a session whose handle cannot be made is not opened.
+    let key = crate::auth::session_key(&state).await?;
     let applied = state.open_session().await?;
     match applied.outcome {
         cairn_storage::Outcome::SessionOpened { session } => Ok((
             axum::http::StatusCode::CREATED,
-            Json(SessionOpened { session, index: applied.index }),
+            Json(SessionOpened {
+                session: crate::auth::session_handle(&key, session, &principal),
+                index: applied.index,
+            }),
         )),
         other => Err(super::tables::unexpected(other)),
     }

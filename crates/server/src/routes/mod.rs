@@ -12,6 +12,9 @@ mod kv;
 mod openapi;
 mod system;
 mod tables;
+mod tokens;
+
+pub(crate) use tables::unexpected;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -40,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(system::get, system::put))
         .routes(routes!(admin::list, admin::add))
         .routes(routes!(admin::remove))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
         .split_for_parts();
     let document = bytes::Bytes::from(openapi::render(document));
     described
@@ -50,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Outermost first: metrics, browser checks, then who is asking.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)

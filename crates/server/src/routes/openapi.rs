@@ -32,11 +32,13 @@ impl utoipa::IntoResponses for Failures {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
         let failures = [
             ("400", "The request is malformed or refused: fix it before sending it again."),
+            ("401", "No token, or one that is not valid: send `Authorization: Bearer <token>`."),
             ("404", "A table, document, key, record, session or route that does not exist."),
             (
                 "403",
-                "Refused as a browser's request from elsewhere: a Host this node does not \
-                 answer to, or a page of another origin.",
+                "The token's role does not allow this (`forbidden`); a session of another \
+                 credential (`session_forbidden`); or a browser's request from elsewhere: a \
+                 Host this node does not answer to, or a page of another origin.",
             ),
             ("405", "The method is not allowed on this path."),
             ("408", "The request body did not arrive in time."),
@@ -69,7 +71,10 @@ impl utoipa::IntoResponses for Failures {
         description = "A replicated JSON document store: tables of JSON documents and a \
                        key-value space, every write ordered by OmniPaxos. Writes take \
                        `Cairn-Session` and `Cairn-Seq` headers for exactly-once retries; \
-                       reads are linearizable unless `?read=local`."
+                       reads are linearizable unless `?read=local`. Every route but \
+                       `/v1/health`, this document and `/metrics` needs \
+                       `Authorization: Bearer <token>` whose role (`read`, `write`, \
+                       `admin`) covers it."
     ),
     components(schemas(cairn_client::views::Failure, cairn_client::views::FailureDetail)),
     tags(
@@ -77,6 +82,7 @@ impl utoipa::IntoResponses for Failures {
         (name = "tables", description = "Tables and their JSON documents."),
         (name = "kv", description = "The key-value space: raw bytes under keys."),
         (name = "system", description = "The control plane's records."),
+        (name = "tokens", description = "Clients' bearer tokens and their roles (admin only)."),
     )
 )]
 pub struct ApiDoc;
