@@ -227,11 +227,7 @@ pub fn token_hash(token: &str) -> String {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    hex(digest.as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    secret::hex(digest.as_ref())
 }
 
 /// The handle of session `number` opened by `principal`, under `key`.
@@ -243,7 +239,7 @@ fn session_tag(key: &str, number: u64, principal: &Principal) -> String {
     let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
     let message = format!("{number}:{}", principal.id);
     let tag = ring::hmac::sign(&hmac_key, message.as_bytes());
-    hex(&tag.as_ref()[..SESSION_TAG_HEX / 2])
+    secret::hex(&tag.as_ref()[..SESSION_TAG_HEX / 2])
 }
 
 /// The session number a handle names, when `principal` opened it; `None`
@@ -256,11 +252,7 @@ pub fn session_number(key: &str, handle: &str, principal: &Principal) -> Option<
 
 /// The key sessions are tagged with, made on the cluster's first session.
 pub async fn session_key(state: &AppState) -> Result<String, ApiError> {
-    if let Some(key) = stored_session_key(state)? {
-        return Ok(key);
-    }
-    state.read_barrier().await?;
-    if let Some(key) = stored_session_key(state)? {
+    if let Some(key) = known_session_key(state).await? {
         return Ok(key);
     }
     let key = secret::generate()
@@ -282,6 +274,16 @@ pub async fn session_key(state: &AppState) -> Result<String, ApiError> {
         cairn_storage::Outcome::Failed(refusal) => Err(refusal.into()),
         other => Err(crate::routes::unexpected(other)),
     }
+}
+
+/// The key, once this node applied it; when it has not, a read barrier
+/// brings it if the cluster has one at all.
+pub async fn known_session_key(state: &AppState) -> Result<Option<String>, ApiError> {
+    if let Some(key) = stored_session_key(state)? {
+        return Ok(Some(key));
+    }
+    state.read_barrier().await?;
+    stored_session_key(state)
 }
 
 /// The key as this node has it, once the state machine applied it.

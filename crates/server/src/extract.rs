@@ -201,13 +201,7 @@ impl FromRequestParts<AppState> for WriteId {
             .ok_or_else(|| ApiError::internal("a write reached its route unauthenticated"))?;
         // The key is made before the first session's handle: a node that
         // does not have it yet is behind, and a barrier brings it.
-        let key = match crate::auth::stored_session_key(state)? {
-            Some(key) => Some(key),
-            None => {
-                state.read_barrier().await?;
-                crate::auth::stored_session_key(state)?
-            }
-        };
+        let key = crate::auth::known_session_key(state).await?;
         match key.and_then(|key| crate::auth::session_number(&key, &handle, &principal)) {
             Some(session) => Ok(WriteId(Some(CommandId { session, seq }))),
             None => Err(ApiError::new(

@@ -300,11 +300,22 @@ impl AgentTls {
 /// Checks that a client's certificate (verified as the CA's by the
 /// handshake) is an agent's, not a node's.
 pub fn check_agent(certs: &[CertificateDer<'_>]) -> Result<(), String> {
-    let cert = certs.first().ok_or("the caller presented no certificate")?;
+    check_name(certs, "caller", &AgentTls::server_name(), AGENT_NAME)
+}
+
+/// Checks that the end-entity certificate of `who` (the first of `certs`)
+/// is valid for `name` (`shown` in the message).
+fn check_name(
+    certs: &[CertificateDer<'_>],
+    who: &str,
+    name: &ServerName<'_>,
+    shown: &str,
+) -> Result<(), String> {
+    let cert = certs.first().ok_or_else(|| format!("the {who} presented no certificate"))?;
     let cert = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| format!("the caller's certificate does not parse: {e}"))?;
-    cert.verify_is_valid_for_subject_name(&AgentTls::server_name())
-        .map_err(|_| format!("the caller's certificate does not name {AGENT_NAME}"))
+        .map_err(|e| format!("the {who}'s certificate does not parse: {e}"))?;
+    cert.verify_is_valid_for_subject_name(name)
+        .map_err(|_| format!("the {who}'s certificate does not name {shown}"))
 }
 
 /// The client API's TLS: TLS 1.2 or 1.3 (what curl and browsers speak),
@@ -434,12 +445,8 @@ fn provider() -> rustls::crypto::CryptoProvider {
 /// Checks that the end-entity certificate of a peer (as the TLS handshake
 /// gave it, already verified as the CA's) names node `id`.
 pub fn check_peer_id(certs: &[CertificateDer<'_>], id: u64) -> Result<(), String> {
-    let cert = certs.first().ok_or("the peer presented no certificate")?;
-    let cert = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| format!("the peer's certificate does not parse: {e}"))?;
-    let name = PeerTls::server_name(id);
-    cert.verify_is_valid_for_subject_name(&name)
-        .map_err(|_| format!("the peer's certificate does not name node {id} ({})", peer_name(id)))
+    let shown = format!("node {id} ({})", peer_name(id));
+    check_name(certs, "peer", &PeerTls::server_name(id), &shown)
 }
 
 fn verify_chain(
