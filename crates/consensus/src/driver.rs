@@ -152,6 +152,33 @@ pub enum PeerMessage {
     Membership(Membership),
 }
 
+/// Why bytes from a peer are not a [`PeerMessage`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("a peer message does not decode: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("{0} bytes follow a peer message")]
+    Trailing(usize),
+}
+
+impl PeerMessage {
+    /// Encodes for the network.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+
+    /// Decodes what a peer sent: all of `bytes` is one message. A length
+    /// written in the bytes reserves at most about 1 MiB ahead (serde's
+    /// cautious size hint), never what the length claims.
+    pub fn decode(bytes: &[u8]) -> Result<PeerMessage, DecodeError> {
+        let (message, rest) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Trailing(rest.len()));
+        }
+        Ok(message)
+    }
+}
+
 /// The answer to one request.
 #[derive(Debug)]
 pub enum Answer {

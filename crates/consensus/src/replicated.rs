@@ -290,7 +290,7 @@ impl EventLoop {
 
     fn event(&mut self, event: Event) -> Result<(), Error> {
         match event {
-            Event::Message { from, msg } => match postcard::from_bytes::<PeerMessage>(&msg) {
+            Event::Message { from, msg } => match PeerMessage::decode(&msg) {
                 Ok(message) => return self.driver.step(from, message),
                 Err(error) => {
                     tracing::warn!(from, %error, "dropped a message that does not decode")
@@ -349,7 +349,7 @@ impl EventLoop {
 /// then see it come back and resynchronise, and no gap goes unnoticed in the
 /// middle of a stream (the simulator shows what such a gap does).
 fn send(transport: &TransportHandle, to: NodeId, message: &PeerMessage) {
-    let bytes = match postcard::to_stdvec(message) {
+    let bytes = match message.encode() {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::error!(%error, "a message does not encode");

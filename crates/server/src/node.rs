@@ -387,6 +387,13 @@ impl Node {
         self.state.config.listen
     }
 
+    /// The node's routes, to answer requests without its listener (the
+    /// fuzzing of requests does this). Writes go through the node's log,
+    /// which runs from [`Node::start`] on.
+    pub fn router(&self) -> axum::Router {
+        router(self.state.clone())
+    }
+
     /// Serves until `shutdown` completes, then drains and stops the log.
     /// When a membership change turns the log into the other kind, starts
     /// that one on the same queue and goes on serving.
