@@ -13,10 +13,16 @@
 //!   secret. Tokens are random, so one unsalted hash is enough to make the
 //!   record useless to whoever reads it.
 //!
-//! A token is checked against this node's copy of the record. One that is
-//! not there yet (made on another node a moment ago) waits for a read
-//! barrier and is looked up once more; a revoked one stops working on a node
-//! once that node applied the revocation.
+//! A token is checked against this node's copy of the record, parsed once
+//! per version of the record ([`TokenCache`]). One that is not there yet
+//! (made on another node a moment ago) waits for a read barrier and is looked
+//! up once more. Such barriers run one at a time, and at most one begins per
+//! [`UNKNOWN_TOKEN_BARRIER_INTERVAL`]: a stranger who sends made-up tokens
+//! cannot fill the log with barriers (a barrier that began after a request
+//! arrived serves it too). A token made on another node is therefore found
+//! here once this node has applied it, which a follower does continuously,
+//! and within one interval of a barrier. A revoked token stops working on a
+//! node once that node applied the revocation.
 //!
 //! `--insecure` turns all of this off: every request acts as
 //! [`Principal::anonymous`], an admin.
@@ -28,6 +34,8 @@
 //! has no valid tag.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -48,6 +56,51 @@ pub const SESSIONS_KEY: &str = "sessions";
 const TOKEN_ID_HEX: usize = 16;
 /// Hex digits of a session's tag (128 bits).
 const SESSION_TAG_HEX: usize = 32;
+/// Least time between two read barriers for tokens this node does not know.
+pub const UNKNOWN_TOKEN_BARRIER_INTERVAL: Duration = Duration::from_millis(100);
+
+/// This node's parsed copy of the tokens record, and when the last barrier
+/// for an unknown token began (one per node, in [`AppState`]).
+#[derive(Default)]
+pub struct TokenCache {
+    /// The record's text and what it parses to: parsed again only when the
+    /// text changed.
+    parsed: Mutex<Option<(String, Arc<TokensRecord>)>>,
+    /// Held while a barrier for an unknown token runs; when the last began.
+    barrier: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl TokenCache {
+    /// The record as this node holds it now.
+    fn current(&self, state: &AppState) -> Result<Arc<TokensRecord>, ApiError> {
+        let Some(text) = state.store.get_system(TOKENS_KEY)? else {
+            return Ok(Arc::new(TokensRecord::default()));
+        };
+        let mut parsed = self.parsed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((cached, record)) = parsed.as_ref() {
+            if *cached == text {
+                return Ok(record.clone());
+            }
+        }
+        let record = Arc::new(parse_tokens(&text)?);
+        *parsed = Some((text, record.clone()));
+        Ok(record)
+    }
+
+    /// Makes this node's copy as fresh as a read barrier begun after
+    /// `arrived` would, unless one began less than an interval ago.
+    async fn refresh(&self, state: &AppState, arrived: Instant) -> Result<(), ApiError> {
+        let mut last = self.barrier.lock().await;
+        let covered = last.is_some_and(|began| {
+            began >= arrived || began.elapsed() < UNKNOWN_TOKEN_BARRIER_INTERVAL
+        });
+        if !covered {
+            *last = Some(Instant::now());
+            state.read_barrier().await?;
+        }
+        Ok(())
+    }
+}
 
 /// Who sent a request, as the routes see it (a request extension).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,13 +240,14 @@ async fn cluster_token(state: &AppState, token: &str) -> Result<Option<Principal
     if id.len() != TOKEN_ID_HEX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
-    let mut stored = tokens(state)?.tokens.remove(id);
-    if stored.is_none() {
+    let arrived = Instant::now();
+    let mut record = state.tokens.current(state)?;
+    if !record.tokens.contains_key(id) {
         // Made a moment ago through another node, maybe.
-        state.read_barrier().await?;
-        stored = tokens(state)?.tokens.remove(id);
+        state.tokens.refresh(state, arrived).await?;
+        record = state.tokens.current(state)?;
     }
-    Ok(stored.and_then(|stored| {
+    Ok(record.tokens.get(id).and_then(|stored| {
         secret::same(&sha256_hex(secret_part.as_bytes()), &stored.sha256)
             .then(|| Principal { id: id.to_string(), role: stored.role })
     }))
@@ -203,10 +257,14 @@ async fn cluster_token(state: &AppState, token: &str) -> Result<Option<Principal
 pub fn tokens(state: &AppState) -> Result<TokensRecord, ApiError> {
     match state.store.get_system(TOKENS_KEY)? {
         None => Ok(TokensRecord::default()),
-        Some(text) => serde_json::from_str(&text).map_err(|e| {
-            ApiError::internal(format!("the system record '{TOKENS_KEY}' is unreadable: {e}"))
-        }),
+        Some(text) => parse_tokens(&text),
     }
+}
+
+fn parse_tokens(text: &str) -> Result<TokensRecord, ApiError> {
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::internal(format!("the system record '{TOKENS_KEY}' is unreadable: {e}"))
+    })
 }
 
 /// A new token's id and secret: `(id, "<id>.<secret>")`.

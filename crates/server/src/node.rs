@@ -379,6 +379,7 @@ impl Node {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            tokens: Arc::default(),
         };
         Ok(Node { listener, state, log, transport, peer_tls })
     }

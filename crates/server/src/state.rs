@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once the node begins to shut down.
     pub stopping: Arc<watch::Sender<bool>>,
+    /// The parsed tokens record, and the pace of barriers for unknown tokens.
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 impl AppState {

@@ -1082,3 +1082,69 @@ async fn a_node_off_loopback_needs_certificates_or_insecure() {
     // Stopped, not dropped: its log closes before the process ends.
     node.serve(async {}).await.unwrap();
 }
+
+/// Made-up tokens cannot fill the log. A node waits for a read barrier
+/// before it refuses a token it does not know (it may have been made on
+/// another node a moment ago), but such barriers begin at most once per
+/// `UNKNOWN_TOKEN_BARRIER_INTERVAL`, however many requests show one: each
+/// barrier is a log entry on every node. Before the limit, every such request
+/// appended one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_tokens_cannot_fill_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = cairn_tls::Ca::create(&certs).unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let peers: std::collections::BTreeMap<u64, SocketAddr> = [(1, free()), (2, free())].into();
+    for id in peers.keys() {
+        ca.issue_node(&certs, *id, &["127.0.0.1".to_string()]).unwrap();
+    }
+    let configure = |id: u64| {
+        let (peers, certs) = (peers.clone(), certs.clone());
+        move |c: &mut NodeConfig| {
+            c.id = id;
+            c.peer_listen = Some(peers[&id]);
+            c.peers = peers;
+            c.certs_dir = Some(certs);
+        }
+    };
+    let (one, two) = tokio::join!(
+        TestNode::start_with(tempfile::tempdir().unwrap(), configure(1)),
+        TestNode::start_with(tempfile::tempdir().unwrap(), configure(2)),
+    );
+    let timeout = std::time::Duration::from_secs(30);
+    let trusted = cairn_tls::api_client(&certs.join("ca.crt")).unwrap();
+    let client = |token: &str| {
+        Client::with_tls(&one.addr.to_string(), timeout, Some(trusted.clone()))
+            .unwrap()
+            .with_token(Some(token.to_string()))
+    };
+    let admin = client(ADMIN_TOKEN);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while admin.kv_put("ready", "yes").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the pair never took a write");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let before = admin.health().await.unwrap().applied_index;
+    let started = std::time::Instant::now();
+    for i in 0..200u64 {
+        let made_up = format!("{i:016x}.{}", "0".repeat(64));
+        let refused = client(&made_up).list_tables().await.unwrap_err();
+        assert_eq!(refused.status(), Some(401), "{refused}");
+    }
+    let elapsed = started.elapsed();
+    let barriers = admin.health().await.unwrap().applied_index - before;
+    let most = u64::try_from(elapsed.as_millis() / 100).unwrap() + 1;
+    assert!(barriers >= 1, "an unknown token waits for a barrier");
+    assert!(barriers <= most, "{barriers} barriers in {elapsed:?} (at most {most})");
+    // A token made through the other node is found all the same, once an
+    // interval has passed since the last barrier.
+    let other = Client::with_tls(&two.addr.to_string(), timeout, Some(trusted.clone()))
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()));
+    let made = other.create_token("fresh", cairn_client::views::Role::Read).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(client(&made.token).list_tables().await.is_ok(), "a fresh token works");
+    one.stop().await;
+    two.stop().await;
+}
