@@ -247,6 +247,9 @@ pub struct DriverConfig {
     pub catch_up_timeout_ticks: u64,
     /// Key+value bytes per snapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Most bytes of entries in one consensus message (see
+    /// [`crate::replica::MESSAGE_ENTRIES_BYTES_MAX`], the default).
+    pub message_entries_bytes_max: usize,
     /// Where checkpoints for peers are taken: a directory on the store's
     /// file system (checkpoints are hard links), emptied at start.
     pub snapshot_dir: PathBuf,
@@ -328,6 +331,7 @@ impl DriverConfig {
             compact_interval_ticks: 100,
             catch_up_timeout_ticks: election * 4,
             snapshot_chunk_bytes: CHUNK_PAYLOAD_BYTES_DEFAULT,
+            message_entries_bytes_max: crate::replica::MESSAGE_ENTRIES_BYTES_MAX,
             snapshot_dir,
             record_applied: false,
             #[cfg(feature = "planted-bugs")]
@@ -344,6 +348,7 @@ impl DriverConfig {
             timing: self.timing,
             seed: self.seed ^ u64::from(membership.configuration_id).rotate_left(32),
             base_index: membership.base_index,
+            message_entries_bytes_max: self.message_entries_bytes_max,
         }
     }
 }

@@ -115,6 +115,12 @@ pub const PENDING_PROPOSALS_MAX: usize = 4096;
 pub const REPROPOSALS_PER_TICK_MAX: usize = 64;
 /// Most decided entries one [`Replica::take_decided`] call returns.
 pub const TAKE_DECIDED_ENTRIES_MAX: usize = 1024;
+/// Most bytes of entries (each counted as it encodes) that one OmniPaxos
+/// message carries, so that every `AcceptDecide` and `ProposalForward` fits
+/// one peer message whatever the batch; one entry always goes, and a single
+/// command fits (see the limits in the crate's root).
+pub const MESSAGE_ENTRIES_BYTES_MAX: usize =
+    cairn_transport::MESSAGE_BYTES_MAX - crate::PEER_MESSAGE_OVERHEAD_BYTES;
 /// Messages OmniPaxos reserves room for in its outgoing buffer (it grows past
 /// this; the event loop drains it every turn).
 const OUTGOING_RESERVE_MESSAGES: usize = 1024;
@@ -187,6 +193,9 @@ pub struct ReplicaConfig {
     /// previous one after a membership change (each configuration has a
     /// fresh OmniPaxos log).
     pub base_index: u64,
+    /// Most bytes of entries one message carries (one entry always goes):
+    /// see [`MESSAGE_ENTRIES_BYTES_MAX`].
+    pub message_entries_bytes_max: usize,
 }
 
 /// The next thing [`Replica::take_decided`] has for the caller.
@@ -265,7 +274,15 @@ impl Replica {
         applied_index: u64,
     ) -> Result<Replica, Error> {
         let members = check_config(&config)?;
-        let ReplicaConfig { node_id, configuration_id, timing, seed, base_index, .. } = config;
+        let ReplicaConfig {
+            node_id,
+            configuration_id,
+            timing,
+            seed,
+            base_index,
+            message_entries_bytes_max,
+            ..
+        } = config;
         let cluster =
             ClusterConfig { configuration_id, nodes: members.clone(), flexible_quorum: None };
         let server = ServerConfig {
@@ -274,6 +291,7 @@ impl Replica {
             resend_message_tick_timeout: timing.resend_timeout_ticks,
             buffer_size: OUTGOING_RESERVE_MESSAGES,
             batch_size: 1,
+            message_entries_bytes_max,
             ..ServerConfig::default()
         };
         let log = LogStore::open(store)?;

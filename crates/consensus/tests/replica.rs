@@ -10,13 +10,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_consensus::replica::{
-    Decided, Error, Message, NodeId, Replica, ReplicaConfig, Timing, PENDING_PROPOSALS_MAX,
+    Decided, Error, Message, NodeId, Replica, ReplicaConfig, Timing, MESSAGE_ENTRIES_BYTES_MAX,
+    PENDING_PROPOSALS_MAX,
 };
 use cairn_storage::{Applied, Command, CommandId, Conflict, Doc, Op, Outcome, StateMachine, Store};
 use cairn_util::Rng;
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::ballot_leader_election::{BLEMessage, HeartbeatMsg, HeartbeatRequest};
 use omnipaxos::messages::sequence_paxos::{Accepted, PaxosMessage, PaxosMsg};
+use omnipaxos::storage::Entry;
 use tempfile::TempDir;
 
 const NODES: [NodeId; 3] = [1, 2, 3];
@@ -106,6 +108,10 @@ struct Sim {
     in_flight: BTreeMap<(u64, u64), (NodeId, Message)>,
     sent: u64,
     clients: Vec<Client>,
+    /// What replicas started from now on bound their messages' entries to.
+    message_entries_bytes_max: usize,
+    /// The most bytes of entries seen in one message that carried several.
+    largest_batch_bytes: usize,
 }
 
 impl Sim {
@@ -130,6 +136,8 @@ impl Sim {
             in_flight: BTreeMap::new(),
             sent: 0,
             clients: Vec::new(),
+            message_entries_bytes_max: MESSAGE_ENTRIES_BYTES_MAX,
+            largest_batch_bytes: 0,
         };
         for id in NODES {
             sim.start(id);
@@ -147,7 +155,7 @@ impl Sim {
 
     /// Opens the node's store and builds its replica, as a (re)start does.
     fn start(&mut self, id: NodeId) {
-        let seed = self.seed;
+        let (seed, message_entries_bytes_max) = (self.seed, self.message_entries_bytes_max);
         let node = self.node(id);
         assert!(node.live.is_none(), "node {id} is already up");
         let store = Store::open(node.dir.path()).expect("open store");
@@ -159,6 +167,7 @@ impl Sim {
             timing: TIMING,
             seed,
             base_index: 0,
+            message_entries_bytes_max,
         };
         let replica = Replica::open(config, &store, sm.applied_index()).expect("open replica");
         assert_eq!(replica.taken_index(), sm.applied_index(), "resumes after the applied index");
@@ -225,6 +234,10 @@ impl Sim {
             let Some(live) = self.nodes[i].live.as_mut() else { continue };
             live.replica.drain_outgoing(&mut out);
             for (to, message) in out.drain(..) {
+                if let Some(entries) = batch(&message).filter(|entries| entries.len() > 1) {
+                    let bytes = entries.iter().map(Entry::message_bytes).sum::<usize>();
+                    self.largest_batch_bytes = self.largest_batch_bytes.max(bytes);
+                }
                 let faults = self.faults;
                 if self.cut.contains(&(from, to))
                     || (faults.drop_forwards && is_forward(&message))
@@ -442,6 +455,19 @@ impl Sim {
     }
 }
 
+/// The entries an `AcceptDecide` or a `ProposalForward` carries.
+fn batch(message: &Message) -> Option<&[Command]> {
+    match message {
+        Message::SequencePaxos(PaxosMessage { msg: PaxosMsg::AcceptDecide(accept), .. }) => {
+            Some(&accept.entries)
+        }
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::ProposalForward(entries), ..
+        }) => Some(entries),
+        _ => None,
+    }
+}
+
 fn is_forward(message: &Message) -> bool {
     matches!(
         message,
@@ -473,6 +499,38 @@ fn a_leader_is_elected_and_every_replica_decides_the_same_sequence() {
         sim.add_clients(&NODES, &sessions, 8);
         sim.run_until(1500, "all writes applied", |sim| sim.clients_done() && sim.converged());
         sim.check_outcome();
+    }
+}
+
+/// A message carries at most `message_entries_bytes_max` bytes of entries
+/// (one entry always goes), so that a batch of large entries never exceeds
+/// what the transport takes: the leader splits its accepts into several
+/// messages with consecutive sequence numbers, and a follower its forwards.
+/// The same load with no bound makes larger batches, and the split changes
+/// nothing of what is decided.
+#[test]
+fn batches_of_entries_stay_within_the_message_bound() {
+    const BOUND: usize = 300;
+    for seed in seeds(&[11, 12]) {
+        let _hint = ReplayHint { test: "batches_of_entries_stay_within", seed };
+        let run = |bound: usize| {
+            let mut sim = Sim::new(seed);
+            sim.message_entries_bytes_max = bound;
+            for id in NODES {
+                sim.crash(id);
+                sim.start(id);
+            }
+            let sessions = sim.setup(24);
+            sim.add_clients(&NODES, &sessions, 6);
+            sim.faults = ROUGH;
+            sim.run_until(4000, "all writes applied", |sim| sim.clients_done() && sim.converged());
+            sim.check_outcome();
+            sim.largest_batch_bytes
+        };
+        let unbounded = run(MESSAGE_ENTRIES_BYTES_MAX);
+        assert!(unbounded > BOUND, "seed {seed}: the load makes batches of {unbounded} bytes");
+        let bounded = run(BOUND);
+        assert!(bounded <= BOUND, "seed {seed}: a batch of {bounded} bytes");
     }
 }
 
@@ -644,6 +702,7 @@ fn bad_configurations_are_refused() {
         timing: TIMING,
         seed: 0,
         base_index: 0,
+        message_entries_bytes_max: MESSAGE_ENTRIES_BYTES_MAX,
     };
     let bad = [
         config(1, &[1], 1),

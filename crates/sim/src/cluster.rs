@@ -77,6 +77,9 @@ pub struct Params {
     /// Chance, per tick of the safety phase, of asking a node for a
     /// membership change (in 1/1000; 0 for runs without changes).
     pub membership_per_mille: u64,
+    /// Most bytes of entries in one consensus message: small in some runs,
+    /// so that batches split (the real bound holds entries of megabytes).
+    pub message_entries_bytes_max: usize,
 }
 
 impl Params {
@@ -98,6 +101,13 @@ impl Params {
             client_timeout_ticks: 40 + rng.below(100),
             snapshot_chunk_bytes: 64 + rng.below(2048) as usize,
             membership_per_mille: if rng.chance(60) { 1 + rng.below(8) } else { 0 },
+            // Drawn last, so that the fields above stay what they were for
+            // every seed.
+            message_entries_bytes_max: if rng.chance(30) {
+                64 + rng.below(512) as usize
+            } else {
+                cairn_consensus::replica::MESSAGE_ENTRIES_BYTES_MAX
+            },
         }
     }
 }
@@ -444,6 +454,7 @@ impl Sim {
         config.compact_interval_ticks = COMPACT_INTERVAL_TICKS;
         config.catch_up_timeout_ticks = 20;
         config.snapshot_chunk_bytes = params.snapshot_chunk_bytes;
+        config.message_entries_bytes_max = params.message_entries_bytes_max;
         config.record_applied = true;
         #[cfg(feature = "planted-bugs")]
         {
@@ -550,9 +561,7 @@ impl Sim {
             self.log_invariants.observed(id, progress),
         ];
         self.violations.extend(found.into_iter().flatten());
-        for (to, message) in out.messages {
-            self.net.send(&mut self.rng, self.now, id, to, message);
-        }
+        self.send_all(id, out.messages);
         for (request, answer) in out.answers {
             self.answered(id, request, answer);
         }
@@ -711,9 +720,7 @@ impl Sim {
         let mut out = Output::default();
         let driver = self.nodes.get_mut(&asked).and_then(|n| n.driver.as_mut()).expect("up");
         driver.change_membership(request, members, &mut out);
-        for (to, message) in out.messages {
-            self.net.send(&mut self.rng, self.now, asked, to, message);
-        }
+        self.send_all(asked, out.messages);
         for (request, answer) in out.answers {
             self.answered(asked, request, answer);
         }
@@ -932,9 +939,7 @@ impl Sim {
             ClientOp::Get { .. } => driver.read(request, &mut out),
         }
         self.routes.insert(request, c);
-        for (to, message) in out.messages {
-            self.net.send(&mut self.rng, self.now, node, to, message);
-        }
+        self.send_all(node, out.messages);
         for (request, answer) in out.answers {
             self.answered(node, request, answer);
         }
@@ -1159,6 +1164,41 @@ impl Sim {
             configurations: self.configurations,
             ticks: self.now,
             trace: self.trace.map(|trace| trace.finish()),
+        }
+    }
+
+    /// Hands a node's messages to the network, checking that no consensus
+    /// message carries more bytes of entries than the run's bound (one
+    /// entry always goes).
+    fn send_all(&mut self, from: NodeId, messages: Vec<(NodeId, PeerMessage)>) {
+        use cairn_consensus::replica::Message;
+        use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+        use omnipaxos::storage::Entry;
+        for (to, message) in messages {
+            let entries = match &message {
+                PeerMessage::Paxos {
+                    message: Message::SequencePaxos(PaxosMessage { msg, .. }),
+                    ..
+                } => match msg {
+                    PaxosMsg::AcceptDecide(accept) => Some(&accept.entries),
+                    PaxosMsg::ProposalForward(entries) => Some(entries),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(entries) = entries.filter(|entries| entries.len() > 1) {
+                let bytes: usize = entries.iter().map(Entry::message_bytes).sum();
+                if bytes > self.params.message_entries_bytes_max {
+                    self.violations.push(format!(
+                        "t={}: node {from} sent {} entries of {bytes} bytes in one message \
+                         (bound {})",
+                        self.now,
+                        entries.len(),
+                        self.params.message_entries_bytes_max
+                    ));
+                }
+            }
+            self.net.send(&mut self.rng, self.now, from, to, message);
         }
     }
 

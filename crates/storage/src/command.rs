@@ -254,6 +254,13 @@ impl Command {
 /// Commands are OmniPaxos's log entries.
 impl omnipaxos::storage::Entry for Command {
     type Snapshot = CompactionMarker;
+
+    /// Exactly the bytes the command takes in a message, counted without
+    /// encoding it.
+    fn message_bytes(&self) -> usize {
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .unwrap_or(COMMAND_BYTES_MAX)
+    }
 }
 
 /// OmniPaxos's "snapshot" of a compacted log prefix: a marker with no content.

@@ -175,6 +175,10 @@ pub struct ServerConfig {
     pub flush_batch_tick_timeout: u64,
     /// Custom priority for this node to be elected as the leader.
     pub leader_priority: u32,
+    /// Cairn patch 3 (PATCHES.md): most bytes of entries (by
+    /// `Entry::message_bytes`) that one `AcceptDecide` or `ProposalForward`
+    /// carries; one entry always goes, whatever its size. No bound by default.
+    pub message_entries_bytes_max: usize,
     /// The path where the default logger logs events.
     #[cfg(feature = "logging")]
     pub logger_file_path: Option<String>,
@@ -212,6 +216,7 @@ impl Default for ServerConfig {
             batch_size: 1,
             flush_batch_tick_timeout: FLUSH_BATCH_TIMEOUT,
             leader_priority: 0,
+            message_entries_bytes_max: usize::MAX,
             #[cfg(feature = "logging")]
             logger_file_path: None,
             #[cfg(feature = "logging")]

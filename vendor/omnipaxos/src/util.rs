@@ -83,6 +83,9 @@ where
     max_promise_meta: PromiseMetaData,
     max_promise_sync: Option<LogSync<T>>,
     latest_accept_meta: Vec<Option<(Ballot, usize)>>, //  index in outgoing
+    /// Cairn patch 3 (PATCHES.md): the entries' bytes in each follower's
+    /// latest `AcceptDecide`.
+    latest_accept_bytes: Vec<usize>,
     pub max_pid: usize,
     // The number of promises needed in the prepare phase to become synced and
     // the number of accepteds needed in the accept phase to decide an entry.
@@ -102,6 +105,7 @@ where
             max_promise_meta: PromiseMetaData::default(),
             max_promise_sync: None,
             latest_accept_meta: vec![None; max_pid],
+            latest_accept_bytes: vec![0; max_pid],
             max_pid,
             quorum,
         }
@@ -192,6 +196,7 @@ where
 
     pub fn reset_latest_accept_meta(&mut self) {
         self.latest_accept_meta = vec![None; self.max_pid];
+        self.latest_accept_bytes = vec![0; self.max_pid];
     }
 
     pub fn get_promised_followers(&self) -> Vec<NodeId> {
@@ -224,6 +229,18 @@ where
     pub fn set_latest_accept_meta(&mut self, pid: NodeId, idx: Option<usize>) {
         let meta = idx.map(|x| (self.n_leader, x));
         self.latest_accept_meta[Self::pid_to_idx(pid)] = meta;
+        self.latest_accept_bytes[Self::pid_to_idx(pid)] = 0;
+    }
+
+    /// Cairn patch 3 (PATCHES.md).
+    pub fn get_latest_accept_bytes(&self, pid: NodeId) -> usize {
+        self.latest_accept_bytes[Self::pid_to_idx(pid)]
+    }
+
+    /// Cairn patch 3 (PATCHES.md).
+    pub fn add_latest_accept_bytes(&mut self, pid: NodeId, bytes: usize) {
+        let idx = Self::pid_to_idx(pid);
+        self.latest_accept_bytes[idx] = self.latest_accept_bytes[idx].saturating_add(bytes);
     }
 
     pub fn set_accepted_idx(&mut self, pid: NodeId, idx: usize) {

@@ -192,29 +192,63 @@ where
 
     fn send_acceptdecide(&mut self, accepted: AcceptedMetaData<T>) {
         let decided_idx = self.internal_storage.get_decided_idx();
+        // Cairn patch 3 (PATCHES.md): entries go into a follower's latest
+        // AcceptDecide while its entries stay within the byte budget; past
+        // it, into a new AcceptDecide with the next sequence number, as if
+        // they had been accepted in a later round of messages. One entry
+        // always goes.
+        let max = self.message_entries_bytes_max;
+        let sizes: Vec<usize> = if max == usize::MAX {
+            vec![0; accepted.entries.len()]
+        } else {
+            accepted.entries.iter().map(Entry::message_bytes).collect()
+        };
         for pid in self.leader_state.get_promised_followers() {
-            let latest_accdec = self.get_latest_accdec_message(pid);
-            match latest_accdec {
-                // Modify existing AcceptDecide message to follower
-                Some(accdec) => {
-                    accdec.entries.extend(accepted.entries.iter().cloned());
-                    accdec.decided_idx = decided_idx;
+            let mut start = 0;
+            loop {
+                let held = self.leader_state.get_latest_accept_bytes(pid);
+                let mut end = start;
+                let mut bytes = 0usize;
+                while end < sizes.len() && held.saturating_add(bytes + sizes[end]) <= max {
+                    bytes += sizes[end];
+                    end += 1;
                 }
-                // Add new AcceptDecide message to follower
-                None => {
-                    self.leader_state
-                        .set_latest_accept_meta(pid, Some(self.outgoing.len()));
-                    let acc = AcceptDecide {
-                        n: self.leader_state.n_leader,
-                        seq_num: self.leader_state.next_seq_num(pid),
-                        decided_idx,
-                        entries: accepted.entries.clone(),
-                    };
-                    self.outgoing.push(Message::SequencePaxos(PaxosMessage {
-                        from: self.pid,
-                        to: pid,
-                        msg: PaxosMsg::AcceptDecide(acc),
-                    }));
+                let latest_accdec = self.get_latest_accdec_message(pid);
+                match latest_accdec {
+                    // Modify existing AcceptDecide message to follower
+                    Some(accdec) if end > start || start == sizes.len() => {
+                        accdec
+                            .entries
+                            .extend(accepted.entries[start..end].iter().cloned());
+                        accdec.decided_idx = decided_idx;
+                        self.leader_state.add_latest_accept_bytes(pid, bytes);
+                    }
+                    // Add new AcceptDecide message to follower
+                    _ => {
+                        // A fresh message holds at least one entry.
+                        if end == start && end < sizes.len() {
+                            bytes = sizes[end];
+                            end += 1;
+                        }
+                        self.leader_state
+                            .set_latest_accept_meta(pid, Some(self.outgoing.len()));
+                        self.leader_state.add_latest_accept_bytes(pid, bytes);
+                        let acc = AcceptDecide {
+                            n: self.leader_state.n_leader,
+                            seq_num: self.leader_state.next_seq_num(pid),
+                            decided_idx,
+                            entries: accepted.entries[start..end].to_vec(),
+                        };
+                        self.outgoing.push(Message::SequencePaxos(PaxosMessage {
+                            from: self.pid,
+                            to: pid,
+                            msg: PaxosMsg::AcceptDecide(acc),
+                        }));
+                    }
+                }
+                start = end;
+                if start == sizes.len() {
+                    break;
                 }
             }
         }

@@ -39,6 +39,8 @@ where
     // Keeps track of sequence of accepts from leader where AcceptSync = 1
     current_seq_num: SequenceNumber,
     cached_promise_message: Option<Promise<T>>,
+    /// Cairn patch 3 (PATCHES.md).
+    message_entries_bytes_max: usize,
     #[cfg(feature = "logging")]
     logger: Logger,
 }
@@ -97,6 +99,7 @@ where
             latest_accepted_meta: None,
             current_seq_num: SequenceNumber::default(),
             cached_promise_message: None,
+            message_entries_bytes_max: config.message_entries_bytes_max,
             #[cfg(feature = "logging")]
             logger: {
                 if let Some(logger) = config.custom_logger {
@@ -371,13 +374,18 @@ where
     pub(crate) fn forward_proposals(&mut self, mut entries: Vec<T>) {
         let leader = self.get_current_leader();
         if leader > 0 && self.pid != leader {
-            let pf = PaxosMsg::ProposalForward(entries);
-            let msg = Message::SequencePaxos(PaxosMessage {
-                from: self.pid,
-                to: leader,
-                msg: pf,
-            });
-            self.outgoing.push(msg);
+            // Cairn patch 3 (PATCHES.md): a forward of many large entries
+            // (those buffered while no leader was known) goes as several
+            // messages, each within the byte budget.
+            for entries in split_by_bytes(entries, self.message_entries_bytes_max) {
+                let pf = PaxosMsg::ProposalForward(entries);
+                let msg = Message::SequencePaxos(PaxosMessage {
+                    from: self.pid,
+                    to: leader,
+                    msg: pf,
+                });
+                self.outgoing.push(msg);
+            }
         } else {
             self.buffered_proposals.append(&mut entries);
         }
@@ -454,6 +462,30 @@ where
     }
 }
 
+/// Cairn patch 3 (PATCHES.md): `entries` in runs whose `message_bytes` add up
+/// to at most `max`, in order; a run holds at least one entry.
+fn split_by_bytes<T: Entry>(entries: Vec<T>, max: usize) -> Vec<Vec<T>> {
+    if max == usize::MAX {
+        return vec![entries];
+    }
+    let mut runs = vec![];
+    let mut run: Vec<T> = vec![];
+    let mut bytes = 0usize;
+    for entry in entries {
+        let size = entry.message_bytes();
+        if !run.is_empty() && bytes.saturating_add(size) > max {
+            runs.push(std::mem::take(&mut run));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        run.push(entry);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
 #[derive(PartialEq, Debug)]
 pub(crate) enum Phase {
     Prepare,
@@ -482,6 +514,7 @@ pub(crate) struct SequencePaxosConfig {
     peers: Vec<NodeId>,
     buffer_size: usize,
     pub(crate) batch_size: usize,
+    message_entries_bytes_max: usize,
     flexible_quorum: Option<FlexibleQuorum>,
     #[cfg(feature = "logging")]
     logger_file_path: Option<String>,
@@ -504,6 +537,7 @@ impl From<OmniPaxosConfig> for SequencePaxosConfig {
             flexible_quorum: config.cluster_config.flexible_quorum,
             buffer_size: config.server_config.buffer_size,
             batch_size: config.server_config.batch_size,
+            message_entries_bytes_max: config.server_config.message_entries_bytes_max,
             #[cfg(feature = "logging")]
             logger_file_path: config.server_config.logger_file_path,
             #[cfg(feature = "logging")]

@@ -43,6 +43,14 @@ pub trait Entry: Clone + Debug {
     #[cfg(all(feature = "unicache", feature = "serde"))]
     /// The unicache type for caching popular/re-occurring fields of an entry.
     type UniCache: UniCache<T = Self> + Serialize + for<'a> Deserialize<'a>;
+
+    /// Cairn patch 3 (PATCHES.md): the bytes this entry takes in a message,
+    /// which keep each `AcceptDecide` and `ProposalForward` under
+    /// `ServerConfig::message_entries_bytes_max`. 0, the default, when the
+    /// application does not bound its messages.
+    fn message_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// A StopSign entry that marks the end of a configuration. Used for reconfiguration.
