@@ -125,6 +125,9 @@ pub enum Command {
     /// Make the cluster's certificates (CA, then one per node).
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Pack this binary as a release artifact, cairn-<version>-<target>.tar.gz,
+    /// and list it in the directory's SHA256SUMS (what `artifacts` points to).
+    Release(ReleaseArgs),
     /// Store VALUE under KEY in the key-value space.
     Put { key: String, value: String },
     /// Print the value under KEY.
@@ -155,6 +158,13 @@ pub enum Command {
     Shell,
     /// Measure throughput and latency under concurrent load.
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReleaseArgs {
+    /// The directory the artifact and SHA256SUMS go to (made if missing).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

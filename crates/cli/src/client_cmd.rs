@@ -82,6 +82,7 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         }
         Command::Node(_)
         | Command::Cert(_)
+        | Command::Release(_)
         | Command::Shell
         | Command::Bench(_)
         | Command::Up(_)

@@ -75,6 +75,38 @@ pub async fn shutdown_signal() {
 }
 
 /// `cairn cert`: makes the cluster's CA, or a node's certificate.
+/// `cairn release`: this very binary, packed for the hosts that will run it.
+pub fn release(output: crate::args::Output, args: &crate::args::ReleaseArgs) -> ExitCode {
+    let packed = std::env::current_exe()
+        .map_err(|e| format!("cannot find this binary: {e}"))
+        .and_then(|binary| {
+            cairn_release::pack(&binary, cairn_util::VERSION, cairn_release::TARGET, &args.out)
+                .map_err(|e| e.to_string())
+        });
+    match packed {
+        Ok(packed) => {
+            let answer = serde_json::json!({
+                "version": cairn_util::VERSION,
+                "target": cairn_release::TARGET,
+                "artifact": packed.artifact,
+                "sha256": packed.sha256,
+                "bytes": packed.bytes,
+                "sums": packed.sums,
+            });
+            crate::output::success(output, &answer, || {
+                format!(
+                    "artifact: {}\nsha256: {}\nbytes: {}\nsums: {}",
+                    packed.artifact.display(),
+                    packed.sha256,
+                    packed.bytes,
+                    packed.sums.display()
+                )
+            })
+        }
+        Err(message) => crate::output::failed(output, "release_failed", &message),
+    }
+}
+
 pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> ExitCode {
     use crate::args::CertCommand;
     let made = match command {

@@ -397,3 +397,51 @@ async fn tokens_are_made_used_listed_and_revoked_from_the_cli() {
     assert_eq!(after.status.code(), Some(1));
     assert!(stderr(&after).contains("unauthorized"), "{}", stderr(&after));
 }
+
+/// `cairn release` packs the very binary that runs as
+/// cairn-<version>-<target>.tar.gz with its line in SHA256SUMS, which
+/// `sha256sum -c` accepts; unpacked, it is the same binary and runs. Made
+/// again, the line is replaced, not repeated. A directory that cannot be
+/// made is a clear error.
+#[test]
+fn release_packs_this_binary_as_a_checked_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("artifacts");
+    let release = || {
+        Command::new(BIN)
+            .args(["release", "--out"])
+            .arg(&out)
+            .args(["--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let made = release();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    let name = format!("cairn-{}-{}.tar.gz", cairn_util::VERSION, cairn_release::TARGET);
+    let artifact = out.join(&name);
+    assert_eq!(answer["artifact"], artifact.to_str().unwrap(), "{answer}");
+    let sums = out.join(cairn_release::SUMS_FILE);
+    assert_eq!(cairn_release::verify(&artifact, &sums).unwrap(), answer["sha256"]);
+    let checked = Command::new("sha256sum").arg("-c").arg(&sums).current_dir(&out).output();
+    if let Ok(checked) = checked {
+        assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stdout));
+    }
+    let unpacked = cairn_release::unpack(&artifact, &dir.path().join("versions")).unwrap();
+    assert_eq!(std::fs::read(&unpacked).unwrap(), std::fs::read(BIN).unwrap());
+    let version = Command::new(&unpacked).arg("--version").output().unwrap();
+    let printed = String::from_utf8_lossy(&version.stdout);
+    assert!(printed.contains(cairn_util::VERSION), "{printed}");
+
+    assert!(release().status.success());
+    let listed = std::fs::read_to_string(&sums).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let refused =
+        Command::new(BIN).args(["release", "--out"]).arg(file.join("sub")).output().unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("a-file"), "{message}");
+}
