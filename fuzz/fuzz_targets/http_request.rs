@@ -83,9 +83,8 @@ fn fuzzed() -> &'static Fuzzed {
             .enable_all()
             .build()
             .expect("a runtime");
-        let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
         // Kept for the whole run: the process ends with the fuzzer.
-        let dir = tempfile::tempdir_in(base).expect("a temporary directory").keep();
+        let dir = cairn_fuzz::scratch_dir().keep();
         let mut config =
             NodeConfig::new(1, dir.join("data"), "127.0.0.1:0".parse().expect("an address"));
         config.admin_token = Some(cairn_util::secret::Secret::new(ADMIN_TOKEN));

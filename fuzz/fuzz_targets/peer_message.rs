@@ -36,16 +36,8 @@ fn node(dir: &std::path::Path) -> Driver {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut records = Vec::new();
-    let mut rest = data;
-    while let [action, high, low, tail @ ..] = rest {
-        let length = usize::from(u16::from_be_bytes([*high, *low])).min(tail.len());
-        let (bytes, after) = tail.split_at(length);
-        records.push((*action, bytes));
-        rest = after;
-    }
     let mut decoded = Vec::new();
-    for (action, bytes) in records {
+    for (action, bytes) in cairn_fuzz::records(data) {
         let Ok(message) = PeerMessage::decode(bytes) else { continue };
         // What decodes encodes, and decodes back to the same bytes.
         let encoded = message.encode().expect("a decoded message encodes");
@@ -56,8 +48,7 @@ fuzz_target!(|data: &[u8]| {
     if decoded.is_empty() {
         return;
     }
-    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    let dir = tempfile::tempdir_in(base).expect("a temporary directory");
+    let dir = cairn_fuzz::scratch_dir();
     let mut driver = node(dir.path());
     let mut out = Output::default();
     for (request, (action, message)) in (1u64..).zip(decoded) {

@@ -15,11 +15,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut chunks = Vec::new();
-    let mut rest = data;
-    while let [flags, high, low, tail @ ..] = rest {
-        let length = usize::from(u16::from_be_bytes([*high, *low])).min(tail.len());
-        let (bytes, after) = tail.split_at(length);
-        rest = after;
+    for (flags, bytes) in cairn_fuzz::records(data) {
         let Ok(chunk) = Chunk::decode(bytes) else { continue };
         let encoded = chunk.encode();
         assert_eq!(Chunk::decode(&encoded).expect("an encoded chunk decodes"), chunk);
@@ -32,8 +28,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let Some(first) = chunks.first() else { return };
     let applied_index = first.applied_index;
-    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    let dir = tempfile::tempdir_in(base).expect("a temporary directory");
+    let dir = cairn_fuzz::scratch_dir();
     let store = Store::open_with(dir.path(), Footprint::Small).expect("a store opens");
     store.set_durability(Durability::Unsynced);
     let mut sink = SnapshotSink::begin(&store, applied_index).expect("an install begins");
