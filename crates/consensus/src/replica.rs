@@ -125,6 +125,21 @@ pub const MESSAGE_ENTRIES_BYTES_MAX: usize =
 /// this; the event loop drains it every turn).
 const OUTGOING_RESERVE_MESSAGES: usize = 1024;
 
+/// The entries a message carries in a batch: those of an `AcceptDecide` or a
+/// `ProposalForward`, the messages [`MESSAGE_ENTRIES_BYTES_MAX`] bounds.
+pub fn batched_entries(message: &Message) -> Option<&[Command]> {
+    use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+    match message {
+        Message::SequencePaxos(PaxosMessage { msg: PaxosMsg::AcceptDecide(accept), .. }) => {
+            Some(&accept.entries)
+        }
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::ProposalForward(entries), ..
+        }) => Some(entries),
+        _ => None,
+    }
+}
+
 /// Errors of the replica, grouped by how the caller reacts.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

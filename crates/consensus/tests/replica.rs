@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_consensus::replica::{
-    Decided, Error, Message, NodeId, Replica, ReplicaConfig, Timing, MESSAGE_ENTRIES_BYTES_MAX,
-    PENDING_PROPOSALS_MAX,
+    batched_entries, Decided, Error, Message, NodeId, Replica, ReplicaConfig, Timing,
+    MESSAGE_ENTRIES_BYTES_MAX, PENDING_PROPOSALS_MAX,
 };
 use cairn_storage::{Applied, Command, CommandId, Conflict, Doc, Op, Outcome, StateMachine, Store};
 use cairn_util::Rng;
@@ -234,7 +234,8 @@ impl Sim {
             let Some(live) = self.nodes[i].live.as_mut() else { continue };
             live.replica.drain_outgoing(&mut out);
             for (to, message) in out.drain(..) {
-                if let Some(entries) = batch(&message).filter(|entries| entries.len() > 1) {
+                if let Some(entries) = batched_entries(&message).filter(|entries| entries.len() > 1)
+                {
                     let bytes = entries.iter().map(Entry::message_bytes).sum::<usize>();
                     self.largest_batch_bytes = self.largest_batch_bytes.max(bytes);
                 }
@@ -452,19 +453,6 @@ impl Sim {
     /// How many decided entries repeated an earlier command (deduplicated).
     fn repeats(&self) -> usize {
         self.nodes[0].history.iter().filter(|(index, _, applied)| applied.index != *index).count()
-    }
-}
-
-/// The entries an `AcceptDecide` or a `ProposalForward` carries.
-fn batch(message: &Message) -> Option<&[Command]> {
-    match message {
-        Message::SequencePaxos(PaxosMessage { msg: PaxosMsg::AcceptDecide(accept), .. }) => {
-            Some(&accept.entries)
-        }
-        Message::SequencePaxos(PaxosMessage {
-            msg: PaxosMsg::ProposalForward(entries), ..
-        }) => Some(entries),
-        _ => None,
     }
 }
 

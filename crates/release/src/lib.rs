@@ -103,7 +103,7 @@ pub fn pack(binary: &Path, version: &str, target: &str, out_dir: &Path) -> Resul
     let mut listed = if sums.exists() { read_sums(&sums)? } else { BTreeMap::new() };
     let name = artifact_name(version, target);
     let artifact = out_dir.join(&name);
-    write_aside(&artifact, |file| {
+    write_file(&artifact, |file| {
         let gzip = flate2::write::GzEncoder::new(file, flate2::Compression::default());
         let mut tar = tar::Builder::new(gzip);
         let mut header = tar::Header::new_gnu();
@@ -117,39 +117,21 @@ pub fn pack(binary: &Path, version: &str, target: &str, out_dir: &Path) -> Resul
     let sha256 = sha256_file(&artifact)?;
     let bytes = fs::metadata(&artifact).map_err(io_error(&artifact))?.len();
     listed.insert(name, sha256.clone());
-    write_aside(&sums, |file| {
+    write_file(&sums, |file| {
         for (file_name, sum) in &listed {
             writeln!(file, "{sum}  {file_name}")?;
         }
-        file.flush()
+        Ok(())
     })?;
     Ok(Packed { artifact, sha256, bytes, sums })
 }
 
-/// Writes `path` through a file beside it, synced, then renamed over it.
-fn write_aside(
+/// Replaces `path` with what `write` writes, atomically and durably.
+fn write_file(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
 ) -> Result<(), Error> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let aside = path.with_file_name(format!(".{name}.partial"));
-    let written = (|| {
-        let file = File::create(&aside)?;
-        let mut writer = BufWriter::new(&file);
-        write(&mut writer)?;
-        drop(writer);
-        file.sync_all()?;
-        fs::rename(&aside, path)
-    })();
-    if let Err(source) = written {
-        let _ = fs::remove_file(&aside);
-        return Err(Error::Io { path: path.to_path_buf(), source });
-    }
-    if let Some(dir) = path.parent().and_then(|dir| File::open(dir).ok()) {
-        // The rename lasts once its directory is synced; best effort.
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    cairn_util::files::write_atomic_with(path, 0o644, write).map_err(io_error(path))
 }
 
 /// The SHA-256 of a file, as lowercase hex.
@@ -232,31 +214,44 @@ pub fn verify(artifact: &Path, sums: &Path) -> Result<String, Error> {
 pub fn unpack(artifact: &Path, dest: &Path) -> Result<PathBuf, Error> {
     fs::create_dir_all(dest).map_err(io_error(dest))?;
     let binary = dest.join(BINARY);
-    let aside = dest.join(format!(".{BINARY}.partial"));
-    let unpacked = unpack_aside(artifact, &aside).and_then(|()| {
-        fs::rename(&aside, &binary).map_err(io_error(&binary))?;
-        if let Ok(dir) = File::open(dest) {
-            // The rename lasts once its directory is synced; best effort.
-            let _ = dir.sync_all();
-        }
-        Ok(binary)
-    });
-    if unpacked.is_err() {
-        let _ = fs::remove_file(&aside);
-    }
-    unpacked
+    let file = File::open(artifact).map_err(io_error(artifact))?;
+    let archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    cairn_util::files::write_atomic_with(&binary, 0o755, |out| copy_binary(archive, artifact, out))
+        .map_err(|step| match step {
+            Step::Write(source) => Error::Io { path: binary.clone(), source },
+            Step::Refused(error) => error,
+        })?;
+    Ok(binary)
 }
 
-/// Checks every entry of `artifact` and copies its binary to `aside`,
-/// executable and synced.
-fn unpack_aside(artifact: &Path, aside: &Path) -> Result<(), Error> {
-    let refuse = |reason: String| Error::Archive { path: artifact.to_path_buf(), reason };
-    let unreadable = |e: io::Error| Error::Archive {
-        path: artifact.to_path_buf(),
-        reason: format!("unreadable: {e}"),
+/// Why unpacking stopped: the binary could not be written, or the archive
+/// was refused.
+enum Step {
+    Write(io::Error),
+    Refused(Error),
+}
+
+impl From<io::Error> for Step {
+    fn from(e: io::Error) -> Step {
+        Step::Write(e)
+    }
+}
+
+/// Checks every entry of `archive` (read from `artifact`) and copies its
+/// binary to `out`.
+fn copy_binary(
+    mut archive: tar::Archive<impl Read>,
+    artifact: &Path,
+    out: &mut BufWriter<&File>,
+) -> Result<(), Step> {
+    let refuse =
+        |reason: String| Step::Refused(Error::Archive { path: artifact.to_path_buf(), reason });
+    let unreadable = |e: io::Error| {
+        Step::Refused(Error::Archive {
+            path: artifact.to_path_buf(),
+            reason: format!("unreadable: {e}"),
+        })
     };
-    let file = File::open(artifact).map_err(io_error(artifact))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
     let mut found = false;
     for entry in archive.entries().map_err(unreadable)? {
         let mut entry = entry.map_err(unreadable)?;
@@ -276,22 +271,18 @@ fn unpack_aside(artifact: &Path, aside: &Path) -> Result<(), Error> {
                 "its binary of {size} bytes is over the limit of {BINARY_BYTES_MAX}"
             )));
         }
-        let out = File::create(aside).map_err(io_error(aside))?;
-        let mut writer = BufWriter::new(&out);
-        let copied =
-            io::copy(&mut (&mut entry).take(BINARY_BYTES_MAX), &mut writer).map_err(unreadable)?;
-        writer.flush().map_err(io_error(aside))?;
-        drop(writer);
+        let copied = io::copy(&mut (&mut entry).take(BINARY_BYTES_MAX), out).map_err(unreadable)?;
         if copied != size {
             return Err(refuse(format!("its binary ends after {copied} of {size} bytes")));
         }
-        out.set_permissions(fs::Permissions::from_mode(0o755)).map_err(io_error(aside))?;
-        out.sync_all().map_err(io_error(aside))?;
         found = true;
     }
     if !found {
         return Err(refuse(format!("it holds no {BINARY:?}")));
     }
+    // The mode asked for at creation is narrowed by the umask; a binary is
+    // run by whoever runs the agent.
+    out.get_ref().set_permissions(fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 

@@ -42,6 +42,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_client::views::Role;
+use cairn_storage::Store;
 use cairn_util::secret;
 use serde::{Deserialize, Serialize};
 
@@ -72,8 +73,8 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// The record as this node holds it now.
-    fn current(&self, state: &AppState) -> Result<Arc<TokensRecord>, ApiError> {
-        let Some(text) = state.store.get_system(TOKENS_KEY)? else {
+    fn current(&self, store: &Store) -> Result<Arc<TokensRecord>, ApiError> {
+        let Some(text) = store.get_system(TOKENS_KEY)? else {
             return Ok(Arc::new(TokensRecord::default()));
         };
         let mut parsed = self.parsed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -241,11 +242,11 @@ async fn cluster_token(state: &AppState, token: &str) -> Result<Option<Principal
         return Ok(None);
     }
     let arrived = Instant::now();
-    let mut record = state.tokens.current(state)?;
+    let mut record = state.tokens.current(&state.store)?;
     if !record.tokens.contains_key(id) {
         // Made a moment ago through another node, maybe.
         state.tokens.refresh(state, arrived).await?;
-        record = state.tokens.current(state)?;
+        record = state.tokens.current(&state.store)?;
     }
     Ok(record.tokens.get(id).and_then(|stored| {
         secret::same(&sha256_hex(secret_part.as_bytes()), &stored.sha256)

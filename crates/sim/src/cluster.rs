@@ -1171,19 +1171,12 @@ impl Sim {
     /// message carries more bytes of entries than the run's bound (one
     /// entry always goes).
     fn send_all(&mut self, from: NodeId, messages: Vec<(NodeId, PeerMessage)>) {
-        use cairn_consensus::replica::Message;
-        use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
         use omnipaxos::storage::Entry;
         for (to, message) in messages {
             let entries = match &message {
-                PeerMessage::Paxos {
-                    message: Message::SequencePaxos(PaxosMessage { msg, .. }),
-                    ..
-                } => match msg {
-                    PaxosMsg::AcceptDecide(accept) => Some(&accept.entries),
-                    PaxosMsg::ProposalForward(entries) => Some(entries),
-                    _ => None,
-                },
+                PeerMessage::Paxos { message, .. } => {
+                    cairn_consensus::replica::batched_entries(message)
+                }
                 _ => None,
             };
             if let Some(entries) = entries.filter(|entries| entries.len() > 1) {

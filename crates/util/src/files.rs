@@ -10,7 +10,7 @@
 //! directory, one cloud owns a root).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 /// Replaces `path` with `bytes`, atomically and durably.
@@ -25,27 +25,47 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |file| file.write_all(bytes))
+}
+
+/// Replaces `path` with what `write` writes, atomically and durably, the new
+/// file having permission bits `mode` from the moment it is created. For
+/// contents made as a stream (an archive, a download): `write` gets a
+/// buffered writer, and an error of its own (`E`) is handed back after the
+/// partial file is removed, leaving `path` as it was.
+pub fn write_atomic_with<E: From<io::Error>>(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut BufWriter<&File>) -> Result<(), E>,
+) -> Result<(), E> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
     temp_name.push(".tmp");
     let temp = path.with_file_name(temp_name);
     // A temporary left by a writer that died may have another mode.
     match fs::remove_file(&temp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
-    {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
-        file.write_all(bytes)?;
+    let file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
+    let written = (|| {
+        let mut writer = BufWriter::new(&file);
+        write(&mut writer)?;
+        writer.flush()?;
+        drop(writer);
         file.sync_all()?;
+        fs::rename(&temp, path).map_err(E::from)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
     }
-    fs::rename(&temp, path)?;
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         // The rename is durable only once the directory entry is. A file
         // system that cannot sync a directory says EINVAL: the rename is
         // still atomic there, and nothing more can be done.
         match File::open(dir).and_then(|dir| dir.sync_all()) {
-            Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => return Err(e),
+            Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => return Err(e.into()),
             _ => {}
         }
     }
