@@ -154,10 +154,34 @@ pub enum Command {
     /// Make, list and revoke clients' tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a table's changes (or the key-value space's) as they happen,
+    /// one line each; moves to another node of the cluster when this one
+    /// goes away, and resumes with nothing lost. Ctrl-C stops.
+    Watch(WatchArgs),
     /// An interactive prompt: `put a 1`, `get a`, `get a 7002`, `help`.
     Shell,
     /// Measure throughput and latency under concurrent load.
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// The table to watch.
+    #[arg(required_unless_present = "kv", conflicts_with = "kv")]
+    pub table: Option<String>,
+    /// Watch the key-value space's keys that start with PREFIX instead
+    /// ("" for every key).
+    #[arg(long, value_name = "PREFIX")]
+    pub kv: Option<String>,
+    /// Only this document.
+    #[arg(long, conflicts_with = "kv")]
+    pub id: Option<String>,
+    /// Resume after this cursor (an event's "cursor").
+    #[arg(long, conflicts_with = "include_initial")]
+    pub since: Option<String>,
+    /// First print the table's documents, then "ready", then changes.
+    #[arg(long, conflicts_with = "kv")]
+    pub include_initial: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -212,6 +236,18 @@ pub struct NodeArgs {
     /// fewer catches up from the log rather than from a snapshot.
     #[arg(long, default_value_t = cairn_server::node::LOG_RETAIN_ENTRIES_DEFAULT)]
     pub log_retain_entries: u64,
+    /// Change history kept for changefeeds to resume from, in log entries:
+    /// at least the changes of this many of the last entries (0 keeps none).
+    #[arg(long, default_value_t = cairn_storage::changes::WINDOW_ENTRIES_DEFAULT)]
+    pub changes_window_entries: u64,
+    /// Change history kept, in bytes: the oldest entries' changes are
+    /// trimmed beyond this, even within --changes-window-entries.
+    #[arg(long, default_value_t = cairn_storage::changes::WINDOW_BYTES_DEFAULT)]
+    pub changes_window_bytes: u64,
+    /// Changefeeds this node serves at once; one more gets 503. At most
+    /// --max-connections minus one, so that other requests still get through.
+    #[arg(long, default_value_t = cairn_server::node::FEEDS_MAX_DEFAULT)]
+    pub feeds_max: usize,
     /// On an empty data directory: join the running cluster that this HTTP
     /// address (any member) belongs to; needs --peer-listen.
     #[arg(long, conflicts_with = "peers")]

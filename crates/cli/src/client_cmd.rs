@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use cairn_client::{Client, Read};
 use serde_json::{json, Value};
 
-use crate::args::{Command, DocCommand, Global, MemberCommand, Output, TableCommand, TokenCommand};
+use crate::args::{
+    Command, DocCommand, Global, MemberCommand, Output, TableCommand, TokenCommand, WatchArgs,
+};
 use crate::output::{self, pretty, value_json};
 
 pub async fn run(global: &Global, command: Command) -> ExitCode {
@@ -81,6 +83,7 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
             })
         }
         Command::Node(_)
+        | Command::Watch(_)
         | Command::Cert(_)
         | Command::Release(_)
         | Command::Shell
@@ -91,6 +94,83 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         | Command::Apply(_)
         | Command::Agent(_)
         | Command::Cloud(_) => output::usage(out, "this command cannot run here"),
+    }
+}
+
+/// `cairn watch`: follows a feed over every node of the cluster, printing
+/// each event on its line until Ctrl-C or an error no node can mend.
+pub async fn watch(global: &Global, args: WatchArgs) -> ExitCode {
+    use cairn_client::{Changes, FeedEvent, FeedTarget};
+    let out = global.output;
+    let first = match global.client(&global.addr) {
+        Ok(client) => client,
+        Err(e) => return output::usage(out, &e),
+    };
+    // Every node of the cluster, the one asked first: the feed moves on to
+    // the others when it fails.
+    let mut nodes = vec![first.clone()];
+    match first.cluster().await {
+        Ok(cluster) => {
+            for address in cluster.nodes.iter().filter_map(|n| n.address.as_deref()) {
+                if address != first.addr() {
+                    match global.client(address) {
+                        Ok(client) => nodes.push(client),
+                        Err(e) => tracing::debug!(address, error = %e, "a node left out"),
+                    }
+                }
+            }
+        }
+        Err(e) => return output::failure(out, &e),
+    }
+    let target = match (args.table, args.kv) {
+        (Some(table), _) => FeedTarget::Table { table, id: args.id },
+        (None, Some(prefix)) => FeedTarget::Kv { prefix },
+        (None, None) => return output::usage(out, "give a TABLE or --kv PREFIX"),
+    };
+    let mut changes = match Changes::new(nodes, target, args.since, args.include_initial) {
+        Ok(changes) => changes,
+        Err(e) => return output::usage(out, &e.to_string()),
+    };
+    loop {
+        let event = tokio::select! {
+            event = changes.next() => event,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        let line = match (&event, out) {
+            (Err(e), _) => return output::failure(out, e),
+            (Ok(FeedEvent::Change(data) | FeedEvent::Initial(data)), Output::Json) => {
+                data.to_string()
+            }
+            (Ok(FeedEvent::Ready { index }), Output::Json) => {
+                json!({"state": "ready", "index": index}).to_string()
+            }
+            (Ok(FeedEvent::Ready { index }), Output::Text) => format!("ready at index {index}"),
+            (Ok(FeedEvent::Change(data) | FeedEvent::Initial(data)), Output::Text) => {
+                change_text(data)
+            }
+        };
+        println!("{line}");
+    }
+}
+
+/// One change as a line of text: what happened, to what, and the value after.
+fn change_text(data: &Value) -> String {
+    let kind = data["type"].as_str().unwrap_or("?");
+    let subject = match (&data["table"], &data["key"]) {
+        (Value::String(table), _) => match data["id"].as_str() {
+            Some(id) => format!("{table}/{id}"),
+            None => table.clone(),
+        },
+        (_, Value::String(key)) => format!("kv {key}"),
+        _ => String::new(),
+    };
+    let at = match data["cursor"].as_str() {
+        Some(cursor) => format!("[{cursor}] "),
+        None => String::new(),
+    };
+    match &data["new_val"] {
+        Value::Null => format!("{at}{kind} {subject}"),
+        value => format!("{at}{kind} {subject} {value}"),
     }
 }
 

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => runtime.block_on(control_cmd::apply(cli.global.output, args)),
         Command::Agent(args) => runtime.block_on(control_cmd::agent(cli.global.output, args)),
         Command::Cloud(args) => runtime.block_on(control_cmd::cloud(cli.global.output, args)),
+        Command::Watch(args) => runtime.block_on(client_cmd::watch(&cli.global, args)),
         Command::Shell => shell::run(&runtime, &cli.global),
         Command::Bench(bench) => runtime.block_on(bench::run(&cli.global, bench)),
         command => runtime.block_on(client_cmd::run(&cli.global, command)),

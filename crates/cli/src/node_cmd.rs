@@ -18,6 +18,11 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.tick_ms = args.tick_ms;
     config.election_timeout_ms = args.election_timeout_ms;
     config.log_retain_entries = args.log_retain_entries;
+    config.changes_window = cairn_storage::changes::Window {
+        entries: args.changes_window_entries,
+        bytes: args.changes_window_bytes,
+    };
+    config.feeds_max = args.feeds_max;
     config.join = args.join;
     config.browser.allowed_hosts = args.allow_hosts;
     config.certs_dir = args.certs_dir;

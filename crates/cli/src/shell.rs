@@ -220,7 +220,10 @@ impl Shell<'_> {
                 return Flow::Failed;
             }
         };
-        if matches!(cli.command, Command::Node(_) | Command::Shell | Command::Bench(_)) {
+        if matches!(
+            cli.command,
+            Command::Node(_) | Command::Shell | Command::Bench(_) | Command::Watch(_)
+        ) {
             eprintln!("error: '{}' does not run inside the shell", words[0]);
             return Flow::Failed;
         }

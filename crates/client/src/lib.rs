@@ -11,8 +11,10 @@
 
 use std::time::Duration;
 
+pub mod changes;
 pub mod views;
 
+pub use changes::{Changes, FeedEvent, FeedTarget};
 pub use views::{ClusterView, Health, MembersView, NodeRole, NodeView};
 
 use bytes::Bytes;

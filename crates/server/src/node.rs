@@ -51,6 +51,8 @@ pub const TICK_MS_DEFAULT: u64 = 10;
 /// One round of leader election by default; a dead leader is replaced after
 /// about two rounds.
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 250;
+/// Changefeeds a node serves at once by default.
+pub const FEEDS_MAX_DEFAULT: usize = 512;
 /// Log entries kept behind the applied index by default.
 pub const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 
@@ -97,6 +99,12 @@ pub struct NodeConfig {
     /// Where the admin token is, made there when missing; by default
     /// `admin.token` in the data directory.
     pub admin_token_file: Option<PathBuf>,
+    /// How much change history the node keeps for changefeeds to resume
+    /// from (see [`cairn_storage::changes`]).
+    pub changes_window: cairn_storage::changes::Window,
+    /// Changefeeds open at once; one more gets 503. Kept below
+    /// `max_connections` ([`NodeConfig::feeds_cap`]).
+    pub feeds_max: usize,
 }
 
 impl NodeConfig {
@@ -120,6 +128,8 @@ impl NodeConfig {
             insecure: false,
             admin_token: None,
             admin_token_file: None,
+            changes_window: cairn_storage::changes::Window::default(),
+            feeds_max: FEEDS_MAX_DEFAULT,
         }
     }
 
@@ -138,6 +148,9 @@ impl NodeConfig {
                  one log entry, and an entry must fit in one peer message",
                 self.max_body_bytes
             )));
+        }
+        if self.feeds_max == 0 {
+            return Err(Error::Config("--feeds-max must be at least 1".into()));
         }
         if self.max_connections == 0 {
             return Err(Error::Config("--max-connections must be at least 1".into()));
@@ -162,6 +175,12 @@ impl NodeConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The feeds served at once: `feeds_max`, but fewer than the
+    /// connections, so that a node full of feeds still answers requests.
+    pub fn feeds_cap(&self) -> usize {
+        self.feeds_max.min(self.max_connections.saturating_sub(1)).max(1)
     }
 
     /// The address clients should use for this node.
@@ -347,7 +366,8 @@ impl Node {
         if cairn_storage::snapshot::discard_unfinished_install(&store).map_err(open_error)? {
             tracing::warn!("an interrupted snapshot install: starting from an empty state");
         }
-        let sm = StateMachine::open(store.clone()).map_err(open_error)?;
+        let mut sm = StateMachine::open(store.clone()).map_err(open_error)?;
+        sm.set_changes_window(config.changes_window);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
@@ -373,6 +393,7 @@ impl Node {
                 (log, handle, None)
             }
         };
+        let feeds = Arc::new(tokio::sync::Semaphore::new(config.feeds_cap()));
         let state = AppState {
             store,
             proposer: Arc::new(Proposer::new(handle)),
@@ -380,6 +401,7 @@ impl Node {
             metrics: Arc::new(Metrics::new()),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             tokens: Arc::default(),
+            feeds,
         };
         Ok(Node { listener, state, log, transport, peer_tls })
     }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub stopping: Arc<watch::Sender<bool>>,
     /// The parsed tokens record, and the pace of barriers for unknown tokens.
     pub tokens: Arc<crate::auth::TokenCache>,
+    /// Places for open changefeeds (`--feeds-max`).
+    pub feeds: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -2,122 +2,15 @@
 //! path, and every kind of bad input answered with the JSON error contract and
 //! the right status, with nothing written.
 
+mod common;
+
 use std::net::SocketAddr;
 
 use cairn_client::{Client, Conflict, Read};
 use cairn_server::{Node, NodeConfig};
+use common::{TestNode, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tempfile::TempDir;
-use tokio::sync::oneshot;
-
-/// The admin token of the test nodes that are not `--insecure`.
-const ADMIN_TOKEN: &str = "the-test-nodes-admin-token";
-
-struct TestNode {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), cairn_server::node::Error>>>,
-    dir: TempDir,
-}
-
-impl TestNode {
-    async fn start() -> TestNode {
-        TestNode::start_with(tempfile::tempdir().unwrap(), |_| {}).await
-    }
-
-    async fn start_with(dir: TempDir, configure: impl FnOnce(&mut NodeConfig)) -> TestNode {
-        // reqwest takes the process's TLS cryptography: install it first.
-        cairn_tls::install_default_provider();
-        let mut config =
-            NodeConfig::new(1, dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
-        config.admin_token = Some(cairn_util::secret::Secret::new(ADMIN_TOKEN));
-        configure(&mut config);
-        if config.insecure {
-            config.admin_token = None;
-        }
-        let node = Node::start(config).await.unwrap();
-        let addr = node.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(node.serve(async move {
-            let _ = stopped.await;
-        }));
-        TestNode { addr, stop: Some(stop), task: Some(task), dir }
-    }
-
-    /// A client with the admin token.
-    fn client(&self) -> Client {
-        self.client_with(Some(ADMIN_TOKEN))
-    }
-
-    fn client_with(&self, token: Option<&str>) -> Client {
-        Client::new(&self.addr.to_string()).unwrap().with_token(token.map(str::to_string))
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, Vec<u8>) {
-        // A node takes a POST only as JSON (the browser checks).
-        let content_type = if method == Method::POST { "application/json" } else { "" };
-        self.with_headers(method, path, body, &[("content-type", content_type)]).await
-    }
-
-    /// `raw` with these headers (an empty value is left out), and the admin
-    /// token unless they name an `authorization` of their own.
-    async fn with_headers(
-        &self,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, Vec<u8>) {
-        let mut request = reqwest::Client::new().request(method, self.url(path)).body(body);
-        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("authorization")) {
-            request = request.bearer_auth(ADMIN_TOKEN);
-        }
-        for (name, value) in headers.iter().filter(|(_, value)| !value.is_empty()) {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        (response.status(), response.bytes().await.unwrap().to_vec())
-    }
-
-    /// Sends a request that must fail with `status` and `code`, in the JSON
-    /// error shape, and returns the message.
-    async fn refused(
-        &self,
-        method: Method,
-        path: &str,
-        body: &str,
-        status: StatusCode,
-        code: &str,
-    ) -> String {
-        let (got, bytes) = self.raw(method.clone(), path, body.to_string()).await;
-        let text = String::from_utf8_lossy(&bytes);
-        assert_eq!(got, status, "{method} {path} {body:?} answered {text}");
-        let value: Value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {text}"));
-        let error = &value["error"];
-        assert_eq!(error["code"], code, "{method} {path}: {text}");
-        assert!(error["indeterminate"].is_boolean(), "{text}");
-        let message = error["message"].as_str().unwrap().to_string();
-        assert!(!message.is_empty());
-        message
-    }
-
-    async fn stop(mut self) -> TempDir {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.take().unwrap().await.unwrap().unwrap();
-        self.dir
-    }
-}
 
 #[tokio::test]
 async fn health_and_cluster_describe_the_single_node() {
@@ -472,8 +365,12 @@ async fn settings_past_the_limits_are_refused_at_start() {
     config.max_connections = 0;
     let error = Node::start(config.clone()).await.err().expect("refused");
     assert!(error.to_string().contains("--max-connections"), "{error}");
-    // A node that replicates needs certificates, or to be told --insecure.
     config.max_connections = 16;
+    config.feeds_max = 0;
+    let error = Node::start(config.clone()).await.err().expect("refused");
+    assert!(error.to_string().contains("--feeds-max"), "{error}");
+    config.feeds_max = 8;
+    // A node that replicates needs certificates, or to be told --insecure.
     config.peer_listen = Some("127.0.0.1:0".parse().unwrap());
     let error = Node::start(config.clone()).await.err().expect("refused");
     assert!(
@@ -807,6 +704,8 @@ async fn the_api_is_described_by_an_openapi_document() {
         ("/v1/admin/members/{id}", &["delete"]),
         ("/v1/tokens", &["get", "post"]),
         ("/v1/tokens/{id}", &["delete"]),
+        ("/v1/tables/{table}/changes", &["get"]),
+        ("/v1/changes/kv", &["get"]),
     ];
     let paths = document["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
@@ -1005,7 +904,7 @@ async fn a_node_makes_its_admin_token_once() {
         let config = NodeConfig::new(1, data.clone(), "127.0.0.1:0".parse().unwrap());
         let node = Node::start(config).await.unwrap();
         let addr = node.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(node.serve(async move {
             let _ = stopped.await;
         }));

@@ -31,6 +31,7 @@ use cairn_consensus::driver::{
 };
 use cairn_consensus::replica::{NodeId, Timing};
 use cairn_consensus::Membership;
+use cairn_storage::changes::Window;
 use cairn_storage::fnv::Fnv1a;
 use cairn_storage::{Command, CommandId, Durability, Footprint, Op, Outcome, StateMachine, Store};
 use cairn_util::Rng;
@@ -38,6 +39,7 @@ use tempfile::TempDir;
 
 use crate::agreement::Agreement;
 use crate::exactly_once::ExactlyOnce;
+use crate::feeds::Feeds;
 use crate::linearizability::{self, Completion, Entry, Output as KvOutput, Verdict};
 use crate::log_invariants::{LogInvariants, Progress};
 use crate::network::{Faults, Network, NetworkStats};
@@ -80,6 +82,9 @@ pub struct Params {
     /// Most bytes of entries in one consensus message: small in some runs,
     /// so that batches split (the real bound holds entries of megabytes).
     pub message_entries_bytes_max: usize,
+    /// How much change history each node keeps: small in some runs, so
+    /// that it is trimmed and feeds meet expired cursors.
+    pub changes_window: Window,
 }
 
 impl Params {
@@ -107,6 +112,11 @@ impl Params {
                 64 + rng.below(512) as usize
             } else {
                 cairn_consensus::replica::MESSAGE_ENTRIES_BYTES_MAX
+            },
+            changes_window: if rng.chance(50) {
+                Window { entries: 5 + rng.below(200), bytes: 256 + rng.below(8192) }
+            } else {
+                Window::default()
             },
         }
     }
@@ -143,6 +153,11 @@ fn address(id: NodeId) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16))
 }
 
+/// The name of the simulation's `k`th key.
+pub(crate) fn key_name(k: u64) -> String {
+    format!("k{k}")
+}
+
 /// A fresh, empty directory for a node's store: memory-backed when the
 /// machine has it (the simulator crashes processes, never disks, so nothing
 /// is lost).
@@ -171,6 +186,12 @@ pub struct Report {
     /// Keys whose linearizability search ran out of budget.
     pub unchecked_keys: usize,
     pub snapshots_installed: u64,
+    /// Pages feeds read and events they delivered, their moves to other
+    /// nodes, and their restarts (no node kept their cursor).
+    pub feed_pages: u64,
+    pub feed_events: u64,
+    pub feed_moves: u64,
+    pub feed_restarts: u64,
     /// Configurations the cluster went through (1 without a membership
     /// change).
     pub configurations: u64,
@@ -202,6 +223,11 @@ impl fmt::Display for Report {
             self.faults,
             self.network
         )?;
+        writeln!(
+            f,
+            "  feeds: {} pages, {} events, {} moves to another node, {} restarts",
+            self.feed_pages, self.feed_events, self.feed_moves, self.feed_restarts
+        )?;
         for violation in &self.violations {
             writeln!(f, "  VIOLATION: {violation}")?;
         }
@@ -222,6 +248,10 @@ pub enum Planted {
     /// Linearizable reads answered from local state without a barrier.
     #[cfg(feature = "planted-bugs")]
     StaleReads,
+    /// A read of the change history that resumes inside an entry skips a
+    /// change.
+    #[cfg(feature = "planted-bugs")]
+    FeedSkipsOnResume,
 }
 
 /// Runs `seed` with a planted bug.
@@ -328,6 +358,7 @@ struct Sim {
     exactly_once: ExactlyOnce,
     log_invariants: LogInvariants,
     snapshots: Snapshots,
+    feeds: Feeds,
     /// Hashes what the run did, when it is traced (encoding every message
     /// costs time that finds no bug, so only the replay check pays it).
     trace: Option<Fnv1a>,
@@ -358,6 +389,7 @@ impl Sim {
             .collect();
         let net = Network::new(params.faults);
         let log_invariants = LogInvariants::new(params.log_retain_entries);
+        let keys = params.keys;
         let mut sim = Sim {
             seed,
             rng: Rng::new(seed),
@@ -380,6 +412,7 @@ impl Sim {
             exactly_once: ExactlyOnce::default(),
             log_invariants,
             snapshots: Snapshots::default(),
+            feeds: Feeds::new(seed, &ids, keys),
             trace: traced.then(Fnv1a::new),
             liveness: false,
             planted,
@@ -440,7 +473,12 @@ impl Sim {
         }
         let stored = Membership::load(&store).expect("loads").expect("stored");
         let wiped = cairn_storage::snapshot::discard_unfinished_install(&store).expect("a reset");
-        let sm = StateMachine::open(store).expect("the state machine opens");
+        #[cfg(feature = "planted-bugs")]
+        if self.planted == Planted::FeedSkipsOnResume {
+            store.plant_skip_on_resume();
+        }
+        let mut sm = StateMachine::open(store).expect("the state machine opens");
+        sm.set_changes_window(params.changes_window);
         // A state wiped after an interrupted snapshot install applies its
         // entries again: only what the state still holds counts.
         self.exactly_once.state_restored(id, sm.applied_index());
@@ -527,6 +565,15 @@ impl Sim {
             self.poll(id);
         }
         self.retire_leavers();
+        let stores: BTreeMap<NodeId, Store> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| {
+                n.driver.as_ref().map(|d| (*id, d.state_machine().store().clone()))
+            })
+            .collect();
+        let found = self.feeds.turn(&stores);
+        self.violations.extend(found);
         for c in 0..self.clients.len() {
             self.client_turn(c);
         }
@@ -546,6 +593,7 @@ impl Sim {
         }
         let applied = driver.take_applied();
         let snapshots = driver.take_snapshot_events();
+        let store = driver.state_machine().store().clone();
         let progress = Progress {
             applied: driver.state_machine().applied_index(),
             decided: driver.replica().decided_index(),
@@ -559,6 +607,7 @@ impl Sim {
             self.exactly_once.applied(id, &applied),
             self.snapshots.observed(id, &snapshots),
             self.log_invariants.observed(id, progress),
+            self.feeds.observe(id, &store),
         ];
         self.violations.extend(found.into_iter().flatten());
         self.send_all(id, out.messages);
@@ -824,7 +873,7 @@ impl Sim {
     fn schedule_final_reads(&mut self, node: NodeId, mut turn: usize) -> usize {
         let clients = self.clients.len();
         for k in 0..self.params.keys {
-            self.clients[turn % clients].final_reads.push((node, format!("k{k}")));
+            self.clients[turn % clients].final_reads.push((node, key_name(k as u64)));
             turn += 1;
         }
         turn
@@ -892,7 +941,7 @@ impl Sim {
         if !self.rng.chance(30) {
             return;
         }
-        let key = format!("k{}", self.rng.below(self.params.keys as u64));
+        let key = key_name(self.rng.below(self.params.keys as u64));
         let roll = self.rng.below(100);
         let client = &mut self.clients[c];
         let session = client.session.expect("a session");
@@ -1161,6 +1210,10 @@ impl Sim {
                 .count(),
             unchecked_keys,
             snapshots_installed,
+            feed_pages: self.feeds.pages,
+            feed_events: self.feeds.events,
+            feed_moves: self.feeds.moves,
+            feed_restarts: self.feeds.restarts,
             configurations: self.configurations,
             ticks: self.now,
             trace: self.trace.map(|trace| trace.finish()),

@@ -16,11 +16,14 @@
 //!   the same state;
 //! - [`log_invariants`]: applied, decided and compacted indexes move only
 //!   forward, nothing is applied undecided, and logs stay bounded;
-//! - [`snapshots`]: every snapshot installed is the state its peer served.
+//! - [`snapshots`]: every snapshot installed is the state its peer served;
+//! - [`feeds`]: every replica records the same change history, and
+//!   changefeeds read from any node miss, repeat and reorder nothing.
 
 pub mod agreement;
 pub mod cluster;
 pub mod exactly_once;
+pub mod feeds;
 pub mod linearizability;
 pub mod log_invariants;
 pub mod network;

@@ -10,6 +10,7 @@
 //! - `sessions`: session id (u64, big-endian) → its last command and outcome.
 //! - `session_lru`: `last_index ++ session` (both big-endian) → nothing; the
 //!   sessions in the order they were last used, for eviction.
+//! - `changes`: the change history, in log order ([`crate::changes`]).
 //! - `meta`: the applied index and counters; written in the same `WriteBatch` as
 //!   the effects of the entries they count. While a snapshot is being installed
 //!   it also holds the install marker ([`crate::snapshot`]), and the state is
@@ -41,8 +42,19 @@ pub(crate) const CF_META: &str = "meta";
 /// The consensus log and its metadata (`log_store`).
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_LOG_META: &str = "log_meta";
-pub(crate) const COLUMN_FAMILIES: [&str; 8] =
-    [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META, CF_LOG, CF_LOG_META];
+/// The change history ([`crate::changes`]).
+pub(crate) const CF_CHANGES: &str = "changes";
+pub(crate) const COLUMN_FAMILIES: [&str; 9] = [
+    CF_TABLES,
+    CF_DOCS,
+    CF_KV,
+    CF_SESSIONS,
+    CF_SESSION_LRU,
+    CF_CHANGES,
+    CF_META,
+    CF_LOG,
+    CF_LOG_META,
+];
 
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub(crate) const META_SESSION_COUNT: &[u8] = b"session_count";
@@ -95,11 +107,17 @@ pub struct Store {
     /// The last applied index, mirrored from `meta` for readers that only need
     /// the number (health, metrics) without a RocksDB read.
     pub(crate) applied_index: Arc<AtomicU64>,
+    /// The same, for those who wait for it to move ([`Store::watch_applied`]).
+    applied_watch: Arc<tokio::sync::watch::Sender<u64>>,
     /// The [`Durability`], as its `u8` code, shared by every handle.
     durability: Arc<AtomicU8>,
     /// The first log entry (OmniPaxos index) the state machine has not
     /// applied: compaction keeps it and what follows on disk.
     log_retention: Arc<AtomicU64>,
+    /// A bug planted on purpose: history reads that resume inside an
+    /// entry skip a change (feature `planted-bugs`, for the simulator).
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) planted_skip_on_resume: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When the state machine's and the log's writes reach the disk.
@@ -143,6 +161,17 @@ pub struct Page {
     pub docs: Vec<String>,
     /// The id to pass as `after` for the next page; `None` on the last page.
     pub next: Option<String>,
+}
+
+/// A page of [`Store::export_docs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportPage {
+    /// The applied index the documents are as of.
+    pub applied_index: u64,
+    /// Documents as JSON text, in id order.
+    pub docs: Vec<String>,
+    /// Whether no page follows.
+    pub last: bool,
 }
 
 /// How much memory and disk a store takes for its buffers and files.
@@ -208,13 +237,16 @@ impl Store {
         let store = Store {
             db,
             applied_index: Arc::new(AtomicU64::new(0)),
+            applied_watch: Arc::new(tokio::sync::watch::Sender::new(0)),
             durability: Arc::new(AtomicU8::new(Durability::Synced.code())),
             log_retention: Arc::new(AtomicU64::new(u64::MAX)),
+            #[cfg(feature = "planted-bugs")]
+            planted_skip_on_resume: Arc::default(),
         };
         // A partial install has applied nothing that can be trusted.
         if !store.snapshot_install_incomplete()? {
             let applied = store.read_meta_u64(META_APPLIED_INDEX)?;
-            store.applied_index.store(applied, Ordering::Release);
+            store.publish_applied(applied);
         }
         Ok(store)
     }
@@ -280,6 +312,7 @@ impl Store {
     /// A fingerprint of the whole state machine (every state-machine column
     /// family, keys and values, and the applied index): replicas at the same
     /// applied index must have equal fingerprints. Reads one RocksDB snapshot.
+    /// The change history is left out: each node keeps its own window of it.
     pub fn state_fingerprint(&self) -> Result<u64, Error> {
         let snapshot = self.db.snapshot();
         let mut hash = crate::fnv::Fnv1a::new();
@@ -291,6 +324,9 @@ impl Store {
             feed(name.as_bytes());
             for item in snapshot.iterator_cf(self.cf(name), IteratorMode::Start) {
                 let (key, value) = item?;
+                if name == CF_META && key.starts_with(b"changes_") {
+                    continue;
+                }
                 feed(&key);
                 feed(&value);
             }
@@ -333,6 +369,18 @@ impl Store {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
         Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Publishes a new applied index to readers and waiters.
+    pub(crate) fn publish_applied(&self, index: u64) {
+        self.applied_index.store(index, Ordering::Release);
+        self.applied_watch.send_replace(index);
+    }
+
+    /// A receiver that sees every later applied index (it may skip some):
+    /// for readers that wait for the state to move on.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_watch.subscribe()
     }
 
     /// The index of the last log entry applied to this state.
@@ -405,6 +453,58 @@ impl Store {
             docs.push(json_text(value.into_vec())?);
         }
         Ok(Page { docs, next: None })
+    }
+
+    /// Every document of `table` (or only `id`'s) as of one applied index,
+    /// handed to `visit` page by page ([`PAGE_BYTES_MAX`] bytes at most,
+    /// plus one document), in id order; the last page is flagged, and an
+    /// empty table makes one empty last page. All pages come from one
+    /// RocksDB snapshot, which lives until `visit` returns `false` or the
+    /// last page is handed over: the caller paces the export. Answers the
+    /// applied index the documents are as of.
+    pub fn export_docs(
+        &self,
+        table: &str,
+        id: Option<&str>,
+        mut visit: impl FnMut(ExportPage) -> bool,
+    ) -> Result<u64, Error> {
+        let snapshot = self.db.snapshot();
+        let applied_index = match snapshot.get_cf(self.cf(CF_META), META_APPLIED_INDEX)? {
+            Some(bytes) => u64_from(&bytes, "meta value")?,
+            None => 0,
+        };
+        if snapshot.get_cf(self.cf(CF_TABLES), table)?.is_none() {
+            return Err(Error::TableNotFound { table: table.to_string() });
+        }
+        if let Some(id) = id {
+            let docs = match snapshot.get_cf(self.cf(CF_DOCS), doc_key(table, id))? {
+                Some(bytes) => vec![json_text(bytes)?],
+                None => Vec::new(),
+            };
+            visit(ExportPage { applied_index, docs, last: true });
+            return Ok(applied_index);
+        }
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(doc_prefix_end(table));
+        let start = doc_prefix(table);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut docs = Vec::new();
+        let mut bytes = 0;
+        for item in snapshot.iterator_cf_opt(self.cf(CF_DOCS), read_opts, mode) {
+            let (_, value) = item?;
+            if bytes >= PAGE_BYTES_MAX || docs.len() == LIST_LIMIT_MAX {
+                let page =
+                    ExportPage { applied_index, docs: std::mem::take(&mut docs), last: false };
+                if !visit(page) {
+                    return Ok(applied_index);
+                }
+                bytes = 0;
+            }
+            bytes += value.len();
+            docs.push(json_text(value.into_vec())?);
+        }
+        visit(ExportPage { applied_index, docs, last: true });
+        Ok(applied_index)
     }
 
     /// A record of the system table, as JSON text.

@@ -5,6 +5,7 @@
 //! - [`engine`]: the database, its column families and key layout, and reads.
 //! - [`command`]: the commands the log orders and their outcomes.
 //! - [`machine`]: the single writer, applying batches of log entries atomically.
+//! - [`changes`]: the change history the state machine keeps, for changefeeds.
 //! - [`log_store`]: OmniPaxos's durable log and consensus state, in the same
 //!   database (our own `omnipaxos::Storage`, so only one RocksDB is linked).
 //! - [`snapshot`]: the state machine exported from a checkpoint as a stream of
@@ -14,6 +15,7 @@
 //! the commands it is given, which is what lets every replica reach the same
 //! state and lets a simulator drive it.
 
+pub mod changes;
 pub mod command;
 pub mod engine;
 pub mod fnv;
@@ -25,7 +27,7 @@ pub use command::{
     ApplyError, Command, CommandId, CompactionMarker, Conflict, Doc, Op, Outcome, WaitKey,
     COMMAND_BYTES_MAX, DOC_BYTES_MAX, KV_VALUE_BYTES_MAX, SEQ_GAP_MAX,
 };
-pub use engine::{Durability, Footprint, Page, Store, LIST_LIMIT_MAX, PAGE_BYTES_MAX};
+pub use engine::{Durability, ExportPage, Footprint, Page, Store, LIST_LIMIT_MAX, PAGE_BYTES_MAX};
 pub use machine::{Applied, StateMachine};
 pub use snapshot::{Chunk, SnapshotCf, SnapshotSink, SnapshotSource};
 

@@ -32,19 +32,19 @@
 //! state machine, [`StateMachine::reload`] picks up the installed state.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::changes::{self, Kept, Subject, Window, META_CHANGES_BYTES, META_CHANGES_FIRST};
 use crate::command::{
     validate_doc_id, validate_doc_size, validate_kv_key, validate_kv_value, validate_table_name,
     ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX, SEQ_GAP_MAX,
     SYSTEM_TABLE,
 };
 use crate::engine::{
-    doc_key, doc_prefix, doc_prefix_end, Store, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
+    doc_key, doc_prefix, doc_prefix_end, Store, CF_CHANGES, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
     CF_SESSION_LRU, CF_TABLES, META_APPLIED_INDEX, META_SESSION_COUNT,
 };
 use crate::fnv::Fnv1a;
@@ -77,6 +77,9 @@ pub struct StateMachine {
     store: Store,
     applied_index: u64,
     session_count: u64,
+    /// Where the change history begins and its size ([`crate::changes`]).
+    kept: Kept,
+    window: Window,
     poisoned: bool,
 }
 
@@ -91,7 +94,18 @@ impl StateMachine {
         // `Store::open` already read the applied index from disk.
         let applied_index = store.applied_index();
         let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
-        Ok(StateMachine { store, applied_index, session_count, poisoned: false })
+        let mut kept = Kept::read(&store)?;
+        if store.read_meta_u64(META_CHANGES_FIRST)? == 0 {
+            // A store from before the history was kept: it begins now.
+            kept.first = applied_index + 1;
+        }
+        let window = Window::default();
+        Ok(StateMachine { store, applied_index, session_count, kept, window, poisoned: false })
+    }
+
+    /// Sets how much change history this node keeps, from the next batch on.
+    pub fn set_changes_window(&mut self, window: Window) {
+        self.window = window;
     }
 
     /// Reads the applied index and counters again from disk, as a restart
@@ -116,7 +130,8 @@ impl StateMachine {
         }
         self.applied_index = self.store.read_meta_u64(META_APPLIED_INDEX)?;
         self.session_count = self.store.read_meta_u64(META_SESSION_COUNT)?;
-        self.store.applied_index.store(self.applied_index, Ordering::Release);
+        self.kept = Kept::read(&self.store)?;
+        self.store.publish_applied(self.applied_index);
         Ok(())
     }
 
@@ -170,7 +185,8 @@ impl StateMachine {
 
     fn apply_inner(&mut self, entries: &[(u64, Command)]) -> Result<Vec<Applied>, Error> {
         let mut results = Vec::with_capacity(entries.len());
-        let mut batch = Batch::new(self.store.clone());
+        let mut committed = self.applied_index;
+        let mut batch = self.new_batch();
         for (index, command) in entries {
             assert_eq!(
                 *index,
@@ -180,7 +196,8 @@ impl StateMachine {
             if index % SESSION_GC_INTERVAL_ENTRIES == 0 {
                 // Evict from committed state only, whatever the batching.
                 self.commit(batch, false)?;
-                batch = Batch::new(self.store.clone());
+                committed = self.applied_index;
+                batch = self.new_batch();
                 self.evict_sessions(&mut batch)?;
             }
             let applied = self.apply_one(&mut batch, *index, command)?;
@@ -188,19 +205,52 @@ impl StateMachine {
             results.push(applied);
         }
         if !entries.is_empty() {
+            self.trim_changes(&mut batch, committed)?;
             self.commit(batch, true)?;
         }
         Ok(results)
     }
 
+    fn new_batch(&self) -> Batch {
+        Batch::new(self.store.clone(), self.window.entries > 0)
+    }
+
     fn commit(&mut self, mut batch: Batch, sync: bool) -> Result<(), Error> {
         let meta = self.store.cf(CF_META);
+        self.kept.bytes += batch.change_bytes;
+        if !batch.record_changes {
+            // No history is kept: it begins after what is applied.
+            self.kept.first = self.applied_index + 1;
+        }
         batch.wb.put_cf(meta, META_APPLIED_INDEX, self.applied_index.to_be_bytes());
         batch.wb.put_cf(meta, META_SESSION_COUNT, self.session_count.to_be_bytes());
+        batch.wb.put_cf(meta, META_CHANGES_FIRST, self.kept.first.to_be_bytes());
+        batch.wb.put_cf(meta, META_CHANGES_BYTES, self.kept.bytes.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(sync && self.store.syncs_each_write());
         self.store.db.write_opt(batch.wb, &opts)?;
-        self.store.applied_index.store(self.applied_index, Ordering::Release);
+        self.store.publish_applied(self.applied_index);
+        Ok(())
+    }
+
+    /// Trims the oldest history, whole entries at a time, when it outgrows
+    /// the window; only records already committed (up to `committed`) go.
+    fn trim_changes(&mut self, batch: &mut Batch, committed: u64) -> Result<(), Error> {
+        if !batch.record_changes {
+            return Ok(());
+        }
+        let kept = Kept { bytes: self.kept.bytes + batch.change_bytes, ..self.kept };
+        let trim = changes::trim_to(&self.store, kept, self.window, self.applied_index, committed)?;
+        if let Some((first, freed)) = trim {
+            let cf = self.store.cf(CF_CHANGES);
+            batch.wb.delete_range_cf(
+                cf,
+                changes::record_key(self.kept.first, 0, 0),
+                changes::record_key(first, 0, 0),
+            );
+            self.kept.first = first;
+            self.kept.bytes -= freed;
+        }
         Ok(())
     }
 
@@ -210,6 +260,7 @@ impl StateMachine {
         index: u64,
         command: &Command,
     ) -> Result<Applied, Error> {
+        batch.begin_entry(index);
         let Some(id) = command.id else {
             let outcome = self.execute(batch, index, &command.op)?;
             return Ok(Applied { index, outcome });
@@ -360,6 +411,7 @@ fn drop_table(batch: &mut Batch, table: &str) -> Effect {
     }
     batch.delete(Cf::Tables, table.as_bytes().to_vec());
     batch.drop_docs(table);
+    batch.change(Subject::TableDropped { table: table.to_string() }, None, None);
     Ok(Ok(Outcome::TableDropped))
 }
 
@@ -399,7 +451,7 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
     let (mut inserted, mut replaced, mut updated) = (0, 0, 0);
     let mut writes = Vec::with_capacity(docs.len());
     for ((doc, value), old) in docs.iter().zip(parsed).zip(existing) {
-        let json = match (old, conflict) {
+        let json = match (&old, conflict) {
             (None, _) => {
                 inserted += 1;
                 doc.json.clone()
@@ -410,16 +462,18 @@ fn insert(batch: &mut Batch, table: &str, docs: &[Doc], conflict: Conflict) -> E
             }
             (Some(old), Conflict::Update) => {
                 updated += 1;
-                match merge(&doc.id, &old, &value)? {
+                match merge(&doc.id, old, &value)? {
                     Ok(json) => json,
                     Err(refusal) => return Ok(Err(refusal)),
                 }
             }
         };
-        writes.push((doc_key(table, &doc.id), json.into_bytes()));
+        writes.push((doc, old, json.into_bytes()));
     }
-    for (key, json) in writes {
-        batch.put(Cf::Docs, key, json);
+    for (doc, old, json) in writes {
+        let subject = Subject::Doc { table: table.to_string(), id: doc.id.clone() };
+        batch.change(subject, old.as_deref(), Some(&json));
+        batch.put(Cf::Docs, doc_key(table, &doc.id), json);
     }
     let ids = docs.iter().map(|doc| doc.id.clone()).collect();
     Ok(Ok(Outcome::Inserted { inserted, replaced, updated, ids }))
@@ -449,8 +503,12 @@ fn replace(batch: &mut Batch, table: &str, doc: &Doc) -> Effect {
         return Ok(Err(refusal));
     }
     let key = doc_key(table, &doc.id);
-    let created = batch.get(Cf::Docs, &key)?.is_none();
-    batch.put(Cf::Docs, key, doc.json.clone().into_bytes());
+    let old = batch.get(Cf::Docs, &key)?;
+    let created = old.is_none();
+    let json = doc.json.clone().into_bytes();
+    let subject = Subject::Doc { table: table.to_string(), id: doc.id.clone() };
+    batch.change(subject, old.as_deref(), Some(&json));
+    batch.put(Cf::Docs, key, json);
     Ok(Ok(Outcome::Replaced { created }))
 }
 
@@ -473,6 +531,8 @@ fn update(batch: &mut Batch, table: &str, id: &str, patch: &str) -> Effect {
         Ok(json) => json,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    let subject = Subject::Doc { table: table.to_string(), id: id.to_string() };
+    batch.change(subject, Some(&old), Some(json.as_bytes()));
     batch.put(Cf::Docs, key, json.clone().into_bytes());
     Ok(Ok(Outcome::Updated { json }))
 }
@@ -485,8 +545,11 @@ fn delete(batch: &mut Batch, table: &str, id: &str) -> Effect {
         return Ok(Err(invalid(message)));
     }
     let key = doc_key(table, id);
-    let existed = batch.get(Cf::Docs, &key)?.is_some();
+    let old = batch.get(Cf::Docs, &key)?;
+    let existed = old.is_some();
     if existed {
+        let subject = Subject::Doc { table: table.to_string(), id: id.to_string() };
+        batch.change(subject, old.as_deref(), None);
         batch.delete(Cf::Docs, key);
     }
     Ok(Ok(Outcome::Deleted { existed }))
@@ -499,6 +562,9 @@ fn kv_put(batch: &mut Batch, key: &str, value: &[u8]) -> Effect {
     if let Err(message) = validate_kv_value(value.len()) {
         return Ok(Err(invalid(message)));
     }
+    // The old value is read only for the history.
+    let old = if batch.record_changes { batch.get(Cf::Kv, key.as_bytes())? } else { None };
+    batch.change(Subject::Kv { key: key.to_string() }, old.as_deref(), Some(value));
     batch.put(Cf::Kv, key.as_bytes().to_vec(), value.to_vec());
     Ok(Ok(Outcome::KvWritten))
 }
@@ -541,16 +607,22 @@ fn system_put(
         }
     }
     value["revision"] = Value::from(index);
-    batch.put(Cf::Docs, doc_key, value.to_string().into_bytes());
-    Ok(Ok(Outcome::Replaced { created: current.is_none() }))
+    let json = value.to_string().into_bytes();
+    let created = current.is_none();
+    let subject = Subject::Doc { table: SYSTEM_TABLE.to_string(), id: key.to_string() };
+    batch.change(subject, current.as_deref(), Some(&json));
+    batch.put(Cf::Docs, doc_key, json);
+    Ok(Ok(Outcome::Replaced { created }))
 }
 
 fn kv_delete(batch: &mut Batch, key: &str) -> Effect {
     if let Err(message) = validate_kv_key(key) {
         return Ok(Err(invalid(message)));
     }
-    let existed = batch.get(Cf::Kv, key.as_bytes())?.is_some();
+    let old = batch.get(Cf::Kv, key.as_bytes())?;
+    let existed = old.is_some();
     if existed {
+        batch.change(Subject::Kv { key: key.to_string() }, old.as_deref(), None);
         batch.delete(Cf::Kv, key.as_bytes().to_vec());
     }
     Ok(Ok(Outcome::Deleted { existed }))
@@ -587,11 +659,46 @@ struct Batch {
     pending: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
     /// Tables whose documents were range-deleted in this batch.
     dropped: HashSet<String>,
+    /// Whether changes go into the history ([`crate::changes`]).
+    record_changes: bool,
+    /// Bytes of the history's records this batch writes.
+    change_bytes: u64,
+    /// The entry being applied, and the position of its next change.
+    index: u64,
+    position: u32,
 }
 
 impl Batch {
-    fn new(store: Store) -> Batch {
-        Batch { store, wb: WriteBatch::default(), pending: HashMap::new(), dropped: HashSet::new() }
+    fn new(store: Store, record_changes: bool) -> Batch {
+        Batch {
+            store,
+            wb: WriteBatch::default(),
+            pending: HashMap::new(),
+            dropped: HashSet::new(),
+            record_changes,
+            change_bytes: 0,
+            index: 0,
+            position: 0,
+        }
+    }
+
+    /// The changes that follow belong to the entry at `index`.
+    fn begin_entry(&mut self, index: u64) {
+        self.index = index;
+        self.position = 0;
+    }
+
+    /// Records a change of the entry being applied in the history.
+    fn change(&mut self, subject: Subject, old: Option<&[u8]>, new: Option<&[u8]>) {
+        if !self.record_changes {
+            return;
+        }
+        let cf = self.store.cf(CF_CHANGES);
+        for (key, value) in changes::encode(self.index, self.position, &subject, old, new) {
+            self.change_bytes += (key.len() + value.len()) as u64;
+            self.wb.put_cf(cf, key, value);
+        }
+        self.position += 1;
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {

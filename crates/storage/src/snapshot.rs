@@ -56,14 +56,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    u64_from, Store, CF_DOCS, CF_KV, CF_META, CF_SESSIONS, CF_SESSION_LRU, CF_TABLES,
+    u64_from, Store, CF_CHANGES, CF_DOCS, CF_KV, CF_META, CF_SESSIONS, CF_SESSION_LRU, CF_TABLES,
     COLUMN_FAMILIES, META_APPLIED_INDEX, META_SESSION_COUNT, META_SNAPSHOT_INSTALL,
 };
 use crate::fnv::Fnv1a;
@@ -112,6 +111,7 @@ pub enum SnapshotCf {
     Kv,
     Sessions,
     SessionLru,
+    Changes,
     Meta,
 }
 
@@ -126,12 +126,13 @@ const _: () = {
 
 impl SnapshotCf {
     /// Every state-machine column family, in stream order.
-    pub const ALL: [SnapshotCf; 6] = [
+    pub const ALL: [SnapshotCf; 7] = [
         SnapshotCf::Tables,
         SnapshotCf::Docs,
         SnapshotCf::Kv,
         SnapshotCf::Sessions,
         SnapshotCf::SessionLru,
+        SnapshotCf::Changes,
         SnapshotCf::Meta,
     ];
 
@@ -143,6 +144,7 @@ impl SnapshotCf {
             SnapshotCf::Kv => CF_KV,
             SnapshotCf::Sessions => CF_SESSIONS,
             SnapshotCf::SessionLru => CF_SESSION_LRU,
+            SnapshotCf::Changes => CF_CHANGES,
             SnapshotCf::Meta => CF_META,
         }
     }
@@ -437,7 +439,7 @@ impl SnapshotSink {
         // After the range deletion in the same batch, so the marker survives it.
         batch.put_cf(store.cf(CF_META), META_SNAPSHOT_INSTALL, applied_index.to_be_bytes());
         store.db.write_opt(batch, &synced())?;
-        store.applied_index.store(0, Ordering::Release);
+        store.publish_applied(0);
         tracing::info!(applied_index, "snapshot install begun");
         Ok(SnapshotSink {
             store: store.clone(),
@@ -497,7 +499,7 @@ impl SnapshotSink {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.store.cf(CF_META), META_SNAPSHOT_INSTALL);
         self.store.db.write_opt(batch, &synced())?;
-        self.store.applied_index.store(self.applied_index, Ordering::Release);
+        self.store.publish_applied(self.applied_index);
         tracing::info!(
             applied_index = self.applied_index,
             chunks = self.next_seq,

@@ -6,6 +6,7 @@
 //! [`Op`]: cairn_storage::Op
 
 mod admin;
+mod changes;
 mod cluster;
 mod docs;
 mod kv;
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(admin::remove))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(changes::table))
+        .routes(routes!(changes::kv))
         .split_for_parts();
     let document = bytes::Bytes::from(openapi::render(document));
     described
