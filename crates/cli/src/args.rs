@@ -588,6 +588,12 @@ pub struct BenchArgs {
     /// A shell command that kills a node (e.g. `kill -9 PID`); see --kill-after.
     #[arg(long, requires = "kill_after")]
     pub kill_cmd: Option<String>,
+    /// Open this many changefeeds of the written keys (spread over the
+    /// targets) before the run, and report the write-to-event latency (from
+    /// a write's send to its event on a feed), then how fast one feed reads
+    /// the run's changes back from the history (Cairn only).
+    #[arg(long, default_value_t = 0)]
+    pub feeds: usize,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

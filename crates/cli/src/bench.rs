@@ -15,7 +15,11 @@
 //! workers, keys, values and histograms, so the two systems are measured by
 //! one load generator (`bench/vs-etcd`). `--kill-after`/`--kill-cmd` kill a
 //! node mid-run and report the failover time: from the kill to the first
-//! acknowledged write sent after it.
+//! acknowledged write sent after it. `--feeds N` opens N changefeeds of the
+//! written keys first; each written value then begins with its send time, so
+//! every event a feed gets gives a write-to-event latency; after the run one
+//! more feed reads the run's changes back from the history, for the rate one
+//! feed delivers.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -197,6 +201,15 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
     if args.ops == Some(0) {
         return Err(CliError::Usage("--ops must be at least 1".into()));
     }
+    if args.feeds > 0 && args.system != SystemArg::Cairn {
+        return Err(CliError::Usage("--feeds measures Cairn's changefeeds only".into()));
+    }
+    if args.feeds > 0 && args.value_size < STAMP_BYTES {
+        return Err(CliError::Usage(format!(
+            "--feeds stamps each value with its send time: --value-size must be at least \
+             {STAMP_BYTES}"
+        )));
+    }
     Ok(())
 }
 
@@ -224,8 +237,20 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
             );
         }
     }
+    let feeds = if args.feeds > 0 {
+        match Feeds::open(global, &targets, args.feeds).await {
+            Ok(feeds) => Some(feeds),
+            Err(e) => return crate::output::failed(global.output, "feeds", &e.to_string()),
+        }
+    } else {
+        None
+    };
     let (tally, elapsed, failover) = measure(&clients, &args, value).await;
     let mut result = summary(&args, &targets, &tally, elapsed);
+    if let Some(feeds) = feeds {
+        let writes = tally.writes.len();
+        result["feeds"] = feeds.finish(global, &targets[0], writes, elapsed).await;
+    }
     if let Some(kill_after) = args.kill_after {
         result["failover"] = json!({
             "kill_after_s": kill_after.as_secs_f64(),
@@ -311,8 +336,9 @@ async fn measure(
         let (issued, value, progress) = (issued.clone(), value.clone(), progress.clone());
         let (keys, read_ratio, read) = (args.keys, args.read_ratio, args.read.into());
         let failover = failover.clone();
+        let stamped = args.feeds > 0;
         tasks.spawn(async move {
-            let work = Work { client, rng, keys, read_ratio, read, value };
+            let work = Work { client, rng, keys, read_ratio, read, value, stamped };
             work.run(stop, &issued, &progress, &failover).await
         });
     }
@@ -326,6 +352,136 @@ async fn measure(
         killer.abort();
     }
     (tally, elapsed, failover)
+}
+
+/// Bytes of the send time that begins a stamped value: microseconds since
+/// the Unix epoch, as 16 decimal digits (the feeds run in this process, on
+/// this clock).
+const STAMP_BYTES: usize = 16;
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `value` with its first bytes replaced by the send time.
+fn stamped(value: &Bytes, sent_us: u64) -> Bytes {
+    let mut bytes = value.to_vec();
+    bytes[..STAMP_BYTES].copy_from_slice(format!("{sent_us:016}").as_bytes());
+    Bytes::from(bytes)
+}
+
+/// The send time a stamped value (base64, as a feed sends it) begins with.
+fn stamp_of(new_val: &Value) -> Option<u64> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(new_val.as_str()?).ok()?;
+    std::str::from_utf8(bytes.get(..STAMP_BYTES)?).ok()?.parse().ok()
+}
+
+/// The changefeeds of a `--feeds` run: each a task that records the
+/// write-to-event latency of every event it gets.
+struct Feeds {
+    /// The index before the run: the history read back starts after it.
+    since: u64,
+    tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+    events: Arc<AtomicU64>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Feeds {
+    async fn open(global: &Global, targets: &[String], count: usize) -> Result<Feeds, CliError> {
+        use cairn_client::{Changes, FeedEvent, FeedTarget};
+        let first = global.client(&targets[0]).map_err(CliError::Usage)?;
+        let since = first.kv_put("bench-feeds/start", "x").await?;
+        let events = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(tokio::sync::watch::Sender::new(false));
+        let mut tasks = Vec::with_capacity(count);
+        for feed in 0..count {
+            let client = global.client(&targets[feed % targets.len()]).map_err(CliError::Usage)?;
+            let target = FeedTarget::Kv { prefix: "bench/".into() };
+            let mut changes = Changes::new(vec![client], target, Some(since.to_string()), false)?;
+            let (events, stop) = (events.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                    .expect("valid histogram bounds");
+                let mut stop = stop.subscribe();
+                loop {
+                    let data = tokio::select! {
+                        event = changes.next() => match event {
+                            Ok(FeedEvent::Change(data)) => data,
+                            _ => break,
+                        },
+                        _ = stop.changed() => break,
+                    };
+                    events.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sent_us) = stamp_of(&data["new_val"]) {
+                        let micros = unix_us().saturating_sub(sent_us).clamp(1, LATENCY_US_MAX);
+                        latencies.record(micros).expect("clamped into bounds");
+                    }
+                }
+                latencies
+            }));
+        }
+        // Every feed open before the first write.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Feeds { since, tasks, events, stop })
+    }
+
+    /// Waits (a while) for every feed to get every write, then stops them;
+    /// reads the run's changes back through one more feed; answers the
+    /// figures.
+    async fn finish(self, global: &Global, target: &str, writes: u64, run: Duration) -> Value {
+        use cairn_client::{Changes, FeedEvent, FeedTarget};
+        let count = self.tasks.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.events.load(Ordering::Relaxed) < writes * count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let delivered = self.events.load(Ordering::Relaxed);
+        let mut latencies =
+            Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid bounds");
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            if let Ok(histogram) = task.await {
+                latencies.add(histogram).expect("same bounds");
+            }
+        }
+        // A fresh feed reads the run's changes from the history.
+        let read_back = async {
+            let client = global.client(target).map_err(CliError::Usage)?;
+            let target = FeedTarget::Kv { prefix: "bench/".into() };
+            let mut changes =
+                Changes::new(vec![client], target, Some(self.since.to_string()), false)?;
+            let started = Instant::now();
+            let mut events = 0u64;
+            while events < writes {
+                match tokio::time::timeout(Duration::from_secs(30), changes.next()).await {
+                    Ok(Ok(FeedEvent::Change(_))) => events += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(CliError::from(e)),
+                    Err(_) => break,
+                }
+            }
+            Ok::<_, CliError>((events, started.elapsed()))
+        };
+        let read_back = match read_back.await {
+            Ok((events, took)) => json!({
+                "events": events,
+                "elapsed_s": took.as_secs_f64(),
+                "events_per_s": events as f64 / took.as_secs_f64().max(1e-9),
+            }),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        json!({
+            "feeds": count,
+            "events": delivered,
+            "expected_events": writes * count,
+            "events_per_s_per_feed": delivered as f64 / count.max(1) as f64 / run.as_secs_f64().max(1e-9),
+            "write_to_event": latency(&latencies),
+            "read_back": read_back,
+        })
+    }
 }
 
 fn progress_bar(stop: Stop, args: &BenchArgs) -> ProgressBar {
@@ -350,6 +506,8 @@ struct Work {
     read_ratio: f64,
     read: Read,
     value: Bytes,
+    /// Whether values begin with their send time (for `--feeds`).
+    stamped: bool,
 }
 
 impl Work {
@@ -381,6 +539,9 @@ impl Work {
             let sent_us = failover.now_us();
             let result = if is_read {
                 self.client.get(&key, self.read).await
+            } else if self.stamped {
+                let value = stamped(&self.value, unix_us());
+                self.client.put(&key, &value).await
             } else {
                 self.client.put(&key, &self.value).await
             };
@@ -471,6 +632,20 @@ fn print_summary(result: &Value) {
     line("writes", &result["writes"]);
     if let Some(error) = result["first_error"].as_str() {
         println!("  first error: {error}");
+    }
+    if let Some(feeds) = result.get("feeds") {
+        println!(
+            "  feeds: {} feeds got {} of {} events",
+            feeds["feeds"], feeds["events"], feeds["expected_events"]
+        );
+        line("w→event", &feeds["write_to_event"]);
+        let back = &feeds["read_back"];
+        match back["events_per_s"].as_f64() {
+            Some(rate) => {
+                println!("  one feed read {} events back at {rate:.0} events/s", back["events"])
+            }
+            None => println!("  reading back failed: {}", back["error"]),
+        }
     }
     if let Some(failover) = result.get("failover") {
         match failover["first_write_ms"].as_f64() {
