@@ -62,18 +62,6 @@ fn hash(change: &Change) -> u64 {
     hash.finish()
 }
 
-fn admits(filter: &Filter, subject: &Subject) -> bool {
-    match (filter, subject) {
-        (Filter::All, _) => true,
-        (Filter::Kv { prefix }, Subject::Kv { key }) => key.starts_with(prefix.as_str()),
-        (Filter::Table { table, id }, Subject::Doc { table: t, id: i }) => {
-            table == t && id.as_ref().is_none_or(|id| id == i)
-        }
-        (Filter::Table { table, .. }, Subject::TableDropped { table: t }) => table == t,
-        _ => false,
-    }
-}
-
 /// A simulated changefeed client.
 struct Feed {
     filter: Filter,
@@ -282,8 +270,7 @@ impl Feeds {
                 };
                 for (position, hash, subject) in digests {
                     let cursor = Cursor::at(index, *position);
-                    if cursor > feed.cursor && cursor <= page.next && admits(&feed.filter, subject)
-                    {
+                    if cursor > feed.cursor && cursor <= page.next && feed.filter.admits(subject) {
                         wanted.push((cursor, *hash));
                     }
                 }

@@ -143,7 +143,8 @@ pub enum Filter {
 }
 
 impl Filter {
-    fn admits(&self, subject: &Subject) -> bool {
+    /// Whether a change to `subject` is one this filter lets through.
+    pub fn admits(&self, subject: &Subject) -> bool {
         match (self, subject) {
             (Filter::All, _) => true,
             (Filter::Table { table, id }, Subject::Doc { table: t, id: i }) => {
@@ -208,6 +209,17 @@ impl Default for Limits {
     }
 }
 
+/// Where the history begins, from `meta`'s record of it (0 when absent): a
+/// state without the record (made before histories were kept, or received
+/// from such a node) has none of its past, and begins after what it applied.
+fn first_of(recorded: u64, applied_index: u64) -> u64 {
+    if recorded == 0 {
+        applied_index + 1
+    } else {
+        recorded
+    }
+}
+
 pub(crate) fn record_key(index: u64, position: u32, part: u8) -> [u8; 13] {
     let mut key = [0u8; 13];
     key[..8].copy_from_slice(&index.to_be_bytes());
@@ -267,7 +279,8 @@ fn corrupt(index: u64, position: u32, e: impl std::fmt::Display) -> Error {
 impl Store {
     /// The first index whose changes this node keeps.
     pub fn changes_first(&self) -> Result<u64, Error> {
-        Ok(self.read_meta_u64(META_CHANGES_FIRST)?.max(1))
+        let applied = self.read_meta_u64(crate::engine::META_APPLIED_INDEX)?;
+        Ok(first_of(self.read_meta_u64(META_CHANGES_FIRST)?, applied))
     }
 
     /// The bytes the history takes (its records, keys included).
@@ -293,7 +306,7 @@ impl Store {
             }
         };
         let applied_index = meta(crate::engine::META_APPLIED_INDEX)?;
-        let first = meta(META_CHANGES_FIRST)?.max(1);
+        let first = first_of(meta(META_CHANGES_FIRST)?, applied_index);
         // Every change after `after` is kept when all of `after.index`'s are,
         // or when `after` stands past its index and the next is kept.
         let kept = after.index >= first || (after.is_end_of_index() && after.index + 1 >= first);

@@ -94,11 +94,7 @@ impl StateMachine {
         // `Store::open` already read the applied index from disk.
         let applied_index = store.applied_index();
         let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
-        let mut kept = Kept::read(&store)?;
-        if store.read_meta_u64(META_CHANGES_FIRST)? == 0 {
-            // A store from before the history was kept: it begins now.
-            kept.first = applied_index + 1;
-        }
+        let kept = Kept::read(&store)?;
         let window = Window::default();
         Ok(StateMachine { store, applied_index, session_count, kept, window, poisoned: false })
     }
