@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by route, method and status, request latency by
 //! route, the node's applied and decided index, and its compaction and
-//! catch-up counters. Routes are labelled by their pattern
+//! catch-up counters, its open changefeeds and the size of its change
+//! history. Routes are labelled by their pattern
 //! (`/v1/tables/{table}`), never by the raw path, so label sets stay bounded.
 
 use std::time::Instant;
@@ -46,6 +47,9 @@ pub struct Metrics {
     peer_messages_dropped: Gauge,
     peer_messages_too_large: Gauge,
     peer_connections_rejected: Gauge,
+    feeds_open: Gauge,
+    changes_first_index: Gauge,
+    changes_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -106,8 +110,19 @@ impl Metrics {
             "Peer connections refused or closed: bad handshakes, broken frames, too many \
              handshakes, since start",
         );
+        let feeds_open = gauge(&mut registry, "feeds_open", "Changefeeds open on this node");
+        let changes_first_index = gauge(
+            &mut registry,
+            "changes_first_index",
+            "The first log index whose changes this node's change history keeps",
+        );
+        let changes_bytes =
+            gauge(&mut registry, "changes_bytes", "Bytes this node's change history takes");
         Metrics {
             registry,
+            feeds_open,
+            changes_first_index,
+            changes_bytes,
             peer_messages_dropped,
             peer_messages_too_large,
             peer_connections_rejected,
@@ -163,6 +178,10 @@ pub async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError>
         set(&metrics.snapshots_installed, status.catch_up.snapshots_installed);
         set(&metrics.snapshots_served, status.catch_up.snapshots_served);
     }
+    let open = state.config.feeds_cap().saturating_sub(state.feeds.available_permits());
+    set(&metrics.feeds_open, open as u64);
+    set(&metrics.changes_first_index, state.store.changes_first()?);
+    set(&metrics.changes_bytes, state.store.changes_bytes()?);
     if let Some(stats) = state.log().transport_stats() {
         set(&metrics.peer_messages_dropped, stats.messages_dropped);
         set(&metrics.peer_messages_too_large, stats.messages_too_large);

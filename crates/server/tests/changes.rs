@@ -247,6 +247,9 @@ async fn open_feeds_are_capped_and_places_come_back() {
     let first = raw_feed(&node, "/v1/tables/t/changes", &[]).await;
     let second = raw_feed(&node, "/v1/tables/t/changes", &[]).await;
     assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    let metrics = node.client().metrics().await.unwrap();
+    assert!(metrics.contains("cairn_feeds_open 2"), "{metrics}");
+    assert!(metrics.contains("cairn_changes_first_index 1"), "{metrics}");
     let message = node
         .refused(
             Method::GET,
