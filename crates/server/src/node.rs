@@ -402,6 +402,7 @@ impl Node {
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             tokens: Arc::default(),
             feeds,
+            exports: Arc::new(tokio::sync::Semaphore::new(crate::routes::changes::EXPORTS_MAX)),
         };
         Ok(Node { listener, state, log, transport, peer_tls })
     }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub tokens: Arc<crate::auth::TokenCache>,
     /// Places for open changefeeds (`--feeds-max`).
     pub feeds: Arc<tokio::sync::Semaphore>,
+    /// Turns for feeds' initial states ([`crate::routes::changes::EXPORTS_MAX`]).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

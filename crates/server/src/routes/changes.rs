@@ -51,6 +51,11 @@ pub const UNSERVING_GRACE: Duration = Duration::from_secs(3);
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Events a feed holds for a consumer that has not taken them yet.
 const BUFFER_EVENTS: usize = 16;
+/// Initial states exported at once. Each holds a thread of the blocking
+/// pool (and a RocksDB snapshot) for as long as its consumer takes to read
+/// it: more wait their turn, so that slow consumers cannot take every
+/// thread that feeds read the history with.
+pub const EXPORTS_MAX: usize = 32;
 
 /// A table feed's query.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -314,9 +319,17 @@ impl Feed {
     /// Sends the documents as of one index, then the ready event; answers
     /// the cursor after that index.
     async fn initial(&self, table: String, id: Option<String>) -> Result<Cursor, End> {
+        let turn = tokio::select! {
+            permit = self.state.exports.clone().acquire_owned() => permit,
+            () = self.events.closed() => return Err(End::Gone),
+        };
+        let Ok(turn) = turn else {
+            return Err(ApiError::unavailable("the node is shutting down").into());
+        };
         let store = self.state.store.clone();
         let events = self.events.clone();
         let export = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             store.export_docs(&table, id.as_deref(), |page| {
                 page.docs.iter().all(|json| {
                     let data = initial_event(&table, json);

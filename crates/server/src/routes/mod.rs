@@ -6,7 +6,7 @@
 //! [`Op`]: cairn_storage::Op
 
 mod admin;
-mod changes;
+pub(crate) mod changes;
 mod cluster;
 mod docs;
 mod kv;
