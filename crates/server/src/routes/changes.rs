@@ -49,6 +49,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const UNSERVING_GRACE: Duration = Duration::from_secs(3);
 /// How often a caught-up feed looks at the node's health.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// A feed at most this many entries behind the applied index reads the
+/// history on the runtime's thread; further behind, on the blocking pool.
+const INLINE_READ_ENTRIES: u64 = 64;
 /// Events a feed holds for a consumer that has not taken them yet.
 const BUFFER_EVENTS: usize = 16;
 /// Initial states exported at once. Each holds a thread of the blocking
@@ -268,6 +271,11 @@ async fn read_page(
     after: Cursor,
     filter: &Filter,
 ) -> Result<Result<cairn_storage::changes::Page, Expired>, ApiError> {
+    if state.store.applied_index().saturating_sub(after.index) <= INLINE_READ_ENTRIES {
+        // The tail of the history: a few records in RocksDB's memtable,
+        // read in microseconds, cheaper here than a hop to another thread.
+        return Ok(state.store.changes_after(after, filter, Limits::default())?);
+    }
     let store = state.store.clone();
     let filter = filter.clone();
     let read =
