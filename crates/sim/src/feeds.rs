@@ -130,36 +130,28 @@ impl Feeds {
     /// Reads `node`'s history on from where it was last read, into the
     /// reference; answers the violations it shows.
     pub fn observe(&mut self, node: NodeId, store: &Store) -> Vec<String> {
-        let mut violations = Vec::new();
-        let from = self.read_to.get(&node).copied().unwrap_or(0);
-        let page = match store.changes_after(Cursor::end_of(from), &Filter::All, UNBOUNDED) {
-            Ok(Ok(page)) => Some((from, page)),
+        let read = |from: u64| store.changes_after(Cursor::end_of(from), &Filter::All, UNBOUNDED);
+        let mut from = self.read_to.get(&node).copied().unwrap_or(0);
+        let page = match read(from) {
             // Trimmed (or replaced by a snapshot) before it was read: go
             // on from where the node's history begins.
             Ok(Err(Expired { first })) => {
-                let from = first - 1;
-                match store.changes_after(Cursor::end_of(from), &Filter::All, UNBOUNDED) {
-                    Ok(Ok(page)) => Some((from, page)),
-                    Ok(Err(expired)) => {
-                        violations.push(format!(
-                            "node {node}: its history begins at {} yet refuses a cursor at \
-                             index {from}",
-                            expired.first
-                        ));
-                        None
-                    }
-                    Err(error) => {
-                        violations.push(format!("node {node}: history unreadable: {error}"));
-                        None
-                    }
-                }
+                from = first - 1;
+                read(from)
             }
-            Err(error) => {
-                violations.push(format!("node {node}: history unreadable: {error}"));
-                None
-            }
+            other => other,
         };
-        let Some((from, page)) = page else { return violations };
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(expired)) => {
+                return vec![format!(
+                    "node {node}: its history begins at {} yet refuses a cursor at index {from}",
+                    expired.first
+                )]
+            }
+            Err(error) => return vec![format!("node {node}: history unreadable: {error}")],
+        };
+        let mut violations = Vec::new();
         if page.applied_index <= from {
             // Behind what was read (a wiped state applying again), or idle.
             self.read_to.insert(node, page.applied_index.min(from));

@@ -168,8 +168,8 @@ pub struct Page {
 pub struct ExportPage {
     /// The applied index the documents are as of.
     pub applied_index: u64,
-    /// Documents as JSON text, in id order.
-    pub docs: Vec<String>,
+    /// Documents as (id, JSON text), in id order.
+    pub docs: Vec<(String, String)>,
     /// Whether no page follows.
     pub last: bool,
 }
@@ -478,7 +478,7 @@ impl Store {
         }
         if let Some(id) = id {
             let docs = match snapshot.get_cf(self.cf(CF_DOCS), doc_key(table, id))? {
-                Some(bytes) => vec![json_text(bytes)?],
+                Some(bytes) => vec![(id.to_string(), json_text(bytes)?)],
                 None => Vec::new(),
             };
             visit(ExportPage { applied_index, docs, last: true });
@@ -491,7 +491,7 @@ impl Store {
         let mut docs = Vec::new();
         let mut bytes = 0;
         for item in snapshot.iterator_cf_opt(self.cf(CF_DOCS), read_opts, mode) {
-            let (_, value) = item?;
+            let (key, value) = item?;
             if bytes >= PAGE_BYTES_MAX || docs.len() == LIST_LIMIT_MAX {
                 let page =
                     ExportPage { applied_index, docs: std::mem::take(&mut docs), last: false };
@@ -501,7 +501,8 @@ impl Store {
                 bytes = 0;
             }
             bytes += value.len();
-            docs.push(json_text(value.into_vec())?);
+            let id = json_text(key[start.len()..].to_vec())?;
+            docs.push((id, json_text(value.into_vec())?));
         }
         visit(ExportPage { applied_index, docs, last: true });
         Ok(applied_index)

@@ -339,8 +339,8 @@ impl Feed {
         let export = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             store.export_docs(&table, id.as_deref(), |page| {
-                page.docs.iter().all(|json| {
-                    let data = initial_event(&table, json);
+                page.docs.iter().all(|(id, json)| {
+                    let data = initial_event(&table, id, json);
                     events.blocking_send(Event::default().data(data)).is_ok()
                 })
             })
@@ -437,16 +437,11 @@ impl Feed {
 }
 
 /// An `initial` event's data: a document as it stood.
-fn initial_event(table: &str, json: &str) -> String {
-    // The id is the document's own: read it from the JSON text.
-    let id = serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|doc| doc.get("id").and_then(|id| id.as_str()).map(str::to_string))
-        .unwrap_or_default();
+fn initial_event(table: &str, id: &str, json: &str) -> String {
     format!(
         r#"{{"table":{},"id":{},"type":"initial","old_val":null,"new_val":{json}}}"#,
         quoted(table),
-        quoted(&id)
+        quoted(id)
     )
 }
 
@@ -535,7 +530,7 @@ mod tests {
         assert_eq!(put["type"], "put");
         assert_eq!(put["new_val"], "dg==");
         let initial: serde_json::Value =
-            serde_json::from_str(&initial_event("t", r#"{"id":"x","n":[1]}"#)).unwrap();
+            serde_json::from_str(&initial_event("t", "x", r#"{"id":"x","n":[1]}"#)).unwrap();
         assert_eq!(initial["type"], "initial");
         assert_eq!(initial["id"], "x");
         assert_eq!(initial["new_val"]["n"][0], 1);
