@@ -189,9 +189,41 @@ async fn print_event(
                     .map(|h| format!("https://{}", h.api_address))
                     .collect();
                 println!("{time}   API (any node): {}", apis.join(" "));
+                if let Some(first) = apis.first() {
+                    if let Some(url) = login_url(first, cloud, token_file) {
+                        println!("{time}   console: {url}");
+                        println!("{time}   todo app: {}", url.replacen("/#", "/apps/todo/#", 1));
+                    }
+                }
             }
         }
     }
+}
+
+/// The console's login URL: a node's page with the cluster's admin token,
+/// the cloud's address and the cloud's token in its fragment, which the
+/// browser never sends to a server; the page keeps them and takes them out
+/// of the address bar. `None` when a token file cannot be read.
+fn login_url(node: &str, cloud: std::net::SocketAddr, cloud_token_file: &Path) -> Option<String> {
+    let dir = cloud_token_file.parent()?;
+    let token = cairn_util::secret::read(&dir.join(cairn_cloud::NODE_TOKEN_FILE)).ok()??;
+    let cloud_token = cairn_util::secret::read(cloud_token_file).ok()??;
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    Some(format!(
+        "{node}/#token={}&cloud={}&cloud_token={}",
+        encode(&token),
+        encode(&format!("http://{cloud}")),
+        encode(&cloud_token)
+    ))
 }
 
 /// Creates `host-1` when the cloud has no host: the host whose agent

@@ -260,6 +260,9 @@ pub struct TokenRevoked {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Tables {
     pub tables: Vec<String>,
+    /// With `?count=true`: each table's number of documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// `GET /v1/tables/{t}/docs`: one page of documents in id order, and the id

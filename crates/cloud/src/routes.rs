@@ -63,28 +63,65 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         // The largest body of any route; each route checks its own below.
         .layer(DefaultBodyLimit::max(DESIRED_TEXT_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
-        .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
 
 /// Refuses what a web page could send through a user's browser (see
 /// [`cairn_util::browser`]): the cloud listens on loopback, where any page
-/// could otherwise stop the cluster or fail its hosts.
-async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// could otherwise stop the cluster or fail its hosts. Pages its hosts' nodes
+/// serve (the web console) are trusted: their preflights are answered here,
+/// before the token is checked, and their answers get CORS headers.
+async fn guard(
+    State(shared): AppState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::{header, HeaderValue};
+    use cairn_util::browser;
     let headers = request.headers();
-    let text = |name| {
-        headers.get(name).map(|value: &axum::http::HeaderValue| value.to_str().unwrap_or(""))
-    };
-    let checked = cairn_util::browser::Request {
+    let text = |name| headers.get(name).map(|value: &HeaderValue| value.to_str().unwrap_or(""));
+    let checked = browser::Request {
         method: request.method().as_str(),
-        host: text(axum::http::header::HOST),
-        origin: text(axum::http::header::ORIGIN),
-        content_type: text(axum::http::header::CONTENT_TYPE),
+        host: text(header::HOST),
+        origin: text(header::ORIGIN),
+        content_type: text(header::CONTENT_TYPE),
     };
-    match cairn_util::browser::Policy::default().check(&checked) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => Error::Browser(refusal).into_response(),
-    }
+    let trusted = |authority: &str| {
+        shared
+            .provider
+            .list()
+            .iter()
+            .any(|host| browser::names_address(authority, &host.api_address))
+    };
+    let access =
+        match browser::Policy::default().check_access(&checked, trusted).and_then(|access| {
+            browser::check_content_type(checked.method, checked.content_type).map(|()| access)
+        }) {
+            Ok(access) => access,
+            Err(refusal) => return Error::Browser(refusal).into_response(),
+        };
+    let browser::Access::Trusted(origin) = access else {
+        return next.run(request).await;
+    };
+    let Ok(origin) = HeaderValue::from_str(&origin) else {
+        return Error::Browser(browser::Refusal::Origin { origin }).into_response();
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        for (name, value) in browser::PREFLIGHT_HEADERS {
+            response.headers_mut().insert(name, HeaderValue::from_static(value));
+        }
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    response
 }
 
 /// Every request but `GET /v1/health` must carry the admin token.

@@ -325,6 +325,36 @@ async fn requests_a_web_page_could_send_are_refused() {
     let host = h.host("host-1").await.expect("host-1");
     assert_eq!(host["state"], "running", "{host}");
     assert_eq!(h.get("/v1/health").await.0, StatusCode::OK);
+
+    // A page one of its hosts' nodes serves (the web console) may submit a
+    // desired state: its preflight is answered without a token, its calls
+    // get CORS headers and still need the token. Any other origin may not.
+    let console = format!("https://{}", host["api_address"].as_str().expect("api address"));
+    let preflight = |origin: String| {
+        http.request(reqwest::Method::OPTIONS, h.url("/v1/desired"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let answer = preflight(console.clone()).await.expect("preflight");
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    assert_eq!(answer.headers()["access-control-allow-origin"], console.as_str());
+    let answer = preflight("https://127.0.0.1:1".into()).await.expect("preflight");
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    assert!(answer.headers().get("access-control-allow-origin").is_none());
+    let answer = http
+        .get(h.url("/v1/hosts"))
+        .bearer_auth(&token)
+        .header("origin", console.as_str())
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["access-control-allow-origin"], console.as_str());
+    let answer =
+        http.get(h.url("/v1/hosts")).header("origin", console.as_str()).send().await.expect("GET");
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
 }
 
 /// Every call but the health check needs the cloud's admin token (made on

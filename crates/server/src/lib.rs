@@ -17,6 +17,7 @@
 //! [`Op`]: cairn_storage::Op
 
 mod auth;
+mod console;
 mod error;
 mod extract;
 pub mod http;

@@ -403,6 +403,7 @@ impl Node {
             tokens: Arc::default(),
             feeds,
             exports: Arc::new(tokio::sync::Semaphore::new(crate::routes::changes::EXPORTS_MAX)),
+            member_addresses: Arc::default(),
         };
         Ok(Node { listener, state, log, transport, peer_tls })
     }
@@ -435,6 +436,10 @@ impl Node {
             shutdown.await;
             stopping.send_replace(true);
         };
+        // Members are remembered as they come (see `AppState::trusts_page_of`).
+        let members_seen = state.clone();
+        let mut remember = tokio::time::interval(std::time::Duration::from_secs(1));
+        remember.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let app = router(state);
         let addr = listener.local_addr().map_err(Error::Serve)?;
         let api_tls = peer_tls.as_ref().map(|tls| tls.api.clone());
@@ -442,11 +447,13 @@ impl Node {
         tracing::info!(%addr, %scheme, "serving the HTTP API");
         let server = crate::http::serve(listener, app, config.max_connections, api_tls, shutdown);
         tokio::pin!(server);
+        // Taken once per log: it holds the log's one stop signal.
+        let mut log_stopped = Box::pin(log.stopped());
         let result = loop {
-            let log_stopped = log.stopped();
             tokio::select! {
                 () = &mut server => break Ok(()),
-                _ = log_stopped => {
+                _ = remember.tick() => members_seen.remember_members(),
+                () = &mut log_stopped => {
                     let handover = tokio::task::spawn_blocking(move || log.join()).await.ok().flatten();
                     let Some(handover) = handover else {
                         if let Some(transport) = transport.take() {
@@ -455,7 +462,10 @@ impl Node {
                         return Err(Error::LogFailed);
                     };
                     match take_over(&config, handover, &mut transport, peer_tls.clone()).await {
-                        Ok(next) => log = next,
+                        Ok(next) => {
+                            log = next;
+                            log_stopped = Box::pin(log.stopped());
+                        }
                         Err(error) => {
                             tracing::error!(%error, "cannot start the next log");
                             return Err(error);
@@ -465,6 +475,7 @@ impl Node {
             }
         };
         // The router and its handles are gone: the log finishes and exits.
+        drop(members_seen);
         tokio::task::spawn_blocking(move || log.join()).await.ok();
         if let Some(transport) = transport {
             transport.shutdown().await;

@@ -40,9 +40,41 @@ pub struct AppState {
     pub feeds: Arc<tokio::sync::Semaphore>,
     /// Turns for feeds' initial states ([`crate::routes::changes::EXPORTS_MAX`]).
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// The API address of every member this node has seen since it started
+    /// (at most [`MEMBER_ADDRESSES_MAX`]): pages they served may call it, so
+    /// a console loaded from a node since removed carries on through this one.
+    pub member_addresses: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
+/// How many member addresses a node remembers for the browser checks.
+pub const MEMBER_ADDRESSES_MAX: usize = 1024;
+
 impl AppState {
+    /// Adds the current members' API addresses to those remembered.
+    pub fn remember_members(&self) {
+        let members = self.log().members();
+        let mut known = cairn_util::lock(&self.member_addresses);
+        for address in members.into_iter().filter_map(|member| member.api_address) {
+            if known.len() < MEMBER_ADDRESSES_MAX || known.contains(&address) {
+                known.insert(address);
+            }
+        }
+    }
+
+    /// Whether a page at `authority` (`host:port`, see
+    /// [`cairn_util::browser::origin_authority`]) was served by this node or
+    /// by a member it has seen.
+    pub fn trusts_page_of(&self, authority: &str) -> bool {
+        use cairn_util::browser::names_address;
+        if names_address(authority, &self.config.advertise_address()) {
+            return true;
+        }
+        self.remember_members();
+        cairn_util::lock(&self.member_addresses)
+            .iter()
+            .any(|address| names_address(authority, address))
+    }
+
     pub fn log(&self) -> &LogHandle {
         self.proposer.log()
     }

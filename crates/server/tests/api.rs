@@ -176,7 +176,7 @@ async fn bad_input_gets_a_clear_json_error_and_writes_nothing() {
     node.refused(Method::GET, "/v1/tables/nope/docs", "", missing, "table_not_found").await;
     node.refused(Method::GET, "/v1/tables/t/docs/a", "", missing, "doc_not_found").await;
     node.refused(Method::GET, "/v2/anything", "", missing, "route_not_found").await;
-    node.refused(Method::GET, "/", "", missing, "route_not_found").await;
+    node.refused(Method::GET, "/console/missing.js", "", missing, "route_not_found").await;
     let message = node
         .refused(
             Method::POST,

@@ -19,8 +19,15 @@
 //!   the server before it sends such a request cross-site, and Cairn answers
 //!   no such question, so the browser never sends it.
 //!
-//! `PUT`, `PATCH` and `DELETE` are never simple: the browser asks first, and
-//! gets no permission.
+//! `PUT`, `PATCH` and `DELETE` are never simple: the browser asks first (a
+//! CORS preflight), and gets permission only for an origin the server trusts.
+//!
+//! **Trusted origins.** A server may trust pages of other origins that it
+//! names itself: a node trusts the pages of its cluster's members (the web
+//! console loaded from one node goes on through another when its own dies),
+//! the cloud trusts its hosts' nodes. [`Policy::check_access`] says whether
+//! a request is of the server's own origin or of a trusted one, and the
+//! server then answers the preflight and adds the CORS headers.
 
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +67,85 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// How a request that passed the checks reached the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No `Origin`: not sent by a page (or a same-origin `GET`).
+    NoOrigin,
+    /// From a page of the server's own origin.
+    SameOrigin,
+    /// From a page of an origin the server trusts (given as sent): the
+    /// answer needs `Access-Control-Allow-Origin` with it.
+    Trusted(String),
+}
+
+/// The headers of the answer to a trusted page's CORS preflight (beside
+/// `Access-Control-Allow-Origin`): the methods and request headers it may
+/// use, and how long (seconds) the browser may keep the answer.
+pub const PREFLIGHT_HEADERS: [(&str, &str); 3] = [
+    ("access-control-allow-methods", "GET, HEAD, POST, PUT, PATCH, DELETE"),
+    (
+        "access-control-allow-headers",
+        "authorization, content-type, cairn-session, cairn-seq, last-event-id",
+    ),
+    ("access-control-max-age", "600"),
+];
+
+/// The `host:port` of an origin (`scheme://host[:port]`), in lower case with
+/// the scheme's default port filled in; `None` for an origin that is not
+/// `http` or `https` (`null`, `file://`).
+pub fn origin_authority(origin: &str) -> Option<String> {
+    let (scheme, authority) = origin.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    host_name(authority)?;
+    Some(with_port(authority, default_port))
+}
+
+/// Whether `authority` (as [`origin_authority`] gives it) names the server
+/// at `address` (`host:port`): the same name and port, or both loopback
+/// (`localhost`, 127.0.0.0/8, `::1`) with the same port, since a browser may
+/// have loaded a page from `localhost` that a cluster lists by address.
+pub fn names_address(authority: &str, address: &str) -> bool {
+    let address = with_port(address, "");
+    if authority == address {
+        return true;
+    }
+    let split = |value: &str| -> Option<(String, String)> {
+        let (name, port) = value.rsplit_once(':')?;
+        Some((name.trim_start_matches('[').trim_end_matches(']').to_string(), port.to_string()))
+    };
+    let (Some((a_name, a_port)), Some((b_name, b_port))) = (split(authority), split(&address))
+    else {
+        return false;
+    };
+    a_port == b_port && is_loopback(&a_name) && is_loopback(&b_name)
+}
+
+fn is_loopback(name: &str) -> bool {
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `value` (`host[:port]`) in lower case, with `default_port` when it has no
+/// port.
+fn with_port(value: &str, default_port: &str) -> String {
+    let value = value.to_ascii_lowercase();
+    let has_port = match value.rfind(']') {
+        Some(end) => value[end..].contains(':'),
+        None => value.contains(':'),
+    };
+    if has_port || default_port.is_empty() {
+        value
+    } else {
+        format!("{value}:{default_port}")
+    }
+}
+
 /// The parts of a request the checks read; header values that are not text
 /// are passed as `Some("")`, so they are refused rather than skipped.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,17 +174,31 @@ impl Policy {
     /// check the content type themselves, so that a method a path does not
     /// take is still answered 405).
     pub fn check_site(&self, request: &Request<'_>) -> Result<(), Refusal> {
+        self.check_access(request, |_| false).map(|_| ())
+    }
+
+    /// Checks the `Host` and `Origin` of a request like [`Policy::check_site`],
+    /// but lets through a page of another origin when `trusted` says yes to
+    /// its `host:port` (lower case, the scheme's default port filled in):
+    /// the answer says which, so that a trusted origin gets CORS headers.
+    pub fn check_access(
+        &self,
+        request: &Request<'_>,
+        trusted: impl Fn(&str) -> bool,
+    ) -> Result<Access, Refusal> {
         if let Some(host) = request.host {
             if !self.host_allowed(host) {
                 return Err(Refusal::Host { host: host.to_string() });
             }
         }
-        if let Some(origin) = request.origin {
-            if !same_origin(origin, request.host) {
-                return Err(Refusal::Origin { origin: origin.to_string() });
-            }
+        let Some(origin) = request.origin else { return Ok(Access::NoOrigin) };
+        if same_origin(origin, request.host) {
+            return Ok(Access::SameOrigin);
         }
-        Ok(())
+        match origin_authority(origin) {
+            Some(authority) if trusted(&authority) => Ok(Access::Trusted(origin.to_string())),
+            _ => Err(Refusal::Origin { origin: origin.to_string() }),
+        }
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -155,19 +255,7 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
         "https" => "443",
         _ => return false,
     };
-    let with_port = |value: &str| -> String {
-        let value = value.to_ascii_lowercase();
-        let has_port = match value.rfind(']') {
-            Some(end) => value[end..].contains(':'),
-            None => value.contains(':'),
-        };
-        if has_port {
-            value
-        } else {
-            format!("{value}:{default_port}")
-        }
-    };
-    with_port(authority) == with_port(host)
+    with_port(authority, default_port) == with_port(host, default_port)
 }
 
 fn is_json(content_type: Option<&str>) -> bool {
@@ -246,6 +334,54 @@ mod tests {
         assert_eq!(policy_check("http://localhost", "localhost:80"), Ok(()));
         assert_eq!(policy_check("https://[::1]", "[::1]:443"), Ok(()));
         assert!(policy_check("https://localhost", "localhost:80").is_err());
+    }
+
+    #[test]
+    fn pages_of_trusted_origins_pass_and_say_so() {
+        let policy = Policy::default();
+        let members = ["127.0.0.1:7001", "127.0.0.1:7011", "db-2.example:7000"];
+        let trusted = |authority: &str| members.iter().any(|m| names_address(authority, m));
+        let access = |origin| {
+            policy
+                .check_access(&request("GET", Some("127.0.0.1:7001"), Some(origin), None), trusted)
+        };
+        assert_eq!(access("https://127.0.0.1:7001"), Ok(Access::SameOrigin));
+        assert_eq!(
+            access("https://127.0.0.1:7011"),
+            Ok(Access::Trusted("https://127.0.0.1:7011".into()))
+        );
+        // Loopback by another name is the same server.
+        assert_eq!(
+            access("https://localhost:7011"),
+            Ok(Access::Trusted("https://localhost:7011".into()))
+        );
+        assert_eq!(
+            access("http://DB-2.example:7000"),
+            Ok(Access::Trusted("http://DB-2.example:7000".into()))
+        );
+        for origin in [
+            "https://127.0.0.1:7021",
+            "https://db-2.example",
+            "https://evil.example:7011",
+            "null",
+            "file://",
+            "https://127.0.0.1:7011/path",
+        ] {
+            assert_eq!(access(origin), Err(Refusal::Origin { origin: origin.into() }), "{origin}");
+        }
+        assert_eq!(
+            policy.check_access(&request("GET", Some("127.0.0.1:7001"), None, None), trusted),
+            Ok(Access::NoOrigin)
+        );
+        // A bad Host is refused whatever the origin.
+        assert!(policy
+            .check_access(
+                &request("GET", Some("evil.example"), Some("https://127.0.0.1:7011"), None),
+                trusted
+            )
+            .is_err());
+        assert!(!names_address("10.0.0.1:7011", "127.0.0.1:7011"));
+        assert!(names_address("[::1]:7011", "127.0.0.1:7011"));
     }
 
     #[test]

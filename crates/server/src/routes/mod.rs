@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/openapi.json", openapi::serve(document))
         .route("/metrics", get(metrics::scrape))
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -66,9 +67,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Refuses what a web page could send through a user's browser: a name this
-/// node does not answer to (DNS rebinding) or a page of another origin (see
-/// [`cairn_util::browser`]): 403, before anything of the request is read or
-/// done.
+/// node does not answer to (DNS rebinding) or a page of an origin it does not
+/// trust (see [`cairn_util::browser`]): 403, before anything of the request
+/// is read or done. Pages of the cluster's members (see
+/// [`AppState::trusts_page_of`]) are trusted (the console
+/// goes on through another node when its own dies): their preflights are
+/// answered here, before authentication (a browser sends them without
+/// credentials), and their answers get CORS headers.
 async fn guard(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
@@ -85,12 +90,35 @@ async fn guard(
     };
     // The content type of a POST is checked by the routes that take one
     // (`extract::JsonPost`), so a method a path does not take is still 405.
-    match state.config.browser.check_site(&checked) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => {
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal.to_string()).into_response()
+    let access =
+        match state.config.browser.check_access(&checked, |origin| state.trusts_page_of(origin)) {
+            Ok(access) => access,
+            Err(refusal) => {
+                return ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal.to_string())
+                    .into_response()
+            }
+        };
+    let preflight = request.method() == Method::OPTIONS
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let browser::Access::Trusted(origin) = access else {
+        return next.run(request).await;
+    };
+    let Ok(origin) = HeaderValue::from_str(&origin) else {
+        return ApiError::bad_request("the Origin header is not text").into_response();
+    };
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        for (name, value) in browser::PREFLIGHT_HEADERS {
+            response.headers_mut().insert(name, HeaderValue::from_static(value));
         }
-    }
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    response
 }
 
 async fn not_found(uri: Uri) -> ApiError {

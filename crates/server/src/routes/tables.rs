@@ -14,15 +14,47 @@ use crate::error::ApiError;
 use crate::extract::{ReadParams, TableParam, WriteId};
 use crate::state::AppState;
 
-/// The tables, by name.
-#[utoipa::path(get, operation_id = "tables_list", path = "/v1/tables", tag = "tables", params(ReadParams),
+/// `GET /v1/tables`'s query.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// See [`ReadParams`].
+    #[serde(default)]
+    #[param(inline)]
+    pub read: crate::extract::ReadMode,
+    /// `true` adds each table's number of documents (a scan of its keys).
+    #[serde(default)]
+    pub count: bool,
+}
+
+/// The tables, by name, and with `?count=true` how many documents each
+/// holds.
+#[utoipa::path(get, operation_id = "tables_list", path = "/v1/tables", tag = "tables", params(ListParams),
     responses((status = 200, description = "The table names, in order.", body = Tables), Failures))]
 pub async fn list(
     State(state): State<AppState>,
-    params: Result<axum::extract::Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<axum::extract::Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Tables>, ApiError> {
-    params?.barrier(&state).await?;
-    Ok(Json(Tables { tables: state.store.list_tables()? }))
+    let axum::extract::Query(params) = params?;
+    ReadParams { read: params.read }.barrier(&state).await?;
+    let tables = state.store.list_tables()?;
+    let counts = if params.count {
+        let store = state.store.clone();
+        let names = tables.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .map(|name| store.count_docs(&name).map(|count| (name, count)))
+                .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("counting documents failed: {e}")))??;
+        Some(counts)
+    } else {
+        None
+    };
+    Ok(Json(Tables { tables, counts }))
 }
 
 /// Checks a table name from the path.
