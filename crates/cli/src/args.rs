@@ -114,6 +114,9 @@ pub enum Command {
     Down(CloudArg),
     /// Show hosts, nodes and the reconciliation state.
     Status(StatusArgs),
+    /// Print login links of the web console and the todo app on the node
+    /// --addr: one-time codes, good for 15 minutes (needs an admin token).
+    Console(ConsoleArgs),
     /// Validate a desired state and submit it to the cloud.
     Apply(ApplyArgs),
     /// Run a host agent (started by the cloud, one per host).
@@ -339,6 +342,16 @@ pub struct StatusArgs {
     /// Print again every second until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub cloud: CloudArg,
+    /// Leave the cloud out (a cluster run by hand): the console then shows
+    /// the desired state but cannot submit one.
+    #[arg(long)]
+    pub no_cloud: bool,
 }
 
 #[derive(Args, Debug, Clone)]

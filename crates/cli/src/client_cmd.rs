@@ -91,6 +91,7 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         | Command::Up(_)
         | Command::Down(_)
         | Command::Status(_)
+        | Command::Console(_)
         | Command::Apply(_)
         | Command::Agent(_)
         | Command::Cloud(_) => output::usage(out, "this command cannot run here"),

@@ -18,7 +18,9 @@ use cairn_cloud::{
 };
 use serde_json::{json, Value};
 
-use crate::args::{AgentArgs, ApplyArgs, CloudArg, CloudArgs, Output, StatusArgs, UpArgs};
+use crate::args::{
+    AgentArgs, ApplyArgs, CloudArg, CloudArgs, ConsoleArgs, Output, StatusArgs, UpArgs,
+};
 use crate::error::CliError;
 use crate::node_cmd::{init_tracing, shutdown_signal};
 
@@ -189,41 +191,110 @@ async fn print_event(
                     .map(|h| format!("https://{}", h.api_address))
                     .collect();
                 println!("{time}   API (any node): {}", apis.join(" "));
-                if let Some(first) = apis.first() {
-                    if let Some(url) = login_url(first, cloud, token_file) {
-                        println!("{time}   console: {url}");
-                        println!("{time}   todo app: {}", url.replacen("/#", "/apps/todo/#", 1));
-                    }
+                if let Some(first) = hosts.iter().find(|h| h.state == HostState::Running) {
+                    print_login_urls(&time, &first.api_address, cloud, token_file).await;
                 }
             }
         }
     }
 }
 
-/// The console's login URL: a node's page with the cluster's admin token,
-/// the cloud's address and the cloud's token in its fragment, which the
-/// browser never sends to a server; the page keeps them and takes them out
-/// of the address bar. `None` when a token file cannot be read.
-fn login_url(node: &str, cloud: std::net::SocketAddr, cloud_token_file: &Path) -> Option<String> {
-    let dir = cloud_token_file.parent()?;
-    let token = cairn_util::secret::read(&dir.join(cairn_cloud::NODE_TOKEN_FILE)).ok()??;
-    let cloud_token = cairn_util::secret::read(cloud_token_file).ok()??;
-    let encode = |text: &str| -> String {
-        text.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    char::from(b).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
+/// The console's and the todo app's login URLs, on the node `node` (a
+/// client with an admin token): each carries its own one-time login code
+/// (and the console's a one-time code of the cloud, when `cloud` is given)
+/// in its fragment, which a browser never sends to a server. The page
+/// trades them for tokens (`POST /v1/login`) and takes them out of the
+/// address bar; each code is good once, for 15 minutes.
+pub async fn login_urls(
+    node: &cairn_client::Client,
+    cloud: Option<&CloudClient>,
+) -> Result<(String, String), CliError> {
+    let base = node.base();
+    let role = cairn_client::views::Role::Admin;
+    let console = node.create_login_code("console login", role).await?.token;
+    let todo = node.create_login_code("todo app login", role).await?.token;
+    let mut console_url = format!("{base}/#code={}", url_encode(&console));
+    if let Some(cloud) = cloud {
+        let code = cloud.login_code().await?;
+        console_url +=
+            &format!("&cloud={}&cloud_code={}", url_encode(cloud.base()), url_encode(&code));
+    }
+    Ok((console_url, format!("{base}/apps/todo/#code={}", url_encode(&todo))))
+}
+
+/// `text` percent-encoded for a URL's query or fragment.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `cairn console`: prints fresh login URLs of the console and the todo app.
+pub async fn console(global: &crate::args::Global, args: ConsoleArgs) -> ExitCode {
+    let output = global.output;
+    let node = match global.client(&global.addr) {
+        Ok(node) => node,
+        Err(e) => return crate::output::usage(output, &e),
     };
-    Some(format!(
-        "{node}/#token={}&cloud={}&cloud_token={}",
-        encode(&token),
-        encode(&format!("http://{cloud}")),
-        encode(&cloud_token)
-    ))
+    let cloud = if args.no_cloud {
+        None
+    } else {
+        match cloud_client(&args.cloud.cloud, &args.cloud.cloud_token_file) {
+            Ok(cloud) => Some(cloud),
+            Err(e) => return fail(output, e),
+        }
+    };
+    match login_urls(&node, cloud.as_ref()).await {
+        Ok((console, todo)) => {
+            let urls = json!({ "console": console, "todo": todo });
+            crate::output::success(output, &urls, || {
+                format!("console:  {console}\ntodo app: {todo}\n(each link logs in once, within 15 minutes)")
+            })
+        }
+        Err(e) => fail(output, e),
+    }
+}
+
+/// Prints the login URLs of a `cairn up` cluster, once per run of `cairn
+/// up` (each holds one-time codes; `cairn console` makes more).
+async fn print_login_urls(
+    time: &humantime::Rfc3339Timestamp,
+    api_address: &str,
+    cloud: std::net::SocketAddr,
+    cloud_token_file: &Path,
+) {
+    static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PRINTED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let Some(dir) = cloud_token_file.parent() else { return };
+    let made = async {
+        let token = cairn_util::secret::read(&dir.join(cairn_cloud::NODE_TOKEN_FILE))
+            .map_err(|e| CliError::Usage(format!("cannot read the admin token: {e}")))?;
+        let tls = cairn_tls::api_client(&dir.join("ca").join("ca.crt"))
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let timeout = Duration::from_millis(cairn_client::REQUEST_TIMEOUT_MS_DEFAULT);
+        let node =
+            cairn_client::Client::with_tls(api_address, timeout, Some(tls))?.with_token(token);
+        let cloud = cloud_client(&cloud.to_string(), cloud_token_file)?;
+        login_urls(&node, Some(&cloud)).await
+    };
+    match made.await {
+        Ok((console, todo)) => {
+            PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+            println!("{time}   console: {console}");
+            println!("{time}   todo app: {todo}");
+            println!(
+                "{time}   (each link logs in once, within 15 minutes; `cairn console` makes more)"
+            );
+        }
+        Err(e) => println!("{time}   console: no login link ({e}); `cairn console` makes one"),
+    }
 }
 
 /// Creates `host-1` when the cloud has no host: the host whose agent

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime.block_on(control_cmd::up(cli.global.output, args)),
         Command::Down(args) => runtime.block_on(control_cmd::down(cli.global.output, args)),
         Command::Status(args) => runtime.block_on(control_cmd::status(&cli.global, args)),
+        Command::Console(args) => runtime.block_on(control_cmd::console(&cli.global, args)),
         Command::Apply(args) => runtime.block_on(control_cmd::apply(cli.global.output, args)),
         Command::Agent(args) => runtime.block_on(control_cmd::agent(cli.global.output, args)),
         Command::Cloud(args) => runtime.block_on(control_cmd::cloud(cli.global.output, args)),

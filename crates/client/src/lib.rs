@@ -248,6 +248,12 @@ impl Client {
         &self.addr
     }
 
+    /// The node's base URL (`https://HOST:PORT` or `http://…`), without a
+    /// trailing slash.
+    pub fn base(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.path_segments_mut().expect("an http URL has a path").clear().extend(segments);
@@ -395,8 +401,27 @@ impl Client {
         name: &str,
         role: views::Role,
     ) -> Result<views::TokenCreated, Error> {
-        let body = views::NewToken { name: name.to_string(), role };
+        let body = views::NewToken { name: name.to_string(), role, login: false };
         let request = self.request(Method::POST, &["v1", "tokens"])?.json(&body);
+        self.typed(request).await
+    }
+
+    /// Makes a one-time login code with `role` (admin only): good for one
+    /// [`Client::login`] within 15 minutes.
+    pub async fn create_login_code(
+        &self,
+        name: &str,
+        role: views::Role,
+    ) -> Result<views::TokenCreated, Error> {
+        let body = views::NewToken { name: name.to_string(), role, login: true };
+        let request = self.request(Method::POST, &["v1", "tokens"])?.json(&body);
+        self.typed(request).await
+    }
+
+    /// Trades this client's token, a one-time login code, for a new token of
+    /// the same role; the code is spent.
+    pub async fn login(&self) -> Result<views::TokenCreated, Error> {
+        let request = self.request(Method::POST, &["v1", "login"])?.json(&serde_json::json!({}));
         self.typed(request).await
     }
 

@@ -221,7 +221,15 @@ pub struct NewToken {
     /// What the token is for: 1 to 64 printable characters.
     pub name: String,
     pub role: Role,
+    /// `true` makes a one-time login code instead: good for one
+    /// `POST /v1/login` within [`LOGIN_CODE_MS`], which answers a new token
+    /// of the same role (the console's login URL carries one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub login: bool,
 }
+
+/// How long a login code is good for, in milliseconds: 15 minutes.
+pub const LOGIN_CODE_MS: u64 = 15 * 60 * 1000;
 
 /// A token as listed: never its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -231,6 +239,10 @@ pub struct TokenView {
     pub role: Role,
     /// When it was made, in milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// For a one-time login code: until when it is good (milliseconds since
+    /// the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_until_ms: Option<u64>,
 }
 
 /// `POST /v1/tokens`: the new token. `token` is shown this once; the

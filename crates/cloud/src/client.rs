@@ -147,6 +147,17 @@ impl CloudClient {
         self.call::<serde_json::Value>(Method::POST, "/v1/status", Some(report)).await.map(drop)
     }
 
+    /// A one-time login code for the cloud (`POST /v1/login-codes`), good
+    /// for 15 minutes.
+    pub async fn login_code(&self) -> Result<String, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Code {
+            code: String,
+        }
+        let answer: Code = self.call(Method::POST, "/v1/login-codes", None::<&()>).await?;
+        Ok(answer.code)
+    }
+
     /// Asks the cloud to stop (its agents, then itself).
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         self.call::<serde_json::Value>(Method::POST, "/v1/shutdown", None::<&()>).await.map(drop)

@@ -76,6 +76,9 @@ pub enum Error {
     /// A request without the admin token.
     #[error("this call needs the cloud's admin token: send `Authorization: Bearer <token>`, the token being in the cloud's {file}")]
     Unauthorized { file: &'static str },
+    /// `POST /v1/login` without a login code that is good.
+    #[error("the login code was used already, its time is up, or it is not one: `cairn console` makes another")]
+    LoginCode,
     /// What a web page could send through a user's browser.
     #[error("{0}")]
     Browser(cairn_util::browser::Refusal),
@@ -98,7 +101,7 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Error::Browser(_) => StatusCode::FORBIDDEN,
-            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized { .. } | Error::LoginCode => StatusCode::UNAUTHORIZED,
             Error::HostNotFound { .. } | Error::NoDesiredState | Error::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -134,7 +137,7 @@ impl Error {
                 "unsupported_media_type"
             }
             Error::Browser(_) => "forbidden",
-            Error::Unauthorized { .. } => "unauthorized",
+            Error::Unauthorized { .. } | Error::LoginCode => "unauthorized",
             Error::Config(_)
             | Error::Listen { .. }
             | Error::Io { .. }

@@ -127,7 +127,16 @@ pub(crate) struct Shared {
     pub shutdown: Notify,
     /// The admin token every request but `GET /v1/health` must carry.
     pub token: String,
+    /// One-time login codes (`POST /v1/login-codes`), each good for one
+    /// `POST /v1/login` until its time (ms since the Unix epoch); kept in
+    /// memory only, so a restarted cloud has none.
+    pub login_codes: std::sync::Mutex<Vec<(String, u64)>>,
 }
+
+/// How long a cloud login code is good for: 15 minutes.
+pub const LOGIN_CODE_MS: u64 = 15 * 60 * 1000;
+/// The most login codes a cloud holds at once; the oldest goes first.
+pub const LOGIN_CODES_MAX: usize = 64;
 
 /// A cloud, bound and with its agents started: call [`Cloud::serve`]. (A
 /// cloud dropped without serving leaves its agents running.)
@@ -200,7 +209,14 @@ impl Cloud {
         let provider = LocalProvider::open(provider_config, events.clone())?;
         provider.resume().await;
         let status = StatusLog::new(events.clone());
-        let shared = Arc::new(Shared { provider, desired, status, shutdown: Notify::new(), token });
+        let shared = Arc::new(Shared {
+            provider,
+            desired,
+            status,
+            shutdown: Notify::new(),
+            token,
+            login_codes: std::sync::Mutex::default(),
+        });
         tracing::info!(%local_addr, "cloud started");
         Ok(Cloud { listener, local_addr, shared, events })
     }

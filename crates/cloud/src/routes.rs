@@ -10,6 +10,8 @@
 //! | `GET /v1/desired` · `PUT /v1/desired` | the current desired state · submit one (JSONC text) |
 //! | `GET /v1/status` · `POST /v1/status` | the last report and the transitions · a leader's report |
 //! | `POST /v1/shutdown` | 202, then the cloud stops its agents and exits |
+//! | `POST /v1/login-codes` | a one-time login code (`{"code", "until_ms"}`), good for 15 minutes |
+//! | `POST /v1/login` | with the code as bearer token: the cloud's token, once (`{"token"}`) |
 //!
 //! Errors are `{"error": {"code", "message"}}` (plus `field` for a refused
 //! desired state) with the status of [`Error`]'s groups, the same shape as the
@@ -59,6 +61,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/desired", get(get_desired).put(put_desired))
         .route("/v1/status", get(get_status).post(post_status))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/login-codes", post(create_login_code))
+        .route("/v1/login", post(login))
         .fallback(not_found)
         // The largest body of any route; each route checks its own below.
         .layer(DefaultBodyLimit::max(DESIRED_TEXT_BYTES_MAX))
@@ -124,13 +128,60 @@ async fn guard(
     response
 }
 
+/// Makes a one-time login code for the cloud: good for one `POST /v1/login`
+/// within [`crate::LOGIN_CODE_MS`] (the console's login URL carries one, so
+/// the cloud's token itself is never printed).
+async fn create_login_code(State(shared): AppState) -> Result<Response, Error> {
+    let code = cairn_util::secret::generate().map_err(|e| {
+        Error::io("cannot draw random bytes", std::path::Path::new("/dev/urandom"), e)
+    })?;
+    let now = now_ms();
+    let until = now + crate::LOGIN_CODE_MS;
+    let mut codes = crate::lock(&shared.login_codes);
+    codes.retain(|(_, until)| *until >= now);
+    if codes.len() >= crate::LOGIN_CODES_MAX {
+        codes.remove(0);
+    }
+    codes.push((code.clone(), until));
+    Ok((StatusCode::CREATED, Json(json!({ "code": code, "until_ms": until }))).into_response())
+}
+
+/// Trades a login code (as the bearer token) for the cloud's token, once.
+async fn login(State(shared): AppState, request: axum::extract::Request) -> Response {
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    let now = now_ms();
+    let mut codes = crate::lock(&shared.login_codes);
+    codes.retain(|(_, until)| *until >= now);
+    let found = codes.iter().position(|(code, _)| cairn_util::secret::same(code, &given));
+    match found {
+        Some(at) if !given.is_empty() => {
+            codes.remove(at);
+            (StatusCode::CREATED, Json(json!({ "token": shared.token }))).into_response()
+        }
+        _ => Error::LoginCode.into_response(),
+    }
+}
+
 /// Every request but `GET /v1/health` must carry the admin token.
 async fn authorize(
     State(shared): AppState,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.method() == Method::GET && request.uri().path() == "/v1/health" {
+    let open = match request.uri().path() {
+        "/v1/health" => request.method() == Method::GET,
+        // It takes a login code instead (checked there).
+        "/v1/login" => request.method() == Method::POST,
+        _ => false,
+    };
+    if open {
         return next.run(request).await;
     }
     let given = request

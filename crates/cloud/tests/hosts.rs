@@ -410,3 +410,50 @@ async fn the_shutdown_route_stops_the_cloud() {
     assert!(!alive(host["pid"].as_u64().expect("pid") as u32));
     assert!(h.host_dir("host-1").is_dir(), "a stopped cloud keeps its hosts");
 }
+
+/// A login code, made with the cloud's token, is traded once for it (the
+/// console's login link carries one, so the token itself is never printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_code_is_traded_once_for_the_clouds_token() {
+    let mut h = Harness::new();
+    h.start().await;
+    let http = reqwest::Client::new();
+    let token = h.token();
+    let made = http.post(h.url("/v1/login-codes")).header("content-type", "application/json");
+    assert_eq!(made.send().await.expect("POST").status(), StatusCode::UNAUTHORIZED);
+    let answer = http
+        .post(h.url("/v1/login-codes"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let code: serde_json::Value = answer.json().await.expect("JSON");
+    let code = code["code"].as_str().expect("a code").to_string();
+    let trade = || {
+        http.post(h.url("/v1/login"))
+            .bearer_auth(&code)
+            .header("content-type", "application/json")
+            .send()
+    };
+    let answer = trade().await.expect("POST");
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let body: serde_json::Value = answer.json().await.expect("JSON");
+    assert_eq!(body["token"], token.as_str());
+    let again = trade().await.expect("POST");
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = again.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    // A made-up code, or none, gets nothing.
+    for given in ["nope", ""] {
+        let answer = http
+            .post(h.url("/v1/login"))
+            .bearer_auth(given)
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{given:?}");
+    }
+}

@@ -5,7 +5,7 @@
 // A page uses it like this (the todo app at /apps/todo/ is a whole example):
 //
 //   import { Cairn, login } from "/lib/cairn.js";
-//   const cairn = new Cairn(login());          // the token from the login URL
+//   const cairn = new Cairn(await login());    // the token from the login URL
 //   await cairn.call("PUT", "/v1/tables/todos/docs/a1", { title: "milk" });
 //   const feed = cairn.feed("/v1/tables/todos/changes", { includeInitial: true,
 //     onEvent: (event) => ..., onStatus: (status) => ... });
@@ -15,24 +15,32 @@
 const STORE_KEY = "cairn.login";
 
 // The login: a token (and, for the console's desired-state page, the cloud's
-// address and token). `cairn up` prints a URL whose fragment carries them
-// (#token=...&cloud=...&cloud_token=...); a fragment never reaches a server.
-// It is kept in this origin's localStorage and taken out of the address bar.
-export function login() {
+// address and token). `cairn up` and `cairn console` print login URLs whose
+// fragment (never sent to a server) carries one-time codes:
+// #code=...&cloud=...&cloud_code=... . They are traded here for tokens
+// (POST /v1/login on the node, and on the cloud), kept in this origin's
+// localStorage, and taken out of the address bar. A fragment with a token
+// itself (#token=...) is taken as it is. Answers the login, or one with
+// `error` set when a code could not be traded.
+export async function login() {
   const hash = new URLSearchParams(location.hash.replace(/^#/, ""));
-  if (hash.has("token")) {
-    const saved = {
-      token: hash.get("token"),
-      cloud: hash.get("cloud") || null,
-      cloudToken: hash.get("cloud_token") || null,
-    };
-    localStorage.setItem(STORE_KEY, JSON.stringify(saved));
-    hash.delete("token");
-    hash.delete("cloud");
-    hash.delete("cloud_token");
+  const given = ["token", "code", "cloud", "cloud_code", "cloud_token"].filter((key) => hash.has(key));
+  if (given.length) {
+    for (const key of given) hash.delete(key);
     const rest = hash.toString();
+    const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
     history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
-    return saved;
+    const saved = { token: fragment.get("token"), cloud: fragment.get("cloud"), cloudToken: fragment.get("cloud_token") };
+    try {
+      if (fragment.get("code")) saved.token = (await trade(location.origin + "/v1/login", fragment.get("code"))).token;
+      if (saved.cloud && fragment.get("cloud_code")) saved.cloudToken = (await trade(saved.cloud.replace(/\/$/, "") + "/v1/login", fragment.get("cloud_code"))).token;
+    } catch (error) {
+      if (!saved.token) return { token: null, cloud: null, cloudToken: null, error };
+      saved.error = error;
+    }
+    const kept = { token: saved.token, cloud: saved.cloud || null, cloudToken: saved.cloudToken || null };
+    localStorage.setItem(STORE_KEY, JSON.stringify(kept));
+    return Object.assign(kept, saved.error ? { error: saved.error } : {});
   }
   try {
     const saved = JSON.parse(localStorage.getItem(STORE_KEY) || "null");
@@ -41,6 +49,22 @@ export function login() {
     // A damaged entry is no login.
   }
   return { token: null, cloud: null, cloudToken: null };
+}
+
+// POST url with a one-time code as the bearer token: the answer's JSON.
+async function trade(url, code) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { Authorization: "Bearer " + code, "Content-Type": "application/json" },
+    body: "{}",
+    signal: AbortSignal.timeout(10000),
+  });
+  const json = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = json.error || {};
+    throw new ApiError(response.status, error.code || "http_" + response.status, error.message || response.statusText);
+  }
+  return json;
 }
 
 export function saveLogin(saved) {

@@ -17,7 +17,7 @@ const el = (tag, attrs = {}, ...children) => {
 };
 const errorText = (error) => (error instanceof ApiError && error.code ? `${error.code}: ${error.message}` : String(error.message || error));
 
-let session = login();
+let session = await login();
 let cairn = new Cairn({ token: session.token });
 let page = null;
 let lastCluster = null;
@@ -696,6 +696,10 @@ $("#reload-desired").addEventListener("click", loadDesired);
 // ---- Start -----------------------------------------------------------------
 
 route();
+if (session.error) {
+  const where = session.token ? "#desired-error" : "#login-error";
+  $(where).textContent = `the login link did not work: ${session.error.message}`;
+}
 if (session.token) {
   pollCluster().then(pollHealth);
   setInterval(pollCluster, 1000);

@@ -110,17 +110,22 @@ pub struct Principal {
     /// on an `--insecure` node.
     pub id: String,
     pub role: Role,
+    /// A one-time login code: good only for `POST /v1/login`.
+    pub login: bool,
 }
 
 impl Principal {
     pub fn anonymous() -> Principal {
-        Principal { id: "anonymous".into(), role: Role::Admin }
+        Principal { id: "anonymous".into(), role: Role::Admin, login: false }
     }
 
     fn node_admin() -> Principal {
-        Principal { id: "admin".into(), role: Role::Admin }
+        Principal { id: "admin".into(), role: Role::Admin, login: false }
     }
 }
+
+/// The one route a login code may call.
+pub const LOGIN_PATH: &str = "/v1/login";
 
 /// The record [`TOKENS_KEY`]: token id → what it is, with its hash.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -139,6 +144,24 @@ pub struct StoredToken {
     /// SHA-256 of the secret, as hex.
     pub sha256: String,
     pub created_ms: u64,
+    /// Set for a one-time login code: until when it is good (ms since the
+    /// Unix epoch, by the clock of the node it is shown to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_until_ms: Option<u64>,
+}
+
+impl StoredToken {
+    /// Whether this is a login code whose time is up at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.login_until_ms.is_some_and(|until| now_ms > until)
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// The record [`SESSIONS_KEY`].
@@ -159,6 +182,10 @@ pub fn required(method: &Method, path: &str) -> Option<Role> {
     // a token before they read any.
     if (*method == Method::GET || *method == Method::HEAD) && crate::console::is_page(path) {
         return None;
+    }
+    if path == LOGIN_PATH {
+        // Any login code; `authenticate` lets nothing else call it.
+        return Some(Role::Read);
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let admin = match segments.as_slice() {
@@ -216,12 +243,27 @@ pub async fn authenticate(
     } else {
         match cluster_token(&state, token).await {
             Ok(Some(principal)) => principal,
+            Ok(None) if request.uri().path() == LOGIN_PATH => {
+                return unauthorized(
+                    "the login code was used already, its time is up, or it is not one: \
+                     `cairn console` makes another",
+                )
+            }
             Ok(None) => {
                 return unauthorized("the token is not valid: unknown, revoked or mistyped")
             }
             Err(error) => return error.into_response(),
         }
     };
+    let login_route = request.method() == Method::POST && request.uri().path() == LOGIN_PATH;
+    if principal.login != login_route {
+        let message = if principal.login {
+            format!("token '{}' is a one-time login code: it is good only for POST {LOGIN_PATH}, which answers a token", principal.id)
+        } else {
+            format!("POST {LOGIN_PATH} takes a one-time login code (cairn console makes one), not a token")
+        };
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+    }
     if principal.role < needed {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -253,9 +295,12 @@ async fn cluster_token(state: &AppState, token: &str) -> Result<Option<Principal
         state.tokens.refresh(state, arrived).await?;
         record = state.tokens.current(&state.store)?;
     }
-    Ok(record.tokens.get(id).and_then(|stored| {
-        secret::same(&sha256_hex(secret_part.as_bytes()), &stored.sha256)
-            .then(|| Principal { id: id.to_string(), role: stored.role })
+    Ok(record.tokens.get(id).filter(|stored| !stored.expired(now_ms())).and_then(|stored| {
+        secret::same(&sha256_hex(secret_part.as_bytes()), &stored.sha256).then(|| Principal {
+            id: id.to_string(),
+            role: stored.role,
+            login: stored.login_until_ms.is_some(),
+        })
     }))
 }
 
@@ -389,8 +434,8 @@ mod tests {
 
     #[test]
     fn a_session_handle_works_only_for_who_opened_it() {
-        let alice = Principal { id: "00000000000000aa".into(), role: Role::Write };
-        let bob = Principal { id: "00000000000000bb".into(), role: Role::Write };
+        let alice = Principal { id: "00000000000000aa".into(), role: Role::Write, login: false };
+        let bob = Principal { id: "00000000000000bb".into(), role: Role::Write, login: false };
         let key = "k".repeat(64);
         let handle = session_handle(&key, 17, &alice);
         assert_eq!(session_number(&key, &handle, &alice), Some(17));

@@ -704,6 +704,7 @@ async fn the_api_is_described_by_an_openapi_document() {
         ("/v1/admin/members/{id}", &["delete"]),
         ("/v1/tokens", &["get", "post"]),
         ("/v1/tokens/{id}", &["delete"]),
+        ("/v1/login", &["post"]),
         ("/v1/tables/{table}/changes", &["get"]),
         ("/v1/changes/kv", &["get"]),
     ];

@@ -43,6 +43,18 @@ async fn the_pages_are_served_without_a_token_and_load_nothing_from_elsewhere() 
         .unwrap();
     assert_eq!(redirect.status(), StatusCode::PERMANENT_REDIRECT);
     assert_eq!(redirect.headers()["location"], "/apps/todo/");
+    // Pages are only read: another method is the API's JSON 405 (after the
+    // token, as for any route but a page's GET).
+    node.refused(Method::POST, "/", "{}", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        .await;
+    node.refused(
+        Method::DELETE,
+        "/apps/todo/",
+        "",
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
     // The data behind them still needs a token.
     let (status, _) =
         node.with_headers(Method::GET, "/v1/tables", "", &[("authorization", "Bearer nope")]).await;
@@ -135,5 +147,41 @@ async fn tables_are_listed_with_their_document_counts_when_asked() {
     assert!(answer.get("counts").is_none(), "{answer}");
     node.refused(Method::GET, "/v1/tables?count=maybe", "", StatusCode::BAD_REQUEST, "bad_request")
         .await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_code_is_traded_once_for_a_token_and_is_good_for_nothing_else() {
+    let node = TestNode::start().await;
+    let admin = node.client();
+    let code =
+        admin.create_login_code("console login", cairn_client::views::Role::Write).await.unwrap();
+    let until = code.view.login_until_ms.expect("a login code says until when");
+    assert!(until > code.view.created_ms, "{code:?}");
+    // The code reads nothing, and the admin token cannot log in.
+    let as_code = node.client_with(Some(&code.token));
+    let refused = as_code.list_tables().await.unwrap_err();
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    assert!(refused.to_string().contains("login code"), "{refused}");
+    let refused = admin.login().await.unwrap_err();
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    // Traded once: a token of the code's role, which works.
+    let token = as_code.login().await.unwrap();
+    assert_eq!(token.view.role, cairn_client::views::Role::Write);
+    assert_eq!(token.view.login_until_ms, None);
+    let user = node.client_with(Some(&token.token));
+    // Write, not admin: no tables made, documents written.
+    assert_eq!(user.create_table("t").await.unwrap_err().status(), Some(403));
+    admin.create_table("t").await.unwrap();
+    let doc = serde_json::json!({"id": "a"});
+    user.insert("t", &doc, cairn_client::Conflict::Error).await.unwrap();
+    assert_eq!(user.list_tables().await.unwrap(), ["t"]);
+    // Never twice.
+    let again = as_code.login().await.unwrap_err();
+    assert_eq!(again.status(), Some(401), "{again}");
+    // Only the token is listed now.
+    let listed = admin.list_tokens().await.unwrap();
+    let ids: Vec<&str> = listed.tokens.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [token.view.id.as_str()]);
     node.stop().await;
 }

@@ -15,7 +15,7 @@ import { Cairn, login, saveLogin } from "/lib/cairn.js";
 const TABLE = "todos";
 const $ = (selector) => document.querySelector(selector);
 
-const session = login();
+const session = await login();
 const cairn = new Cairn({ token: session.token });
 const todos = new Map();
 
@@ -23,7 +23,12 @@ function showError(error) {
   $("#error").textContent = error ? (error.code ? `${error.code}: ${error.message}` : String(error.message || error)) : "";
 }
 
+// The todo being edited, if any: the list is not redrawn under the
+// person's typing; it is once the edit ends.
+let editing = null;
+
 function render() {
+  if (editing) return;
   const list = $("#todos");
   const items = [...todos.values()].sort((a, b) => a.created - b.created || (a.id < b.id ? -1 : 1));
   list.replaceChildren(...items.map(item));
@@ -61,12 +66,14 @@ function edit(li, todo) {
   input.value = todo.title;
   input.maxLength = 500;
   let finished = false;
+  editing = todo.id;
   const finish = (save) => {
     if (finished) return;
     finished = true;
+    editing = null;
     const title = input.value.trim();
     if (save && title && title !== todo.title) write("PATCH", todo.id, { title });
-    else render();
+    render();
   };
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter") finish(true);
@@ -102,6 +109,7 @@ $("#login").addEventListener("submit", (event) => {
 
 async function start() {
   if (!session.token) {
+    if (session.error) showError(session.error);
     $("#login").hidden = false;
     $("#add").hidden = true;
     $("#status").textContent = "not logged in";

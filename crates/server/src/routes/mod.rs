@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(admin::remove))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(tokens::login))
         .routes(routes!(changes::table))
         .routes(routes!(changes::kv))
         .split_for_parts();

@@ -7,7 +7,9 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use cairn_client::views::{NewToken, TokenCreated, TokenList, TokenRevoked, TokenView};
+use cairn_client::views::{
+    NewToken, TokenCreated, TokenList, TokenRevoked, TokenView, LOGIN_CODE_MS,
+};
 use cairn_storage::{ApplyError, Op, Outcome};
 use serde::Deserialize;
 
@@ -66,7 +68,13 @@ fn view(id: &str, stored: &StoredToken) -> TokenView {
         name: stored.name.clone(),
         role: stored.role,
         created_ms: stored.created_ms,
+        login_until_ms: stored.login_until_ms,
     }
+}
+
+/// Drops the login codes whose time is up (with any write of the record).
+fn prune_expired(record: &mut TokensRecord, now_ms: u64) {
+    record.tokens.retain(|_, stored| !stored.expired(now_ms));
 }
 
 /// Makes a token. Its secret is in this answer only: the cluster keeps its
@@ -91,16 +99,66 @@ pub async fn create(
         )));
     }
     let (id, token) = auth::new_token()?;
-    let created_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
-    let stored =
-        StoredToken { name, role: asked.role, sha256: auth::token_hash(&token), created_ms };
+    let created_ms = auth::now_ms();
+    let stored = StoredToken {
+        name,
+        role: asked.role,
+        sha256: auth::token_hash(&token),
+        created_ms,
+        login_until_ms: asked.login.then_some(created_ms + LOGIN_CODE_MS),
+    };
     let ((), index) = change_tokens(&state, |record| {
+        prune_expired(record, created_ms);
         record.tokens.insert(id.clone(), stored.clone());
     })
     .await?;
-    tracing::info!(token = %id, name = %stored.name, role = %stored.role, "token created");
+    let kind = if asked.login { "login code" } else { "token" };
+    tracing::info!(token = %id, name = %stored.name, role = %stored.role, "{kind} created");
+    Ok((StatusCode::CREATED, Json(TokenCreated { view: view(&id, &stored), token, index })))
+}
+
+/// Trades a one-time login code (the request's token) for a new token of
+/// the same role, in one write: the code is gone once the token exists, so
+/// it can be traded once, on any node, however many try at once.
+#[utoipa::path(post, operation_id = "tokens_login", path = "/v1/login", tag = "tokens",
+    responses((status = 201, description = "The new token, shown this once.", body = TokenCreated),
+        Failures))]
+pub async fn login(
+    State(state): State<AppState>,
+    principal: axum::Extension<auth::Principal>,
+    _: crate::extract::JsonPost,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    if !principal.login {
+        return Err(ApiError::bad_request(
+            "POST /v1/login takes a one-time login code (cairn console makes one), not a token",
+        ));
+    }
+    let code_id = principal.id.clone();
+    let (id, token) = auth::new_token()?;
+    let now = auth::now_ms();
+    let (made, index) = change_tokens(&state, |record| {
+        let code = record.tokens.get(&code_id).filter(|code| !code.expired(now))?.clone();
+        record.tokens.remove(&code_id);
+        prune_expired(record, now);
+        let stored = StoredToken {
+            name: format!("{} (logged in)", code.name),
+            role: code.role,
+            sha256: auth::token_hash(&token),
+            created_ms: now,
+            login_until_ms: None,
+        };
+        record.tokens.insert(id.clone(), stored.clone());
+        Some(stored)
+    })
+    .await?;
+    let Some(stored) = made else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the login code was used already or its time is up: `cairn console` makes another",
+        ));
+    };
+    tracing::info!(code = %code_id, token = %id, role = %stored.role, "login code traded for a token");
     Ok((StatusCode::CREATED, Json(TokenCreated { view: view(&id, &stored), token, index })))
 }
 
