@@ -597,6 +597,10 @@ async function cloudCall(method, path, body) {
 }
 
 let desiredCurrent = null;
+// Whether the person has typed in the text since it was last loaded: a
+// reload then leaves it alone (the Reload button does not).
+let desiredEdited = false;
+$("#desired-text").addEventListener("input", () => (desiredEdited = true));
 
 async function showDesired() {
   $("#desired-cloud").textContent = session.cloud ? `Submitted to the cloud at ${session.cloud} (PUT /v1/desired), as \`cairn apply\` does.` : "No cloud was given at login: the accepted state is shown, but changes cannot be submitted.";
@@ -604,7 +608,8 @@ async function showDesired() {
   if (lastCluster) renderDesiredStatus(lastCluster.reconciliation);
 }
 
-async function loadDesired() {
+async function loadDesired(force) {
+  if (force === true) desiredEdited = false;
   try {
     const record = await cairn.call("GET", "/v1/system/control");
     const accepted = record && record.control && record.control.accepted;
@@ -616,7 +621,7 @@ async function loadDesired() {
   if (!session.cloud) return;
   try {
     desiredCurrent = await cloudCall("GET", "/v1/desired");
-    $("#desired-text").value = desiredCurrent.text;
+    if (!desiredEdited) $("#desired-text").value = desiredCurrent.text;
     $("#desired-error").textContent = "";
   } catch (error) {
     $("#desired-error").textContent = errorText(error);
@@ -672,6 +677,7 @@ async function submitDesired(text) {
     following = record.id;
     $("#desired-info").textContent = `desired state ${record.id} submitted; following it…`;
     $("#desired-text").value = record.text;
+    desiredEdited = false;
   } catch (error) {
     // The message names the field (error.field holds it for programs).
     $("#desired-error").textContent = error.message;
@@ -691,7 +697,7 @@ $("#replicas-form").addEventListener("submit", async (event) => {
   }
 });
 $("#submit-desired").addEventListener("click", () => submitDesired($("#desired-text").value));
-$("#reload-desired").addEventListener("click", loadDesired);
+$("#reload-desired").addEventListener("click", () => loadDesired(true));
 
 // ---- Start -----------------------------------------------------------------
 
