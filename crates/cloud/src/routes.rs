@@ -108,23 +108,16 @@ async fn guard(
     let browser::Access::Trusted(origin) = access else {
         return next.run(request).await;
     };
-    let Ok(origin) = HeaderValue::from_str(&origin) else {
-        return Error::Browser(browser::Refusal::Origin { origin }).into_response();
-    };
     let preflight = request.method() == Method::OPTIONS
         && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut response = if preflight {
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        for (name, value) in browser::PREFLIGHT_HEADERS {
-            response.headers_mut().insert(name, HeaderValue::from_static(value));
+    let mut response =
+        if preflight { StatusCode::NO_CONTENT.into_response() } else { next.run(request).await };
+    for (name, value) in browser::cors_headers(&origin, preflight) {
+        // The origin passed the checks as text: it makes a header value.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(name, value);
         }
-        response
-    } else {
-        next.run(request).await
-    };
-    let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
     response
 }
 

@@ -91,6 +91,20 @@ pub const PREFLIGHT_HEADERS: [(&str, &str); 3] = [
     ("access-control-max-age", "600"),
 ];
 
+/// The headers to add to the answer to a page of a trusted origin (`origin`
+/// as the page sent it, see [`Access::Trusted`]): that it may read the
+/// answer, that answers vary by origin, and for a preflight (an `OPTIONS`
+/// with `Access-Control-Request-Method`, answered 204 without going
+/// further) what it may send.
+pub fn cors_headers(origin: &str, preflight: bool) -> Vec<(&'static str, String)> {
+    let mut headers =
+        vec![("access-control-allow-origin", origin.to_string()), ("vary", "origin".to_string())];
+    if preflight {
+        headers.extend(PREFLIGHT_HEADERS.iter().map(|(name, value)| (*name, value.to_string())));
+    }
+    headers
+}
+
 /// The `host:port` of an origin (`scheme://host[:port]`), in lower case with
 /// the scheme's default port filled in; `None` for an origin that is not
 /// `http` or `https` (`null`, `file://`).
