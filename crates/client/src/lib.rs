@@ -401,9 +401,7 @@ impl Client {
         name: &str,
         role: views::Role,
     ) -> Result<views::TokenCreated, Error> {
-        let body = views::NewToken { name: name.to_string(), role, login: false };
-        let request = self.request(Method::POST, &["v1", "tokens"])?.json(&body);
-        self.typed(request).await
+        self.post_token(name, role, false).await
     }
 
     /// Makes a one-time login code with `role` (admin only): good for one
@@ -413,7 +411,16 @@ impl Client {
         name: &str,
         role: views::Role,
     ) -> Result<views::TokenCreated, Error> {
-        let body = views::NewToken { name: name.to_string(), role, login: true };
+        self.post_token(name, role, true).await
+    }
+
+    async fn post_token(
+        &self,
+        name: &str,
+        role: views::Role,
+        login: bool,
+    ) -> Result<views::TokenCreated, Error> {
+        let body = views::NewToken { name: name.to_string(), role, login };
         let request = self.request(Method::POST, &["v1", "tokens"])?.json(&body);
         self.typed(request).await
     }

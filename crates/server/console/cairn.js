@@ -23,13 +23,13 @@ const STORE_KEY = "cairn.login";
 // itself (#token=...) is taken as it is. Answers the login, or one with
 // `error` set when a code could not be traded.
 export async function login() {
-  const hash = new URLSearchParams(location.hash.replace(/^#/, ""));
-  const given = ["token", "code", "cloud", "cloud_code", "cloud_token"].filter((key) => hash.has(key));
+  const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const given = ["token", "code", "cloud", "cloud_code", "cloud_token"].filter((key) => fragment.has(key));
   if (given.length) {
-    for (const key of given) hash.delete(key);
-    const rest = hash.toString();
-    const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
-    history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
+    const rest = new URLSearchParams(fragment);
+    for (const key of given) rest.delete(key);
+    const left = rest.toString();
+    history.replaceState(null, "", location.pathname + location.search + (left ? "#" + left : ""));
     const saved = { token: fragment.get("token"), cloud: fragment.get("cloud"), cloudToken: fragment.get("cloud_token") };
     try {
       if (fragment.get("code")) saved.token = (await trade(location.origin + "/v1/login", fragment.get("code"))).token;

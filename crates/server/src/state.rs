@@ -69,10 +69,12 @@ impl AppState {
         if names_address(authority, &self.config.advertise_address()) {
             return true;
         }
-        self.remember_members();
-        cairn_util::lock(&self.member_addresses)
-            .iter()
-            .any(|address| names_address(authority, address))
+        // The current members first (the tick remembers them; a request
+        // need not write the set), then those seen before.
+        let current = self.log().members().into_iter().filter_map(|member| member.api_address);
+        current
+            .chain(cairn_util::lock(&self.member_addresses).iter().cloned())
+            .any(|address| names_address(authority, &address))
     }
 
     pub fn log(&self) -> &LogHandle {
