@@ -1034,7 +1034,11 @@ async fn made_up_tokens_cannot_fill_the_log() {
     }
     let elapsed = started.elapsed();
     let barriers = admin.health().await.unwrap().applied_index - before;
-    let most = u64::try_from(elapsed.as_millis() / 100).unwrap() + 1;
+    // One barrier may begin per 100 ms interval the loop spans, the first at
+    // once; the slack of 3 covers entries this count cannot tell from
+    // barriers (the pair's own, an interval split by a slow scheduler). A
+    // barrier per refused token would be 200.
+    let most = u64::try_from(elapsed.as_millis() / 100).unwrap() + 1 + 3;
     assert!(barriers >= 1, "an unknown token waits for a barrier");
     assert!(barriers <= most, "{barriers} barriers in {elapsed:?} (at most {most})");
     // A token made through the other node is found all the same, once an
