@@ -62,6 +62,7 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
         stop_node_on_shutdown: true,
         ca_dir: args.ca_dir,
         node_token_file: args.node_token_file,
+        backup_dir: args.backup_dir,
         cloud_token,
     };
     match cairn_agent::run(config, shutdown_signal()).await {
@@ -523,6 +524,7 @@ fn read_desired(file: &Path) -> Result<(String, cairn_control::desired::DesiredS
         source,
     })?;
     let desired = cairn_control::desired::parse(&text)
+        .and_then(|d| cairn_control::desired::check_supported(&d).map(|()| d))
         .map_err(|e| CliError::Desired { path, message: e.to_string() })?;
     Ok((text, desired))
 }

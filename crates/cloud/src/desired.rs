@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_control::desired::{parse, DesiredError};
+use cairn_control::desired::{check_supported, parse, DesiredError};
 use serde::{Deserialize, Serialize};
 
 use crate::status::{Events, StatusEvent};
@@ -123,6 +123,7 @@ impl DesiredStore {
     /// Makes `text` current if it is valid and newer; persists it first.
     pub fn submit(&self, text: String, source: DesiredSource) -> Result<Outcome, Error> {
         let desired = parse(&text).map_err(Error::DesiredInvalid)?;
+        check_supported(&desired).map_err(Error::DesiredInvalid)?;
         let record = {
             let mut state = lock(&self.state);
             if let Some(current) = &state.current {

@@ -105,6 +105,14 @@ async fn apply_checks_validity_and_ids() {
     assert_eq!(invalid["error"]["code"], "invalid_desired_state");
     assert_eq!(invalid["error"]["field"], "replicas", "{invalid}");
 
+    // A field the control plane does not act on yet is refused, not ignored.
+    let backups = r#"{"id": 9, "backups": [{"name": "b1", "sink": "/tmp/b"}]}"#.to_string();
+    let (status, unsupported) = h.put_text("/v1/desired", backups).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{unsupported}");
+    assert_eq!(unsupported["error"]["field"], "backups", "{unsupported}");
+    let message = unsupported["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not supported yet"), "{unsupported}");
+
     let (_, current) = h.get("/v1/desired").await;
     assert_eq!(current["id"], 5, "{current}");
     let (status, newer) = h.put_text("/v1/desired", desired_text(6)).await;

@@ -280,6 +280,37 @@ pub fn check_transition(
     Ok(())
 }
 
+/// Refuses a state that asks for what this build's control plane does not do
+/// yet, naming the field: a field is either acted on or refused, never
+/// accepted and ignored. Valid states only; [`parse`] does not call it, so
+/// that the rules of these fields stay checked (and tested) on their own. The
+/// cloud calls it before it accepts a state, and so does reconciliation before
+/// it adopts one.
+pub fn check_supported(state: &DesiredState) -> Result<(), DesiredError> {
+    let not_yet = |field: &str, what: &str| {
+        DesiredError::new(
+            field,
+            format!("{what} are not supported yet by this version of Cairn (remove the field)"),
+        )
+    };
+    if state.artifacts.is_some() {
+        return Err(not_yet("artifacts", "installing versions from artifacts"));
+    }
+    if !state.backups.is_empty() {
+        return Err(not_yet("backups", "backups taken by the control plane"));
+    }
+    if state.backup_schedule.is_some() {
+        return Err(not_yet("backup_schedule", "scheduled backups"));
+    }
+    if state.restore_from.is_some() {
+        return Err(not_yet(
+            "restore_from",
+            "clusters restored by the control plane (restore by hand with `cairn restore`)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every value rule of a state: ranges, character sets, uniqueness,
 /// `restart_generation` not above `id`. [`parse`] calls it; code that builds
 /// states itself calls it too.

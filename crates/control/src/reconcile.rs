@@ -19,7 +19,7 @@
 //! - in `AT_DESIRED_STATE` and `ERROR_STATE` the loop keeps observing: a
 //!   divergence (a dead host, a node down) sends it back to work.
 
-use crate::desired::{check_transition, DesiredState};
+use crate::desired::{check_supported, check_transition, DesiredState};
 use crate::model::{ControlState, Observed, Step};
 use crate::planner::{plan, Next};
 use crate::status::{ReconcileState, Report};
@@ -108,7 +108,9 @@ fn accept(
     if !may_accept {
         return (Some(offered.id), None);
     }
-    if let Err(e) = check_transition(control.accepted.as_ref(), control.has_run, offered) {
+    let checked = check_transition(control.accepted.as_ref(), control.has_run, offered)
+        .and_then(|()| check_supported(offered));
+    if let Err(e) = checked {
         return (None, Some(format!("desired state {} refused: {e}", offered.id)));
     }
     control.accepted = Some(offered.clone());
