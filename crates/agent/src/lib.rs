@@ -104,6 +104,8 @@ pub struct AgentConfig {
     /// (`--admin-token-file`) and the agent sends to it. By default
     /// `<dir>/admin.token`, made when missing.
     pub node_token_file: Option<PathBuf>,
+    /// Passed to the node as `--backup-dir`: where its backups go.
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// The agent's own certificate, issued from the CA into `<dir>/certs` when
@@ -173,6 +175,7 @@ impl Agent {
             config.node_peer_listen,
         );
         spec.ca_dir = config.ca_dir.clone();
+        spec.backup_dir = config.backup_dir.clone();
         let node_token = match &config.ca_dir {
             None => None,
             Some(_) => {

@@ -46,6 +46,8 @@ pub(crate) struct LaunchSpec<'a> {
     pub certs_dir: Option<&'a Path>,
     /// Passed as `--admin-token-file` with `certs_dir`.
     pub admin_token_file: Option<&'a Path>,
+    /// Passed as `--backup-dir`.
+    pub backup_dir: Option<&'a Path>,
 }
 
 /// A running node process.
@@ -123,6 +125,9 @@ pub(crate) fn spawn(spec: &LaunchSpec<'_>) -> Result<NodeProcess, Error> {
         .arg(spec.peer_listen.to_string())
         .arg("--zone")
         .arg(spec.zone);
+    if let Some(backup_dir) = spec.backup_dir {
+        command.arg("--backup-dir").arg(backup_dir);
+    }
     if let Some(join) = spec.join.filter(|_| !has_data(spec.data_dir)) {
         command.arg("--join").arg(join);
     }

@@ -72,6 +72,8 @@ pub(crate) struct NodeSpec {
     pub ca_dir: Option<PathBuf>,
     /// The node's admin token (with a CA).
     pub admin_token_file: Option<PathBuf>,
+    /// Where the node keeps its backups (`--backup-dir`).
+    pub backup_dir: Option<PathBuf>,
     /// With a CA, the node's API speaks HTTPS: how to reach it.
     pub api_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -98,6 +100,7 @@ impl NodeSpec {
             certs_dir: dir.join("certs"),
             ca_dir: None,
             admin_token_file: None,
+            backup_dir: None,
             api_tls: None,
         }
     }
@@ -460,6 +463,7 @@ impl Supervisor {
             process::spawn(&LaunchSpec {
                 certs_dir: certs_dir.as_deref(),
                 admin_token_file: spec.admin_token_file.as_deref(),
+                backup_dir: spec.backup_dir.as_deref(),
                 bin: &spec.node_bin,
                 node_id,
                 data_dir: &spec.data_dir,

@@ -306,6 +306,7 @@ fn agent_process() {
         stop_node_on_shutdown: false,
         ca_dir: None,
         node_token_file: None,
+        backup_dir: None,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(cairn_agent::run(config, std::future::pending())).expect("the agent runs");

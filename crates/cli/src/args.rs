@@ -131,6 +131,11 @@ pub enum Command {
     /// Pack this binary as a release artifact, cairn-<version>-<target>.tar.gz,
     /// and list it in the directory's SHA256SUMS (what `artifacts` points to).
     Release(ReleaseArgs),
+    /// Make a new data directory from a backup: a single node at the
+    /// backup's index, which `cairn node --data-dir` runs and `cairn member
+    /// add` grows into a cluster. Every file's checksum and the state's
+    /// fingerprint are checked before anything is written.
+    Restore(RestoreArgs),
     /// Store VALUE under KEY in the key-value space.
     Put { key: String, value: String },
     /// Print the value under KEY.
@@ -157,6 +162,10 @@ pub enum Command {
     /// Make, list and revoke clients' tokens (needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Take, list and delete backups of the node --addr (needs an admin
+    /// token, and a node started with --backup-dir).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Print a table's changes (or the key-value space's) as they happen,
     /// one line each; moves to another node of the cluster when this one
     /// goes away, and resumes with nothing lost. Ctrl-C stops.
@@ -192,6 +201,17 @@ pub struct ReleaseArgs {
     /// The directory the artifact and SHA256SUMS go to (made if missing).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup: `<backup directory>/<name>` (the `location` that
+    /// `cairn backup create` and `list` print).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The new data directory (it must not exist, or be empty).
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -251,6 +271,10 @@ pub struct NodeArgs {
     /// --max-connections minus one, so that other requests still get through.
     #[arg(long, default_value_t = cairn_server::node::FEEDS_MAX_DEFAULT)]
     pub feeds_max: usize,
+    /// Where `cairn backup create` keeps this node's backups (made if
+    /// absent); without it, backups are refused.
+    #[arg(long)]
+    pub backup_dir: Option<PathBuf>,
     /// On an empty data directory: join the running cluster that this HTTP
     /// address (any member) belongs to; needs --peer-listen.
     #[arg(long, conflicts_with = "peers")]
@@ -397,6 +421,10 @@ pub struct AgentArgs {
     /// to it (default: `admin.token` in --dir, made when missing).
     #[arg(long, value_name = "FILE")]
     pub node_token_file: Option<PathBuf>,
+    /// Passed to the node: where its backups go (`cairn up` gives every
+    /// node the cluster's `backups` directory).
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -486,6 +514,24 @@ pub enum TokenCommand {
     List,
     /// Revoke the token ID (the part of the token before the `.`).
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take backup NAME of the cluster's state, holding every write
+    /// acknowledged before; prints its index, fingerprint and sizes. It is
+    /// taken on a follower of --addr's cluster when one is reachable, to
+    /// spare the leader, and on --addr's node otherwise.
+    Create {
+        name: String,
+        /// Take it on --addr's node, whatever its role.
+        #[arg(long)]
+        here: bool,
+    },
+    /// List the node's backups.
+    List,
+    /// Delete backup NAME, and the files no other backup shares.
+    Delete { name: String },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

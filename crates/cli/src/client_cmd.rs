@@ -8,7 +8,8 @@ use cairn_client::{Client, Read};
 use serde_json::{json, Value};
 
 use crate::args::{
-    Command, DocCommand, Global, MemberCommand, Output, TableCommand, TokenCommand, WatchArgs,
+    BackupCommand, Command, DocCommand, Global, MemberCommand, Output, TableCommand, TokenCommand,
+    WatchArgs,
 };
 use crate::output::{self, pretty, value_json};
 
@@ -82,10 +83,54 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 }
             })
         }
+        Command::Backup(BackupCommand::Create { name, here }) => {
+            let (taker, node) = if here { (client.clone(), None) } else { follower(client).await };
+            report(out, taker.create_backup(&name).await, |b| {
+                let on = node.map(|id| format!(" on node {id} (a follower)")).unwrap_or_default();
+                format!(
+                    "backup {}{on} at index {} (fingerprint {}): {} bytes in {} files, {} new, \
+                     in {} ms\nlocation: {}",
+                    b.name,
+                    b.applied_index,
+                    b.fingerprint,
+                    b.bytes,
+                    b.files,
+                    b.new_bytes,
+                    b.duration_ms,
+                    b.location
+                )
+            })
+        }
+        Command::Backup(BackupCommand::List) => report(out, client.list_backups().await, |list| {
+            if list.backups.is_empty() {
+                return "no backups".into();
+            }
+            let rows: Vec<String> = list
+                .backups
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}  index {}  {} bytes  {}",
+                        b.name, b.applied_index, b.bytes, b.location
+                    )
+                })
+                .collect();
+            rows.join("\n")
+        }),
+        Command::Backup(BackupCommand::Delete { name }) => {
+            report(out, client.delete_backup(&name).await, |deleted| {
+                if deleted.deleted {
+                    format!("deleted {name}")
+                } else {
+                    format!("no backup {name} (nothing deleted)")
+                }
+            })
+        }
         Command::Node(_)
         | Command::Watch(_)
         | Command::Cert(_)
         | Command::Release(_)
+        | Command::Restore(_)
         | Command::Shell
         | Command::Bench(_)
         | Command::Up(_)
@@ -96,6 +141,22 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         | Command::Agent(_)
         | Command::Cloud(_) => output::usage(out, "this command cannot run here"),
     }
+}
+
+/// A client for a reachable follower of `client`'s cluster, and its id; or
+/// `client` itself (a single node, no follower in sight, or no cluster view).
+async fn follower(client: &Client) -> (Client, Option<u64>) {
+    let Ok(cluster) = client.cluster().await else { return (client.clone(), None) };
+    let followers = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.reachable && n.role == Some(cairn_client::views::NodeRole::Follower));
+    for node in followers {
+        if let Some(at) = node.address.as_deref().and_then(|a| client.at(a).ok()) {
+            return (at, Some(node.id));
+        }
+    }
+    (client.clone(), None)
 }
 
 /// `cairn watch`: follows a feed over every node of the cluster, printing

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Node(node) => runtime.block_on(node_cmd::run(node)),
         Command::Cert(command) => node_cmd::cert(cli.global.output, command),
         Command::Release(args) => node_cmd::release(cli.global.output, &args),
+        Command::Restore(args) => node_cmd::restore(cli.global.output, &args),
         Command::Up(args) => runtime.block_on(control_cmd::up(cli.global.output, args)),
         Command::Down(args) => runtime.block_on(control_cmd::down(cli.global.output, args)),
         Command::Status(args) => runtime.block_on(control_cmd::status(&cli.global, args)),

@@ -23,6 +23,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         bytes: args.changes_window_bytes,
     };
     config.feeds_max = args.feeds_max;
+    config.backup_dir = args.backup_dir;
     config.join = args.join;
     config.browser.allowed_hosts = args.allow_hosts;
     config.certs_dir = args.certs_dir;
@@ -110,6 +111,60 @@ pub fn release(output: crate::args::Output, args: &crate::args::ReleaseArgs) -> 
         }
         Err(message) => crate::output::failed(output, "release_failed", &message),
     }
+}
+
+/// `cairn restore`: a new data directory from a backup, checked first.
+pub fn restore(output: crate::args::Output, args: &crate::args::RestoreArgs) -> ExitCode {
+    let restored = restore_from(&args.from, &args.data_dir).map_err(|e| e.to_string());
+    match restored {
+        Ok(manifest) => {
+            let answer = serde_json::json!({
+                "name": manifest.name,
+                "applied_index": manifest.applied_index,
+                "fingerprint": manifest.fingerprint,
+                "data_dir": args.data_dir,
+            });
+            crate::output::success(output, &answer, || {
+                format!(
+                    "restored backup {} (index {}, fingerprint {}) into {}\nrun it: cairn node \
+                     --id 1 --data-dir {} (add --peer-listen to grow it with cairn member add)",
+                    manifest.name,
+                    manifest.applied_index,
+                    manifest.fingerprint,
+                    args.data_dir.display(),
+                    args.data_dir.display()
+                )
+            })
+        }
+        Err(message) => crate::output::failed(output, "restore_failed", &message),
+    }
+}
+
+fn restore_from(
+    from: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<cairn_storage::backup::Manifest, cairn_storage::Error> {
+    use cairn_storage::backup::{self, DirSink};
+    let refused = |reason: String| cairn_storage::Error::Backup { reason };
+    let name = from
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| refused(format!("{} does not end in a backup's name", from.display())))?;
+    let root =
+        from.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let sink = DirSink::existing(root)?;
+    // The scratch copy goes beside the new data directory, on its file system.
+    let parent = data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| refused(format!("cannot create {}: {e}", parent.display())))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let scratch = parent.join(format!(".cairn-restore-{name}-{nanos}"));
+    backup::restore(&sink, name, &scratch, data_dir)
 }
 
 pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> ExitCode {

@@ -243,6 +243,14 @@ impl Client {
         Client { token: token.map(std::sync::Arc::from), ..self }
     }
 
+    /// This client, with its settings, token and connection pool, talking
+    /// to the node at `addr` instead (an address without a scheme takes
+    /// this client's scheme).
+    pub fn at(&self, addr: &str) -> Result<Client, Error> {
+        let base = parse_addr_as(addr, self.base.scheme())?;
+        Ok(Client { base, addr: addr.to_string(), write_id: None, ..self.clone() })
+    }
+
     /// The node this client talks to, as given.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -430,6 +438,23 @@ impl Client {
     pub async fn login(&self) -> Result<views::TokenCreated, Error> {
         let request = self.request(Method::POST, &["v1", "login"])?.json(&serde_json::json!({}));
         self.typed(request).await
+    }
+
+    /// Takes backup `name` on this node into its backup directory (admin
+    /// only), of a state that holds every write acknowledged before.
+    pub async fn create_backup(&self, name: &str) -> Result<views::BackupView, Error> {
+        let body = views::NewBackup { name: name.to_string() };
+        self.typed(self.request(Method::POST, &["v1", "admin", "backups"])?.json(&body)).await
+    }
+
+    /// The backups in this node's backup directory (admin only).
+    pub async fn list_backups(&self) -> Result<views::BackupList, Error> {
+        self.typed(self.request(Method::GET, &["v1", "admin", "backups"])?).await
+    }
+
+    /// Deletes backup `name` from this node's backup directory (admin only).
+    pub async fn delete_backup(&self, name: &str) -> Result<views::BackupDeleted, Error> {
+        self.typed(self.request(Method::DELETE, &["v1", "admin", "backups", name])?).await
     }
 
     /// The cluster's tokens, without their secrets (admin only).

@@ -268,6 +268,52 @@ pub struct TokenRevoked {
     pub index: u64,
 }
 
+/// One backup in a node's backup directory (`/v1/admin/backups`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupView {
+    pub name: String,
+    /// The index of the last log entry applied to the state it holds.
+    pub applied_index: u64,
+    /// The state fingerprint at that index, 16 hex digits: equal on every
+    /// replica at that index, and on a cluster restored from it.
+    pub fingerprint: String,
+    /// When it was taken (milliseconds since the Unix epoch), and how long
+    /// that took.
+    pub created_ms: u64,
+    pub duration_ms: u64,
+    /// The size of its files, and of those it added to the directory (the
+    /// rest are shared with earlier backups).
+    pub bytes: u64,
+    pub new_bytes: u64,
+    pub files: usize,
+    /// The version of Cairn that took it.
+    pub cairn_version: String,
+    /// Where it is: `<backup directory>/<name>` (what `cairn restore --from`
+    /// takes).
+    pub location: String,
+}
+
+/// `GET /v1/admin/backups`: the backups in the node's backup directory, by
+/// name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupList {
+    pub backups: Vec<BackupView>,
+}
+
+/// `POST /v1/admin/backups`: the backup to take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NewBackup {
+    /// 1 to 63 characters of `a-z 0-9 - _`, not `files`.
+    #[schema(pattern = "^[a-z0-9_-]{1,63}$")]
+    pub name: String,
+}
+
+/// `DELETE /v1/admin/backups/{name}`: whether it existed; it is gone now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupDeleted {
+    pub deleted: bool,
+}
+
 /// `GET /v1/tables`: the table names, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Tables {

@@ -84,6 +84,9 @@ pub const TOKEN_FILE: &str = "cloud.token";
 /// node starts with it (`--admin-token-file`), agents send it to their
 /// nodes, and the CLI finds it here (`.cairn/admin.token`).
 pub const NODE_TOKEN_FILE: &str = "admin.token";
+/// Where every node of the cluster keeps its backups (`--backup-dir`), in
+/// the cloud's directory.
+pub const BACKUPS_DIR: &str = "backups";
 
 /// Makes the cluster's CA on the first start; checks it on the others.
 fn open_ca(dir: &std::path::Path) -> Result<(), Error> {
@@ -197,6 +200,7 @@ impl Cloud {
         cairn_util::secret::load_or_create(&node_token_file).map_err(|e| {
             Error::io("cannot make or read the nodes' admin token", &node_token_file, e)
         })?;
+        let backup_dir = root.join(BACKUPS_DIR);
         let provider_config = ProviderConfig {
             root,
             agent_bin,
@@ -205,6 +209,7 @@ impl Cloud {
             ca_dir,
             token_file,
             node_token_file,
+            backup_dir,
         };
         let provider = LocalProvider::open(provider_config, events.clone())?;
         provider.resume().await;

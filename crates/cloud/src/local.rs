@@ -138,6 +138,8 @@ pub(crate) struct ProviderConfig {
     pub token_file: PathBuf,
     /// The nodes' admin token's file, which agents give their nodes.
     pub node_token_file: PathBuf,
+    /// Where every node keeps its backups (`<root>/backups`).
+    pub backup_dir: PathBuf,
 }
 
 /// What this run of the cloud knows of a host beyond the inventory.
@@ -267,6 +269,7 @@ impl LocalProvider {
             ca_dir: &self.config.ca_dir,
             token_file: &self.config.token_file,
             node_token_file: &self.config.node_token_file,
+            backup_dir: &self.config.backup_dir,
         };
         process::spawn_agent(&spec, now_ms())
     }

@@ -51,12 +51,14 @@ pub(crate) struct AgentSpec<'a> {
     pub token_file: &'a Path,
     /// The cluster's admin token, which the agent gives its node.
     pub node_token_file: &'a Path,
+    /// Where the node keeps its backups.
+    pub backup_dir: &'a Path,
 }
 
 /// The agent's command line after the binary.
 pub(crate) fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
     let [api, peer, agent] = spec.ports.addresses();
-    let mut args: Vec<OsString> = Vec::with_capacity(15);
+    let mut args: Vec<OsString> = Vec::with_capacity(24);
     args.push("agent".into());
     for (flag, value) in [("--host", spec.host), ("--zone", spec.zone)] {
         args.push(flag.into());
@@ -77,6 +79,8 @@ pub(crate) fn agent_args(spec: &AgentSpec<'_>) -> Vec<OsString> {
     args.push(spec.token_file.as_os_str().to_owned());
     args.push("--node-token-file".into());
     args.push(spec.node_token_file.as_os_str().to_owned());
+    args.push("--backup-dir".into());
+    args.push(spec.backup_dir.as_os_str().to_owned());
     args
 }
 
@@ -196,6 +200,7 @@ mod tests {
             ca_dir: Path::new("/r/ca"),
             token_file: Path::new("/r/cloud.token"),
             node_token_file: Path::new("/r/admin.token"),
+            backup_dir: Path::new("/r/backups"),
         };
         let args: Vec<String> =
             agent_args(&spec).into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -203,7 +208,7 @@ mod tests {
                         --listen 127.0.0.1:7003 --node-listen 127.0.0.1:7001 \
                         --node-peer-listen 127.0.0.1:7002 --cloud http://127.0.0.1:6999 \
                         --ca-dir /r/ca --cloud-token-file /r/cloud.token \
-                        --node-token-file /r/admin.token";
+                        --node-token-file /r/admin.token --backup-dir /r/backups";
         assert_eq!(args.join(" "), expected);
     }
 

@@ -65,6 +65,8 @@ async fn create_starts_an_agent_and_is_idempotent() {
         root.join("cloud.token").display().to_string(),
         "--node-token-file".into(),
         root.join("admin.token").display().to_string(),
+        "--backup-dir".into(),
+        root.join("backups").display().to_string(),
     ];
     assert_eq!(h.argv("host-1").await, expected);
 

@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// Changefeeds open at once; one more gets 503. Kept below
     /// `max_connections` ([`NodeConfig::feeds_cap`]).
     pub feeds_max: usize,
+    /// Where `/v1/admin/backups` keeps this node's backups (a directory
+    /// sink, see [`cairn_storage::backup`]); `None`: backups are refused.
+    pub backup_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -130,6 +133,7 @@ impl NodeConfig {
             admin_token_file: None,
             changes_window: cairn_storage::changes::Window::default(),
             feeds_max: FEEDS_MAX_DEFAULT,
+            backup_dir: None,
         }
     }
 
@@ -361,6 +365,8 @@ impl Node {
             config.admin_token = Some(cairn_util::secret::Secret::new(token));
         }
         let store = Store::open(&config.data_dir).map_err(open_error)?;
+        // Checkpoints of backups that a crash interrupted.
+        let _ = std::fs::remove_dir_all(config.data_dir.join(crate::routes::BACKUP_SCRATCH_DIR));
         // A crash during a snapshot install: forget the partial state; the
         // node catches up from its peers again.
         if cairn_storage::snapshot::discard_unfinished_install(&store).map_err(open_error)? {

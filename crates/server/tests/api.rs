@@ -702,6 +702,8 @@ async fn the_api_is_described_by_an_openapi_document() {
         ("/v1/system/{key}", &["get", "put"]),
         ("/v1/admin/members", &["get", "post"]),
         ("/v1/admin/members/{id}", &["delete"]),
+        ("/v1/admin/backups", &["get", "post"]),
+        ("/v1/admin/backups/{name}", &["delete"]),
         ("/v1/tokens", &["get", "post"]),
         ("/v1/tokens/{id}", &["delete"]),
         ("/v1/login", &["post"]),

@@ -314,24 +314,7 @@ impl Store {
     /// applied index must have equal fingerprints. Reads one RocksDB snapshot.
     /// The change history is left out: each node keeps its own window of it.
     pub fn state_fingerprint(&self) -> Result<u64, Error> {
-        let snapshot = self.db.snapshot();
-        let mut hash = crate::fnv::Fnv1a::new();
-        let mut feed = |bytes: &[u8]| {
-            hash.write(&(bytes.len() as u64).to_be_bytes());
-            hash.write(bytes);
-        };
-        for name in [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META] {
-            feed(name.as_bytes());
-            for item in snapshot.iterator_cf(self.cf(name), IteratorMode::Start) {
-                let (key, value) = item?;
-                if name == CF_META && key.starts_with(b"changes_") {
-                    continue;
-                }
-                feed(&key);
-                feed(&value);
-            }
-        }
-        Ok(hash.finish())
+        fingerprint_of(&self.db)
     }
 
     /// The replication settings this node's data belongs to (written once,
@@ -543,4 +526,30 @@ impl Store {
 fn json_text(bytes: Vec<u8>) -> Result<String, Error> {
     String::from_utf8(bytes)
         .map_err(|_| Error::Corrupt { what: "stored document is not UTF-8".into() })
+}
+
+/// [`Store::state_fingerprint`] of any database with Cairn's column families
+/// (a live store, or a checkpoint opened read-only).
+pub(crate) fn fingerprint_of(db: &DB) -> Result<u64, Error> {
+    let snapshot = db.snapshot();
+    let mut hash = crate::fnv::Fnv1a::new();
+    let mut feed = |bytes: &[u8]| {
+        hash.write(&(bytes.len() as u64).to_be_bytes());
+        hash.write(bytes);
+    };
+    for name in [CF_TABLES, CF_DOCS, CF_KV, CF_SESSIONS, CF_SESSION_LRU, CF_META] {
+        feed(name.as_bytes());
+        let cf = db.cf_handle(name).ok_or_else(|| Error::Corrupt {
+            what: format!("the database lacks column family '{name}'"),
+        })?;
+        for item in snapshot.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            if name == CF_META && key.starts_with(b"changes_") {
+                continue;
+            }
+            feed(&key);
+            feed(&value);
+        }
+    }
+    Ok(hash.finish())
 }

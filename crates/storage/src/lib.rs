@@ -15,6 +15,7 @@
 //! the commands it is given, which is what lets every replica reach the same
 //! state and lets a simulator drive it.
 
+pub mod backup;
 pub mod changes;
 pub mod command;
 pub mod engine;
@@ -56,6 +57,10 @@ pub enum Error {
     /// new install over it.
     #[error("a snapshot install into this store did not finish; install a snapshot again")]
     SnapshotIncomplete,
+    /// A backup could not be taken, read, restored or deleted: the reason
+    /// names the backup, file or directory at fault.
+    #[error("backup: {reason}")]
+    Backup { reason: String },
 }
 
 impl Error {

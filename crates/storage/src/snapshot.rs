@@ -291,7 +291,18 @@ impl SnapshotSource {
             return Err(refused(format!("the checkpoint directory {dir} already exists")));
         }
         Checkpoint::new(store.db.as_ref())?.create_checkpoint(dir)?;
-        let checkpoint_dir = RemoveOnDrop(dir.to_path_buf());
+        SnapshotSource::over_checkpoint(RemoveOnDrop(dir.to_path_buf()))
+    }
+
+    /// Opens the checkpoint `dir` (made by this module, or restored from a
+    /// backup) to be streamed, and removes it when dropped.
+    pub(crate) fn open_checkpoint(dir: &Path) -> Result<SnapshotSource, Error> {
+        SnapshotSource::over_checkpoint(RemoveOnDrop(dir.to_path_buf()))
+    }
+
+    fn over_checkpoint(checkpoint_dir: RemoveOnDrop) -> Result<SnapshotSource, Error> {
+        let dir = checkpoint_dir.0.clone();
+        let dir = dir.as_path();
         let db = DB::open_cf_for_read_only(&Options::default(), dir, COLUMN_FAMILIES, false)?;
         let meta = cf_handle(&db, SnapshotCf::Meta)?;
         if db.get_pinned_cf(meta, META_SNAPSHOT_INSTALL)?.is_some() {

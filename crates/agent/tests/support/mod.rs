@@ -119,6 +119,7 @@ impl Host {
             stop_node_on_shutdown: false,
             ca_dir: None,
             node_token_file: None,
+            backup_dir: None,
         };
         Host { tmp, config }
     }

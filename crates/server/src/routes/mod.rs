@@ -6,6 +6,7 @@
 //! [`Op`]: cairn_storage::Op
 
 mod admin;
+mod backups;
 pub(crate) mod changes;
 mod cluster;
 mod docs;
@@ -15,6 +16,7 @@ mod system;
 mod tables;
 mod tokens;
 
+pub(crate) use backups::BACKUP_SCRATCH_DIR;
 pub(crate) use tables::unexpected;
 
 use axum::extract::DefaultBodyLimit;
@@ -44,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(system::get, system::put))
         .routes(routes!(admin::list, admin::add))
         .routes(routes!(admin::remove))
+        .routes(routes!(backups::list, backups::create))
+        .routes(routes!(backups::delete))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(tokens::login))

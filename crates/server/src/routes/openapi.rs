@@ -42,7 +42,11 @@ impl utoipa::IntoResponses for Failures {
             ),
             ("405", "The method is not allowed on this path."),
             ("408", "The request body did not arrive in time."),
-            ("409", "A conflict: an existing id, a revision or a sequence number."),
+            (
+                "409",
+                "A conflict: an existing id, a revision or a sequence number; a backup name \
+                 taken, or a node without a backup directory.",
+            ),
             ("413", "The request body is over the node's limit (`--max-body-bytes`)."),
             ("415", "A POST without `Content-Type: application/json`."),
             (
