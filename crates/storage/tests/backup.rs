@@ -214,3 +214,138 @@ fn a_manifest_with_a_path_or_an_unknown_format_is_refused() {
 fn write_json(path: &Path, manifest: &backup::Manifest) {
     std::fs::write(path, serde_json::to_vec(manifest).unwrap()).unwrap();
 }
+
+/// A sink that fails every `put_file` from the `fail_at`-th on, as a full
+/// disk or a crash mid-backup would: the files put before stay.
+struct Failing {
+    inner: DirSink,
+    puts: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+impl BackupSink for Failing {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn lock(&self) -> Result<Box<dyn Send>, Error> {
+        self.inner.lock()
+    }
+    fn has_file(&self, sha256: &str) -> Result<bool, Error> {
+        self.inner.has_file(sha256)
+    }
+    fn put_file(&self, sha256: &str, from: &Path) -> Result<(), Error> {
+        if self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.fail_at {
+            return Err(Error::Backup { reason: "injected: the disk is full".into() });
+        }
+        self.inner.put_file(sha256, from)
+    }
+    fn get_file(&self, sha256: &str, to: &Path) -> Result<String, Error> {
+        self.inner.get_file(sha256, to)
+    }
+    fn files(&self) -> Result<Vec<String>, Error> {
+        self.inner.files()
+    }
+    fn delete_file(&self, sha256: &str) -> Result<(), Error> {
+        self.inner.delete_file(sha256)
+    }
+    fn put_manifest(&self, manifest: &backup::Manifest) -> Result<(), Error> {
+        self.inner.put_manifest(manifest)
+    }
+    fn manifest(&self, name: &str) -> Result<Option<backup::Manifest>, Error> {
+        self.inner.manifest(name)
+    }
+    fn manifests(&self) -> Result<Vec<backup::Manifest>, Error> {
+        self.inner.manifests()
+    }
+    fn delete_manifest(&self, name: &str) -> Result<bool, Error> {
+        self.inner.delete_manifest(name)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Insert this many documents.
+    Write(u32),
+    /// Take backup `b<n>`, its file writes failing from the k-th on (when
+    /// given).
+    Take(u8, Option<usize>),
+    /// Delete backup `b<n>`.
+    Delete(u8),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1u32..200).prop_map(Step::Write),
+        (0u8..4, proptest::option::weighted(0.3, 0usize..6)).prop_map(|(n, f)| Step::Take(n, f)),
+        (0u8..4).prop_map(Step::Delete),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever the order of writes, backups (some failing midway) and
+    /// deletions, every backup that was taken and not deleted verifies
+    /// (every file there, whole, holding the state its manifest names), a
+    /// failed one leaves no manifest, and the sink holds no file that no
+    /// backup lists once a deletion has collected.
+    #[test]
+    fn every_kept_backup_stays_whole(steps in proptest::collection::vec(step(), 1..12)) {
+        let mut node = Node::new();
+        node.run(Op::CreateTable { table: "t".into() });
+        let sinks = tempfile::tempdir().unwrap();
+        let dir = DirSink::new(sinks.path()).unwrap();
+        let mut kept = std::collections::BTreeMap::new();
+        let mut next = 0u32;
+        for step in steps {
+            match step {
+                Step::Write(count) => {
+                    node.insert("t", next, count);
+                    next += count;
+                }
+                Step::Take(n, fail_at) => {
+                    let name = format!("b{n}");
+                    let sink = Failing {
+                        inner: dir.clone(),
+                        puts: Default::default(),
+                        fail_at: fail_at.unwrap_or(usize::MAX),
+                    };
+                    let scratch = node.scratch("scratch");
+                    match backup::take(node.store(), &scratch, &sink, &name) {
+                        Ok(manifest) => {
+                            proptest::prop_assert!(!kept.contains_key(&name));
+                            kept.insert(name, manifest);
+                        }
+                        Err(Error::Backup { reason }) => {
+                            let failed = reason.contains("injected");
+                            proptest::prop_assert!(failed || kept.contains_key(&name), "{}", reason);
+                            if failed {
+                                proptest::prop_assert!(dir.manifest(&name).unwrap().is_none());
+                            }
+                        }
+                        Err(other) => proptest::prop_assert!(false, "{other:?}"),
+                    }
+                    proptest::prop_assert!(!scratch.exists());
+                }
+                Step::Delete(n) => {
+                    let name = format!("b{n}");
+                    let existed = backup::delete(&dir, &name).unwrap();
+                    proptest::prop_assert_eq!(existed, kept.remove(&name).is_some());
+                    let listed: std::collections::BTreeSet<String> = kept
+                        .values()
+                        .flat_map(|m| m.files.iter().map(|f| f.sha256.clone()))
+                        .collect();
+                    let held: std::collections::BTreeSet<String> =
+                        dir.files().unwrap().into_iter().collect();
+                    proptest::prop_assert_eq!(held, listed);
+                }
+            }
+            for (name, manifest) in &kept {
+                let scratch = sinks.path().join("verify");
+                let verified = backup::verify(&dir, name, &scratch).unwrap();
+                proptest::prop_assert_eq!(&verified, manifest);
+            }
+        }
+    }
+}
