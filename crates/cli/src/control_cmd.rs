@@ -406,6 +406,9 @@ struct StatusView {
     hosts: Vec<HostRow>,
     nodes: Vec<cairn_client::NodeView>,
     leader: Option<u64>,
+    /// The backups in the answering node's backup directory (every node of
+    /// a `cairn up` cluster shares one); empty when none answered.
+    backups: Vec<cairn_client::views::BackupView>,
 }
 
 /// One host of [`StatusView`].
@@ -428,17 +431,19 @@ async fn gather(
     let hosts = cloud.hosts().await?;
     let last = cloud.status().await.ok().and_then(|status| status.last);
     let mut cluster = None;
+    let mut backups = Vec::new();
     for host in hosts.iter().filter(|h| h.state == HostState::Running) {
-        let answered = match cairn_client::Client::with_tls(
+        let Ok(node) = cairn_client::Client::with_tls(
             &host.api_address,
             Duration::from_millis(CALL_TIMEOUT_MS),
             tls.clone(),
-        ) {
-            Ok(node) => node.with_token(token.clone()).cluster().await.ok(),
-            Err(_) => None,
+        ) else {
+            continue;
         };
-        if answered.is_some() {
-            cluster = answered;
+        let node = node.with_token(token.clone());
+        if let Ok(answered) = node.cluster().await {
+            cluster = Some(answered);
+            backups = node.list_backups().await.map(|list| list.backups).unwrap_or_default();
             break;
         }
     }
@@ -460,7 +465,8 @@ async fn gather(
             }
         })
         .collect();
-    Ok(StatusView { reconciliation, hosts, nodes, leader: cluster.and_then(|c| c.leader) })
+    let leader = cluster.and_then(|c| c.leader);
+    Ok(StatusView { reconciliation, hosts, nodes, leader, backups })
 }
 
 fn render(view: &StatusView) -> String {
@@ -499,7 +505,29 @@ fn render(view: &StatusView) -> String {
             host.api_address,
         ));
     }
+    if !view.backups.is_empty() {
+        out.push_str(&format!(
+            "\n{:<24} {:>9}  {:<20}  {:>12} {:>9}\n",
+            "BACKUP", "INDEX", "TAKEN", "BYTES", "TOOK"
+        ));
+        for backup in &view.backups {
+            out.push_str(&format!(
+                "{:<24} {:>9}  {:<20}  {:>12} {:>7}ms\n",
+                backup.name,
+                backup.applied_index,
+                utc(backup.created_ms),
+                backup.bytes,
+                backup.duration_ms
+            ));
+        }
+    }
     out
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 to the second, UTC.
+fn utc(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// A client of the cloud named by `--cloud`; the error names the address.
