@@ -63,6 +63,18 @@ pub(crate) const META_SESSION_COUNT: &[u8] = b"session_count";
 pub(crate) const META_SNAPSHOT_INSTALL: &[u8] = b"snapshot_install";
 /// In `log_meta`: the node's replication settings (`Store::cluster_config`).
 const META_CLUSTER_CONFIG: &[u8] = b"cluster_config";
+/// In `log_meta`: the on-disk format the data is in (u64, big-endian). Kept
+/// out of the state machine's column families, so snapshots and backups do
+/// not carry one node's format to another.
+const META_FORMAT: &[u8] = b"format_version";
+
+/// The on-disk format this build writes: the column families, key layouts
+/// and value encodings above, and the log's. Raised by a change that an older
+/// build would misread; such a change also needs the cluster version gate.
+pub const FORMAT_VERSION: u64 = 1;
+/// The oldest on-disk format this build reads. A data directory from before
+/// formats were recorded is format 1.
+pub const FORMAT_VERSION_MIN: u64 = 1;
 
 /// Most documents one page of a listing returns.
 pub const LIST_LIMIT_MAX: usize = 1000;
@@ -218,6 +230,7 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        check_format(&db, dir)?;
         Store::over(Arc::new(db))
     }
 
@@ -552,4 +565,36 @@ pub(crate) fn fingerprint_of(db: &DB) -> Result<u64, Error> {
         }
     }
     Ok(hash.finish())
+}
+
+/// Refuses a database in an on-disk format this build cannot read, naming
+/// both; records [`FORMAT_VERSION`] in one that has none (new, or from before
+/// formats were recorded, which is format 1).
+fn check_format(db: &DB, dir: &Path) -> Result<(), Error> {
+    let log_meta = db.cf_handle(CF_LOG_META).ok_or_else(|| Error::Corrupt {
+        what: format!("the database lacks column family '{CF_LOG_META}'"),
+    })?;
+    match db.get_cf(log_meta, META_FORMAT)? {
+        Some(bytes) => {
+            let found = u64_from(&bytes, "on-disk format version")?;
+            if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&found) {
+                return Err(Error::Format {
+                    dir: dir.display().to_string(),
+                    found,
+                    reads: if FORMAT_VERSION_MIN == FORMAT_VERSION {
+                        format!("format {FORMAT_VERSION}")
+                    } else {
+                        format!("formats {FORMAT_VERSION_MIN} to {FORMAT_VERSION}")
+                    },
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let mut options = rocksdb::WriteOptions::default();
+            options.set_sync(true);
+            db.put_cf_opt(log_meta, META_FORMAT, FORMAT_VERSION.to_be_bytes(), &options)?;
+            Ok(())
+        }
+    }
 }

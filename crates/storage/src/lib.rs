@@ -61,6 +61,13 @@ pub enum Error {
     /// names the backup, file or directory at fault.
     #[error("backup: {reason}")]
     Backup { reason: String },
+    /// The data directory is in an on-disk format this build cannot read.
+    #[error(
+        "the data directory {dir} is in on-disk format {found}; this version of Cairn ({}) \
+         reads {reads}: run a version that reads it",
+        env!("CARGO_PKG_VERSION")
+    )]
+    Format { dir: String, found: u64, reads: String },
 }
 
 impl Error {
