@@ -524,14 +524,25 @@ pub enum BackupCommand {
     /// spare the leader, and on --addr's node otherwise.
     Create {
         name: String,
+        /// The sink: a directory under the node's backup root (--backup-dir),
+        /// named as a backup is.
+        #[arg(long, default_value = "default")]
+        sink: String,
         /// Take it on --addr's node, whatever its role.
         #[arg(long)]
         here: bool,
     },
-    /// List the node's backups.
-    List,
-    /// Delete backup NAME, and the files no other backup shares.
-    Delete { name: String },
+    /// List the node's backups: of one sink, or of every sink.
+    List {
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Delete backup NAME, and the files no other backup of its sink shares.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "default")]
+        sink: String,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -83,9 +83,9 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 }
             })
         }
-        Command::Backup(BackupCommand::Create { name, here }) => {
+        Command::Backup(BackupCommand::Create { name, sink, here }) => {
             let (taker, node) = if here { (client.clone(), None) } else { follower(client).await };
-            report(out, taker.create_backup(&name).await, |b| {
+            report(out, taker.create_backup(&name, Some(&sink)).await, |b| {
                 let on = node.map(|id| format!(" on node {id} (a follower)")).unwrap_or_default();
                 format!(
                     "backup {}{on} at index {} (fingerprint {}): {} bytes in {} files, {} new, \
@@ -101,24 +101,26 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 )
             })
         }
-        Command::Backup(BackupCommand::List) => report(out, client.list_backups().await, |list| {
-            if list.backups.is_empty() {
-                return "no backups".into();
-            }
-            let rows: Vec<String> = list
-                .backups
-                .iter()
-                .map(|b| {
-                    format!(
-                        "{}  index {}  {} bytes  {}",
-                        b.name, b.applied_index, b.bytes, b.location
-                    )
-                })
-                .collect();
-            rows.join("\n")
-        }),
-        Command::Backup(BackupCommand::Delete { name }) => {
-            report(out, client.delete_backup(&name).await, |deleted| {
+        Command::Backup(BackupCommand::List { sink }) => {
+            report(out, client.list_backups(sink.as_deref()).await, |list| {
+                if list.backups.is_empty() {
+                    return "no backups".into();
+                }
+                let rows: Vec<String> = list
+                    .backups
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{}/{}  index {}  {} bytes  {}",
+                            b.sink, b.name, b.applied_index, b.bytes, b.location
+                        )
+                    })
+                    .collect();
+                rows.join("\n")
+            })
+        }
+        Command::Backup(BackupCommand::Delete { name, sink }) => {
+            report(out, client.delete_backup(&name, Some(&sink)).await, |deleted| {
                 if deleted.deleted {
                     format!("deleted {name}")
                 } else {

@@ -443,7 +443,7 @@ async fn gather(
         let node = node.with_token(token.clone());
         if let Ok(answered) = node.cluster().await {
             cluster = Some(answered);
-            backups = node.list_backups().await.map(|list| list.backups).unwrap_or_default();
+            backups = node.list_backups(None).await.map(|list| list.backups).unwrap_or_default();
             break;
         }
     }
@@ -507,13 +507,13 @@ fn render(view: &StatusView) -> String {
     }
     if !view.backups.is_empty() {
         out.push_str(&format!(
-            "\n{:<24} {:>9}  {:<20}  {:>12} {:>9}\n",
-            "BACKUP", "INDEX", "TAKEN", "BYTES", "TOOK"
+            "\n{:<40} {:>9}  {:<20}  {:>12} {:>9}\n",
+            "BACKUP (SINK/NAME)", "INDEX", "TAKEN", "BYTES", "TOOK"
         ));
         for backup in &view.backups {
             out.push_str(&format!(
-                "{:<24} {:>9}  {:<20}  {:>12} {:>7}ms\n",
-                backup.name,
+                "{:<40} {:>9}  {:<20}  {:>12} {:>7}ms\n",
+                format!("{}/{}", backup.sink, backup.name),
                 backup.applied_index,
                 utc(backup.created_ms),
                 backup.bytes,

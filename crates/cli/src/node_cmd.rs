@@ -158,13 +158,7 @@ fn restore_from(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| refused(format!("cannot create {}: {e}", parent.display())))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let scratch = parent.join(format!(".cairn-restore-{name}-{nanos}"));
-    backup::restore(&sink, name, &scratch, data_dir)
+    backup::restore(&sink, name, parent, data_dir)
 }
 
 pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> ExitCode {

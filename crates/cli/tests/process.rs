@@ -430,10 +430,10 @@ async fn a_backup_made_from_the_cli_restores_into_a_new_node() {
     assert!(made.status.success(), "{}", stderr(&made));
     let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
     let location = made["location"].as_str().unwrap().to_string();
-    assert_eq!(Path::new(&location), backups.join("b1"));
+    assert_eq!(Path::new(&location), backups.join("default/b1"));
     assert!(node.cli(&["put", "greeting", "later"]).status.success());
     let listed = node.cli(&["backup", "list"]);
-    assert!(stdout(&listed).contains("b1"), "{}", stdout(&listed));
+    assert!(stdout(&listed).contains("default/b1"), "{}", stdout(&listed));
 
     let restore = |to: &Path| {
         Command::new(BIN)
@@ -456,10 +456,11 @@ async fn a_backup_made_from_the_cli_restores_into_a_new_node() {
 
     // One flipped byte in one of its files: refused, naming the file.
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(backups.join("b1/manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(backups.join("default/b1/manifest.json")).unwrap())
+            .unwrap();
     let files = manifest["files"].as_array().unwrap();
     let file = files.iter().max_by_key(|f| f["bytes"].as_u64()).unwrap();
-    let stored = backups.join("files").join(file["sha256"].as_str().unwrap());
+    let stored = backups.join("default/files").join(file["sha256"].as_str().unwrap());
     let mut bytes = std::fs::read(&stored).unwrap();
     bytes[0] ^= 0x80;
     std::fs::write(&stored, bytes).unwrap();

@@ -440,21 +440,40 @@ impl Client {
         self.typed(request).await
     }
 
-    /// Takes backup `name` on this node into its backup directory (admin
-    /// only), of a state that holds every write acknowledged before.
-    pub async fn create_backup(&self, name: &str) -> Result<views::BackupView, Error> {
-        let body = views::NewBackup { name: name.to_string() };
+    /// Takes backup `name` on this node into `sink` (a directory under its
+    /// backup root; `default` when `None`) (admin only), of a state that
+    /// holds every write acknowledged before.
+    pub async fn create_backup(
+        &self,
+        name: &str,
+        sink: Option<&str>,
+    ) -> Result<views::BackupView, Error> {
+        let body = views::NewBackup { name: name.to_string(), sink: sink.map(str::to_string) };
         self.typed(self.request(Method::POST, &["v1", "admin", "backups"])?.json(&body)).await
     }
 
-    /// The backups in this node's backup directory (admin only).
-    pub async fn list_backups(&self) -> Result<views::BackupList, Error> {
-        self.typed(self.request(Method::GET, &["v1", "admin", "backups"])?).await
+    /// The backups under this node's backup root: in `sink`, or in every
+    /// sink when `None` (admin only).
+    pub async fn list_backups(&self, sink: Option<&str>) -> Result<views::BackupList, Error> {
+        let mut request = self.request(Method::GET, &["v1", "admin", "backups"])?;
+        if let Some(sink) = sink {
+            request = request.query(&[("sink", sink)]);
+        }
+        self.typed(request).await
     }
 
-    /// Deletes backup `name` from this node's backup directory (admin only).
-    pub async fn delete_backup(&self, name: &str) -> Result<views::BackupDeleted, Error> {
-        self.typed(self.request(Method::DELETE, &["v1", "admin", "backups", name])?).await
+    /// Deletes backup `name` from `sink` (`default` when `None`) (admin
+    /// only).
+    pub async fn delete_backup(
+        &self,
+        name: &str,
+        sink: Option<&str>,
+    ) -> Result<views::BackupDeleted, Error> {
+        let mut request = self.request(Method::DELETE, &["v1", "admin", "backups", name])?;
+        if let Some(sink) = sink {
+            request = request.query(&[("sink", sink)]);
+        }
+        self.typed(request).await
     }
 
     /// The cluster's tokens, without their secrets (admin only).

@@ -272,6 +272,8 @@ pub struct TokenRevoked {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BackupView {
     pub name: String,
+    /// The sink holding it: a directory under the node's backup root.
+    pub sink: String,
     /// The index of the last log entry applied to the state it holds.
     pub applied_index: u64,
     /// The state fingerprint at that index, 16 hex digits: equal on every
@@ -288,8 +290,8 @@ pub struct BackupView {
     pub files: usize,
     /// The version of Cairn that took it.
     pub cairn_version: String,
-    /// Where it is: `<backup directory>/<name>` (what `cairn restore --from`
-    /// takes).
+    /// Where it is: `<backup root>/<sink>/<name>` (what `cairn restore
+    /// --from` takes).
     pub location: String,
 }
 
@@ -306,6 +308,11 @@ pub struct NewBackup {
     /// 1 to 63 characters of `a-z 0-9 - _`, not `files`.
     #[schema(pattern = "^[a-z0-9_-]{1,63}$")]
     pub name: String,
+    /// The sink, a directory under the node's backup root, named as a
+    /// backup is; `default` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9_-]{1,63}$")]
+    pub sink: Option<String>,
 }
 
 /// `DELETE /v1/admin/backups/{name}`: whether it existed; it is gone now.

@@ -157,12 +157,7 @@ impl StoredToken {
     }
 }
 
-/// Now, in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+pub use cairn_util::now_ms;
 
 /// The record [`SESSIONS_KEY`].
 #[derive(Debug, Serialize, Deserialize)]

@@ -28,21 +28,30 @@ async fn a_backup_restores_into_a_node_that_serves_it() {
     client.insert("users", &json!(docs), Conflict::Error).await.unwrap();
     client.kv_put("config/mode", "fast").await.unwrap();
 
-    let first = client.create_backup("first").await.unwrap();
+    let first = client.create_backup("first", None).await.unwrap();
     assert!(first.applied_index >= 3, "{first:?}");
     assert!(first.bytes > 0 && first.new_bytes == first.bytes, "{first:?}");
-    assert_eq!(first.location, backup_dir.join("first").display().to_string());
+    assert_eq!(first.sink, "default");
+    assert_eq!(first.location, backup_dir.join("default/first").display().to_string());
     client.insert("users", &json!({"id": "late", "n": -1}), Conflict::Error).await.unwrap();
-    let second = client.create_backup("second").await.unwrap();
+    let second = client.create_backup("second", Some("default")).await.unwrap();
     assert!(second.applied_index > first.applied_index);
     assert!(second.new_bytes < second.bytes, "the second shares files: {second:?}");
-    let names: Vec<String> =
-        client.list_backups().await.unwrap().backups.into_iter().map(|b| b.name).collect();
-    assert_eq!(names, ["first", "second"]);
+    // Another sink shares nothing with the first.
+    let other = client.create_backup("first", Some("nightly")).await.unwrap();
+    assert_eq!(other.new_bytes, other.bytes, "{other:?}");
+    assert_eq!(other.location, backup_dir.join("nightly/first").display().to_string());
+    let listed = |list: cairn_client::views::BackupList| -> Vec<String> {
+        list.backups.into_iter().map(|b| format!("{}/{}", b.sink, b.name)).collect()
+    };
+    let all = listed(client.list_backups(None).await.unwrap());
+    assert_eq!(all, ["default/first", "default/second", "nightly/first"]);
+    assert_eq!(listed(client.list_backups(Some("nightly")).await.unwrap()), ["nightly/first"]);
+    assert!(client.list_backups(Some("empty")).await.unwrap().backups.is_empty());
 
     // Restore the first into a new directory and serve it.
     let restored = tempfile::tempdir().unwrap();
-    let sink = cairn_storage::backup::DirSink::existing(&backup_dir).unwrap();
+    let sink = cairn_storage::backup::DirSink::existing(&backup_dir.join("default")).unwrap();
     let scratch = restored.path().join("scratch");
     let manifest =
         cairn_storage::backup::restore(&sink, "first", &scratch, &restored.path().join("data"))
@@ -61,8 +70,9 @@ async fn a_backup_restores_into_a_node_that_serves_it() {
     copy.stop().await;
 
     // Deleting the first keeps the second whole.
-    assert!(client.delete_backup("first").await.unwrap().deleted);
-    assert!(!client.delete_backup("first").await.unwrap().deleted);
+    assert!(client.delete_backup("first", None).await.unwrap().deleted);
+    assert!(!client.delete_backup("first", None).await.unwrap().deleted);
+    assert!(client.delete_backup("first", Some("nightly")).await.unwrap().deleted);
     let again = tempfile::tempdir().unwrap();
     cairn_storage::backup::verify(&sink, "second", &again.path().join("scratch")).unwrap();
     node.stop().await;
@@ -96,7 +106,10 @@ async fn backup_requests_are_checked() {
         (r#"{"name":"files"}"#, "reserved"),
         (r#"{"name":""}"#, "a-z 0-9"),
         (r#"{"name":7}"#, "\"name\" is required"),
-        (r#"{"name":"b1","sink":"/etc"}"#, "unknown field"),
+        (r#"{"name":"b1","sink":"/etc"}"#, "no paths"),
+        (r#"{"name":"b1","sink":"../up"}"#, "no paths"),
+        (r#"{"name":"b1","sink":3}"#, "\"sink\" must be a string"),
+        (r#"{"name":"b1","where":"x"}"#, "unknown field"),
         (r#"[]"#, "object"),
     ] {
         let message = node
@@ -110,7 +123,7 @@ async fn backup_requests_are_checked() {
             .await;
         assert!(message.contains(needle), "{body}: {message}");
     }
-    node.client().create_backup("b1").await.unwrap();
+    node.client().create_backup("b1", None).await.unwrap();
     let message = node
         .refused(
             Method::POST,
@@ -129,5 +142,10 @@ async fn backup_requests_are_checked() {
         "bad_request",
     )
     .await;
+    for path in ["/v1/admin/backups?sink=..", "/v1/admin/backups/b1?sink=a%2Fb"] {
+        let method = if path.contains("b1") { Method::DELETE } else { Method::GET };
+        let message = node.refused(method, path, "", StatusCode::BAD_REQUEST, "bad_request").await;
+        assert!(message.contains("no paths"), "{path}: {message}");
+    }
     node.stop().await;
 }

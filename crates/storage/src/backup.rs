@@ -133,8 +133,7 @@ fn refused(reason: impl Into<String>) -> Error {
 /// Checks a backup name: 1 to [`NAME_CHARS_MAX`] characters of `a-z 0-9 - _`,
 /// not [`FILES_DIR`]. So a name is always one plain path component.
 pub fn check_name(name: &str) -> Result<(), Error> {
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-    if name.is_empty() || name.len() > NAME_CHARS_MAX || !name.chars().all(allowed) {
+    if !plain_name(name) {
         return Err(refused(format!(
             "a backup name is 1 to {NAME_CHARS_MAX} characters of a-z 0-9 - _, not {name:?}"
         )));
@@ -143,6 +142,53 @@ pub fn check_name(name: &str) -> Result<(), Error> {
         return Err(refused(format!("'{FILES_DIR}' is reserved; name the backup otherwise")));
     }
     Ok(())
+}
+
+/// Whether `name` is 1 to [`NAME_CHARS_MAX`] characters of `a-z 0-9 - _`.
+fn plain_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    !name.is_empty() && name.len() <= NAME_CHARS_MAX && name.chars().all(allowed)
+}
+
+/// The sink a backup goes to when none is named.
+pub const DEFAULT_SINK: &str = "default";
+
+/// Checks a sink's name: one directory under a backup root, named as a
+/// backup is (so no `/`, no `..`: a sink is always inside its root).
+pub fn check_sink(sink: &str) -> Result<(), Error> {
+    if !plain_name(sink) {
+        return Err(refused(format!(
+            "a sink is the name of a directory under the backup root: 1 to {NAME_CHARS_MAX} \
+             characters of a-z 0-9 - _ (no paths), not {sink:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The directory of `sink` under `root`, the sink's name checked first.
+pub fn sink_dir(root: &Path, sink: &str) -> Result<PathBuf, Error> {
+    check_sink(sink)?;
+    Ok(root.join(sink))
+}
+
+/// The sinks under `root` that hold anything, by name.
+pub fn sinks(root: &Path) -> Result<Vec<String>, Error> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error("list", root)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", root))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if check_sink(name).is_ok() && entry.path().is_dir() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 fn check_hash(sha256: &str) -> Result<(), Error> {
@@ -412,23 +458,40 @@ fn check_manifest(manifest: &Manifest, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes a directory when dropped (a scratch checkpoint).
+/// A directory removed when dropped (a scratch checkpoint), unless kept.
 struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new directory's path in `parent` (made if missing), named for
+    /// `what` and unique to this process and moment; the directory itself
+    /// is not made.
+    fn new_in(parent: &Path, what: &str) -> Result<Scratch, Error> {
+        fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = parent.join(format!(".{what}-{}-{nanos}", std::process::id()));
+        if path.exists() {
+            return Err(refused(format!(
+                "the scratch directory {} already exists",
+                path.display()
+            )));
+        }
+        Ok(Scratch(path))
+    }
+
+    /// Leaves the directory in place: it is no longer scratch.
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.0.exists() {
+        if !self.0.as_os_str().is_empty() && self.0.exists() {
             if let Err(error) = fs::remove_dir_all(&self.0) {
                 tracing::warn!(dir = %self.0.display(), %error, "could not remove a backup's scratch directory");
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Opens a checkpoint read-only and reads its applied index and fingerprint,
@@ -448,27 +511,25 @@ fn read_checkpoint(dir: &Path) -> Result<(u64, u64), Error> {
     Ok((applied, fingerprint_of(&db)?))
 }
 
-/// Takes backup `name` of `store` into `sink`. `scratch` (which must not
-/// exist, on the store's file system, for hard links) holds the checkpoint
-/// meanwhile and is removed after. A name the sink already holds is refused.
+/// Takes backup `name` of `store` into `sink`. A new directory in
+/// `scratch_parent` (on the store's file system, for hard links) holds the
+/// checkpoint meanwhile and is removed after. A name the sink already holds
+/// is refused.
 pub fn take(
     store: &Store,
-    scratch: &Path,
+    scratch_parent: &Path,
     sink: &dyn BackupSink,
     name: &str,
 ) -> Result<Manifest, Error> {
     check_name(name)?;
     let started = Instant::now();
-    let created_ms = now_ms();
+    let created_ms = cairn_util::now_ms();
     let _lock = sink.lock()?;
     if sink.manifest(name)?.is_some() {
         return Err(refused(format!("{} already holds a backup named {name:?}", sink.describe())));
     }
-    if scratch.exists() {
-        return Err(refused(format!("the scratch directory {} already exists", scratch.display())));
-    }
-    Checkpoint::new(store.db.as_ref())?.create_checkpoint(scratch)?;
-    let scratch = Scratch(scratch.to_path_buf());
+    let scratch = Scratch::new_in(scratch_parent, &format!("backup-{name}"))?;
+    Checkpoint::new(store.db.as_ref())?.create_checkpoint(&scratch.0)?;
     let (applied_index, fingerprint) = read_checkpoint(&scratch.0)?;
     let mut names = Vec::new();
     for entry in fs::read_dir(&scratch.0).map_err(io_error("list", &scratch.0))? {
@@ -550,14 +611,11 @@ fn fetch(sink: &dyn BackupSink, name: &str, dir: &Path) -> Result<Manifest, Erro
 }
 
 /// Checks every file of backup `name` against its hash, and the state it
-/// holds against its fingerprint, using `scratch` (which must not exist) and
-/// removing it after.
-pub fn verify(sink: &dyn BackupSink, name: &str, scratch: &Path) -> Result<Manifest, Error> {
+/// holds against its fingerprint, fetching the files into a new directory
+/// in `scratch_parent` and removing it after.
+pub fn verify(sink: &dyn BackupSink, name: &str, scratch_parent: &Path) -> Result<Manifest, Error> {
     check_name(name)?;
-    if scratch.exists() {
-        return Err(refused(format!("the scratch directory {} already exists", scratch.display())));
-    }
-    let dir = Scratch(scratch.to_path_buf());
+    let dir = Scratch::new_in(scratch_parent, &format!("verify-{name}"))?;
     let manifest = fetch(sink, name, &dir.0)?;
     check_state(&manifest, &dir.0)?;
     Ok(manifest)
@@ -578,13 +636,13 @@ fn check_state(manifest: &Manifest, dir: &Path) -> Result<(), Error> {
 
 /// Restores backup `name` from `sink` into `target`, a data directory that
 /// must not exist or be empty, as a single node's store at the backup's
-/// index. `scratch` (which must not exist) holds the fetched files meanwhile.
-/// Every check runs before `target` is written; if a later step fails, what
-/// was made of `target` is removed.
+/// index. A new directory in `scratch_parent` holds the fetched files
+/// meanwhile. Every check runs before `target` is written; if a later step
+/// fails, what was made of `target` is removed.
 pub fn restore(
     sink: &dyn BackupSink,
     name: &str,
-    scratch: &Path,
+    scratch_parent: &Path,
     target: &Path,
 ) -> Result<Manifest, Error> {
     check_name(name)?;
@@ -599,17 +657,14 @@ pub fn restore(
             target.display()
         )));
     }
-    if scratch.exists() {
-        return Err(refused(format!("the scratch directory {} already exists", scratch.display())));
-    }
-    let dir = Scratch(scratch.to_path_buf());
+    let dir = Scratch::new_in(scratch_parent, &format!("restore-{name}"))?;
     let manifest = fetch(sink, name, &dir.0)?;
     check_state(&manifest, &dir.0)?;
     // From here on `target` is written: remove it on failure.
     let made = Scratch(target.to_path_buf());
     let store = Store::open(target)?;
     let mut source = SnapshotSource::open_checkpoint(&dir.0)?;
-    std::mem::forget(dir); // the source removes the checkpoint when dropped
+    dir.keep(); // the source removes the checkpoint when dropped
     let mut install = SnapshotSink::begin(&store, source.applied_index())?;
     while let Some(chunk) = source.next_chunk(CHUNK_PAYLOAD_BYTES_DEFAULT)? {
         install.push(chunk)?;
@@ -624,7 +679,7 @@ pub fn restore(
         )));
     }
     drop(store);
-    std::mem::forget(made);
+    made.keep();
     tracing::info!(name, applied_index = manifest.applied_index, target = %target.display(), "backup restored");
     Ok(manifest)
 }

@@ -14,6 +14,7 @@
 //!   APIs through a user's browser (Host, Origin, Content-Type).
 //! - [`secret`]: random tokens, kept in owner-only files.
 //! - [`lock`]: the one rule for poisoned locks.
+//! - [`now_ms`]: wall-clock time as Cairn records it.
 //! - [`VERSION`]: the version every crate of the workspace shares.
 //!
 //! Nothing here knows about consensus, storage or the network; everything
@@ -28,6 +29,14 @@ pub mod secret;
 
 pub use backoff::Backoff;
 pub use rng::Rng;
+
+/// Now, in whole milliseconds since the Unix epoch (0 if the clock is set
+/// before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Locks `mutex`, poisoned or not: Cairn's one rule for lock poisoning.
 ///
