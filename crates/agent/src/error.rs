@@ -136,6 +136,9 @@ pub enum TurnError {
     /// The local node did not answer, or refused.
     #[error("the local node: {0}")]
     Node(#[from] cairn_client::Error),
+    /// Another host's node did not answer, or refused.
+    #[error("the node on {host}: {source}")]
+    HostNode { host: String, source: cairn_client::Error },
     /// A step names a host the cloud does not list.
     #[error("{0} is not among the cloud's hosts")]
     UnknownHost(String),

@@ -439,6 +439,35 @@ impl Leader {
             Step::DeleteHost { host } => {
                 self.observer.cloud.delete_host(host).await?;
             }
+            Step::TakeBackup { name, sink, host, .. } => {
+                let listed = hosts.iter().find(|h| h.name == *host);
+                let address = listed.ok_or_else(|| TurnError::UnknownHost(host.clone()))?;
+                let on_host = |source| TurnError::HostNode { host: host.clone(), source };
+                let node = cairn_client::Client::with_tls(
+                    &address.api_address,
+                    Duration::from_millis(STEP_TIMEOUT_MS),
+                    self.observer.api_tls.clone(),
+                )
+                .map_err(on_host)?
+                .with_token(self.config.node_token.clone());
+                // Taken already (by an earlier try whose answer was lost):
+                // the step is idempotent.
+                match node.create_backup(name, Some(sink)).await {
+                    Ok(taken) => tracing::info!(
+                        backup = %format!("{sink}/{name}"),
+                        host = %host,
+                        index = taken.applied_index,
+                        bytes = taken.bytes,
+                        new_bytes = taken.new_bytes,
+                        "backup taken"
+                    ),
+                    Err(e) if e.code() == Some("backup_exists") => {}
+                    Err(e) => return Err(on_host(e)),
+                }
+            }
+            Step::DeleteBackup { name, sink } => {
+                self.observer.node_steps.delete_backup(name, Some(sink)).await?;
+            }
         }
         Ok(())
     }

@@ -109,6 +109,7 @@ impl Observer {
             members_caught_up: membership.members.keys().all(|id| {
                 membership.applied.get(id).is_some_and(|&applied| applied >= membership.base_index)
             }),
+            now_ms: cairn_util::now_ms(),
             ..Observed::default()
         };
         for (host, status) in hosts.iter().zip(statuses) {

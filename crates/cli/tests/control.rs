@@ -537,3 +537,107 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     }
     eprintln!("{} acknowledged writes, all read back", acked.len());
 }
+
+fn desired_backups(id: u64, backups: &str, schedule: &str) -> String {
+    format!(
+        r#"{{
+  // written by the control process test
+  "id": {id},
+  "replicas": 3,
+  "zones": ["zone-a", "zone-b", "zone-c"],
+  "max_attempts": 2,
+  "backups": [{backups}],
+  {schedule}
+}}"#
+    )
+}
+
+/// Backups follow the desired state: an entry added is taken on a follower
+/// into its sink under the cluster's backup root, a schedule takes one at
+/// once and keeps `keep`, an entry removed is deleted, a sink that cannot
+/// be written puts reconciliation in ERROR_STATE naming it, and a sink that
+/// is a path is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_follow_the_desired_state() {
+    let schedule = r#""backup_schedule": { "every": "1h", "keep": 1, "sink": "nightly" },"#;
+    let up = Up::start(&desired_backups(1, r#"{ "name": "b1", "sink": "manual" }"#, schedule));
+    let took = up.reached(1, 3).await;
+    eprintln!("3 replicas and two backups: {took:.1?}");
+    let root = up.dir.path().join(".cairn").join(cairn_cloud::BACKUPS_DIR);
+    assert!(root.join("manual/b1/manifest.json").is_file(), "b1 is in its sink");
+    let slot = unix_ms() / 3_600_000 * 3_600_000;
+    let scheduled = cairn_control::planner::scheduled_name(slot);
+    let hourly = root.join("nightly").join(&scheduled).join("manifest.json");
+    // The slot may have turned since the state was reached: then the next
+    // one is taken soon after.
+    let started = Instant::now();
+    while !hourly.is_file() {
+        assert!(started.elapsed() < REACH_TIMEOUT, "{scheduled} never taken\n{}", up.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Taken on a follower: the step named a host other than the leader's.
+    let status = up.get("/v1/status").await.unwrap();
+    let history = status["history"].as_array().cloned().unwrap_or_default();
+    let taken_on: Vec<(String, String)> = history
+        .iter()
+        .filter_map(|t| {
+            let step = t["report"]["step"].as_str()?;
+            let host = step.strip_prefix("take backup manual/b1 on ")?;
+            Some((host.to_string(), t["report"]["leader_host"].as_str()?.to_string()))
+        })
+        .collect();
+    assert!(!taken_on.is_empty(), "no step took b1: {history:?}");
+    for (host, leader) in &taken_on {
+        assert_ne!(host, leader, "b1 was taken on the leader's host");
+    }
+    // The cluster's view lists both, taken.
+    let last = &status["last"];
+    let listed: Vec<String> = last["backups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["taken"] == true)
+        .filter_map(|b| Some(format!("{}/{}", b["sink"].as_str()?, b["name"].as_str()?)))
+        .collect();
+    assert!(listed.contains(&"manual/b1".to_string()), "{last}");
+    assert!(up.status().contains("manual/b1"), "{}", up.status());
+
+    // Removed from the desired state: deleted, its files with it.
+    up.edit(&desired_backups(2, "", schedule));
+    up.reached(2, 3).await;
+    assert!(!root.join("manual/b1").exists(), "b1 is deleted");
+    let left: Vec<_> = std::fs::read_dir(root.join("manual/files")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "b1's files are deleted: {left:?}");
+    assert!(hourly.is_file() || root.join("nightly").read_dir().unwrap().count() > 1);
+
+    // A sink that cannot be written (a file where its directory should be):
+    // the step fails, and after max_attempts the state says why.
+    std::fs::write(root.join("broken"), "not a directory").unwrap();
+    up.edit(&desired_backups(3, r#"{ "name": "b2", "sink": "broken" }"#, schedule));
+    let started = Instant::now();
+    let last = loop {
+        let last = up.get("/v1/status").await.unwrap_or(Value::Null)["last"].clone();
+        if last["desired_id"] == 3 && last["state"] == "ERROR_STATE" {
+            break last;
+        }
+        assert!(started.elapsed() < REACH_TIMEOUT, "no ERROR_STATE: {last}\n{}", up.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(message.contains("broken") && message.contains("b2"), "{last}");
+    eprintln!("a sink that cannot be written: {message}");
+
+    // A sink that is a path is refused by `cairn apply`, naming the field.
+    let bad = up.dir.path().join("bad.jsonc");
+    std::fs::write(&bad, desired_backups(4, r#"{ "name": "b3", "sink": "../../etc" }"#, ""))
+        .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(up.dir.path())
+        .args(["apply", "--cloud", &up.cloud, "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("backups[0].sink"), "{said}");
+}

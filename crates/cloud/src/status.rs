@@ -243,6 +243,7 @@ mod tests {
             message: String::new(),
             attempts: 0,
             leader_host: Some("host-1".into()),
+            backups: Vec::new(),
         }
     }
 

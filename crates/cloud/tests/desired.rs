@@ -106,12 +106,17 @@ async fn apply_checks_validity_and_ids() {
     assert_eq!(invalid["error"]["field"], "replicas", "{invalid}");
 
     // A field the control plane does not act on yet is refused, not ignored.
-    let backups = r#"{"id": 9, "backups": [{"name": "b1", "sink": "/tmp/b"}]}"#.to_string();
-    let (status, unsupported) = h.put_text("/v1/desired", backups).await;
+    let restore = r#"{"id": 9, "restore_from": "/tmp/b/b1"}"#.to_string();
+    let (status, unsupported) = h.put_text("/v1/desired", restore).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{unsupported}");
-    assert_eq!(unsupported["error"]["field"], "backups", "{unsupported}");
+    assert_eq!(unsupported["error"]["field"], "restore_from", "{unsupported}");
     let message = unsupported["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("not supported yet"), "{unsupported}");
+    // A sink is a directory under the cluster's backup root, never a path.
+    let backups = r#"{"id": 9, "backups": [{"name": "b1", "sink": "/tmp/b"}]}"#.to_string();
+    let (status, outside) = h.put_text("/v1/desired", backups).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{outside}");
+    assert_eq!(outside["error"]["field"], "backups[0].sink", "{outside}");
 
     let (_, current) = h.get("/v1/desired").await;
     assert_eq!(current["id"], 5, "{current}");

@@ -20,6 +20,7 @@ fn report(state: ReconcileState, desired_id: u64, step: Option<&str>) -> Report 
         message: String::new(),
         attempts: 0,
         leader_host: Some("host-1".into()),
+        backups: Vec::new(),
     }
 }
 

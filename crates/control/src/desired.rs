@@ -98,6 +98,9 @@ pub const FIELDS: [&str; 13] = [
     "restore_from",
     "max_attempts",
 ];
+/// Scheduled backups are named this and their time slot
+/// (`scheduled-20261206-180000`); on-demand names may not start so.
+pub const SCHEDULED_PREFIX: &str = "scheduled-";
 /// The fields of one entry of `backups`.
 pub const BACKUP_FIELDS: [&str; 2] = ["name", "sink"];
 /// The fields of `backup_schedule`.
@@ -147,7 +150,8 @@ pub struct DesiredState {
 pub struct Backup {
     /// Names the backup; unique within `backups`.
     pub name: String,
-    /// Where it is written (a directory or a URL).
+    /// Where it is written: a directory under the cluster's backup root, by
+    /// name.
     pub sink: String,
 }
 
@@ -158,7 +162,7 @@ pub struct BackupSchedule {
     pub every_s: u64,
     /// How many to keep.
     pub keep: u32,
-    /// Where they are written.
+    /// Where they are written, as [`Backup::sink`].
     pub sink: String,
 }
 
@@ -295,12 +299,6 @@ pub fn check_supported(state: &DesiredState) -> Result<(), DesiredError> {
     };
     if state.artifacts.is_some() {
         return Err(not_yet("artifacts", "installing versions from artifacts"));
-    }
-    if !state.backups.is_empty() {
-        return Err(not_yet("backups", "backups taken by the control plane"));
-    }
-    if state.backup_schedule.is_some() {
-        return Err(not_yet("backup_schedule", "scheduled backups"));
     }
     if state.restore_from.is_some() {
         return Err(not_yet(
@@ -827,13 +825,42 @@ fn check_backups(backups: &[Backup]) -> Result<(), DesiredError> {
     for (i, backup) in backups.iter().enumerate() {
         let name_path = format!("backups[{i}].name");
         check_name(&backup.name, &name_path, &['-', '_'])?;
+        if backup.name == "files" {
+            return Err(DesiredError::new(
+                name_path,
+                "'files' is reserved; name the backup otherwise",
+            ));
+        }
+        if backup.name.starts_with(SCHEDULED_PREFIX) {
+            let message = format!(
+                "names starting with '{SCHEDULED_PREFIX}' are kept for scheduled backups, got {}",
+                quoted(&backup.name)
+            );
+            return Err(DesiredError::new(name_path, message));
+        }
         if let Some(first) = names.insert(backup.name.as_str(), i) {
             let message = format!("{} is already backups[{first}].name", quoted(&backup.name));
             return Err(DesiredError::new(name_path, message));
         }
-        check_text(&backup.sink, &format!("backups[{i}].sink"))?;
+        check_sink(&backup.sink, &format!("backups[{i}].sink"))?;
     }
     Ok(())
+}
+
+/// A sink: the name of a directory under the cluster's backup root, never a
+/// path (so every backup stays inside that root).
+fn check_sink(sink: &str, path: &str) -> Result<(), DesiredError> {
+    if sink.contains('/') || sink.contains('\\') || sink.contains("..") {
+        return Err(DesiredError::new(
+            path,
+            format!(
+                "names a directory under the cluster's backup root (such as \"nightly\"; \
+                 .cairn/backups/nightly for `cairn up`), not a path: got {}",
+                quoted(sink)
+            ),
+        ));
+    }
+    check_name(sink, path, &['-', '_'])
 }
 
 fn check_schedule(schedule: &BackupSchedule) -> Result<(), DesiredError> {
@@ -850,5 +877,5 @@ fn check_schedule(schedule: &BackupSchedule) -> Result<(), DesiredError> {
     }
     let keep = u64::from(schedule.keep);
     check_range(keep, "backup_schedule.keep", 1, u64::from(BACKUP_KEEP_MAX))?;
-    check_text(&schedule.sink, "backup_schedule.sink")
+    check_sink(&schedule.sink, "backup_schedule.sink")
 }

@@ -88,6 +88,10 @@ pub struct Observed {
     pub members_caught_up: bool,
     /// The OmniPaxos leader's node id.
     pub leader: Option<u64>,
+    /// When the observation was made, in milliseconds since the Unix epoch
+    /// (the leader agent's clock): when scheduled backups fall due.
+    #[serde(default)]
+    pub now_ms: u64,
 }
 
 impl Observed {
@@ -162,6 +166,30 @@ pub enum Step {
     RemoveMember { node_id: u64, host: Option<String> },
     /// Deletes a host and its data (idempotent).
     DeleteHost { host: String },
+    /// Takes backup `name` into `sink` on `host`'s node (a follower where
+    /// there is one). A name the sink already holds counts as taken (the
+    /// step is idempotent); `slot_ms` is a scheduled backup's time slot.
+    TakeBackup { name: String, sink: String, host: String, slot_ms: Option<u64> },
+    /// Deletes backup `name` from `sink`, and the files no other backup of
+    /// the sink shares (idempotent).
+    DeleteBackup { name: String, sink: String },
+}
+
+/// A backup the control plane took, or set out to take, and keeps track
+/// of until it deletes it. Recorded before the step that takes it runs, so
+/// that one taken by a leader that died before it could say so is still
+/// known, and deleted when no longer wanted: the control plane leaves no
+/// backup behind that it does not know of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub name: String,
+    pub sink: String,
+    /// A scheduled backup's time slot (milliseconds since the Unix epoch);
+    /// `None` for one taken on demand.
+    pub slot_ms: Option<u64>,
+    /// Whether a step taking it finished; until then the sink may hold all,
+    /// part or none of it.
+    pub taken: bool,
 }
 
 /// Why a step planned from an earlier observation may not run now
@@ -277,6 +305,10 @@ impl Step {
             }
             Step::RemoveMember { node_id, host: None } => format!("remove node {node_id}"),
             Step::DeleteHost { host } => format!("delete {host}"),
+            Step::TakeBackup { name, sink, host, .. } => {
+                format!("take backup {sink}/{name} on {host}")
+            }
+            Step::DeleteBackup { name, sink } => format!("delete backup {sink}/{name}"),
         }
     }
 }
@@ -313,6 +345,10 @@ pub struct ControlState {
     pub next_host_number: u64,
     /// Whether a node ever ran (then `restore_from` is refused).
     pub has_run: bool,
+    /// The backups taken by the control plane and not deleted, on demand and
+    /// scheduled, oldest first.
+    #[serde(default)]
+    pub backups: Vec<BackupRecord>,
 }
 
 impl Default for ControlState {
@@ -327,6 +363,7 @@ impl Default for ControlState {
             host_plans: BTreeMap::new(),
             next_host_number: 1,
             has_run: false,
+            backups: Vec::new(),
         }
     }
 }

@@ -28,6 +28,12 @@
 //! 9. Rolling restart: members behind `restart_generation`, one at a time,
 //!    the leader last.
 //! 10. Spare hosts are deleted.
+//! 11. Backups, once the cluster is otherwise as desired: on-demand entries
+//!     not taken yet are taken and taken ones no longer listed are deleted;
+//!     a scheduled backup is taken when its time slot (`every`, aligned to
+//!     the Unix epoch, so `6h` is 00:00, 06:00… UTC) comes, and the oldest
+//!     beyond `keep` are deleted. A backup is taken on a follower that
+//!     serves, the leader only when none does.
 //!
 //! Every step that takes a member down or out carries a [`Guard`] that holds
 //! in the observation it was planned from; a 1-replica cluster's restart is
@@ -44,8 +50,8 @@ use std::collections::BTreeMap;
 
 use crate::desired::DesiredState;
 use crate::model::{
-    majority, ControlState, HostCondition, HostObs, HostPlan, HostRole, NodeProcess, Observed,
-    Step, NODE_ID_MAX,
+    majority, BackupRecord, ControlState, HostCondition, HostObs, HostPlan, HostRole, NodeProcess,
+    Observed, Step, NODE_ID_MAX,
 };
 
 /// What the planner decides.
@@ -130,7 +136,84 @@ impl Planner<'_> {
         if let Some(next) = self.delete_spares() {
             return next;
         }
+        if let Some(next) = self.backups() {
+            return next;
+        }
         Next::Done
+    }
+
+    /// Backups, once the cluster is otherwise as desired: on-demand entries
+    /// not taken yet are taken, and backups no longer wanted are deleted
+    /// (taken ones no longer listed, and tries that never finished); a
+    /// scheduled backup whose time slot came is taken, and the oldest beyond
+    /// `keep` are deleted.
+    fn backups(&mut self) -> Option<Next> {
+        let desired = self.desired;
+        let schedule = desired.backup_schedule.as_ref();
+        let every_ms = schedule.map(|s| s.every_s.saturating_mul(1_000).max(1));
+        let slot = every_ms.map(|every| self.observed.now_ms / every * every);
+        let wanted = |b: &BackupRecord| match b.slot_ms {
+            None => desired.backups.iter().any(|w| w.name == b.name && w.sink == b.sink),
+            // A scheduled backup that was taken stays until pruned; one
+            // that was not is wanted only while its slot is the current one.
+            Some(at) => b.taken || (Some(at) == slot && schedule.is_some_and(|s| s.sink == b.sink)),
+        };
+        if let Some(gone) = self.control.backups.iter().find(|b| !wanted(b)) {
+            return Some(Next::Step(Step::DeleteBackup {
+                name: gone.name.clone(),
+                sink: gone.sink.clone(),
+            }));
+        }
+        for entry in &desired.backups {
+            let record =
+                self.control.backups.iter().find(|b| b.name == entry.name && b.sink == entry.sink);
+            if !record.is_some_and(|b| b.taken) {
+                return Some(self.take_backup(entry.name.clone(), entry.sink.clone(), None));
+            }
+        }
+        let (schedule, slot) = (schedule?, slot?);
+        let mut scheduled: Vec<&BackupRecord> = self
+            .control
+            .backups
+            .iter()
+            .filter(|b| b.taken && b.slot_ms.is_some() && b.sink == schedule.sink)
+            .collect();
+        scheduled.sort_by_key(|b| b.slot_ms);
+        if scheduled.len() > schedule.keep as usize {
+            let oldest = scheduled[0];
+            return Some(Next::Step(Step::DeleteBackup {
+                name: oldest.name.clone(),
+                sink: oldest.sink.clone(),
+            }));
+        }
+        let latest = scheduled.last().and_then(|b| b.slot_ms);
+        if self.observed.now_ms > 0 && latest.is_none_or(|latest| latest < slot) {
+            return Some(self.take_backup(scheduled_name(slot), schedule.sink.clone(), Some(slot)));
+        }
+        None
+    }
+
+    /// Takes backup `name` on the first follower that serves, or on the
+    /// leader when no follower does (a single replica); records it first,
+    /// as not taken yet.
+    fn take_backup(&mut self, name: String, sink: String, slot_ms: Option<u64>) -> Next {
+        let leader = self.observed.leader;
+        let mut serving: Vec<u64> =
+            self.observed.members.iter().copied().filter(|&id| self.observed.is_up(id)).collect();
+        serving.sort_by_key(|&id| (Some(id) == leader, id));
+        let Some(host) = serving.first().and_then(|&id| self.observed.host_of(id)) else {
+            return Next::Wait(format!("no member serves to take backup {sink}/{name} on"));
+        };
+        let host = host.name.clone();
+        if !self.control.backups.iter().any(|b| b.name == name && b.sink == sink) {
+            self.control.backups.push(BackupRecord {
+                name: name.clone(),
+                sink: sink.clone(),
+                slot_ms,
+                taken: false,
+            });
+        }
+        Next::Step(Step::TakeBackup { name, sink, host, slot_ms })
     }
 
     /// Brings the host plans in line with what is observed: hosts it does not
@@ -492,4 +575,17 @@ impl Planner<'_> {
 /// `N` of a host named `host-N`.
 fn host_number(name: &str) -> Option<u64> {
     name.strip_prefix("host-")?.parse().ok()
+}
+
+/// A scheduled backup's name: [`SCHEDULED_PREFIX`] and its time slot in UTC,
+/// `scheduled-20261206-180000`.
+///
+/// [`SCHEDULED_PREFIX`]: crate::desired::SCHEDULED_PREFIX
+pub fn scheduled_name(slot_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(slot_ms);
+    // 2026-12-06T18:00:00Z
+    let time = humantime::format_rfc3339_seconds(at).to_string();
+    let digits: String = time.chars().filter(char::is_ascii_digit).collect();
+    let (date, clock) = digits.split_at(digits.len().min(8));
+    format!("{}{date}-{clock}", crate::desired::SCHEDULED_PREFIX)
 }

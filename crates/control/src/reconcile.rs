@@ -20,7 +20,7 @@
 //!   divergence (a dead host, a node down) sends it back to work.
 
 use crate::desired::{check_supported, check_transition, DesiredState};
-use crate::model::{ControlState, Observed, Step};
+use crate::model::{BackupRecord, ControlState, Observed, Step};
 use crate::planner::{plan, Next};
 use crate::status::{ReconcileState, Report};
 
@@ -154,6 +154,25 @@ pub fn record(control: &ControlState, result: Result<(), String>) -> ControlStat
     let mut control = control.clone();
     match result {
         Ok(()) => {
+            match &control.step {
+                Some(Step::TakeBackup { name, sink, slot_ms, .. }) => {
+                    let known =
+                        control.backups.iter_mut().find(|b| b.name == *name && b.sink == *sink);
+                    match known {
+                        Some(record) => record.taken = true,
+                        None => control.backups.push(BackupRecord {
+                            name: name.clone(),
+                            sink: sink.clone(),
+                            slot_ms: *slot_ms,
+                            taken: true,
+                        }),
+                    }
+                }
+                Some(Step::DeleteBackup { name, sink }) => {
+                    control.backups.retain(|b| !(b.name == *name && b.sink == *sink));
+                }
+                _ => {}
+            }
             control.attempts = 0;
             control.step = None;
         }
@@ -184,5 +203,6 @@ pub fn report(
         message: control.message.clone(),
         attempts: control.attempts,
         leader_host,
+        backups: control.backups.clone(),
     }
 }

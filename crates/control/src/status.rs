@@ -41,4 +41,8 @@ pub struct Report {
     pub attempts: u32,
     /// The host whose agent leads.
     pub leader_host: Option<String>,
+    /// The backups the control plane keeps track of (on demand and
+    /// scheduled), oldest first; `taken` is false while one is being taken.
+    #[serde(default)]
+    pub backups: Vec<crate::model::BackupRecord>,
 }

@@ -54,8 +54,6 @@ fn fields_not_acted_on_yet_are_refused_by_name() {
     assert_eq!(check_supported(&accepted(EXAMPLE)), Ok(()));
     for (fields, field) in [
         (r#""artifacts": "/srv/releases""#, "artifacts"),
-        (r#""backups": [{ "name": "b1", "sink": "/srv/b" }]"#, "backups"),
-        (r#""backup_schedule": { "every": "6h", "keep": 4, "sink": "/srv/b" }"#, "backup_schedule"),
         (r#""restore_from": "/srv/b/b1""#, "restore_from"),
     ] {
         let state = accepted(&with(fields));
@@ -63,7 +61,13 @@ fn fields_not_acted_on_yet_are_refused_by_name() {
         assert_eq!(error.field, field, "{error}");
         assert!(error.message.contains("not supported yet"), "{error}");
     }
-    assert_eq!(check_supported(&accepted(&with(r#""backups": []"#))), Ok(()));
+    for acted_on in [
+        r#""backups": []"#,
+        r#""backups": [{ "name": "b1", "sink": "manual" }]"#,
+        r#""backup_schedule": { "every": "6h", "keep": 4, "sink": "nightly" }"#,
+    ] {
+        assert_eq!(check_supported(&accepted(&with(acted_on))), Ok(()), "{acted_on}");
+    }
 }
 
 // ---- Reading the text ----
@@ -106,13 +110,13 @@ fn comments_and_trailing_commas_are_accepted() {
              comment */
           "id": 7, // after a value
           "zones": ["zone-a", "zone-b",],
-          "backups": [{ "name": "b1", "sink": "/tmp/b", },],
+          "backups": [{ "name": "b1", "sink": "manual", },],
         }
     "#;
     let state = accepted(text);
     assert_eq!(state.id, 7);
     assert_eq!(state.zones, ["zone-a", "zone-b"]);
-    assert_eq!(state.backups, [Backup { name: "b1".into(), sink: "/tmp/b".into() }]);
+    assert_eq!(state.backups, [Backup { name: "b1".into(), sink: "manual".into() }]);
 }
 
 /// A document with only `id` takes every default.
@@ -328,7 +332,26 @@ fn backups_have_unique_names_and_a_sink() {
     assert_refused(
         &with(r#""backups": [{ "name": "a", "sink": "" }]"#),
         "backups[0].sink",
-        "empty",
+        "1 to 63",
+    );
+    // A sink is a directory under the cluster's backup root, by name: no
+    // path can leave the root.
+    for sink in ["/srv/b", "../b", "a/b", "..", "a\\b", "Nightly"] {
+        let text = with(&format!(r#""backups": [{{ "name": "a", "sink": "{sink}" }}]"#));
+        let error = parse(&text).expect_err(sink);
+        assert_eq!(error.field, "backups[0].sink", "{sink}: {error}");
+    }
+    let schedule = with(r#""backup_schedule": { "every": "1h", "keep": 2, "sink": "/srv" }"#);
+    assert_refused(&schedule, "backup_schedule.sink", "not a path");
+    assert_refused(
+        &with(r#""backups": [{ "name": "scheduled-1", "sink": "s" }]"#),
+        "backups[0].name",
+        "scheduled backups",
+    );
+    assert_refused(
+        &with(r#""backups": [{ "name": "files", "sink": "s" }]"#),
+        "backups[0].name",
+        "reserved",
     );
     assert_refused(
         &with(r#""backups": [{ "name": "a", "sink": 1 }]"#),
@@ -340,8 +363,8 @@ fn backups_have_unique_names_and_a_sink() {
     let entry = r#"{ "name": "n", "sink": "s" }"#;
     let many = vec![entry; BACKUPS_MAX + 1].join(",");
     assert_refused(&with(&format!("\"backups\": [{many}]")), "backups", "at most");
-    let state = accepted(&with(r#""backups": [{ "name": "nightly_1-a", "sink": "/b" }]"#));
-    assert_eq!(state.backups, [Backup { name: "nightly_1-a".into(), sink: "/b".into() }]);
+    let state = accepted(&with(r#""backups": [{ "name": "nightly_1-a", "sink": "b_2-c" }]"#));
+    assert_eq!(state.backups, [Backup { name: "nightly_1-a".into(), sink: "b_2-c".into() }]);
 }
 
 /// The schedule's period is a whole number and one unit, at least a minute.
@@ -349,7 +372,7 @@ fn backups_have_unique_names_and_a_sink() {
 fn backup_schedule_takes_a_period_a_count_and_a_sink() {
     let schedule = |every: &str, keep: &str| {
         with(&format!(
-            "\"backup_schedule\": {{ \"every\": {every}, \"keep\": {keep}, \"sink\": \"/b\" }}"
+            "\"backup_schedule\": {{ \"every\": {every}, \"keep\": {keep}, \"sink\": \"b\" }}"
         ))
     };
     let path = "backup_schedule.every";
@@ -369,7 +392,7 @@ fn backup_schedule_takes_a_period_a_count_and_a_sink() {
     assert_refused(&with(r#""backup_schedule": "1h""#), "backup_schedule", "must be an object");
     for (every, every_s) in [("\"1m\"", BACKUP_EVERY_S_MIN), ("\"90s\"", 90), ("\"2h\"", 7_200)] {
         let state = accepted(&schedule(every, "24"));
-        let expected = BackupSchedule { every_s, keep: 24, sink: "/b".into() };
+        let expected = BackupSchedule { every_s, keep: 24, sink: "b".into() };
         assert_eq!(state.backup_schedule, Some(expected));
     }
     assert_eq!(accepted(&schedule("\"1d\"", "1")).backup_schedule.map(|s| s.every_s), Some(86_400));
@@ -492,7 +515,8 @@ fn any_state() -> impl Strategy<Value = DesiredState> {
 
 /// States that follow every value rule, built field by field.
 fn valid_state() -> impl Strategy<Value = DesiredState> {
-    let sink = "[^\\p{Cc}]{1,12}";
+    let sink = "[a-z0-9_-]{1,12}";
+    let path = "[^\\p{Cc}]{1,12}";
     let location = prop_oneof!["/[a-z0-9/._-]{0,12}", "https?://[a-z.]{1,10}(/[a-z]{0,4})?"];
     let scalars = (
         1..1_000u64,
@@ -508,9 +532,9 @@ fn valid_state() -> impl Strategy<Value = DesiredState> {
     );
     let schedule = (BACKUP_EVERY_S_MIN..=BACKUP_EVERY_S_MAX, 1..=BACKUP_KEEP_MAX, sink);
     let optional = (
-        proptest::collection::btree_map("[a-z0-9_-]{1,8}", sink, 0..5),
+        proptest::collection::btree_map("b[a-z0-9_-]{0,7}", sink, 0..5),
         proptest::option::of(schedule),
-        proptest::option::of(sink),
+        proptest::option::of(path),
     );
     (scalars, optional).prop_map(|(scalars, (backups, schedule, restore_from))| {
         let (id, generation, running, version, artifacts, replicas, zones, host_type) = (

@@ -182,3 +182,125 @@ fn a_control_state_stored_under_the_old_name_still_reads() {
     let read: ControlState = serde_json::from_value(stored).expect("the old name reads");
     assert_eq!(read, state);
 }
+
+// ---- Backups ----
+
+/// 2026-12-06 18:00:30 UTC: half a minute into a six-hour slot.
+const NOW_MS: u64 = 1_796_580_030_000;
+
+fn backup(name: &str, sink: &str) -> cairn_control::desired::Backup {
+    cairn_control::desired::Backup { name: name.into(), sink: sink.into() }
+}
+
+fn at(mut cluster: Cluster, now_ms: u64) -> Cluster {
+    cluster.0.now_ms = now_ms;
+    cluster
+}
+
+/// Runs turns, each step succeeding, until the cluster is at `desired`;
+/// answers the steps taken.
+fn settle(control: &mut ControlState, desired: &DesiredState, cluster: &Cluster) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for _ in 0..20 {
+        let t = turn(control, Some(desired), &cluster.0);
+        let Some(step) = t.step else {
+            *control = t.control;
+            return steps;
+        };
+        steps.push(step);
+        *control = record(&t.control, Ok(()));
+    }
+    panic!("never settled: {steps:?}");
+}
+
+#[test]
+fn an_on_demand_backup_is_recorded_taken_on_a_follower_then_deleted_when_removed() {
+    let cluster = at(three().leader(2), NOW_MS);
+    let desired = DesiredState { backups: vec![backup("b1", "manual")], ..want(1, 3) };
+    let t = turn(&ControlState::default(), Some(&desired), &cluster.0);
+    let take = Step::TakeBackup {
+        name: "b1".into(),
+        sink: "manual".into(),
+        host: "host-1".into(),
+        slot_ms: None,
+    };
+    assert_eq!(t.step, Some(take.clone()), "the first follower that serves, not the leader");
+    // Recorded before the step runs, as not taken yet.
+    assert_eq!(t.control.backups.len(), 1);
+    assert!(!t.control.backups[0].taken);
+    // A failed try leaves it recorded and not taken; the next turn tries again.
+    let failed = record(&t.control, Err("the node refused".into()));
+    assert_eq!(turn(&failed, Some(&desired), &cluster.0).step, Some(take.clone()));
+    let mut control = record(&t.control, Ok(()));
+    assert!(control.backups[0].taken);
+    assert_eq!(settle(&mut control, &desired, &cluster), []);
+    assert_eq!(control.state, ReconcileState::AtDesiredState);
+    assert_eq!(cairn_control::reconcile::report(&control, None, None).backups, control.backups);
+
+    // Removed from the desired state: deleted, and forgotten once deleted.
+    let without = DesiredState { id: 2, backups: Vec::new(), ..desired.clone() };
+    let steps = settle(&mut control, &without, &cluster);
+    assert_eq!(steps, [Step::DeleteBackup { name: "b1".into(), sink: "manual".into() }]);
+    assert!(control.backups.is_empty());
+}
+
+#[test]
+fn a_try_that_never_finished_is_deleted_when_no_longer_wanted() {
+    let cluster = at(three(), NOW_MS);
+    let desired = DesiredState { backups: vec![backup("b1", "manual")], ..want(1, 3) };
+    let t = turn(&ControlState::default(), Some(&desired), &cluster.0);
+    assert!(matches!(t.step, Some(Step::TakeBackup { .. })));
+    // The leader died mid-step: the sink may hold part of b1. The entry is
+    // then removed (the state went to ERROR_STATE and a new one came).
+    let mut control = t.control;
+    control.state = ReconcileState::ErrorState;
+    let without = DesiredState { id: 2, backups: Vec::new(), ..desired };
+    let steps = settle(&mut control, &without, &cluster);
+    assert_eq!(steps, [Step::DeleteBackup { name: "b1".into(), sink: "manual".into() }]);
+}
+
+#[test]
+fn a_schedule_takes_one_backup_per_slot_and_keeps_keep() {
+    let schedule = cairn_control::desired::BackupSchedule {
+        every_s: 6 * 3_600,
+        keep: 2,
+        sink: "nightly".into(),
+    };
+    let desired = DesiredState { backup_schedule: Some(schedule), ..want(1, 1) };
+    let one = Cluster::default().member("host-1", "zone-a", 1).leader(1);
+    let mut control = ControlState::default();
+    let six_hours = 6 * 3_600_000;
+    let mut taken = Vec::new();
+    for slot in 0..4 {
+        let now = NOW_MS + slot * six_hours;
+        let steps = settle(&mut control, &desired, &at(Cluster(one.0.clone()), now));
+        taken.push(steps);
+        // Later in the same slot: nothing more.
+        let later = at(Cluster(one.0.clone()), now + 3_600_000);
+        assert_eq!(settle(&mut control, &desired, &later), []);
+    }
+    let first = Step::TakeBackup {
+        name: "scheduled-20261206-180000".into(),
+        sink: "nightly".into(),
+        // A single replica: its leader takes it.
+        host: "host-1".into(),
+        slot_ms: Some(NOW_MS - 30_000),
+    };
+    assert_eq!(taken[0], [first]);
+    assert_eq!(taken[1].len(), 1, "{:?}", taken[1]);
+    // The third slot's backup makes three: the oldest goes.
+    let delete_first =
+        Step::DeleteBackup { name: "scheduled-20261206-180000".into(), sink: "nightly".into() };
+    assert_eq!(taken[2].len(), 2, "{:?}", taken[2]);
+    assert_eq!(taken[2][1], delete_first);
+    let names: Vec<&str> = control.backups.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["scheduled-20261207-060000", "scheduled-20261207-120000"]);
+}
+
+#[test]
+fn scheduled_names_are_their_slot_in_utc() {
+    use cairn_control::planner::scheduled_name;
+    assert_eq!(scheduled_name(0), "scheduled-19700101-000000");
+    assert_eq!(scheduled_name(NOW_MS - 30_000), "scheduled-20261206-180000");
+    assert_eq!(scheduled_name(951_782_400_000), "scheduled-20000229-000000");
+}

@@ -6,6 +6,8 @@
 //! For each desired state of a case: a safety phase with faults, then a
 //! liveness phase without, which must end at the desired state within one
 //! reconciliation loop's budget; no step may cost the quorum at any time;
+//! the sinks hold every backup asked for, none the control plane does not
+//! know of, and no more scheduled ones than `keep`;
 //! and the final desired state, reached again from nothing by a second path
 //! (bootstrap straight to it), must give an equivalent cluster.
 //!
@@ -20,7 +22,7 @@ mod world;
 
 use std::path::PathBuf;
 
-use cairn_control::desired::{validate, DesiredState};
+use cairn_control::desired::{validate, Backup, BackupSchedule, DesiredState};
 use serde::{Deserialize, Serialize};
 use world::{seeded, Counts, Faults, Rng, World};
 
@@ -33,6 +35,8 @@ const SAFETY_LOOPS_MAX: u64 = 30;
 /// Loops the liveness phase may take to reach a desired state: one
 /// reconciliation loop's budget, far above what a scale of 1 to 7 needs.
 const LIVENESS_LOOPS_MAX: u64 = 400;
+/// Backup sinks the generator draws from.
+const SINKS: [&str; 2] = ["nightly", "manual"];
 /// Zones the generator draws from.
 const ZONES: [&str; 4] = ["zone-a", "zone-b", "zone-c", "zone-d"];
 
@@ -87,15 +91,39 @@ fn mutate(rng: &mut Rng, state: &mut DesiredState) {
         state.running = true;
         return;
     }
-    match rng.below(10) {
+    match rng.below(13) {
         0..=3 => state.replicas = [1, 3, 5, 7][rng.below(4) as usize],
         4 => state.zones = pick_zones(rng),
         5 | 6 => state.restart_generation = state.id,
         7 => state.running = false,
         8 => state.allow_temporary_hosts = !state.allow_temporary_hosts,
-        _ => {
+        9 => {
             state.replicas = [1, 3, 5][rng.below(3) as usize];
             state.zones = pick_zones(rng);
+        }
+        // Backups on demand: one more, or one fewer.
+        10 | 11 if state.backups.is_empty() || rng.below(2) == 0 => {
+            let name = format!("b{}", rng.below(6));
+            let sink = SINKS[rng.below(SINKS.len() as u64) as usize].to_string();
+            if !state.backups.iter().any(|b| b.name == name) {
+                state.backups.push(Backup { name, sink });
+            }
+        }
+        10 | 11 => {
+            let gone = rng.below(state.backups.len() as u64) as usize;
+            state.backups.remove(gone);
+        }
+        // A schedule (every 1 to 3 minutes: several slots pass in one
+        // liveness phase), changed, or dropped.
+        _ => {
+            state.backup_schedule = match rng.below(3) {
+                0 => None,
+                _ => Some(BackupSchedule {
+                    every_s: 60 * (1 + rng.below(3)),
+                    keep: 1 + rng.below(3) as u32,
+                    sink: SINKS[rng.below(SINKS.len() as u64) as usize].to_string(),
+                }),
+            }
         }
     }
 }

@@ -181,6 +181,12 @@ struct SimHost {
     node: Option<SimNode>,
 }
 
+/// The simulated clock at the start: 2026-12-06 17:59:00 UTC, a minute
+/// before a six-hour slot.
+const START_MS: u64 = 1_796_579_940_000;
+/// The simulated clock's step per loop (the agents' loop).
+const LOOP_MS: u64 = 500;
+
 /// The simulated world.
 pub struct World {
     hosts: BTreeMap<String, SimHost>,
@@ -197,6 +203,10 @@ pub struct World {
     pub counts: Counts,
     /// The desired state the cloud serves.
     pub offered: Option<DesiredState>,
+    /// The backups the sinks hold, as (sink, name).
+    backups: BTreeSet<(String, String)>,
+    /// The leader agent's clock, in milliseconds since the Unix epoch.
+    now_ms: u64,
     /// Print every turn.
     pub trace: bool,
 }
@@ -216,6 +226,8 @@ impl World {
             faults,
             counts: Counts::default(),
             offered: None,
+            backups: BTreeSet::new(),
+            now_ms: START_MS,
             trace: false,
         };
         for (name, zone) in hosts {
@@ -264,6 +276,7 @@ impl World {
     /// when a quorum can add them, restarting agents come back, agents wake
     /// stopped nodes when the cloud asks the cluster to run.
     fn advance(&mut self) {
+        self.now_ms += LOOP_MS;
         let stopping = self.control.accepted.as_ref().is_some_and(|d| !d.running);
         let wake = self.offered.as_ref().is_some_and(|d| d.running) && stopping;
         // An agent whose node lost its quorum stops it when the node's own
@@ -371,6 +384,7 @@ impl World {
             },
             members_caught_up: self.catch_up_loops == 0,
             leader: self.leader(),
+            now_ms: self.now_ms,
         };
         self.last_observation = Some(observed.clone());
         observed
@@ -564,6 +578,22 @@ impl World {
                 }
                 self.hosts.remove(host);
             }
+            Step::TakeBackup { name, sink, host, .. } => {
+                // The node takes it after a read barrier: it needs a quorum.
+                let quorum = self.has_quorum();
+                let h = self.live_host(host)?;
+                let serves = h.node.as_ref().is_some_and(|n| n.process == NodeProcess::Running);
+                if !serves || !quorum {
+                    return Err(format!("the node on {host} does not serve"));
+                }
+                self.backups.insert((sink.clone(), name.clone()));
+            }
+            Step::DeleteBackup { name, sink } => {
+                if !self.has_quorum() {
+                    return Err("no quorum".into());
+                }
+                self.backups.remove(&(sink.clone(), name.clone()));
+            }
         }
         // A lone replica's restart is the one step allowed to interrupt.
         let lone_restart = matches!(step, Step::RestartNode { .. }) && self.members.len() == 1;
@@ -604,10 +634,57 @@ impl World {
                 None => Ok(()),
             };
         }
+        self.backups_as(desired)?;
         let expected = Fingerprint::of_desired(desired);
         let actual = self.fingerprint();
         if actual != expected {
             return Err(format!("cluster {actual:?} is not the desired {expected:?}"));
+        }
+        Ok(())
+    }
+
+    /// Whether the sinks hold what `desired` asks: every backup listed, no
+    /// backup the control plane does not know of, and no more scheduled ones
+    /// in the schedule's sink than `keep` (the latest of the current slot).
+    fn backups_as(&self, desired: &DesiredState) -> Result<(), String> {
+        for wanted in &desired.backups {
+            if !self.backups.contains(&(wanted.sink.clone(), wanted.name.clone())) {
+                return Err(format!("backup {}/{} was not taken", wanted.sink, wanted.name));
+            }
+        }
+        for (sink, name) in &self.backups {
+            let known = self.control.backups.iter().any(|b| b.sink == *sink && b.name == *name);
+            if !known {
+                return Err(format!(
+                    "backup {sink}/{name} is in its sink, unknown to the control plane"
+                ));
+            }
+            let listed = desired.backups.iter().any(|b| b.sink == *sink && b.name == *name);
+            if !listed && !name.starts_with(cairn_control::desired::SCHEDULED_PREFIX) {
+                return Err(format!("backup {sink}/{name} is no longer asked for but kept"));
+            }
+        }
+        if let Some(schedule) = &desired.backup_schedule {
+            let every_ms = schedule.every_s * 1_000;
+            let slot = self.now_ms / every_ms * every_ms;
+            let current = (schedule.sink.clone(), cairn_control::planner::scheduled_name(slot));
+            let held = self
+                .backups
+                .iter()
+                .filter(|(sink, name)| {
+                    *sink == schedule.sink
+                        && name.starts_with(cairn_control::desired::SCHEDULED_PREFIX)
+                })
+                .count();
+            if held > schedule.keep as usize {
+                return Err(format!("{held} scheduled backups kept, above keep {}", schedule.keep));
+            }
+            if !self.backups.contains(&current) {
+                return Err(format!(
+                    "the scheduled backup {}/{} was not taken",
+                    current.0, current.1
+                ));
+            }
         }
         Ok(())
     }
