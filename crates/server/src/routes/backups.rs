@@ -68,12 +68,10 @@ pub struct SinkParams {
     sink: Option<String>,
 }
 
-/// The directory of `sink` (`default` when `None`) under the node's backup
-/// root.
-fn sink_of(state: &AppState, sink: Option<&str>) -> Result<(String, PathBuf), ApiError> {
-    let root = backup_dir(state)?;
+/// The directory of `sink` (`default` when `None`) under the backup root.
+fn sink_of(root: &Path, sink: Option<&str>) -> Result<(String, PathBuf), ApiError> {
     let sink = sink.unwrap_or(backup::DEFAULT_SINK);
-    let dir = backup::sink_dir(&root, sink).map_err(|e| ApiError::bad_request(reason_of(e)))?;
+    let dir = backup::sink_dir(root, sink).map_err(|e| ApiError::bad_request(reason_of(e)))?;
     Ok((sink.to_string(), dir))
 }
 
@@ -139,7 +137,7 @@ pub async fn create(
         Some(_) => return Err(ApiError::bad_request("\"sink\" must be a string")),
     };
     bad_name(&name)?;
-    let (sink_name, dir) = sink_of(&state, sink)?;
+    let (sink_name, dir) = sink_of(&backup_dir(&state)?, sink)?;
     // Everything acknowledged before the request is in the backup.
     state.read_barrier().await?;
     let store = state.store.clone();
@@ -173,7 +171,7 @@ pub async fn list(
     let Query(params) = params?;
     let root = backup_dir(&state)?;
     let one = match params.sink {
-        Some(sink) => Some(sink_of(&state, Some(&sink))?),
+        Some(sink) => Some(sink_of(&root, Some(&sink))?),
         None => None,
     };
     let backups = blocking(move || {
@@ -215,7 +213,7 @@ pub async fn delete(
 ) -> Result<Json<BackupDeleted>, ApiError> {
     let Query(params) = params?;
     bad_name(&name)?;
-    let (_, dir) = sink_of(&state, params.sink.as_deref())?;
+    let (_, dir) = sink_of(&backup_dir(&state)?, params.sink.as_deref())?;
     let deleted = blocking(move || {
         if !dir.exists() {
             return Ok(false);
