@@ -26,6 +26,8 @@ pub const CALL_TIMEOUT_MS: u64 = 15_000;
 /// The deadline of a stop or restart call: the node's grace period after
 /// SIGTERM, then SIGKILL, then the start, with room to spare.
 pub const STOP_CALL_TIMEOUT_MS: u64 = STOP_GRACE_MS + 20_000;
+/// How long `RunVersion` waits: a download and unpack, then a restart.
+pub const INSTALL_CALL_TIMEOUT_MS: u64 = 600_000 + STOP_CALL_TIMEOUT_MS;
 
 /// A connection to one host's agent.
 #[derive(Clone, Debug)]
@@ -119,6 +121,25 @@ impl AgentClient {
         let request = request(message, STOP_CALL_TIMEOUT_MS);
         self.call("RestartNode", STOP_CALL_TIMEOUT_MS, |mut grpc| async move {
             grpc.restart_node(request).await
+        })
+        .await
+    }
+
+    /// Runs the node as `version`, installed from `artifacts` when missing.
+    /// Installing may download and unpack a large artifact: the call waits
+    /// longer than the others.
+    pub async fn run_version(
+        &self,
+        version: &str,
+        artifacts: Option<&str>,
+    ) -> Result<NodeStatus, Error> {
+        let message = proto::RunVersionRequest {
+            version: version.to_string(),
+            artifacts: artifacts.unwrap_or_default().to_string(),
+        };
+        let request = request(message, INSTALL_CALL_TIMEOUT_MS);
+        self.call("RunVersion", INSTALL_CALL_TIMEOUT_MS, |mut grpc| async move {
+            grpc.run_version(request).await
         })
         .await
     }

@@ -50,6 +50,10 @@ pub enum Error {
     /// The agent cannot listen on its gRPC address.
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    /// A version could not be installed: the reason names the file, URL or
+    /// check at fault.
+    #[error("cannot install version {version}: {reason}")]
+    Install { version: String, reason: String },
     /// A command was cut short (the agent is shutting down).
     #[error("the command was interrupted: {0}")]
     Interrupted(String),
@@ -97,9 +101,10 @@ impl Error {
         let message = self.to_string();
         match self {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            Error::OtherNode { .. } | Error::NoNode(_) | Error::BadIntent { .. } => {
-                tonic::Status::failed_precondition(message)
-            }
+            Error::OtherNode { .. }
+            | Error::NoNode(_)
+            | Error::BadIntent { .. }
+            | Error::Install { .. } => tonic::Status::failed_precondition(message),
             Error::StopTimeout { .. } | Error::Deadline { .. } => {
                 tonic::Status::deadline_exceeded(message)
             }
@@ -145,4 +150,10 @@ pub enum TurnError {
     /// A step outlasted its deadline.
     #[error("no answer within {0} ms")]
     Timeout(u64),
+    /// A node restarted by a step did not serve again, caught up, in time.
+    #[error(
+        "the node on {host} did not serve again caught up within {waited_ms} ms: it must apply \
+         through index {target}; {now}"
+    )]
+    NotCaughtUp { host: String, target: u64, now: String, waited_ms: u64 },
 }

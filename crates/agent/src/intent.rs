@@ -41,6 +41,9 @@ pub(crate) struct Intent {
     pub stopped: bool,
     /// HTTP address of a member to join through while the node has no data.
     pub join: Option<String>,
+    /// The version the node runs; `None`: the agent's own.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 impl Intent {
@@ -60,6 +63,11 @@ impl Intent {
             });
         }
         Ok(intent)
+    }
+
+    /// The version the node runs (or runs when it starts).
+    pub fn node_version(&self) -> &str {
+        self.version.as_deref().unwrap_or_else(|| cairn_util::version())
     }
 
     /// Replaces the intent durably.
@@ -94,6 +102,7 @@ mod tests {
             restart_generation: 7,
             stopped: true,
             join: Some("127.0.0.1:7001".into()),
+            version: Some("0.2.0".into()),
         };
         intent.save(&path).expect("save");
         assert_eq!(Intent::load(&path).expect("load"), intent);

@@ -46,7 +46,7 @@ use cairn_control::model::{ControlRecord, ControlState, Observed, Step};
 use cairn_control::reconcile::report;
 use cairn_control::status::Report;
 
-use crate::client::AgentClient;
+use crate::client::{AgentClient, INSTALL_CALL_TIMEOUT_MS};
 use crate::observe::{ask_status, host_obs, Observer, HTTP_TIMEOUT_MS};
 use crate::status::{NodeState, NodeStatus};
 use crate::supervisor::Supervisor;
@@ -57,6 +57,10 @@ pub const LOOP_MS: u64 = 500;
 /// The longest one step may take (a membership change waits for a node to
 /// join and catch up).
 pub const STEP_TIMEOUT_MS: u64 = 120_000;
+/// How long a restarted node may take to serve again, caught up.
+const SETTLE_TIMEOUT_MS: u64 = 60_000;
+/// How often it is asked meanwhile.
+const SETTLE_POLL_MS: u64 = 200;
 /// How long a node may go without serving before its agent checks whether
 /// the cluster was asked to stop.
 pub const STOP_WITHOUT_QUORUM_MS: u64 = 5_000;
@@ -132,11 +136,16 @@ impl Effects for Acting<'_> {
 
     async fn run(&mut self, step: &Step, desired: &DesiredState) -> Result<(), TurnError> {
         tracing::info!(step = %step.describe(), "taking a step");
-        let timeout = Duration::from_millis(STEP_TIMEOUT_MS);
+        // Installing a version may download a large artifact first.
+        let timeout_ms = match step {
+            Step::RunVersion { .. } => INSTALL_CALL_TIMEOUT_MS + STEP_TIMEOUT_MS,
+            _ => STEP_TIMEOUT_MS,
+        };
+        let timeout = Duration::from_millis(timeout_ms);
         match tokio::time::timeout(timeout, self.leader.run_step(step, desired, &self.hosts)).await
         {
             Ok(result) => result,
-            Err(_) => Err(TurnError::Timeout(STEP_TIMEOUT_MS)),
+            Err(_) => Err(TurnError::Timeout(timeout_ms)),
         }
     }
 
@@ -426,7 +435,14 @@ impl Leader {
                 }
             }
             Step::RestartNode { host, generation } => {
+                let target = self.decided_index().await?;
                 agent(host).await?.restart_node(*generation).await?;
+                self.settle(host, hosts, target).await?;
+            }
+            Step::RunVersion { host, version, artifacts } => {
+                let target = self.decided_index().await?;
+                agent(host).await?.run_version(version, artifacts.as_deref()).await?;
+                self.settle(host, hosts, target).await?;
             }
             Step::RemoveMember { node_id, .. } => {
                 // Already gone is done: the step is idempotent.
@@ -470,6 +486,51 @@ impl Leader {
             }
         }
         Ok(())
+    }
+
+    /// How far the leader had decided, as the local node knows it now (its
+    /// own index when it leads, which the leader agent's node does).
+    async fn decided_index(&self) -> Result<u64, TurnError> {
+        let view = self.observer.node.cluster().await?;
+        let leader = view.leader.and_then(|id| view.node(id)?.decided_index);
+        let most = view.nodes.iter().filter_map(|n| n.decided_index).max();
+        Ok(leader.or(most).unwrap_or(0))
+    }
+
+    /// Waits until `host`'s node, just restarted by a step, serves again and
+    /// has applied through `target`: a rolling restart or upgrade touches
+    /// the next node only once this one is whole again.
+    async fn settle(&self, host: &str, hosts: &[Host], target: u64) -> Result<(), TurnError> {
+        let listed = hosts.iter().find(|h| h.name == host);
+        let address = listed.ok_or_else(|| TurnError::UnknownHost(host.to_string()))?;
+        let started = Instant::now();
+        let mut now = String::from("its agent did not answer");
+        while started.elapsed() < Duration::from_millis(SETTLE_TIMEOUT_MS) {
+            let status = if host == self.config.host {
+                Some(self.supervisor.status())
+            } else {
+                ask_status(&address.agent_address, self.observer.agent_tls.clone()).await
+            };
+            if let Some(status) = status {
+                if status.healthy && status.applied_index >= target {
+                    tracing::info!(host, target, applied = status.applied_index, "node caught up");
+                    return Ok(());
+                }
+                now = format!(
+                    "it is {}{}, applied through {}",
+                    status.state.as_str(),
+                    if status.healthy { " and healthy" } else { ", not healthy" },
+                    status.applied_index
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(SETTLE_POLL_MS)).await;
+        }
+        Err(TurnError::NotCaughtUp {
+            host: host.to_string(),
+            target,
+            now,
+            waited_ms: SETTLE_TIMEOUT_MS,
+        })
     }
 
     /// Starts a node the cluster stopped once the cloud asks it to run.

@@ -38,6 +38,7 @@
 
 pub mod client;
 mod error;
+mod install;
 mod intent;
 pub mod leader;
 mod observe;
@@ -66,9 +67,6 @@ pub use supervisor::{
     Supervisor, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX, BACKOFF_RESET_MS, STOP_GRACE_MS,
 };
 pub use watch::{HEALTH_PERIOD_MS, WATCH_PERIOD_MS};
-
-/// This build's version, reported in every status.
-pub use cairn_util::VERSION;
 
 /// How an agent runs: its host, where it keeps things, where it and its node
 /// listen.

@@ -142,7 +142,7 @@ pub fn host_obs(host: &Host, status: Option<NodeStatus>) -> HostObs {
         },
         healthy: s.healthy,
         restart_generation: s.restart_generation,
-        version: s.version,
+        version: s.node_version,
     });
     HostObs { name: host.name.clone(), zone: host.zone.clone(), state, node }
 }

@@ -12,7 +12,8 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::agent_server::Agent;
 use crate::proto::{
-    NodeStatus, RestartNodeRequest, StartNodeRequest, StatusRequest, StopNodeRequest,
+    NodeStatus, RestartNodeRequest, RunVersionRequest, StartNodeRequest, StatusRequest,
+    StopNodeRequest,
 };
 use crate::supervisor::Supervisor;
 
@@ -59,5 +60,11 @@ impl Agent for AgentService {
     async fn restart_node(&self, request: Request<RestartNodeRequest>) -> Answer {
         let RestartNodeRequest { restart_generation } = request.into_inner();
         answer(self.supervisor.restart_node(restart_generation).await)
+    }
+
+    async fn run_version(&self, request: Request<RunVersionRequest>) -> Answer {
+        let RunVersionRequest { version, artifacts } = request.into_inner();
+        let artifacts = Some(artifacts).filter(|a| !a.trim().is_empty());
+        answer(self.supervisor.run_version(version, artifacts).await)
     }
 }

@@ -78,6 +78,8 @@ pub struct NodeStatus {
     pub restart_generation: u64,
     /// The agent's version.
     pub version: String,
+    /// The version the node runs (or runs when it starts).
+    pub node_version: String,
     /// The node's HTTP address.
     pub node_address: String,
     /// The node's peer (replication) address.
@@ -109,6 +111,7 @@ impl From<NodeStatus> for proto::NodeStatus {
             applied_index: s.applied_index,
             restart_generation: s.restart_generation,
             version: s.version,
+            node_version: s.node_version,
             node_address: s.node_address,
             peer_address: s.peer_address,
             restarts: s.restarts,
@@ -142,6 +145,11 @@ impl TryFrom<proto::NodeStatus> for NodeStatus {
             role,
             applied_index: s.applied_index,
             restart_generation: s.restart_generation,
+            node_version: if s.node_version.is_empty() {
+                s.version.clone()
+            } else {
+                s.node_version
+            },
             version: s.version,
             node_address: s.node_address,
             peer_address: s.peer_address,

@@ -20,8 +20,12 @@
 //!   at every spawn and exit): a late answer never marks a new process
 //!   healthy.
 //!
+//! - The version the node runs is in the intent, persisted before the node
+//!   is restarted into it: an agent that restarts runs the same binary.
+//!
 //! Not handled here: deciding what the cluster needs (the leader loop),
-//! installing versions, backups, and the node's own recovery.
+//! fetching and checking versions (`install`), backups, and the node's own
+//! recovery.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::install::Versions;
 use crate::intent::Intent;
 use cairn_client::NodeRole;
 use cairn_util::process as os;
@@ -37,7 +42,7 @@ use cairn_util::Backoff;
 
 use crate::process::{self, LaunchSpec, NodeProcess};
 use crate::status::{NodeState, NodeStatus};
-use crate::{Error, VERSION};
+use crate::Error;
 
 /// How long a node has after SIGTERM before it is killed.
 pub const STOP_GRACE_MS: u64 = 10_000;
@@ -58,7 +63,8 @@ pub const BACKOFF_RESET_MS: u64 = 30_000;
 pub(crate) struct NodeSpec {
     pub host: String,
     pub zone: String,
-    pub node_bin: PathBuf,
+    /// The node binaries: the agent's own, and the versions installed.
+    pub versions: Versions,
     pub node_listen: SocketAddr,
     pub node_peer_listen: SocketAddr,
     /// `<dir>/agent.json`, `<dir>/node.pid`, `<dir>/data`, `<dir>/node.log`.
@@ -90,7 +96,7 @@ impl NodeSpec {
         NodeSpec {
             host,
             zone,
-            node_bin,
+            versions: Versions { dir: dir.join("versions"), own_bin: node_bin },
             node_listen,
             node_peer_listen,
             intent_path: dir.join("agent.json"),
@@ -299,7 +305,8 @@ impl Supervisor {
             role: if running { s.health.role } else { None },
             applied_index: s.health.applied_index,
             restart_generation: s.intent.restart_generation,
-            version: VERSION.to_string(),
+            version: cairn_util::version().to_string(),
+            node_version: s.intent.node_version().to_string(),
             node_address: spec.advertised(spec.node_listen),
             peer_address: spec.advertised(spec.node_peer_listen),
             restarts: s.restarts,
@@ -337,6 +344,51 @@ impl Supervisor {
     pub async fn restart_node(&self, restart_generation: u64) -> Result<NodeStatus, Error> {
         let this = self.clone();
         detached(async move { this.restart_now(restart_generation).await }).await
+    }
+
+    /// Runs the node as `version`: installs it from `artifacts` unless it
+    /// is installed, then restarts the node with its binary (a stopped node
+    /// or one not started yet runs it when it starts). A no-op when the node
+    /// runs that version already. Keeps the version it replaced installed,
+    /// and deletes older ones.
+    pub async fn run_version(
+        &self,
+        version: String,
+        artifacts: Option<String>,
+    ) -> Result<NodeStatus, Error> {
+        let this = self.clone();
+        detached(async move { this.run_version_now(version, artifacts).await }).await
+    }
+
+    async fn run_version_now(
+        &self,
+        version: String,
+        artifacts: Option<String>,
+    ) -> Result<NodeStatus, Error> {
+        let versions = &self.inner.spec.versions;
+        // Installing is slow and idempotent: done before the lock, so that
+        // the node's status and other commands need not wait for it.
+        if self.state().intent.node_version() != version {
+            versions.install(&version, artifacts.as_deref()).await?;
+        }
+        let _ops = self.inner.ops.lock().await;
+        let mut intent = self.state().intent.clone();
+        let previous = intent.node_version().to_string();
+        if previous == version {
+            return Ok(self.status());
+        }
+        intent.version = (version != cairn_util::version()).then(|| version.clone());
+        let runs = intent.node_id.is_some() && !intent.stopped;
+        self.set_intent(intent)?;
+        if runs {
+            self.terminate().await?;
+            self.state().backoff.reset();
+            self.launch()?;
+        }
+        self.state().message = format!("runs version {version} (was {previous})");
+        tracing::info!(version, previous, "the node's version changed");
+        versions.prune(&[&version, &previous]);
+        Ok(self.status())
     }
 
     async fn start_now(
@@ -449,13 +501,13 @@ impl Supervisor {
     /// runs. A failure puts the node in backoff.
     pub(crate) fn launch(&self) -> Result<(), Error> {
         let spec = &self.inner.spec;
-        let (node_id, join) = {
+        let (node_id, join, bin) = {
             let s = self.state();
             assert!(s.process.is_none(), "a node is launched only when none runs");
             let Some(node_id) = s.intent.node_id else {
                 return Err(Error::NoNode("nothing to start".into()));
             };
-            (node_id, s.intent.join.clone())
+            (node_id, s.intent.join.clone(), spec.versions.binary(s.intent.version.as_deref()))
         };
         // The node's certificate is issued first (when the agent has a CA);
         // either failing puts the node in backoff.
@@ -464,7 +516,7 @@ impl Supervisor {
                 certs_dir: certs_dir.as_deref(),
                 admin_token_file: spec.admin_token_file.as_deref(),
                 backup_dir: spec.backup_dir.as_deref(),
-                bin: &spec.node_bin,
+                bin: &bin,
                 node_id,
                 data_dir: &spec.data_dir,
                 listen: spec.node_listen,

@@ -28,7 +28,7 @@ async fn start_node_runs_one_healthy_node_and_refuses_others() {
 
     let status = client.status().await.expect("status");
     assert_eq!((status.state, status.node_id, status.pid), (NodeState::Absent, 0, 0));
-    assert_eq!(status.version, cairn_agent::VERSION);
+    assert_eq!(status.version, cairn_util::version());
     let err = client.restart_node(1).await.expect_err("no node to restart");
     assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
 

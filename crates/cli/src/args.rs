@@ -13,7 +13,7 @@ pub const ADDR_DEFAULT: &str = "127.0.0.1:7001";
 #[derive(Parser, Debug)]
 #[command(
     name = "cairn",
-    version,
+    version = cairn_util::version(),
     about = "Cairn: a replicated JSON document store that manages itself"
 )]
 pub struct Cli {

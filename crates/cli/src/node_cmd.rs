@@ -86,13 +86,13 @@ pub fn release(output: crate::args::Output, args: &crate::args::ReleaseArgs) -> 
     let packed = std::env::current_exe()
         .map_err(|e| format!("cannot find this binary: {e}"))
         .and_then(|binary| {
-            cairn_release::pack(&binary, cairn_util::VERSION, cairn_release::TARGET, &args.out)
+            cairn_release::pack(&binary, cairn_util::version(), cairn_release::TARGET, &args.out)
                 .map_err(|e| e.to_string())
         });
     match packed {
         Ok(packed) => {
             let answer = serde_json::json!({
-                "version": cairn_util::VERSION,
+                "version": cairn_util::version(),
                 "target": cairn_release::TARGET,
                 "artifact": packed.artifact,
                 "sha256": packed.sha256,

@@ -246,10 +246,15 @@ fn node_pid(dir: &Path) -> Option<u32> {
     cairn_util::process::read_pid_file(&dir.join(cairn_util::process::NODE_PID_FILE))
 }
 
-/// Writes keys through whichever node answers until stopped.
+/// Writes keys until stopped, as an application would: one client over
+/// every node (it sends a request its node cannot answer to another), each
+/// write with a write id of one session (so a retried write applies once).
+/// A write that fails all the same is recorded, and the writer starts over
+/// with a fresh list of nodes and a new session.
 struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<String>>>,
+    failed: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -259,44 +264,52 @@ impl Writer {
         let tls = up.node_tls();
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (stop.clone(), acked.clone());
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, f) = (stop.clone(), acked.clone(), failed.clone());
         let task = tokio::spawn(async move {
             let mut i = 0u64;
-            let mut apis: Vec<String> = Vec::new();
-            let mut at = 0usize;
+            let mut session: Option<(Client, String, u64)> = None;
             while !s.load(Ordering::Relaxed) {
-                if apis.is_empty() {
-                    apis = live_apis(&cloud, &token).await;
-                    if apis.is_empty() {
+                let Some((client, id, seq)) = &mut session else {
+                    let apis = live_apis(&cloud, &token).await;
+                    let Some(first) = apis.first() else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
+                    };
+                    let client = Client::with_tls(first, Duration::from_secs(10), tls.clone())
+                        .unwrap()
+                        .with_token(Some(node_token.clone()))
+                        .with_endpoints(&apis)
+                        .unwrap();
+                    match client.open_session().await {
+                        Ok(id) => session = Some((client, id, 0)),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
-                }
-                let api = &apis[at % apis.len()];
-                let client = Client::with_tls(api, Duration::from_secs(10), tls.clone())
-                    .unwrap()
-                    .with_token(Some(node_token.clone()));
+                    continue;
+                };
+                *seq += 1;
                 let key = format!("w{i}");
-                match client.kv_put(&key, key.clone()).await {
-                    Ok(_) => {
-                        a.lock().unwrap().push(key);
-                        i += 1;
-                    }
-                    Err(_) => {
-                        // Another node, and a fresh list (hosts come and go).
-                        at += 1;
-                        apis.clear();
-                        i += 1;
+                i += 1;
+                match client.with_write_id(id, *seq).kv_put(&key, key.clone()).await {
+                    Ok(_) => a.lock().unwrap().push(key),
+                    Err(e) => {
+                        f.lock().unwrap().push(format!("{key}: {e}"));
+                        session = None;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
         });
-        Writer { stop, acked, task }
+        Writer { stop, acked, failed, task }
     }
 
     fn count(&self) -> usize {
         self.acked.lock().unwrap().len()
+    }
+
+    /// The writes that failed so far, with why.
+    fn failures(&self) -> Vec<String> {
+        self.failed.lock().unwrap().clone()
     }
 
     async fn stop(self) -> Vec<String> {
@@ -504,6 +517,9 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     assert_eq!(json["hosts"].as_array().map(Vec::len), Some(3), "{json}");
     assert_eq!(json["nodes"].as_array().map(Vec::len), Some(3), "{json}");
 
+    // Hosts and a leader were killed under the writer: a write in flight
+    // on a killed node may fail; the count says how many did.
+    eprintln!("writes failed: {}", writer.failures().len());
     let acked = writer.stop().await;
     // Stop every node (data kept), then run them again.
     up.edit(&desired_running(6, 3, 5, false));
@@ -640,4 +656,130 @@ async fn backups_follow_the_desired_state() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("backups[0].sink"), "{said}");
+}
+
+fn desired_version(id: u64, version: &str, artifacts: Option<&Path>) -> String {
+    let artifacts =
+        artifacts.map_or("null".to_string(), |a| format!("{:?}", a.display().to_string()));
+    format!(
+        r#"{{
+  // written by the control process test
+  "id": {id},
+  "version": "{version}",
+  "artifacts": {artifacts},
+  "replicas": 3,
+  "zones": ["zone-a", "zone-b", "zone-c"],
+}}"#
+    )
+}
+
+/// The version every node reports of itself once all of them do alike.
+async fn cluster_version(up: &Up) -> Option<String> {
+    let apis = up.apis().await;
+    let cluster = up.node(apis.first()?, Duration::from_secs(5)).cluster().await.ok()?;
+    let versions: Vec<Option<String>> = cluster.nodes.iter().map(|n| n.version.clone()).collect();
+    let first = versions.first()?.clone()?;
+    (cluster.nodes.len() == 3 && versions.iter().all(|v| v.as_deref() == Some(first.as_str())))
+        .then_some(first)
+}
+
+async fn wait_version(up: &Up, version: &str) {
+    let started = Instant::now();
+    while cluster_version(up).await.as_deref() != Some(version) {
+        assert!(
+            started.elapsed() < REACH_TIMEOUT,
+            "the nodes do not all run {version}\n{}",
+            up.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A rolling upgrade to a second version, and a downgrade back, under a
+/// writer. The second version is this build restamped (a distinct binary
+/// that reports another version), packed with its own `cairn release`; the
+/// agents install it from the artifacts directory, checking its sum, and
+/// move one node at a time. The downgrade needs no artifacts (the agents'
+/// own version), and every host keeps the version it left. No acknowledged
+/// write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
+    let ours = cairn_util::version().to_string();
+    let next = format!("{ours}-next");
+    let work = tempfile::tempdir().unwrap();
+    let next_bin = work.path().join("cairn");
+    let mut bytes = std::fs::read(BIN).unwrap();
+    cairn_util::version::restamp(&mut bytes, &next).unwrap();
+    std::fs::write(&next_bin, bytes).unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&next_bin, executable).unwrap();
+    let says = Command::new(&next_bin).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&says.stdout).trim(), format!("cairn {next}"));
+    let artifacts = work.path().join("artifacts");
+    let packed =
+        Command::new(&next_bin).arg("release").arg("--out").arg(&artifacts).output().unwrap();
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+
+    let up = Up::start(&desired_version(1, &ours, None));
+    let mut timings = vec![("3 replicas", up.reached(1, 3).await)];
+    let writer = Writer::start(&up);
+    writes_go_on(&writer, 30).await;
+
+    // An artifact whose sum does not match is refused, naming the file:
+    // the state ends in ERROR_STATE and no node moved.
+    let tampered = work.path().join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    let name = format!("cairn-{next}-{}.tar.gz", cairn_release::TARGET);
+    std::fs::copy(artifacts.join(&name), tampered.join(&name)).unwrap();
+    let wrong = format!("{}  {name}\n", "0".repeat(64));
+    std::fs::write(tampered.join("SHA256SUMS"), wrong).unwrap();
+    let mut refused = desired_version(2, &next, Some(&tampered));
+    refused = refused.replace("\"replicas\"", "\"max_attempts\": 1,\n  \"replicas\"");
+    up.edit(&refused);
+    let started = Instant::now();
+    let last = loop {
+        let last = up.get("/v1/status").await.unwrap_or(Value::Null)["last"].clone();
+        if last["desired_id"] == 2 && last["state"] == "ERROR_STATE" {
+            break last;
+        }
+        assert!(started.elapsed() < REACH_TIMEOUT, "no ERROR_STATE: {last}\n{}", up.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&name) && message.contains("refused"), "{last}");
+    let named = format!("{}/SHA256SUMS lists", tampered.display());
+    assert!(message.contains(&named), "names the sums the state named: {last}");
+    assert_eq!(cluster_version(&up).await.as_deref(), Some(ours.as_str()));
+    eprintln!("a tampered artifact: {message}");
+
+    up.edit(&desired_version(3, &next, Some(&artifacts)));
+    timings.push(("upgrade", up.reached(3, 3).await));
+    wait_version(&up, &next).await;
+    writes_go_on(&writer, 30).await;
+
+    // Back, with no artifacts: the agents' own version needs none.
+    up.edit(&desired_version(4, &ours, None));
+    timings.push(("downgrade", up.reached(4, 3).await));
+    wait_version(&up, &ours).await;
+    writes_go_on(&writer, 30).await;
+    for host in up.hosts().await {
+        let name = host["name"].as_str().unwrap();
+        let kept = up.host_dir(name).join("versions").join(&next).join("cairn");
+        assert!(kept.is_file(), "{name} no longer holds {next}");
+    }
+
+    // Every node restarted twice under the writer, and not one write failed.
+    let failures = writer.failures();
+    assert!(failures.is_empty(), "writes failed during the upgrade: {failures:?}");
+    let acked = writer.stop().await;
+    let apis = up.apis().await;
+    let client = up.node(&apis[0], Duration::from_secs(30));
+    for key in &acked {
+        let got = client.kv_get(key, Read::Linearizable).await.unwrap();
+        assert_eq!(got.as_deref(), Some(key.as_bytes()), "acknowledged write {key} lost");
+    }
+    for (what, took) in &timings {
+        eprintln!("{what}: {took:.1?}");
+    }
+    eprintln!("{} acknowledged writes, all read back, none failed", acked.len());
 }

@@ -492,7 +492,7 @@ fn release_packs_this_binary_as_a_checked_artifact() {
     let made = release();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
-    let name = format!("cairn-{}-{}.tar.gz", cairn_util::VERSION, cairn_release::TARGET);
+    let name = format!("cairn-{}-{}.tar.gz", cairn_util::version(), cairn_release::TARGET);
     let artifact = out.join(&name);
     assert_eq!(answer["artifact"], artifact.to_str().unwrap(), "{answer}");
     let sums = out.join(cairn_release::SUMS_FILE);
@@ -505,7 +505,7 @@ fn release_packs_this_binary_as_a_checked_artifact() {
     assert_eq!(std::fs::read(&unpacked).unwrap(), std::fs::read(BIN).unwrap());
     let version = Command::new(&unpacked).arg("--version").output().unwrap();
     let printed = String::from_utf8_lossy(&version.stdout);
-    assert!(printed.contains(cairn_util::VERSION), "{printed}");
+    assert!(printed.contains(cairn_util::version()), "{printed}");
 
     assert!(release().status.success());
     let listed = std::fs::read_to_string(&sums).unwrap();

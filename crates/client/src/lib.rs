@@ -6,8 +6,19 @@
 //! status, the error code, the message and whether a failed write may still have
 //! taken effect (`indeterminate`).
 //!
-//! The client does not retry: a write that fails with `indeterminate` may have
-//! applied, and only the caller knows whether repeating it is safe.
+//! Given the cluster's other nodes ([`Client::with_endpoints`]), a client
+//! sends a request that one node cannot answer (it is restarting, stopped,
+//! or does not serve) to the next, for up to [`FAILOVER_BUDGET_MS`], as
+//! long as doing so cannot apply a write twice:
+//! - a read, whatever went wrong;
+//! - any request the node refused before acting on it (the connection was
+//!   refused, or it answered 503 without `indeterminate`);
+//! - a write with a write id ([`Client::with_write_id`]), whatever went
+//!   wrong: the cluster applies a write id once, however often it is sent.
+//!
+//! Otherwise the client does not retry: a write without a write id that
+//! fails with `indeterminate` may have applied, and only the caller knows
+//! whether repeating it is safe.
 
 use std::time::Duration;
 
@@ -24,6 +35,13 @@ use serde_json::Value;
 
 /// How long a request may take by default, server wait included.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long a client with several endpoints keeps trying other nodes (an
+/// election, a node restarting) before it gives up with the last error.
+pub const FAILOVER_BUDGET_MS: u64 = 15_000;
+/// The pause after a round in which no node answered, doubled each round.
+const FAILOVER_PAUSE_MS: u64 = 100;
+/// The longest pause between rounds.
+const FAILOVER_PAUSE_MS_MAX: u64 = 1_000;
 /// The system record (`/v1/system/{key}`) the leader agent keeps the
 /// control state in, with its last report, which `/v1/cluster` shows as
 /// `reconciliation`.
@@ -176,6 +194,16 @@ pub struct Client {
     write_id: Option<(std::sync::Arc<str>, u64)>,
     /// The bearer token sent with every request.
     token: Option<std::sync::Arc<str>>,
+    /// The cluster's nodes, when a request may go to another one.
+    endpoints: Option<std::sync::Arc<Endpoints>>,
+}
+
+/// The nodes a client may send a request to, and the one that answered
+/// last (tried first).
+#[derive(Debug)]
+struct Endpoints {
+    nodes: Vec<(Url, String)>,
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 /// Turns `7001`, `host:7001`, `http://host:7001` or `https://host:7001`
@@ -209,6 +237,29 @@ pub fn base_url(addr: &str) -> Result<String, Error> {
     Ok(parse_addr(addr)?.as_str().trim_end_matches('/').to_string())
 }
 
+/// Points `url` at the node of `base` (scheme, host and port).
+fn rebase(url: &mut Url, base: &Url) {
+    // Both are http(s) URLs with a host: none of these can fail.
+    let _ = url.set_scheme(base.scheme());
+    let _ = url.set_host(base.host_str());
+    let _ = url.set_port(base.port_or_known_default());
+}
+
+/// Whether a request that failed with `error` may go to another node
+/// without risking a write applied twice (see the module's rules).
+fn may_send_elsewhere(error: &Error, read: bool, exactly_once: bool) -> bool {
+    match error {
+        // Never sent: the node is down or restarting.
+        Error::Transport { source, .. } if source.is_connect() => true,
+        Error::Transport { .. } => read || exactly_once,
+        // A session is the cluster's: another node knows it no better.
+        Error::Api { code, .. } if code == "session_expired" => false,
+        Error::Api { status: 503, indeterminate: false, .. } => true,
+        Error::Api { status: 503 | 504, .. } => read || exactly_once,
+        _ => false,
+    }
+}
+
 impl Client {
     pub fn new(addr: &str) -> Result<Client, Error> {
         Client::with_timeout(addr, Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT))
@@ -234,7 +285,14 @@ impl Client {
         }
         let http =
             builder.build().map_err(|e| Error::Transport { addr: addr.to_string(), source: e })?;
-        Ok(Client { http, base, addr: addr.to_string(), write_id: None, token: None })
+        Ok(Client {
+            http,
+            base,
+            addr: addr.to_string(),
+            write_id: None,
+            token: None,
+            endpoints: None,
+        })
     }
 
     /// This client with a bearer token (`Authorization: Bearer <token>`) on
@@ -248,7 +306,24 @@ impl Client {
     /// this client's scheme).
     pub fn at(&self, addr: &str) -> Result<Client, Error> {
         let base = parse_addr_as(addr, self.base.scheme())?;
-        Ok(Client { base, addr: addr.to_string(), write_id: None, ..self.clone() })
+        Ok(Client { base, addr: addr.to_string(), write_id: None, endpoints: None, ..self.clone() })
+    }
+
+    /// This client, sending a request that its node cannot answer to the
+    /// other nodes of `addrs` (its own node is tried first); see the
+    /// module's rules for what is retried. Clones share which node answered
+    /// last.
+    pub fn with_endpoints<S: AsRef<str>>(self, addrs: &[S]) -> Result<Client, Error> {
+        let mut nodes = vec![(self.base.clone(), self.addr.clone())];
+        for addr in addrs {
+            let addr = addr.as_ref();
+            let url = parse_addr_as(addr, self.base.scheme())?;
+            if !nodes.iter().any(|(known, _)| *known == url) {
+                nodes.push((url, addr.to_string()));
+            }
+        }
+        let endpoints = Endpoints { nodes, preferred: Default::default() };
+        Ok(Client { endpoints: Some(std::sync::Arc::new(endpoints)), ..self })
     }
 
     /// The node this client talks to, as given.
@@ -269,8 +344,53 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        let transport = |source| Error::Transport { addr: self.addr.clone(), source };
-        let response = request.send().await.map_err(transport)?;
+        let request = request.build().map_err(|e| Error::BadRequest(e.to_string()))?;
+        let Some(endpoints) = self.endpoints.as_deref().filter(|e| e.nodes.len() > 1) else {
+            return self.execute(request, &self.addr).await;
+        };
+        let read = request.method() == Method::GET;
+        let once = self.write_id.is_some();
+        let started = std::time::Instant::now();
+        let budget = Duration::from_millis(FAILOVER_BUDGET_MS);
+        let n = endpoints.nodes.len();
+        let first = endpoints.preferred.load(std::sync::atomic::Ordering::Relaxed) % n;
+        let mut pause = FAILOVER_PAUSE_MS;
+        let mut tried = 0usize;
+        loop {
+            let (url, addr) = &endpoints.nodes[(first + tried) % n];
+            // A body that cannot be copied (none here) is sent once.
+            let Some(mut attempt) = request.try_clone() else {
+                return self.execute(request, &self.addr).await;
+            };
+            rebase(attempt.url_mut(), url);
+            let error = match self.execute(attempt, addr).await {
+                Ok(response) => {
+                    let at = (first + tried) % n;
+                    endpoints.preferred.store(at, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            tried += 1;
+            if !may_send_elsewhere(&error, read, once) || started.elapsed() >= budget {
+                return Err(error);
+            }
+            if tried.is_multiple_of(n) {
+                // No node answered this round: an election, or restarts.
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                pause = (pause * 2).min(FAILOVER_PAUSE_MS_MAX);
+            }
+        }
+    }
+
+    /// Sends `request` to the node at `addr` (which its URL names).
+    async fn execute(
+        &self,
+        request: reqwest::Request,
+        addr: &str,
+    ) -> Result<reqwest::Response, Error> {
+        let transport = |source| Error::Transport { addr: addr.to_string(), source };
+        let response = self.http.execute(request).await.map_err(transport)?;
         if response.status().is_success() {
             return Ok(response);
         }

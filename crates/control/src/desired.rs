@@ -45,9 +45,6 @@ use jsonc_parser::{ast, CollectOptions, CommentCollectionStrategy, ParseOptions}
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Number, Value};
 
-/// The software version this build runs, the default of `version`.
-pub use cairn_util::VERSION;
-
 /// The replica counts a cluster may have (2f+1 for f = 0..=3).
 pub const REPLICAS_ALLOWED: [u32; 4] = [1, 3, 5, 7];
 /// The default of `replicas`.
@@ -190,7 +187,7 @@ impl DesiredState {
         DesiredState {
             id,
             running: true,
-            version: VERSION.to_string(),
+            version: cairn_util::version().to_string(),
             artifacts: None,
             restart_generation: 0,
             replicas: REPLICAS_DEFAULT,
@@ -297,9 +294,6 @@ pub fn check_supported(state: &DesiredState) -> Result<(), DesiredError> {
             format!("{what} are not supported yet by this version of Cairn (remove the field)"),
         )
     };
-    if state.artifacts.is_some() {
-        return Err(not_yet("artifacts", "installing versions from artifacts"));
-    }
     if state.restore_from.is_some() {
         return Err(not_yet(
             "restore_from",
@@ -749,6 +743,18 @@ fn check_location(text: &str, path: &str) -> Result<(), DesiredError> {
         return Err(DesiredError::new(
             path,
             format!("must be a directory or an http:// or https:// URL, got {}", quoted(text)),
+        ));
+    }
+    // Every agent reads it from its own working directory: only an absolute
+    // path names the same directory on all of them.
+    if !is_url && !text.starts_with('/') {
+        return Err(DesiredError::new(
+            path,
+            format!(
+                "a directory must be an absolute path (agents run in directories of their \
+                 own), got {}",
+                quoted(text)
+            ),
         ));
     }
     Ok(())

@@ -160,6 +160,10 @@ pub enum Step {
     StopNodes { hosts: Vec<String> },
     /// Restarts `host`'s node unless it already runs `generation`.
     RestartNode { host: String, generation: u64 },
+    /// Runs `host`'s node as `version` (an upgrade or a downgrade):
+    /// installs it from `artifacts` unless the host has it, then restarts
+    /// the node with it (idempotent: a no-op when it runs that version).
+    RunVersion { host: String, version: String, artifacts: Option<String> },
     /// Removes node `node_id` from the data plane's membership.
     /// Node ids are reused: `host` says which node `node_id` is meant, so a
     /// step planned from a stale look cannot remove its successor.
@@ -228,7 +232,7 @@ impl Step {
     /// or out; `None` for the others.
     pub fn guard(&self, observed: &Observed) -> Option<Guard> {
         let (disrupted, removed) = match self {
-            Step::RestartNode { host, .. } => {
+            Step::RestartNode { host, .. } | Step::RunVersion { host, .. } => {
                 (observed.hosts.get(host).and_then(|h| h.node.as_ref()?.node_id)?, false)
             }
             Step::RemoveMember { node_id, .. } => (*node_id, true),
@@ -299,6 +303,9 @@ impl Step {
             Step::StopNodes { hosts } => format!("stop the nodes on {}", hosts.join(", ")),
             Step::RestartNode { host, generation } => {
                 format!("restart the node on {host} (generation {generation})")
+            }
+            Step::RunVersion { host, version, .. } => {
+                format!("run version {version} on {host}")
             }
             Step::RemoveMember { node_id, host: Some(host) } => {
                 format!("remove node {node_id} ({host})")

@@ -25,8 +25,11 @@
 //!    (never the leader when another will do). Adding first and removing after
 //!    keeps the quorum; removing first is taken when a temporary host is not
 //!    allowed and the guard holds.
-//! 9. Rolling restart: members behind `restart_generation`, one at a time,
-//!    the leader last.
+//! 9. Rolling upgrade (or downgrade): members whose node runs another
+//!    version than `version` are moved to it one at a time, followers first,
+//!    the leader last. Then the rolling restart: members behind
+//!    `restart_generation`, one at a time, the leader last. The executor
+//!    waits for each node to serve and catch up before the step ends.
 //! 10. Spare hosts are deleted.
 //! 11. Backups, once the cluster is otherwise as desired: on-demand entries
 //!     not taken yet are taken and taken ones no longer listed are deleted;
@@ -40,9 +43,8 @@
 //! the one step that may make it unavailable, since it has no other node.
 //!
 //! Not here: running steps (the executor), accepting desired states and
-//! counting attempts (`reconcile`), versions other than this build's
-//! (installing versions comes with upgrades: a state asking for another
-//! version is blocked with a message).
+//! counting attempts (`reconcile`), fetching and checking versions (the
+//! agents).
 //!
 //! [`Guard`]: crate::model::Guard
 
@@ -107,9 +109,6 @@ impl Planner<'_> {
         if self.observed.members.is_empty() {
             return self.bootstrap();
         }
-        if let Some(next) = self.check_versions() {
-            return next;
-        }
         if let Some(next) = self.start_stopped() {
             return next;
         }
@@ -128,6 +127,9 @@ impl Planner<'_> {
             return next;
         }
         if let Some(next) = self.change_membership() {
+            return next;
+        }
+        if let Some(next) = self.rolling_upgrade() {
             return next;
         }
         if let Some(next) = self.rolling_restart() {
@@ -317,22 +319,6 @@ impl Planner<'_> {
         Next::Step(self.create_host(zone))
     }
 
-    fn check_versions(&self) -> Option<Next> {
-        for id in &self.observed.members {
-            let Some(node) = self.observed.host_of(*id).and_then(|h| h.node.as_ref()) else {
-                continue;
-            };
-            if node.version != self.desired.version {
-                return Some(Next::Blocked(format!(
-                    "version {} is not installed: node {id} runs {} and installing other \
-                     versions is not supported yet",
-                    self.desired.version, node.version
-                )));
-            }
-        }
-        None
-    }
-
     fn start_stopped(&mut self) -> Option<Next> {
         for (name, host) in &self.observed.hosts {
             let Some(node) = &host.node else { continue };
@@ -496,6 +482,38 @@ impl Planner<'_> {
             let (have, want) = spread.get(zone).copied().unwrap_or((0, 0));
             (have as i64 - want as i64, Some(id) != self.observed.leader, id)
         })
+    }
+
+    /// Members whose node runs another version than `version` are moved to
+    /// it one at a time, followers first and the leader last, each only
+    /// while the others serve (rule 7 waited for the last one to serve
+    /// again; the executor waits for it to catch up).
+    fn rolling_upgrade(&self) -> Option<Next> {
+        let version = &self.desired.version;
+        let mut behind: Vec<(u64, &String)> = Vec::new();
+        for &id in &self.observed.members {
+            let Some(host) = self.observed.host_of(id) else { continue };
+            if host.node.as_ref().is_some_and(|n| n.version != *version) {
+                behind.push((id, &host.name));
+            }
+        }
+        let leader = self.observed.leader;
+        behind.sort_by_key(|&(id, _)| (Some(id) == leader, id));
+        let (_, host) = behind.first()?;
+        let step = Step::RunVersion {
+            host: (*host).clone(),
+            version: version.clone(),
+            artifacts: self.desired.artifacts.clone(),
+        };
+        if self.observed.members.len() > 1 {
+            let guard = step.guard(self.observed)?;
+            if !guard.holds(self.observed) {
+                return Some(Next::Wait(format!(
+                    "moving {host} to {version} now would cost the quorum"
+                )));
+            }
+        }
+        Some(Next::Step(step))
     }
 
     fn rolling_restart(&self) -> Option<Next> {

@@ -9,15 +9,18 @@
 //!
 //! Commands:
 //! - `desired ID replicas=N [zones=A,B,..] [restart_generation=N]
-//!   [running=false] [version=V]`: the desired state the next plans aim at
+//!   [running=false] [version=V] [artifacts=DIR]`: the desired state the next plans aim at
 //!   (zones default to zone-a, zone-b, zone-c);
 //! - `member HOST ZONE ID`: a host whose healthy node is member ID;
 //! - `empty HOST ZONE`: a host whose agent answers and holds no node;
 //! - `leader ID`;
 //! - `failed HOST`, `unreachable HOST`: the cloud says the host failed, or
 //!   its agent does not answer (no node seen either way);
-//! - `unhealthy HOST`: its node runs but does not serve;
+//! - `unhealthy HOST`, `healthy HOST`: its node runs but does not serve,
+//!   or serves again;
 //! - `restarted HOST GENERATION`: its node was restarted for GENERATION;
+//! - `runs HOST VERSION`: its node runs VERSION (all run this build's
+//!   version until told otherwise);
 //! - `removed ID`: node ID is no longer a member (its host stays);
 //! - `deleted HOST`: the host is gone from the cloud;
 //! - `caught-up true|false`: whether every member applied up to the
@@ -26,9 +29,10 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_control::desired::{DesiredState, VERSION};
+use cairn_control::desired::DesiredState;
 use cairn_control::model::{ControlState, HostCondition, HostObs, NodeObs, NodeProcess, Observed};
 use cairn_control::planner::{plan, Next};
+use cairn_util::version;
 
 /// One script's state while it runs.
 struct Script {
@@ -119,10 +123,12 @@ impl Script {
                 self.set(host, |h| (h.state, h.node) = (HostCondition::Unreachable, None))?
             }
             ["unhealthy", host] => self.node(host, |n| n.healthy = false)?,
+            ["healthy", host] => self.node(host, |n| n.healthy = true)?,
             ["restarted", host, generation] => {
                 let generation = number(generation)?;
                 self.node(host, |n| n.restart_generation = generation)?
             }
+            ["runs", host, version] => self.node(host, |n| n.version = version.to_string())?,
             ["removed", id] => {
                 let id = number(id)?;
                 self.observed.members.retain(|m| *m != id);
@@ -169,7 +175,7 @@ fn node(id: Option<u64>, healthy: bool) -> NodeObs {
         process: NodeProcess::Running,
         healthy,
         restart_generation: 0,
-        version: VERSION.into(),
+        version: version().into(),
     }
 }
 
@@ -191,6 +197,7 @@ fn desired(id: u64, options: &[&str]) -> Result<DesiredState, String> {
             }
             "running" => state.running = value.parse().map_err(|_| bad("true or false"))?,
             "version" => state.version = value.to_string(),
+            "artifacts" => state.artifacts = Some(value.to_string()),
             other => return Err(format!("unknown option {other:?}")),
         }
     }

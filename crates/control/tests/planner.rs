@@ -3,13 +3,14 @@
 //! a cluster and a desired state in and the next step out, are scripts
 //! under `tests/plans/` (`tests/golden.rs` runs them).
 
-use cairn_control::desired::{DesiredState, VERSION};
+use cairn_control::desired::DesiredState;
 use cairn_control::model::{
     ControlState, HostCondition, HostObs, NodeObs, NodeProcess, Observed, Step,
 };
 use cairn_control::planner::{plan, Next};
 use cairn_control::reconcile::{record, turn, WAIT_LOOPS_PER_ATTEMPT};
 use cairn_control::status::ReconcileState;
+use cairn_util::version;
 
 /// A desired state with `replicas` over zones a, b, c.
 fn want(id: u64, replicas: u32) -> DesiredState {
@@ -62,7 +63,7 @@ impl Cluster {
 }
 
 fn node(id: Option<u64>, process: NodeProcess, healthy: bool) -> NodeObs {
-    NodeObs { node_id: id, process, healthy, restart_generation: 0, version: VERSION.into() }
+    NodeObs { node_id: id, process, healthy, restart_generation: 0, version: version().into() }
 }
 
 fn three() -> Cluster {

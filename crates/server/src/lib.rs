@@ -27,6 +27,3 @@ mod routes;
 mod state;
 
 pub use node::{Node, NodeConfig};
-
-/// This build's version, reported by `/v1/cluster`.
-pub use cairn_util::VERSION;

@@ -574,7 +574,7 @@ fn replicated_config(config: &NodeConfig, membership: Membership) -> ReplicatedC
         api_address: config.advertise_address(),
         peer_address: own,
         zone: config.zone.clone(),
-        version: crate::VERSION.to_string(),
+        version: cairn_util::version().to_string(),
         ..Hello::default()
     };
     let seed = uuid::Uuid::new_v4().as_u64_pair().0;

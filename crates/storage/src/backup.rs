@@ -556,7 +556,7 @@ pub fn take(
         name: name.to_string(),
         applied_index,
         fingerprint: format!("{fingerprint:016x}"),
-        cairn_version: env!("CARGO_PKG_VERSION").to_string(),
+        cairn_version: cairn_util::version().to_string(),
         created_ms,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         bytes,

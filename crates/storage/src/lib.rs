@@ -65,7 +65,7 @@ pub enum Error {
     #[error(
         "the data directory {dir} is in on-disk format {found}; this version of Cairn ({}) \
          reads {reads}: run a version that reads it",
-        env!("CARGO_PKG_VERSION")
+        cairn_util::version()
     )]
     Format { dir: String, found: u64, reads: String },
 }

@@ -15,7 +15,8 @@
 //! - [`secret`]: random tokens, kept in owner-only files.
 //! - [`lock`]: the one rule for poisoned locks.
 //! - [`now_ms`]: wall-clock time as Cairn records it.
-//! - [`VERSION`]: the version every crate of the workspace shares.
+//! - [`version`]: the version this binary is, from the stamp in its data
+//!   (which tests may rewrite to make a second version of one build).
 //!
 //! Nothing here knows about consensus, storage or the network; everything
 //! here is small enough to read at once.
@@ -26,9 +27,11 @@ pub mod files;
 pub mod process;
 pub mod rng;
 pub mod secret;
+pub mod version;
 
 pub use backoff::Backoff;
 pub use rng::Rng;
+pub use version::version;
 
 /// Now, in whole milliseconds since the Unix epoch (0 if the clock is set
 /// before it).
@@ -52,6 +55,3 @@ pub fn now_ms() -> u64 {
 pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// The version of Cairn this binary is (the workspace's one version).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");

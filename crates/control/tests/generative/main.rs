@@ -23,6 +23,7 @@ mod world;
 use std::path::PathBuf;
 
 use cairn_control::desired::{validate, Backup, BackupSchedule, DesiredState};
+use cairn_util::version;
 use serde::{Deserialize, Serialize};
 use world::{seeded, Counts, Faults, Rng, World};
 
@@ -91,7 +92,18 @@ fn mutate(rng: &mut Rng, state: &mut DesiredState) {
         state.running = true;
         return;
     }
-    match rng.below(13) {
+    match rng.below(14) {
+        // Another version (installed from artifacts), or back to the
+        // agents' own (kept installed, or their own binary).
+        13 => {
+            if state.version == version() {
+                state.version = "9.9.9".into();
+                state.artifacts = Some("/srv/releases".into());
+            } else {
+                state.version = version().into();
+                state.artifacts = None;
+            }
+        }
         0..=3 => state.replicas = [1, 3, 5, 7][rng.below(4) as usize],
         4 => state.zones = pick_zones(rng),
         5 | 6 => state.restart_generation = state.id,

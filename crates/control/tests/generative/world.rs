@@ -16,12 +16,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_control::desired::{DesiredState, VERSION};
+use cairn_control::desired::DesiredState;
 use cairn_control::execute::{now, run_turn, Effects, Outcome, Turned};
 use cairn_control::model::{
     majority, ControlState, HostCondition, HostObs, NodeObs, NodeProcess, Observed, Step,
 };
 use cairn_control::status::ReconcileState;
+use cairn_util::version;
 use serde::{Deserialize, Serialize};
 
 /// Keeps only a violation of an effect's result: a step that failed on its
@@ -168,6 +169,8 @@ struct SimNode {
     id: u64,
     process: NodeProcess,
     generation: u64,
+    /// The version it runs (a new node runs the agent's own).
+    version: String,
     /// Loops until a starting node runs.
     starting_loops: u32,
 }
@@ -179,6 +182,8 @@ struct SimHost {
     /// Loops until a restarting agent answers again (0: it answers).
     agent_down_loops: u32,
     node: Option<SimNode>,
+    /// The version its node ran before the one it runs (kept installed).
+    installed: Option<String>,
 }
 
 /// The simulated clock at the start: 2026-12-06 17:59:00 UTC, a minute
@@ -233,7 +238,13 @@ impl World {
         for (name, zone) in hosts {
             world.hosts.insert(
                 name.clone(),
-                SimHost { zone: zone.clone(), failed: false, agent_down_loops: 0, node: None },
+                SimHost {
+                    zone: zone.clone(),
+                    failed: false,
+                    agent_down_loops: 0,
+                    node: None,
+                    installed: None,
+                },
             );
         }
         world
@@ -355,7 +366,7 @@ impl World {
                     process: NodeProcess::Absent,
                     healthy: false,
                     restart_generation: 0,
-                    version: VERSION.into(),
+                    version: version().into(),
                 },
                 Some(n) => NodeObs {
                     node_id: Some(n.id),
@@ -363,7 +374,7 @@ impl World {
                     healthy: n.process == NodeProcess::Running
                         && (self.members.contains(&n.id) && quorum),
                     restart_generation: n.generation,
-                    version: VERSION.into(),
+                    version: n.version.clone(),
                 },
             });
             hosts.insert(
@@ -502,6 +513,7 @@ impl World {
                             failed: false,
                             agent_down_loops: 1,
                             node: None,
+                            installed: None,
                         },
                     );
                 }
@@ -524,6 +536,7 @@ impl World {
                             id: *node_id,
                             process: NodeProcess::Starting,
                             generation,
+                            version: version().into(),
                             starting_loops: 1,
                         });
                         if *join {
@@ -551,6 +564,26 @@ impl World {
                     n.generation = *generation;
                     n.process = NodeProcess::Starting;
                     n.starting_loops = 1;
+                }
+            }
+            Step::RunVersion { host, version: wanted, artifacts } => {
+                let h = self.live_host(host)?;
+                let Some(n) = &mut h.node else { return Err(format!("{host} has no node")) };
+                if *wanted != version()
+                    && artifacts.is_none()
+                    && h.installed != Some(wanted.clone())
+                {
+                    return Err(format!(
+                        "{wanted} is not installed on {host} and no artifacts named"
+                    ));
+                }
+                if n.version != *wanted {
+                    h.installed = Some(n.version.clone());
+                    n.version = wanted.clone();
+                    if n.process != NodeProcess::Stopped {
+                        n.process = NodeProcess::Starting;
+                        n.starting_loops = 1;
+                    }
                 }
             }
             Step::RemoveMember { node_id, .. } => {
@@ -596,7 +629,8 @@ impl World {
             }
         }
         // A lone replica's restart is the one step allowed to interrupt.
-        let lone_restart = matches!(step, Step::RestartNode { .. }) && self.members.len() == 1;
+        let lone_restart = matches!(step, Step::RestartNode { .. } | Step::RunVersion { .. })
+            && self.members.len() == 1;
         if had_quorum && !self.has_quorum() && !lone_restart {
             return Err(format!("violation: {} cost the quorum", step.describe()));
         }
@@ -695,12 +729,14 @@ impl World {
         let mut zones: BTreeMap<String, usize> = BTreeMap::new();
         let mut processes = BTreeSet::new();
         let mut generations = BTreeSet::new();
+        let mut versions = BTreeSet::new();
         for &id in &self.members {
             if let Some((_, h)) = self.node_of(id) {
                 *zones.entry(h.zone.clone()).or_default() += 1;
                 if let Some(n) = &h.node {
                     processes.insert(format!("{:?}", n.process));
                     generations.insert(n.generation);
+                    versions.insert(n.version.clone());
                 }
             }
         }
@@ -710,6 +746,7 @@ impl World {
             zones,
             processes: processes.into_iter().collect(),
             generations: generations.into_iter().collect(),
+            versions: versions.into_iter().collect(),
         }
     }
 }
@@ -722,6 +759,8 @@ pub struct Fingerprint {
     pub zones: BTreeMap<String, usize>,
     pub processes: Vec<String>,
     pub generations: Vec<u64>,
+    /// The versions the members run.
+    pub versions: Vec<String>,
 }
 
 impl Fingerprint {
@@ -743,6 +782,7 @@ impl Fingerprint {
             zones,
             processes: vec![format!("{process:?}")],
             generations: vec![desired.restart_generation],
+            versions: vec![desired.version.clone()],
         }
     }
 }
