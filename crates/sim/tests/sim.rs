@@ -26,7 +26,7 @@ use cairn_sim::cluster::{run, run_traced, run_with, FaultKind, Params, Planted, 
 
 /// Seeds run by default: CI's share of the search (about twelve minutes on
 /// two cores in a debug build; fresh ranges run beside CI, in release).
-const SEEDS_DEFAULT: u64 = 6_000;
+const SEEDS_DEFAULT: u64 = 4_000;
 /// Seeds the planted bug may take to show, at most.
 const PLANTED_SEEDS_DEFAULT: u64 = 2_000;
 
