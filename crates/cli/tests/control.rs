@@ -697,9 +697,9 @@ async fn wait_version(up: &Up, version: &str) {
 
 /// A rolling upgrade to a second version, and a downgrade back, under a
 /// writer. The second version is this build restamped (a distinct binary
-/// that reports another version), packed with its own `cairn release`; the
-/// agents install it from the artifacts directory, checking its sum, and
-/// move one node at a time. The downgrade needs no artifacts (the agents'
+/// that reports another version), packed with its own `cairn release` into
+/// the directory the cloud serves; the agents download it over HTTP, check
+/// its sum, and move one node at a time. The downgrade needs no artifacts (the agents'
 /// own version), and every host keeps the version it left. No acknowledged
 /// write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,12 +715,13 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
     std::fs::set_permissions(&next_bin, executable).unwrap();
     let says = Command::new(&next_bin).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&says.stdout).trim(), format!("cairn {next}"));
-    let artifacts = work.path().join("artifacts");
+    let up = Up::start(&desired_version(1, &ours, None));
+    // The release goes where the cloud serves it over HTTP, as a web server
+    // of releases would: agents download it from there.
+    let artifacts = up.dir.path().join(".cairn").join(cairn_cloud::ARTIFACTS_DIR);
     let packed =
         Command::new(&next_bin).arg("release").arg("--out").arg(&artifacts).output().unwrap();
     assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
-
-    let up = Up::start(&desired_version(1, &ours, None));
     let mut timings = vec![("3 replicas", up.reached(1, 3).await)];
     let writer = Writer::start(&up);
     writes_go_on(&writer, 30).await;
@@ -752,7 +753,21 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
     assert_eq!(cluster_version(&up).await.as_deref(), Some(ours.as_str()));
     eprintln!("a tampered artifact: {message}");
 
-    up.edit(&desired_version(3, &next, Some(&artifacts)));
+    // Only plain names of the artifacts directory are served, to anyone.
+    for (path, status) in [
+        ("/artifacts/SHA256SUMS", 200),
+        ("/artifacts/cloud.token", 404),
+        ("/artifacts/..%2Fcloud.token", 404),
+        ("/artifacts/.hidden", 404),
+    ] {
+        let answer = http().get(up.url(path)).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{path}");
+    }
+    let url = up.url("/artifacts");
+    up.edit(
+        &desired_version(3, &next, None)
+            .replace("\"artifacts\": null", &format!("\"artifacts\": {url:?}")),
+    );
     timings.push(("upgrade", up.reached(3, 3).await));
     wait_version(&up, &next).await;
     writes_go_on(&writer, 30).await;

@@ -73,6 +73,8 @@ pub enum Error {
     NoDesiredState,
     #[error("no route {method} {path}")]
     RouteNotFound { method: String, path: String },
+    #[error("no artifact {file} in {dir} (`cairn release --out {dir}` makes one)")]
+    ArtifactNotFound { file: String, dir: String },
     /// A request without the admin token.
     #[error("this call needs the cloud's admin token: send `Authorization: Bearer <token>`, the token being in the cloud's {file}")]
     Unauthorized { file: &'static str },
@@ -102,9 +104,10 @@ impl Error {
             }
             Error::Browser(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized { .. } | Error::LoginCode => StatusCode::UNAUTHORIZED,
-            Error::HostNotFound { .. } | Error::NoDesiredState | Error::RouteNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            Error::HostNotFound { .. }
+            | Error::NoDesiredState
+            | Error::RouteNotFound { .. }
+            | Error::ArtifactNotFound { .. } => StatusCode::NOT_FOUND,
             Error::HostConflict { .. }
             | Error::HostDeleting { .. }
             | Error::DesiredStale { .. } => StatusCode::CONFLICT,
@@ -133,6 +136,7 @@ impl Error {
             Error::DesiredStale { .. } => "stale_desired_state",
             Error::NoDesiredState => "no_desired_state",
             Error::RouteNotFound { .. } => "not_found",
+            Error::ArtifactNotFound { .. } => "artifact_not_found",
             Error::Browser(cairn_util::browser::Refusal::ContentType { .. }) => {
                 "unsupported_media_type"
             }

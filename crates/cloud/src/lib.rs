@@ -87,6 +87,11 @@ pub const NODE_TOKEN_FILE: &str = "admin.token";
 /// Where every node of the cluster keeps its backups (`--backup-dir`), in
 /// the cloud's directory.
 pub const BACKUPS_DIR: &str = "backups";
+/// The directory under the root whose files the cloud serves at
+/// `GET /artifacts/{file}`: release artifacts (`cairn release --out
+/// .cairn/artifacts`), for a desired state whose `artifacts` is the
+/// cloud's URL, as a web server of releases would.
+pub const ARTIFACTS_DIR: &str = "artifacts";
 
 /// Makes the cluster's CA on the first start; checks it on the others.
 fn open_ca(dir: &std::path::Path) -> Result<(), Error> {
@@ -134,6 +139,8 @@ pub(crate) struct Shared {
     /// `POST /v1/login` until its time (ms since the Unix epoch); kept in
     /// memory only, so a restarted cloud has none.
     pub login_codes: std::sync::Mutex<Vec<(String, u64)>>,
+    /// `<root>/artifacts`, served read-only at `GET /artifacts/{file}`.
+    pub artifacts_dir: std::path::PathBuf,
 }
 
 /// How long a cloud login code is good for: 15 minutes.
@@ -201,6 +208,7 @@ impl Cloud {
             Error::io("cannot make or read the nodes' admin token", &node_token_file, e)
         })?;
         let backup_dir = root.join(BACKUPS_DIR);
+        let artifacts_dir = root.join(ARTIFACTS_DIR);
         let provider_config = ProviderConfig {
             root,
             agent_bin,
@@ -221,6 +229,7 @@ impl Cloud {
             shutdown: Notify::new(),
             token,
             login_codes: std::sync::Mutex::default(),
+            artifacts_dir,
         });
         tracing::info!(%local_addr, "cloud started");
         Ok(Cloud { listener, local_addr, shared, events })

@@ -12,6 +12,7 @@
 //! | `POST /v1/shutdown` | 202, then the cloud stops its agents and exits |
 //! | `POST /v1/login-codes` | a one-time login code (`{"code", "until_ms"}`), good for 15 minutes |
 //! | `POST /v1/login` | with the code as bearer token: the cloud's token, once (`{"token"}`) |
+//! | `GET /artifacts/{file}` | a file of `<root>/artifacts` (release artifacts and `SHA256SUMS`), streamed; no token needed |
 //!
 //! Errors are `{"error": {"code", "message"}}` (plus `field` for a refused
 //! desired state) with the status of [`Error`]'s groups, the same shape as the
@@ -23,7 +24,9 @@
 //! for a foreign Host or Origin, 415 for a `POST` that is not JSON; see
 //! [`cairn_util::browser`]).
 //!
-//! Every request but `GET /v1/health` must carry the cloud's admin token
+//! Every request but `GET /v1/health` and `GET /artifacts/{file}` (release
+//! binaries are no secret, and agents check each against its sum) must
+//! carry the cloud's admin token
 //! (`Authorization: Bearer <token>`, from `<root>/cloud.token`); 401
 //! `unauthorized` otherwise. Agents get the file's path from the cloud; the
 //! CLI reads `.cairn/cloud.token` (`--cloud-token-file`).
@@ -63,6 +66,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/login-codes", post(create_login_code))
         .route("/v1/login", post(login))
+        .route("/artifacts/{file}", get(get_artifact))
         .fallback(not_found)
         // The largest body of any route; each route checks its own below.
         .layer(DefaultBodyLimit::max(DESIRED_TEXT_BYTES_MAX))
@@ -139,6 +143,67 @@ async fn create_login_code(State(shared): AppState) -> Result<Response, Error> {
     Ok((StatusCode::CREATED, Json(json!({ "code": code, "until_ms": until }))).into_response())
 }
 
+/// Bytes read from an artifact at a time.
+const ARTIFACT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// `GET /artifacts/{file}`: a file of the artifacts directory, streamed. Only
+/// plain names (A-Z a-z 0-9 `.` `_` `+` `-`, not starting with a dot) are
+/// looked up, so no request reaches outside the directory.
+async fn get_artifact(
+    State(shared): AppState,
+    file: Result<Path<String>, PathRejection>,
+) -> Result<Response, Error> {
+    use std::io::Read;
+    let Path(file) = file.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let dir = shared.artifacts_dir.display().to_string();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    if file.is_empty() || file.starts_with('.') || !file.chars().all(allowed) {
+        return Err(Error::ArtifactNotFound { file, dir });
+    }
+    let path = shared.artifacts_dir.join(&file);
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = std::fs::File::open(&path)?;
+        let meta = opened.metadata()?;
+        Ok::<_, std::io::Error>((opened, meta))
+    })
+    .await
+    .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
+    let (opened, meta) = match opened {
+        Ok((opened, meta)) if meta.is_file() => (opened, meta),
+        Ok(_) => return Err(Error::ArtifactNotFound { file, dir }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::ArtifactNotFound { file, dir })
+        }
+        Err(e) => return Err(Error::io("cannot read", shared.artifacts_dir.join(&file), e)),
+    };
+    // One chunk at a time on the blocking pool: a large artifact is never
+    // held in memory whole.
+    let chunks = futures_util::stream::unfold(Some(opened), |state| async move {
+        let mut opened = state?;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut chunk = vec![0u8; ARTIFACT_CHUNK_BYTES];
+            let n = opened.read(&mut chunk)?;
+            chunk.truncate(n);
+            Ok::<_, std::io::Error>((opened, chunk))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match read {
+            Ok((_, chunk)) if chunk.is_empty() => None,
+            Ok((opened, chunk)) => Some((Ok(Bytes::from(chunk)), Some(opened))),
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let mut response = axum::body::Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::CONTENT_LENGTH, meta.len().into());
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
 /// Trades a login code (as the bearer token) for the cloud's token, once.
 async fn login(State(shared): AppState, request: axum::extract::Request) -> Response {
     let given = request
@@ -172,6 +237,7 @@ async fn authorize(
         "/v1/health" => request.method() == Method::GET,
         // It takes a login code instead (checked there).
         "/v1/login" => request.method() == Method::POST,
+        path if path.starts_with("/artifacts/") => request.method() == Method::GET,
         _ => false,
     };
     if open {
