@@ -243,3 +243,76 @@ async fn binary_version(binary: &Path) -> Result<String, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script that answers `--version` as a Cairn binary of `says` would.
+    fn fake_binary(dir: &Path, says: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("cairn-script");
+        std::fs::write(&path, format!("#!/bin/sh\necho 'cairn {says}'\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn versions(dir: &Path) -> Versions {
+        Versions { dir: dir.join("versions"), own_bin: dir.join("own-cairn") }
+    }
+
+    /// A good artifact installs whole (and twice is once); one whose binary
+    /// is another version, or whose sum is not listed, is refused naming
+    /// why, and leaves nothing installed; with no artifacts a missing
+    /// version is refused; the agent's own version needs no install.
+    #[tokio::test]
+    async fn install_checks_sums_and_the_binary_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let releases = tmp.path().join("releases");
+        let source = fake_binary(tmp.path(), "1.2.3");
+        cairn_release::pack(&source, "1.2.3", cairn_release::TARGET, &releases).unwrap();
+        let v = versions(tmp.path());
+        let releases_text = releases.display().to_string();
+
+        let binary = v.install("1.2.3", Some(&releases_text)).await.unwrap();
+        assert_eq!(binary, tmp.path().join("versions/1.2.3/cairn"));
+        assert!(v.is_installed("1.2.3"));
+        assert_eq!(v.install("1.2.3", None).await.unwrap(), binary, "installed already");
+
+        // Packed as 2.0.0, but the binary says 1.2.3.
+        cairn_release::pack(&source, "2.0.0", cairn_release::TARGET, &releases).unwrap();
+        let refused = v.install("2.0.0", Some(&releases_text)).await.unwrap_err().to_string();
+        assert!(refused.contains("version 1.2.3, not 2.0.0"), "{refused}");
+        assert!(!v.is_installed("2.0.0"));
+
+        // Listed under another sum.
+        let sums = releases.join(cairn_release::SUMS_FILE);
+        let text = std::fs::read_to_string(&sums).unwrap();
+        let name = cairn_release::artifact_name("1.2.3", cairn_release::TARGET);
+        let wrong: String = text
+            .lines()
+            .map(|l| {
+                if l.ends_with(&name) {
+                    format!("{}  {name}\n", "0".repeat(64))
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&sums, wrong).unwrap();
+        let other = versions(&tmp.path().join("other-host"));
+        let refused = other.install("1.2.3", Some(&releases_text)).await.unwrap_err().to_string();
+        assert!(refused.contains(&format!("{releases_text}/SHA256SUMS lists")), "{refused}");
+        assert!(!other.is_installed("1.2.3"));
+        let left: Vec<_> = std::fs::read_dir(&other.dir).unwrap().flatten().collect();
+        assert!(left.is_empty(), "a refused install leaves nothing: {left:?}");
+
+        let missing = other.install("3.0.0", None).await.unwrap_err().to_string();
+        assert!(missing.contains("no artifacts were named"), "{missing}");
+        assert_eq!(other.install(cairn_util::version(), None).await.unwrap(), other.own_bin);
+
+        // Pruning keeps what it is told to keep.
+        v.prune(&["9.9.9"]);
+        assert!(!v.is_installed("1.2.3"));
+    }
+}
