@@ -133,6 +133,34 @@ impl Up {
         }
     }
 
+    /// Waits until the leader reports desired state `id` in
+    /// `ERROR_STATE`; answers that report.
+    async fn error_state(&self, id: u64) -> Value {
+        let started = Instant::now();
+        loop {
+            let last = self.get("/v1/status").await.unwrap_or(Value::Null)["last"].clone();
+            if last["desired_id"] == id && last["state"] == "ERROR_STATE" {
+                return last;
+            }
+            assert!(
+                started.elapsed() < REACH_TIMEOUT,
+                "no ERROR_STATE: {last}\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Reads every acknowledged key back, linearizably: none may be lost.
+    async fn read_back(&self, acked: &[String]) {
+        let apis = self.apis().await;
+        let client = self.node(&apis[0], Duration::from_secs(30));
+        for key in acked {
+            let got = client.kv_get(key, Read::Linearizable).await.unwrap();
+            assert_eq!(got.as_deref(), Some(key.as_bytes()), "acknowledged write {key} lost");
+        }
+    }
+
     /// The number of members a node shows, when every one is reachable.
     async fn members(&self, _replicas: usize) -> Option<usize> {
         for api in self.apis().await {
@@ -542,12 +570,7 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
     timings.push(("running: false", started.elapsed()));
     up.edit(&desired_running(7, 3, 5, true));
     timings.push(("running: true again", up.reached(7, 3).await));
-    let apis = up.apis().await;
-    let client = up.node(&apis[0], Duration::from_secs(30));
-    for key in &acked {
-        let got = client.kv_get(key, Read::Linearizable).await.unwrap();
-        assert_eq!(got.as_deref(), Some(key.as_bytes()), "acknowledged write {key} lost");
-    }
+    up.read_back(&acked).await;
     for (what, took) in &timings {
         eprintln!("{what}: {took:.1?}");
     }
@@ -631,15 +654,7 @@ async fn backups_follow_the_desired_state() {
     // the step fails, and after max_attempts the state says why.
     std::fs::write(root.join("broken"), "not a directory").unwrap();
     up.edit(&desired_backups(3, r#"{ "name": "b2", "sink": "broken" }"#, schedule));
-    let started = Instant::now();
-    let last = loop {
-        let last = up.get("/v1/status").await.unwrap_or(Value::Null)["last"].clone();
-        if last["desired_id"] == 3 && last["state"] == "ERROR_STATE" {
-            break last;
-        }
-        assert!(started.elapsed() < REACH_TIMEOUT, "no ERROR_STATE: {last}\n{}", up.log_tail());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let last = up.error_state(3).await;
     let message = last["message"].as_str().unwrap_or_default();
     assert!(message.contains("broken") && message.contains("b2"), "{last}");
     eprintln!("a sink that cannot be written: {message}");
@@ -737,15 +752,7 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
     let mut refused = desired_version(2, &next, Some(&tampered));
     refused = refused.replace("\"replicas\"", "\"max_attempts\": 1,\n  \"replicas\"");
     up.edit(&refused);
-    let started = Instant::now();
-    let last = loop {
-        let last = up.get("/v1/status").await.unwrap_or(Value::Null)["last"].clone();
-        if last["desired_id"] == 2 && last["state"] == "ERROR_STATE" {
-            break last;
-        }
-        assert!(started.elapsed() < REACH_TIMEOUT, "no ERROR_STATE: {last}\n{}", up.log_tail());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let last = up.error_state(2).await;
     let message = last["message"].as_str().unwrap_or_default();
     assert!(message.contains(&name) && message.contains("refused"), "{last}");
     let named = format!("{}/SHA256SUMS lists", tampered.display());
@@ -787,12 +794,7 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
     let failures = writer.failures();
     assert!(failures.is_empty(), "writes failed during the upgrade: {failures:?}");
     let acked = writer.stop().await;
-    let apis = up.apis().await;
-    let client = up.node(&apis[0], Duration::from_secs(30));
-    for key in &acked {
-        let got = client.kv_get(key, Read::Linearizable).await.unwrap();
-        assert_eq!(got.as_deref(), Some(key.as_bytes()), "acknowledged write {key} lost");
-    }
+    up.read_back(&acked).await;
     for (what, took) in &timings {
         eprintln!("{what}: {took:.1?}");
     }
