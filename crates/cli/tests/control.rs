@@ -347,6 +347,57 @@ impl Writer {
     }
 }
 
+/// Reads, linearizably, the last key the writer acknowledged before each
+/// read began, through one client over every node, until stopped. A read
+/// that fails, or misses that write, is recorded.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(up: &Up, writer: &Writer) -> Reader {
+        let (cloud, token, node_token) = (up.cloud.clone(), up.token(), up.node_token());
+        let tls = up.node_tls();
+        let acked = writer.acked.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, f) = (stop.clone(), reads.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let apis = live_apis(&cloud, &token).await;
+            let client = Client::with_tls(&apis[0], Duration::from_secs(10), tls)
+                .unwrap()
+                .with_token(Some(node_token))
+                .with_endpoints(&apis)
+                .unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let Some(key) = acked.lock().unwrap().last().cloned() else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                match client.kv_get(&key, Read::Linearizable).await {
+                    Ok(Some(value)) if value == key.as_bytes() => {}
+                    Ok(other) => f.lock().unwrap().push(format!("{key}: read {other:?}")),
+                    Err(e) => f.lock().unwrap().push(format!("{key}: {e}")),
+                }
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Reader { stop, reads, failed, task }
+    }
+
+    /// How many reads were made, and the ones that failed.
+    async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let failed = self.failed.lock().unwrap().clone();
+        (self.reads.load(Ordering::Relaxed), failed)
+    }
+}
+
 async fn live_apis(cloud: &str, token: &str) -> Vec<String> {
     let hosts = http().get(format!("http://{cloud}/v1/hosts")).bearer_auth(token);
     let Ok(response) = hosts.send().await else {
@@ -715,7 +766,8 @@ async fn wait_version(up: &Up, version: &str) {
 /// that reports another version), packed with its own `cairn release` into
 /// the directory the cloud serves; the agents download it over HTTP, check
 /// its sum, and move one node at a time. The downgrade needs no artifacts (the agents'
-/// own version), and every host keeps the version it left. No acknowledged
+/// own version), and every host keeps the version it left. A linearizable
+/// reader runs beside the writer: no request fails and no acknowledged
 /// write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
@@ -740,6 +792,7 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
     let mut timings = vec![("3 replicas", up.reached(1, 3).await)];
     let writer = Writer::start(&up);
     writes_go_on(&writer, 30).await;
+    let reader = Reader::start(&up, &writer);
 
     // An artifact whose sum does not match is refused, naming the file:
     // the state ends in ERROR_STATE and no node moved.
@@ -790,9 +843,13 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
         assert!(kept.is_file(), "{name} no longer holds {next}");
     }
 
-    // Every node restarted twice under the writer, and not one write failed.
+    // Every node restarted twice under the writer and the reader, and not
+    // one request failed.
     let failures = writer.failures();
     assert!(failures.is_empty(), "writes failed during the upgrade: {failures:?}");
+    let (reads, failures) = reader.stop().await;
+    assert!(failures.is_empty(), "reads failed during the upgrade: {failures:?}");
+    eprintln!("{reads} linearizable reads, none failed or stale");
     let acked = writer.stop().await;
     up.read_back(&acked).await;
     for (what, took) in &timings {
