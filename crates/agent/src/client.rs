@@ -95,8 +95,12 @@ impl AgentClient {
         join: Option<String>,
         restart_generation: u64,
     ) -> Result<NodeStatus, Error> {
-        let message =
-            proto::StartNodeRequest { node_id, join: join.unwrap_or_default(), restart_generation };
+        let message = proto::StartNodeRequest {
+            node_id,
+            join: join.unwrap_or_default(),
+            restart_generation,
+            restore_from: String::new(),
+        };
         let request = request(message, CALL_TIMEOUT_MS);
         self.call(
             "StartNode",
@@ -121,6 +125,29 @@ impl AgentClient {
         let request = request(message, STOP_CALL_TIMEOUT_MS);
         self.call("RestartNode", STOP_CALL_TIMEOUT_MS, |mut grpc| async move {
             grpc.restart_node(request).await
+        })
+        .await
+    }
+
+    /// Restores the backup at `from` into the node's data directory while it
+    /// has none, then runs node `node_id` (a cluster's first node, made
+    /// from a backup). Restoring reads and checks the whole backup: the call
+    /// waits as long as an install.
+    pub async fn restore_node(
+        &self,
+        node_id: u64,
+        from: &str,
+        restart_generation: u64,
+    ) -> Result<NodeStatus, Error> {
+        let message = proto::StartNodeRequest {
+            node_id,
+            join: String::new(),
+            restart_generation,
+            restore_from: from.to_string(),
+        };
+        let request = request(message, INSTALL_CALL_TIMEOUT_MS);
+        self.call("StartNode", INSTALL_CALL_TIMEOUT_MS, |mut grpc| async move {
+            grpc.start_node(request).await
         })
         .await
     }

@@ -54,6 +54,9 @@ pub enum Error {
     /// check at fault.
     #[error("cannot install version {version}: {reason}")]
     Install { version: String, reason: String },
+    /// A backup could not be restored into the node's data directory.
+    #[error("cannot restore the backup {from}: {reason}")]
+    Restore { from: String, reason: String },
     /// A command was cut short (the agent is shutting down).
     #[error("the command was interrupted: {0}")]
     Interrupted(String),
@@ -104,7 +107,8 @@ impl Error {
             Error::OtherNode { .. }
             | Error::NoNode(_)
             | Error::BadIntent { .. }
-            | Error::Install { .. } => tonic::Status::failed_precondition(message),
+            | Error::Install { .. }
+            | Error::Restore { .. } => tonic::Status::failed_precondition(message),
             Error::StopTimeout { .. } | Error::Deadline { .. } => {
                 tonic::Status::deadline_exceeded(message)
             }

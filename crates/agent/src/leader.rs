@@ -138,7 +138,9 @@ impl Effects for Acting<'_> {
         tracing::info!(step = %step.describe(), "taking a step");
         // Installing a version may download a large artifact first.
         let timeout_ms = match step {
-            Step::RunVersion { .. } => INSTALL_CALL_TIMEOUT_MS + STEP_TIMEOUT_MS,
+            Step::RunVersion { .. } | Step::RestoreNode { .. } => {
+                INSTALL_CALL_TIMEOUT_MS + STEP_TIMEOUT_MS
+            }
             _ => STEP_TIMEOUT_MS,
         };
         let timeout = Duration::from_millis(timeout_ms);
@@ -424,6 +426,10 @@ impl Leader {
                 let join = join.then(|| self.config.node.clone());
                 let client = agent(host).await?;
                 client.start_node(*node_id, join, desired.restart_generation).await?;
+            }
+            Step::RestoreNode { host, node_id, from } => {
+                let client = agent(host).await?;
+                client.restore_node(*node_id, from, desired.restart_generation).await?;
             }
             Step::StopNodes { hosts: names } => {
                 for name in names {

@@ -48,8 +48,13 @@ impl Agent for AgentService {
     }
 
     async fn start_node(&self, request: Request<StartNodeRequest>) -> Answer {
-        let StartNodeRequest { node_id, join, restart_generation } = request.into_inner();
+        let StartNodeRequest { node_id, join, restart_generation, restore_from } =
+            request.into_inner();
         let join = Some(join).filter(|j| !j.is_empty());
+        if !restore_from.trim().is_empty() {
+            let restored = self.supervisor.restore_node(node_id, restore_from, restart_generation);
+            return answer(restored.await);
+        }
         answer(self.supervisor.start_node(node_id, join, restart_generation).await)
     }
 

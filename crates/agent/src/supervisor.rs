@@ -55,6 +55,8 @@ const EXIT_POLL_MS: u64 = 50;
 pub const BACKOFF_MS_INITIAL: u64 = 250;
 /// The longest wait before a restart.
 pub const BACKOFF_MS_MAX: u64 = 5_000;
+/// The longest a restore may take (it reads and checks the whole backup).
+const RESTORE_TIMEOUT_MS: u64 = 600_000;
 /// A node up this long starts over from [`BACKOFF_MS_INITIAL`] when it exits.
 pub const BACKOFF_RESET_MS: u64 = 30_000;
 
@@ -344,6 +346,69 @@ impl Supervisor {
     pub async fn restart_node(&self, restart_generation: u64) -> Result<NodeStatus, Error> {
         let this = self.clone();
         detached(async move { this.restart_now(restart_generation).await }).await
+    }
+
+    /// Restores the backup at `from` (a backup's directory, an absolute
+    /// path) into the node's data directory while it has none, with the
+    /// node's own binary (`cairn restore`, which checks every file's sum
+    /// before it writes anything), then starts node `node_id` as
+    /// [`Supervisor::start_node`] does. A node that has data is only
+    /// started: a restore done once is not done again.
+    pub async fn restore_node(
+        &self,
+        node_id: u64,
+        from: String,
+        restart_generation: u64,
+    ) -> Result<NodeStatus, Error> {
+        let this = self.clone();
+        detached(async move {
+            this.restore_now(node_id, &from).await?;
+            this.start_now(node_id, None, restart_generation).await
+        })
+        .await
+    }
+
+    async fn restore_now(&self, node_id: u64, from: &str) -> Result<(), Error> {
+        let refuse = |reason: String| Error::Restore { from: from.to_string(), reason };
+        if !from.starts_with('/') {
+            return Err(refuse("the backup must be named by an absolute path".into()));
+        }
+        let _ops = self.inner.ops.lock().await;
+        let spec = &self.inner.spec;
+        let bin = {
+            let s = self.state();
+            if s.process.is_some() || process::has_data(&spec.data_dir) {
+                return Ok(());
+            }
+            if let Some(held) = s.intent.node_id.filter(|held| *held != node_id) {
+                return Err(Error::OtherNode { held, requested: node_id });
+            }
+            spec.versions.binary(s.intent.version.as_deref())
+        };
+        tracing::info!(from, "restoring a backup into the node's data directory");
+        let run = tokio::process::Command::new(&bin)
+            .arg("restore")
+            .arg("--from")
+            .arg(from)
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_millis(RESTORE_TIMEOUT_MS), run)
+            .await
+            .map_err(|_| refuse(format!("it took more than {RESTORE_TIMEOUT_MS} ms")))?
+            .map_err(|source| Error::Spawn { bin: bin.clone(), source })?;
+        if !output.status.success() {
+            let said = [output.stderr, output.stdout]
+                .iter()
+                .map(|text| String::from_utf8_lossy(text).trim().to_string())
+                .filter(|text| !text.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(refuse(said));
+        }
+        tracing::info!(from, "backup restored");
+        Ok(())
     }
 
     /// Runs the node as `version`: installs it from `artifacts` unless it

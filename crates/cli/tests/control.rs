@@ -857,3 +857,64 @@ async fn a_rolling_upgrade_and_downgrade_keep_every_write() {
     }
     eprintln!("{} acknowledged writes, all read back, none failed", acked.len());
 }
+
+fn desired_restore(id: u64, from: &Path) -> String {
+    format!(
+        r#"{{
+  // written by the control process test
+  "id": {id},
+  "replicas": 3,
+  "zones": ["zone-a", "zone-b", "zone-c"],
+  "max_attempts": 1,
+  "restore_from": {:?},
+}}"#,
+        from.display().to_string()
+    )
+}
+
+/// A new cluster from a backup: `restore_from` in its first desired state.
+/// A backup with one flipped byte is refused, naming the file, and no node
+/// starts from it; the good backup starts node 1, the cluster grows to 3,
+/// and every write acknowledged before the backup reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_restores_from_a_backup() {
+    let old = Up::start(&desired_backups(1, "", ""));
+    old.reached(1, 3).await;
+    let apis = old.apis().await;
+    let client = old.node(&apis[0], Duration::from_secs(30));
+    let keys: Vec<String> = (0..200).map(|i| format!("before-{i}")).collect();
+    for key in &keys {
+        client.kv_put(key, key.clone()).await.unwrap();
+    }
+    old.edit(&desired_backups(2, r#"{ "name": "b1", "sink": "manual" }"#, ""));
+    old.reached(2, 3).await;
+    let root = old.dir.path().join(".cairn").join(cairn_cloud::BACKUPS_DIR);
+    let backup = root.join("manual").join("b1");
+    assert!(backup.join("manifest.json").is_file(), "b1 was taken");
+
+    // A copy of the sink with one byte of one file flipped.
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("manual");
+    let status = Command::new("cp").arg("-r").arg(root.join("manual")).arg(&copy).status();
+    assert!(status.unwrap().success());
+    let file = std::fs::read_dir(copy.join("files")).unwrap().flatten().next().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+
+    let new = Up::start(&desired_restore(1, &copy.join("b1")));
+    let last = new.error_state(1).await;
+    let message = last["message"].as_str().unwrap_or_default();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(message.contains(&name), "the flipped file is named: {last}");
+    eprintln!("a corrupt backup: {message}");
+    for host in new.hosts().await {
+        let name = host["name"].as_str().unwrap();
+        assert!(node_pid(&new.host_dir(name)).is_none(), "a node runs on {name}");
+    }
+
+    new.edit(&desired_restore(2, &backup));
+    let took = new.reached(2, 3).await;
+    eprintln!("restored into a new 3-node cluster: {took:.1?}");
+    new.read_back(&keys).await;
+}

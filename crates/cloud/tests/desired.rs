@@ -105,13 +105,13 @@ async fn apply_checks_validity_and_ids() {
     assert_eq!(invalid["error"]["code"], "invalid_desired_state");
     assert_eq!(invalid["error"]["field"], "replicas", "{invalid}");
 
-    // A field the control plane does not act on yet is refused, not ignored.
-    let restore = r#"{"id": 9, "restore_from": "/tmp/b/b1"}"#.to_string();
-    let (status, unsupported) = h.put_text("/v1/desired", restore).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{unsupported}");
-    assert_eq!(unsupported["error"]["field"], "restore_from", "{unsupported}");
-    let message = unsupported["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("not supported yet"), "{unsupported}");
+    // A backup to restore from is named by an absolute path.
+    let restore = r#"{"id": 9, "restore_from": "b/b1"}"#.to_string();
+    let (status, relative) = h.put_text("/v1/desired", restore).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{relative}");
+    assert_eq!(relative["error"]["field"], "restore_from", "{relative}");
+    let message = relative["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("absolute path"), "{relative}");
     // A sink is a directory under the cluster's backup root, never a path.
     let backups = r#"{"id": 9, "backups": [{"name": "b1", "sink": "/tmp/b"}]}"#.to_string();
     let (status, outside) = h.put_text("/v1/desired", backups).await;

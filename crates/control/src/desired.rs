@@ -287,19 +287,10 @@ pub fn check_transition(
 /// that the rules of these fields stay checked (and tested) on their own. The
 /// cloud calls it before it accepts a state, and so does reconciliation before
 /// it adopts one.
-pub fn check_supported(state: &DesiredState) -> Result<(), DesiredError> {
-    let not_yet = |field: &str, what: &str| {
-        DesiredError::new(
-            field,
-            format!("{what} are not supported yet by this version of Cairn (remove the field)"),
-        )
-    };
-    if state.restore_from.is_some() {
-        return Err(not_yet(
-            "restore_from",
-            "clusters restored by the control plane (restore by hand with `cairn restore`)",
-        ));
-    }
+///
+/// Every field of this version is acted on, so it accepts every valid
+/// state; it stays the one place a field not acted on yet is refused.
+pub fn check_supported(_state: &DesiredState) -> Result<(), DesiredError> {
     Ok(())
 }
 
@@ -338,6 +329,18 @@ pub fn validate(state: &DesiredState) -> Result<(), DesiredError> {
     }
     if let Some(restore_from) = &state.restore_from {
         check_text(restore_from, "restore_from")?;
+        // Every agent reads it from its own directory: only an absolute
+        // path names the same backup on all of them.
+        if !restore_from.starts_with('/') {
+            return Err(DesiredError::new(
+                "restore_from",
+                format!(
+                    "must be a backup's directory as an absolute path (<backup root>/<sink>/<name>, \
+                     the location `cairn backup list` shows), got {}",
+                    quoted(restore_from)
+                ),
+            ));
+        }
     }
     check_range(u64::from(state.max_attempts), "max_attempts", 1, u64::from(MAX_ATTEMPTS_MAX))?;
     Ok(())

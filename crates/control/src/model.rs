@@ -156,6 +156,12 @@ pub enum Step {
     /// Starts node `node_id` on `host`; with `join` it enters the running
     /// cluster through a member (the data plane adds it).
     StartNode { host: String, node_id: u64, join: bool },
+    /// Starts node `node_id` on `host` from the backup at `from` (the
+    /// bootstrap of a cluster whose desired state has `restore_from`): the
+    /// agent restores the backup into the node's empty data directory,
+    /// checking every file's sum, then runs the node. Idempotent: a node
+    /// with data is only started.
+    RestoreNode { host: String, node_id: u64, from: String },
     /// Stops the nodes of `hosts`, in order, keeping their data.
     StopNodes { hosts: Vec<String> },
     /// Restarts `host`'s node unless it already runs `generation`.
@@ -299,6 +305,9 @@ impl Step {
             }
             Step::StartNode { host, node_id, join: false } => {
                 format!("start node {node_id} on {host}")
+            }
+            Step::RestoreNode { host, node_id, from } => {
+                format!("start node {node_id} on {host} from backup {from}")
             }
             Step::StopNodes { hosts } => format!("stop the nodes on {}", hosts.join(", ")),
             Step::RestartNode { host, generation } => {

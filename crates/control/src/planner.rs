@@ -10,7 +10,9 @@
 //!
 //! Rules, in the order they are tried:
 //! 1. `running: false` stops every node, followers first, the leader last.
-//! 2. A cluster with no member yet starts node 1 on a host (bootstrap).
+//! 2. A cluster with no member yet starts node 1 on a host (bootstrap), from
+//!    the backup `restore_from` names when it names one; the cluster grows
+//!    from there by rule 8, new members catching up from node 1.
 //! 3. Members' nodes stopped earlier are started again.
 //! 4. Without a quorum of members serving nothing can change: wait.
 //! 5. A member whose host failed is removed (that never lowers the number of
@@ -310,6 +312,13 @@ impl Planner<'_> {
         if let Some((name, _)) = usable {
             let name = name.clone();
             self.assign(&name, 1);
+            if let Some(from) = &self.desired.restore_from {
+                return Next::Step(Step::RestoreNode {
+                    host: name,
+                    node_id: 1,
+                    from: from.clone(),
+                });
+            }
             return Next::Step(Step::StartNode { host: name, node_id: 1, join: false });
         }
         if self.observed.hosts.values().any(|h| h.state == HostCondition::Unreachable) {

@@ -47,17 +47,13 @@ fn accepted(text: &str) -> DesiredState {
 
 // ---- What this version acts on ----
 
-/// Each field the control plane does not act on yet is refused by
-/// `check_supported`, naming it, and a state without them passes (the
-/// repository's example included).
+/// Every field is acted on now: `check_supported` passes states that use
+/// each of them (the repository's example included).
 #[test]
-fn fields_not_acted_on_yet_are_refused_by_name() {
+fn every_field_is_acted_on() {
     assert_eq!(check_supported(&accepted(EXAMPLE)), Ok(()));
-    let fields = r#""restore_from": "/srv/b/b1""#;
-    let error = check_supported(&accepted(&with(fields))).expect_err(fields);
-    assert_eq!(error.field, "restore_from", "{error}");
-    assert!(error.message.contains("not supported yet"), "{error}");
     for acted_on in [
+        r#""restore_from": "/srv/b/b1""#,
         r#""artifacts": "/srv/releases""#,
         r#""version": "9.9.9", "artifacts": "https://example.com/cairn""#,
         r#""backups": []"#,
@@ -209,9 +205,10 @@ fn size_and_nesting_are_bounded() {
     assert_refused(&with(&nested(DOCUMENT_DEPTH_MAX)), "document", "deeper than 32");
     let brackets = "[{".repeat(DOCUMENT_DEPTH_MAX);
     let quiet = format!(
-        "// {brackets}\n/* {brackets} */\n{{ \"id\": 1, \"restore_from\": \"{brackets}\" }}"
+        "// {brackets}\n/* {brackets} */\n{{ \"id\": 1, \"restore_from\": \"/{brackets}\" }}"
     );
-    assert_eq!(accepted(&quiet).restore_from.as_deref(), Some(brackets.as_str()));
+    let expected = format!("/{brackets}");
+    assert_eq!(accepted(&quiet).restore_from.as_deref(), Some(expected.as_str()));
 }
 
 // ---- Each field ----
@@ -403,6 +400,7 @@ fn restore_from_is_a_non_empty_location() {
     assert_refused(&with(r#""restore_from": """#), "restore_from", "empty");
     assert_refused(&with(r#""restore_from": 3"#), "restore_from", "must be a string");
     assert_eq!(accepted(&with(r#""restore_from": "/b/x""#)).restore_from.as_deref(), Some("/b/x"));
+    assert_refused(&with(r#""restore_from": "b/x""#), "restore_from", "absolute path");
 }
 
 #[test]
@@ -515,7 +513,7 @@ fn any_state() -> impl Strategy<Value = DesiredState> {
 /// States that follow every value rule, built field by field.
 fn valid_state() -> impl Strategy<Value = DesiredState> {
     let sink = "[a-z0-9_-]{1,12}";
-    let path = "[^\\p{Cc}]{1,12}";
+    let path = "/[^\\p{Cc}]{0,11}";
     let location = prop_oneof!["/[a-z0-9/._-]{0,12}", "https?://[a-z.]{1,10}(/[a-z]{0,4})?"];
     let scalars = (
         1..1_000u64,

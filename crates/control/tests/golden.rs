@@ -9,7 +9,8 @@
 //!
 //! Commands:
 //! - `desired ID replicas=N [zones=A,B,..] [restart_generation=N]
-//!   [running=false] [version=V] [artifacts=DIR]`: the desired state the next plans aim at
+//!   [running=false] [version=V] [artifacts=DIR] [restore_from=DIR]`: the
+//!   desired state the next plans aim at
 //!   (zones default to zone-a, zone-b, zone-c);
 //! - `member HOST ZONE ID`: a host whose healthy node is member ID;
 //! - `empty HOST ZONE`: a host whose agent answers and holds no node;
@@ -198,6 +199,7 @@ fn desired(id: u64, options: &[&str]) -> Result<DesiredState, String> {
             "running" => state.running = value.parse().map_err(|_| bad("true or false"))?,
             "version" => state.version = value.to_string(),
             "artifacts" => state.artifacts = Some(value.to_string()),
+            "restore_from" => state.restore_from = Some(value.to_string()),
             other => return Err(format!("unknown option {other:?}")),
         }
     }

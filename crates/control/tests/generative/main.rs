@@ -61,6 +61,10 @@ fn generate(seed: u64) -> Case {
     let mut state = DesiredState::default_with_id(1);
     state.zones = pick_zones(&mut rng);
     state.replicas = [1, 3, 5][rng.below(3) as usize];
+    // Some clusters start from a backup (carried over by every later state).
+    if rng.below(4) == 0 {
+        state.restore_from = Some("/srv/backups/manual/b1".into());
+    }
     for id in 1..=count {
         state.id = id;
         if id > 1 {

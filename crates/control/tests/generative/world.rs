@@ -501,6 +501,16 @@ impl World {
     fn apply(&mut self, step: &Step) -> Result<(), String> {
         let had_quorum = self.has_quorum();
         let generation = self.control.accepted.as_ref().map_or(0, |d| d.restart_generation);
+        // A restore starts the first node as a start does (its data comes
+        // from the backup, which the world does not model).
+        let restore;
+        let step = match step {
+            Step::RestoreNode { host, node_id, .. } => {
+                restore = Step::StartNode { host: host.clone(), node_id: *node_id, join: false };
+                &restore
+            }
+            other => other,
+        };
         match step {
             Step::CreateHost { host, zone } => match self.hosts.get(host) {
                 Some(h) if h.zone != *zone => return Err(format!("{host} exists in {}", h.zone)),
@@ -547,6 +557,7 @@ impl World {
                     }
                 }
             }
+            Step::RestoreNode { .. } => return Err("a restore is applied as a start".into()),
             Step::StopNodes { hosts } => {
                 for host in hosts {
                     if let Ok(h) = self.live_host(host) {
