@@ -101,13 +101,17 @@ impl AgentClient {
             restart_generation,
             restore_from: String::new(),
         };
-        let request = request(message, CALL_TIMEOUT_MS);
-        self.call(
-            "StartNode",
-            CALL_TIMEOUT_MS,
-            |mut grpc| async move { grpc.start_node(request).await },
-        )
-        .await
+        self.start(message, CALL_TIMEOUT_MS).await
+    }
+
+    async fn start(
+        &self,
+        message: proto::StartNodeRequest,
+        timeout_ms: u64,
+    ) -> Result<NodeStatus, Error> {
+        let request = request(message, timeout_ms);
+        self.call("StartNode", timeout_ms, |mut grpc| async move { grpc.start_node(request).await })
+            .await
     }
 
     /// Stops the node and keeps it stopped (its data is kept).
@@ -145,11 +149,7 @@ impl AgentClient {
             restart_generation,
             restore_from: from.to_string(),
         };
-        let request = request(message, INSTALL_CALL_TIMEOUT_MS);
-        self.call("StartNode", INSTALL_CALL_TIMEOUT_MS, |mut grpc| async move {
-            grpc.start_node(request).await
-        })
-        .await
+        self.start(message, INSTALL_CALL_TIMEOUT_MS).await
     }
 
     /// Runs the node as `version`, installed from `artifacts` when missing.

@@ -54,8 +54,8 @@ use std::collections::BTreeMap;
 
 use crate::desired::DesiredState;
 use crate::model::{
-    majority, BackupRecord, ControlState, HostCondition, HostObs, HostPlan, HostRole, NodeProcess,
-    Observed, Step, NODE_ID_MAX,
+    majority, BackupRecord, ControlState, HostCondition, HostObs, HostPlan, HostRole, NodeObs,
+    NodeProcess, Observed, Step, NODE_ID_MAX,
 };
 
 /// What the planner decides.
@@ -499,49 +499,50 @@ impl Planner<'_> {
     /// again; the executor waits for it to catch up).
     fn rolling_upgrade(&self) -> Option<Next> {
         let version = &self.desired.version;
-        let mut behind: Vec<(u64, &String)> = Vec::new();
-        for &id in &self.observed.members {
-            let Some(host) = self.observed.host_of(id) else { continue };
-            if host.node.as_ref().is_some_and(|n| n.version != *version) {
-                behind.push((id, &host.name));
-            }
-        }
-        let leader = self.observed.leader;
-        behind.sort_by_key(|&(id, _)| (Some(id) == leader, id));
-        let (_, host) = behind.first()?;
-        let step = Step::RunVersion {
-            host: (*host).clone(),
-            version: version.clone(),
-            artifacts: self.desired.artifacts.clone(),
-        };
-        if self.observed.members.len() > 1 {
-            let guard = step.guard(self.observed)?;
-            if !guard.holds(self.observed) {
-                return Some(Next::Wait(format!(
-                    "moving {host} to {version} now would cost the quorum"
-                )));
-            }
-        }
-        Some(Next::Step(step))
+        self.one_at_a_time(
+            |node| node.version != *version,
+            |host| Step::RunVersion {
+                host: host.to_string(),
+                version: version.clone(),
+                artifacts: self.desired.artifacts.clone(),
+            },
+            |host| format!("moving {host} to {version} now would cost the quorum"),
+        )
     }
 
     fn rolling_restart(&self) -> Option<Next> {
         let generation = self.desired.restart_generation;
-        let mut behind: Vec<(u64, &String)> = Vec::new();
+        self.one_at_a_time(
+            |node| node.restart_generation < generation,
+            |host| Step::RestartNode { host: host.to_string(), generation },
+            |_| "a restart now would cost the quorum".into(),
+        )
+    }
+
+    /// The step that takes down the first member whose node is `behind`,
+    /// followers first and the leader last, while its quorum guard holds
+    /// (a single replica has none: its restart is allowed to interrupt).
+    fn one_at_a_time(
+        &self,
+        behind: impl Fn(&NodeObs) -> bool,
+        step: impl Fn(&str) -> Step,
+        costs_quorum: impl Fn(&str) -> String,
+    ) -> Option<Next> {
+        let mut todo: Vec<(u64, &String)> = Vec::new();
         for &id in &self.observed.members {
             let Some(host) = self.observed.host_of(id) else { continue };
-            if host.node.as_ref().is_some_and(|n| n.restart_generation < generation) {
-                behind.push((id, &host.name));
+            if host.node.as_ref().is_some_and(&behind) {
+                todo.push((id, &host.name));
             }
         }
         let leader = self.observed.leader;
-        behind.sort_by_key(|&(id, _)| (Some(id) == leader, id));
-        let (_, host) = behind.first()?;
-        let step = Step::RestartNode { host: (*host).clone(), generation };
+        todo.sort_by_key(|&(id, _)| (Some(id) == leader, id));
+        let (_, host) = todo.first()?;
+        let step = step(host);
         if self.observed.members.len() > 1 {
             let guard = step.guard(self.observed)?;
             if !guard.holds(self.observed) {
-                return Some(Next::Wait("a restart now would cost the quorum".into()));
+                return Some(Next::Wait(costs_quorum(host)));
             }
         }
         Some(Next::Step(step))
