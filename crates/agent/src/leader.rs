@@ -425,10 +425,14 @@ impl Leader {
             Step::StartNode { host, node_id, join } => {
                 let join = join.then(|| self.config.node.clone());
                 let client = agent(host).await?;
+                // A new node runs the cluster's version from its first
+                // start: the agent's own may not run the cluster version.
+                client.run_version(&desired.version, desired.artifacts.as_deref()).await?;
                 client.start_node(*node_id, join, desired.restart_generation).await?;
             }
             Step::RestoreNode { host, node_id, from } => {
                 let client = agent(host).await?;
+                client.run_version(&desired.version, desired.artifacts.as_deref()).await?;
                 client.restore_node(*node_id, from, desired.restart_generation).await?;
             }
             Step::StopNodes { hosts: names } => {

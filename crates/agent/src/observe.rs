@@ -32,6 +32,8 @@ pub struct MembershipView {
     /// Each member's applied index, where known.
     pub applied: BTreeMap<u64, u64>,
     pub leader: Option<u64>,
+    /// The cluster version in the local node's state.
+    pub cluster_version: Option<String>,
 }
 
 /// What the observation is made of: a client for the cloud and the local
@@ -89,6 +91,7 @@ impl Observer {
             base_index: members.base_index,
             applied: applied.collect(),
             leader: cluster.leader,
+            cluster_version: cluster.cluster_version,
         };
         if membership.leader.is_none() && membership.members.len() <= 1 {
             // A lone node leads itself.
@@ -110,6 +113,7 @@ impl Observer {
                 membership.applied.get(id).is_some_and(|&applied| applied >= membership.base_index)
             }),
             now_ms: cairn_util::now_ms(),
+            cluster_version: membership.cluster_version.clone(),
             ..Observed::default()
         };
         for (host, status) in hosts.iter().zip(statuses) {

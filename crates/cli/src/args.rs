@@ -146,6 +146,13 @@ pub enum Command {
     },
     /// Delete KEY.
     Delete { key: String },
+    /// Add BY (default 1; negative subtracts) to the counter under KEY,
+    /// and print its new value. Needs cluster version 0.2.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
     /// Work with documents.
     #[command(subcommand)]
     Doc(DocCommand),
@@ -154,8 +161,12 @@ pub enum Command {
     Table(TableCommand),
     /// Show this node's health.
     Health,
-    /// Show the cluster as this node sees it.
-    Cluster,
+    /// Show the cluster as this node sees it; `cairn cluster finalize`
+    /// finalizes an upgrade.
+    Cluster {
+        #[command(subcommand)]
+        action: Option<ClusterCommand>,
+    },
     /// Change the cluster's members (a membership change on a live cluster).
     #[command(subcommand)]
     Member(MemberCommand),
@@ -479,6 +490,19 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve '{addr}': {e}"))?
         .next()
         .ok_or_else(|| format!("'{addr}' resolves to no address"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Finalize an upgrade: raise the cluster version, which turns on the
+    /// new release's changes to the log and the disk. Every member must run
+    /// a release that runs it; a downgrade below it is impossible after.
+    Finalize {
+        /// The cluster version (MAJOR.MINOR); by default the highest that
+        /// every member runs.
+        #[arg(long)]
+        version: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,8 +8,8 @@ use cairn_client::{Client, Read};
 use serde_json::{json, Value};
 
 use crate::args::{
-    BackupCommand, Command, DocCommand, Global, MemberCommand, Output, TableCommand, TokenCommand,
-    WatchArgs,
+    BackupCommand, ClusterCommand, Command, DocCommand, Global, MemberCommand, Output,
+    TableCommand, TokenCommand, WatchArgs,
 };
 use crate::output::{self, pretty, value_json};
 
@@ -44,7 +44,21 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
         Command::Doc(doc) => doc_command(client, out, doc).await,
         Command::Table(table) => table_command(client, out, table).await,
         Command::Health => report(out, client.health().await, |h| pretty(&json_of(h))),
-        Command::Cluster => report(out, client.cluster().await, |c| pretty(&json_of(c))),
+        Command::Incr { key, by } => {
+            report(out, client.kv_increment(&key, by).await, |c| format!("{}", c.value))
+        }
+        Command::Cluster { action: None } => {
+            report(out, client.cluster().await, |c| pretty(&json_of(c)))
+        }
+        Command::Cluster { action: Some(ClusterCommand::Finalize { version }) } => {
+            report(out, client.finalize(version.as_deref()).await, |f| match f.index {
+                Some(index) => format!(
+                    "cluster version {} (was {}), at index {index}",
+                    f.cluster_version, f.previous
+                ),
+                None => format!("cluster version {} already (nothing changed)", f.cluster_version),
+            })
+        }
         Command::Member(member) => {
             let result = match member {
                 MemberCommand::List => client.members().await,

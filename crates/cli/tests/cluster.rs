@@ -43,6 +43,8 @@ struct Cluster {
     token_file: Option<PathBuf>,
     /// Trust in the nodes' CA, when their APIs speak HTTPS.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The binary each node runs, where it is not this build's.
+    binaries: BTreeMap<u64, PathBuf>,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
             flags: vec!["--insecure".to_string()],
             token_file: None,
             tls: None,
+            binaries: BTreeMap::new(),
         }
     }
 
@@ -69,15 +72,24 @@ impl Cluster {
         self.dir.path().join(format!("node{id}"))
     }
 
-    fn spawn(&mut self, id: u64) {
-        let child = Command::new(BIN)
+    /// The command that runs node `id`.
+    fn node_command(&self, id: u64) -> Command {
+        let binary = self.binaries.get(&id).map_or(PathBuf::from(BIN), PathBuf::clone);
+        let mut command = Command::new(binary);
+        command
             .args(["node", "--id", &id.to_string(), "--data-dir"])
             .arg(self.data_dir(id))
             .args(["--listen", &self.api[&id], "--peers", &self.peers])
             .args(["--write-timeout-ms", "5000"])
             .args(&self.flags)
             .env("CAIRN_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        command
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let child = self
+            .node_command(id)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the cairn binary starts");
@@ -780,4 +792,152 @@ async fn failover_trials() {
         times[0],
         times[trials - 1]
     );
+}
+
+/// This build with another version stamp: a distinct binary, as another
+/// release would be.
+fn restamped(dir: &std::path::Path, version: &str) -> PathBuf {
+    let path = dir.join(format!("cairn-{version}"));
+    let mut bytes = std::fs::read(BIN).unwrap();
+    cairn_util::version::restamp(&mut bytes, version).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Restarts node `id` on `binary` (its data kept) and waits until the
+/// cluster serves through every node.
+async fn restart_on(cluster: &mut Cluster, id: u64, binary: &std::path::Path) {
+    if cluster.processes.contains_key(&id) {
+        cluster.kill9(id);
+    }
+    cluster.binaries.insert(id, binary.to_path_buf());
+    cluster.spawn(id);
+    cluster.ready().await;
+}
+
+/// The cluster version gate, with two distinct binaries: release 0.1.0,
+/// which runs cluster version 0.1 only, and 0.2.0, which runs 0.1 and 0.2
+/// and whose increments (a new log command) need 0.2. A mixed cluster
+/// serves; the gate keeps increments out of the log and finalizing is
+/// refused while a 0.1.0 node is a member; a downgrade before finalizing
+/// works; once every node runs 0.2.0 the finalize opens the gate; and a
+/// 0.1.0 binary then refuses the data directory, naming both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_versions_gate_a_new_log_command_until_finalized() {
+    let bins = tempfile::tempdir().unwrap();
+    let old = restamped(bins.path(), "0.1.0");
+    let new = restamped(bins.path(), "0.2.0");
+    let mut cluster = Cluster::new();
+    cluster.binaries = BTreeMap::from([(1, new.clone()), (2, old.clone()), (3, old.clone())]);
+    for id in NODES {
+        cluster.spawn(id);
+    }
+    cluster.ready().await;
+
+    // The mixed cluster serves, through either version.
+    for id in NODES {
+        cluster.client(id).kv_put(&format!("mixed/{id}"), "v").await.unwrap();
+    }
+    let view = cluster.client(1).cluster().await.unwrap();
+    let versions: Vec<Option<&str>> = view.nodes.iter().map(|n| n.version.as_deref()).collect();
+    assert_eq!(versions, [Some("0.2.0"), Some("0.1.0"), Some("0.1.0")]);
+    assert_eq!(view.cluster_version.as_deref(), Some("0.1"));
+
+    // The gate: no increment enters the log at cluster version 0.1.
+    let applied_before = cluster.client(1).health().await.unwrap().applied_index;
+    let refused = cluster.client(1).kv_increment("count", 1).await.unwrap_err().to_string();
+    assert!(refused.contains("not_finalized") || refused.contains("needs cluster version 0.2"));
+    assert!(refused.contains("runs at 0.1"), "{refused}");
+    assert_eq!(cluster.client(1).kv_get("count", Read::Linearizable).await.unwrap(), None);
+    // Finalizing goes no higher than every member runs: 0.1 already, and
+    // 0.2 is refused while a member runs 0.1.0.
+    let finalized = cluster.client(1).finalize(None).await.unwrap();
+    assert_eq!((finalized.cluster_version.as_str(), finalized.index), ("0.1", None));
+    let refused = cluster.client(1).finalize(Some("0.2")).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("node 2 runs Cairn 0.1.0, which runs cluster versions 0.1, not 0.2"),
+        "{refused}"
+    );
+    // And the record cannot be written around it.
+    let record = serde_json::json!({"version": "0.2"});
+    let refused = cluster.client(1).system_put("cluster_version", &record, None).await.unwrap_err();
+    assert!(refused.to_string().contains("finaliz"), "{refused}");
+    assert!(cluster.client(1).health().await.unwrap().applied_index >= applied_before);
+
+    // A downgrade before finalizing: node 1 back to 0.1.0 keeps every write.
+    restart_on(&mut cluster, 1, &old).await;
+    for id in NODES {
+        let client = cluster.client(id);
+        for key in NODES.map(|k| format!("mixed/{k}")) {
+            assert_eq!(
+                client.kv_get(&key, Read::Linearizable).await.unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    }
+
+    // Every node on 0.2.0, one at a time; then the finalize opens the gate.
+    for id in NODES {
+        restart_on(&mut cluster, id, &new).await;
+        cluster.client(id).kv_put(&format!("upgraded/{id}"), "v").await.unwrap();
+    }
+    let finalized = {
+        let started = Instant::now();
+        loop {
+            // Each node's version is as of its last hello: the restarted
+            // ones may take a moment to be heard.
+            match cluster.client(2).finalize(None).await {
+                Ok(finalized) => break finalized,
+                Err(e) => {
+                    assert!(started.elapsed() < READY_TIMEOUT, "finalize never succeeded: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    assert_eq!((finalized.previous.as_str(), finalized.cluster_version.as_str()), ("0.1", "0.2"));
+    assert!(finalized.index.is_some());
+    // Again: nothing to do.
+    assert_eq!(cluster.client(3).finalize(None).await.unwrap().index, None);
+    let mut sums = Vec::new();
+    for id in NODES {
+        sums.push(cluster.client(id).kv_increment("count", 2).await.unwrap().value);
+    }
+    assert_eq!(sums, [2, 4, 6]);
+    cluster.converged().await;
+    for id in NODES {
+        let client = cluster.client(id);
+        assert_eq!(client.cluster().await.unwrap().cluster_version.as_deref(), Some("0.2"));
+        assert_eq!(client.kv_get("count", Read::Local).await.unwrap().as_deref(), Some(&b"6"[..]));
+    }
+
+    // After finalizing, 0.1.0 refuses the data directory and says why.
+    cluster.kill9(3);
+    cluster.binaries.insert(3, old.clone());
+    let mut child = cluster.node_command(3).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            let _ = child.kill();
+            panic!("a 0.1.0 node runs on a 0.2 cluster's data");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "a 0.1.0 node started on a 0.2 cluster's data");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(
+        said.contains("cluster version 0.2")
+            && said.contains("(0.1.0)")
+            && said.contains("runs cluster versions 0.1"),
+        "{said}"
+    );
+    // On 0.2.0 it comes back with everything.
+    restart_on(&mut cluster, 3, &new).await;
+    let count = cluster.client(3).kv_get("count", Read::Linearizable).await.unwrap();
+    assert_eq!(count.as_deref(), Some(&b"6"[..]));
 }

@@ -688,6 +688,24 @@ impl Client {
         answer["index"].as_u64().ok_or_else(|| Error::BadResponse(format!("no index in {answer}")))
     }
 
+    /// Adds `by` to the counter under `key` (absent: 0; negative subtracts);
+    /// answers its new value. Needs cluster version 0.2 (see
+    /// [`Client::finalize`]).
+    pub async fn kv_increment(&self, key: &str, by: i64) -> Result<views::Counted, Error> {
+        let body = serde_json::json!({ "increment": by });
+        self.typed(self.request(Method::POST, &["v1", "kv", key])?.json(&body)).await
+    }
+
+    /// Finalizes an upgrade: raises the cluster version to `version`, or
+    /// to the highest every member runs (admin only).
+    pub async fn finalize(&self, version: Option<&str>) -> Result<views::Finalized, Error> {
+        let mut request = self.request(Method::POST, &["v1", "admin", "finalize"])?;
+        if let Some(version) = version {
+            request = request.json(&serde_json::json!({ "version": version }));
+        }
+        self.typed(request).await
+    }
+
     /// The bytes under `key`; `None` when absent.
     pub async fn kv_get(&self, key: &str, read: Read) -> Result<Option<Bytes>, Error> {
         let request =

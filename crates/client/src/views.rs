@@ -75,6 +75,10 @@ pub struct ClusterView {
     pub leader: Option<u64>,
     /// 0 for a single node that never replicated.
     pub configuration_id: u32,
+    /// The cluster version (the feature gate) in this node's state; absent
+    /// from nodes older than the gate.
+    #[serde(default)]
+    pub cluster_version: Option<String>,
     /// The control plane's last report, from this node's copy of the
     /// control record; `null` before the control plane wrote one.
     #[schema(value_type = Option<Object>)]
@@ -124,6 +128,24 @@ pub struct FailureDetail {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Written {
     pub index: u64,
+}
+
+/// A counter's answer (`POST /v1/kv/{key}` with `{"increment": N}`): its
+/// value after the increment, and the log index it applied at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Counted {
+    pub value: i64,
+    pub index: u64,
+}
+
+/// The answer of `POST /v1/admin/finalize`: the cluster version before and
+/// after, and the log index of the change (`None` when it was already
+/// there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Finalized {
+    pub cluster_version: String,
+    pub previous: String,
+    pub index: Option<u64>,
 }
 
 /// The answer of a write that may create (a table, a replaced document, a

@@ -92,6 +92,11 @@ pub struct Observed {
     /// (the leader agent's clock): when scheduled backups fall due.
     #[serde(default)]
     pub now_ms: u64,
+    /// The cluster version (`MAJOR.MINOR`) in the leader node's state:
+    /// releases that cannot run it are refused. `None` from a node older
+    /// than the cluster version gate.
+    #[serde(default)]
+    pub cluster_version: Option<String>,
 }
 
 impl Observed {

@@ -52,6 +52,8 @@
 
 use std::collections::BTreeMap;
 
+use cairn_util::cluster_version::{supported_by, ClusterVersion};
+
 use crate::desired::DesiredState;
 use crate::model::{
     majority, BackupRecord, ControlState, HostCondition, HostObs, HostPlan, HostRole, NodeObs,
@@ -499,6 +501,9 @@ impl Planner<'_> {
     /// again; the executor waits for it to catch up).
     fn rolling_upgrade(&self) -> Option<Next> {
         let version = &self.desired.version;
+        if let Some(blocked) = self.cannot_run_cluster(version) {
+            return Some(blocked);
+        }
         self.one_at_a_time(
             |node| node.version != *version,
             |host| Step::RunVersion {
@@ -508,6 +513,27 @@ impl Planner<'_> {
             },
             |host| format!("moving {host} to {version} now would cost the quorum"),
         )
+    }
+
+    /// Refuses a release that cannot run the cluster at its cluster version,
+    /// when some member would move to it: a downgrade below a finalized
+    /// upgrade, or a jump past the release after the cluster's.
+    fn cannot_run_cluster(&self, version: &str) -> Option<Next> {
+        let moving = self.observed.members.iter().any(|&id| {
+            let node = self.observed.host_of(id).and_then(|host| host.node.as_ref());
+            node.is_some_and(|node| node.version != version)
+        });
+        let cluster = self.observed.cluster_version.as_deref()?;
+        let cluster = ClusterVersion::parse(cluster).ok()?;
+        let supported = supported_by(version).ok()?;
+        if !moving || supported.contains(cluster) {
+            return None;
+        }
+        Some(Next::Blocked(format!(
+            "version {version} runs cluster versions {supported}, and the cluster runs at \
+             cluster version {cluster}: a finalized upgrade cannot be downgraded, and an upgrade \
+             goes one minor release at a time"
+        )))
     }
 
     fn rolling_restart(&self) -> Option<Next> {

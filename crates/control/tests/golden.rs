@@ -15,6 +15,8 @@
 //! - `member HOST ZONE ID`: a host whose healthy node is member ID;
 //! - `empty HOST ZONE`: a host whose agent answers and holds no node;
 //! - `leader ID`;
+//! - `cluster-version MAJOR.MINOR`: the cluster version the leader's node
+//!   reports (none until told);
 //! - `failed HOST`, `unreachable HOST`: the cloud says the host failed, or
 //!   its agent does not answer (no node seen either way);
 //! - `unhealthy HOST`, `healthy HOST`: its node runs but does not serve,
@@ -117,6 +119,9 @@ impl Script {
                 self.host(host, zone, HostCondition::Running, Some(absent));
             }
             ["leader", id] => self.observed.leader = Some(number(id)?),
+            ["cluster-version", version] => {
+                self.observed.cluster_version = Some(version.to_string())
+            }
             ["failed", host] => {
                 self.set(host, |h| (h.state, h.node) = (HostCondition::Failed, None))?
             }

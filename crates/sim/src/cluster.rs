@@ -158,6 +158,13 @@ pub(crate) fn key_name(k: u64) -> String {
     format!("k{k}")
 }
 
+/// Keys of counters: only increments and reads reach them.
+const COUNTER_KEYS: u64 = 2;
+
+fn counter_name(k: u64) -> String {
+    format!("n{k}")
+}
+
 /// A fresh, empty directory for a node's store: memory-backed when the
 /// machine has it (the simulator crashes processes, never disks, so nothing
 /// is lost).
@@ -185,6 +192,10 @@ pub struct Report {
     pub unknown_outcomes: usize,
     /// Keys whose linearizability search ran out of budget.
     pub unchecked_keys: usize,
+    /// Increments that returned a sum, and those the gate refused (before
+    /// the finalize applied).
+    pub adds: usize,
+    pub adds_refused: u64,
     pub snapshots_installed: u64,
     /// Pages feeds read and events they delivered, their moves to other
     /// nodes, and their restarts (no node kept their cursor).
@@ -301,9 +312,29 @@ struct SimNode {
 #[derive(Clone, Debug)]
 enum ClientOp {
     OpenSession,
-    Put { key: String, value: Vec<u8>, id: CommandId },
-    Delete { key: String, id: CommandId },
-    Get { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        id: CommandId,
+    },
+    Delete {
+        key: String,
+        id: CommandId,
+    },
+    Get {
+        key: String,
+    },
+    /// `Op::KvIncrement` of a counter key.
+    Add {
+        key: String,
+        by: i64,
+        id: CommandId,
+    },
+    /// Raises the cluster version to what this build runs, which opens the
+    /// gate of increments: refused until it applies.
+    Finalize {
+        id: CommandId,
+    },
 }
 
 struct InFlight {
@@ -368,6 +399,9 @@ struct Sim {
     planted: Planted,
     /// Keys whose linearizability search ran out of budget (a violation).
     unchecked_keys: usize,
+    /// Whether a client was given the finalize to send.
+    finalize_sent: bool,
+    refused_adds: u64,
 }
 
 impl Sim {
@@ -417,6 +451,8 @@ impl Sim {
             liveness: false,
             planted,
             unchecked_keys: 0,
+            finalize_sent: false,
+            refused_adds: 0,
         };
         for id in ids {
             sim.start(id);
@@ -872,8 +908,9 @@ impl Sim {
     /// client `turn` on; answers the turn after the last.
     fn schedule_final_reads(&mut self, node: NodeId, mut turn: usize) -> usize {
         let clients = self.clients.len();
-        for k in 0..self.params.keys {
-            self.clients[turn % clients].final_reads.push((node, key_name(k as u64)));
+        let keys = (0..self.params.keys as u64).map(key_name);
+        for key in keys.chain((0..COUNTER_KEYS).map(counter_name)) {
+            self.clients[turn % clients].final_reads.push((node, key));
             turn += 1;
         }
         turn
@@ -942,18 +979,30 @@ impl Sim {
             return;
         }
         let key = key_name(self.rng.below(self.params.keys as u64));
+        let counter = counter_name(self.rng.below(COUNTER_KEYS));
         let roll = self.rng.below(100);
+        let finalize = !self.finalize_sent && self.rng.chance(20);
+        self.finalize_sent |= finalize;
+        let by = 1 + self.rng.below(3) as i64;
         let client = &mut self.clients[c];
         let session = client.session.expect("a session");
-        let op = if roll < 50 {
+        let op = if finalize {
+            client.seq += 1;
+            ClientOp::Finalize { id: CommandId { session, seq: client.seq } }
+        } else if roll < 44 {
             client.seq += 1;
             let value = format!("c{}.{}", client.id, client.seq).into_bytes();
             ClientOp::Put { key, value, id: CommandId { session, seq: client.seq } }
-        } else if roll < 85 {
+        } else if roll < 78 {
             ClientOp::Get { key }
-        } else {
+        } else if roll < 88 {
             client.seq += 1;
             ClientOp::Delete { key, id: CommandId { session, seq: client.seq } }
+        } else if roll < 97 {
+            client.seq += 1;
+            ClientOp::Add { key: counter, by, id: CommandId { session, seq: client.seq } }
+        } else {
+            ClientOp::Get { key: counter }
         };
         client.in_flight = Some(InFlight::new(op, now));
         self.submit(c, timeout);
@@ -986,6 +1035,18 @@ impl Sim {
                 driver.propose(request, Command::new(Some(id), Op::KvDelete { key }), &mut out)
             }
             ClientOp::Get { .. } => driver.read(request, &mut out),
+            ClientOp::Add { key, by, id } => {
+                let command = Command::new(Some(id), Op::KvIncrement { key, by });
+                driver.propose(request, command, &mut out)
+            }
+            ClientOp::Finalize { id } => {
+                let json = cairn_storage::cluster_version::record_json(
+                    cairn_storage::cluster_version::supported().max,
+                );
+                let key = cairn_storage::CLUSTER_VERSION_KEY.to_string();
+                let op = Op::SystemPut { key, json, expect_revision: None };
+                driver.propose(request, Command::new(Some(id), op), &mut out)
+            }
         }
         self.routes.insert(request, c);
         self.send_all(node, out.messages);
@@ -1053,6 +1114,24 @@ impl Sim {
                 Outcome::Deleted { existed } => KvOutput::Delete { existed },
                 other => return self.unexpected(c, other),
             },
+            (ClientOp::Add { .. }, Answer::Applied(applied)) => match applied.outcome {
+                Outcome::Counted { value } => KvOutput::Added(value),
+                // Before the finalize applied: refused, the same on every
+                // replica, and it took no effect.
+                Outcome::Failed(cairn_storage::ApplyError::Invalid { .. }) => {
+                    self.refused_adds += 1;
+                    self.clients[c].in_flight = None;
+                    return;
+                }
+                other => return self.unexpected(c, other),
+            },
+            (ClientOp::Finalize { .. }, Answer::Applied(applied)) => match applied.outcome {
+                Outcome::Replaced { .. } => {
+                    self.clients[c].in_flight = None;
+                    return;
+                }
+                other => return self.unexpected(c, other),
+            },
             (ClientOp::Get { key }, Answer::ReadReady { .. }) => {
                 let driver = self.nodes.get(&node).and_then(|n| n.driver.as_ref()).expect("up");
                 let value = driver.state_machine().store().kv_get(key).expect("a local read");
@@ -1075,7 +1154,8 @@ impl Sim {
             ClientOp::Put { key, value, .. } => (key, linearizability::Op::Put { value }),
             ClientOp::Delete { key, .. } => (key, linearizability::Op::Delete),
             ClientOp::Get { key } => (key, linearizability::Op::Get),
-            ClientOp::OpenSession => unreachable!("handled above"),
+            ClientOp::Add { key, by, .. } => (key, linearizability::Op::Add { by }),
+            ClientOp::OpenSession | ClientOp::Finalize { .. } => unreachable!("handled above"),
         };
         self.record(client_id, key, op, invoked_at, Completion::Returned { at: now, output });
     }
@@ -1101,7 +1181,8 @@ impl Sim {
         let (key, op) = match flight.op {
             ClientOp::Put { key, value, .. } => (key, linearizability::Op::Put { value }),
             ClientOp::Delete { key, .. } => (key, linearizability::Op::Delete),
-            ClientOp::Get { .. } | ClientOp::OpenSession => return,
+            ClientOp::Add { key, by, .. } => (key, linearizability::Op::Add { by }),
+            ClientOp::Get { .. } | ClientOp::OpenSession | ClientOp::Finalize { .. } => return,
         };
         self.record(client, key, op, flight.invoked_at, Completion::Unknown);
     }
@@ -1209,6 +1290,14 @@ impl Sim {
                 .filter(|e| e.completion == Completion::Unknown)
                 .count(),
             unchecked_keys,
+            adds: self
+                .history
+                .iter()
+                .filter(|e| {
+                    matches!(e.completion, Completion::Returned { output: KvOutput::Added(_), .. })
+                })
+                .count(),
+            adds_refused: self.refused_adds,
             snapshots_installed,
             feed_pages: self.feeds.pages,
             feed_events: self.feeds.events,

@@ -13,7 +13,10 @@
 //!
 //! Each key is a register holding `Option<Vec<u8>>`, absent at first. `Put`
 //! sets it and outputs nothing; `Get` outputs it; `Delete` clears it and
-//! outputs whether it held a value. Linearizability is compositional: a
+//! outputs whether it held a value. A counter key takes `Add` (the state
+//! machine's increment) and `Get` only: `Add` adds to the decimal integer
+//! it holds (absent: 0) and outputs the sum. Counters whose value would
+//! reach `i64::MIN` or `i64::MAX` are outside the model. Linearizability is compositional: a
 //! history is linearizable if and only if the sub-history of every key is. So
 //! each key is checked alone, keys in sorted order, and the report does not
 //! depend on how the history interleaves keys.
@@ -132,6 +135,7 @@ pub enum Op {
     Put { value: Vec<u8> },
     Get,
     Delete,
+    Add { by: i64 },
 }
 
 /// What an operation returned; its variant must match the operation's.
@@ -139,7 +143,11 @@ pub enum Op {
 pub enum Output {
     Put,
     Get(Option<Vec<u8>>),
-    Delete { existed: bool },
+    Delete {
+        existed: bool,
+    },
+    /// The counter after the addition.
+    Added(i64),
 }
 
 /// How an operation ended, as its client saw it.
@@ -187,6 +195,10 @@ pub enum HistoryError {
         op: &'static str,
         output: &'static str,
     },
+    #[error(
+        "history entry {index} is a {op} on counter key {key:?}, which takes adds and gets only"
+    )]
+    NotACounterOp { index: usize, key: String, op: &'static str },
 }
 
 /// How much one key's search may spend before its verdict is unknown.
@@ -322,6 +334,17 @@ pub fn check_with_budget(history: &[Entry], budget: Budget) -> Result<Report, Hi
         validate(index, entry)?;
         by_key.entry(&entry.key).or_default().push(index);
     }
+    for indexes in by_key.values() {
+        if !indexes.iter().any(|&i| matches!(history[i].op, Op::Add { .. })) {
+            continue;
+        }
+        if let Some(&index) =
+            indexes.iter().find(|&&i| matches!(history[i].op, Op::Put { .. } | Op::Delete))
+        {
+            let (key, op) = (history[index].key.clone(), op_name(&history[index].op));
+            return Err(HistoryError::NotACounterOp { index, key, op });
+        }
+    }
     let keys = by_key
         .into_iter()
         .map(|(key, indexes)| check_key(key, history, &indexes, budget))
@@ -349,6 +372,7 @@ fn validate(index: usize, entry: &Entry) -> Result<(), HistoryError> {
         (Op::Put { .. }, Output::Put)
             | (Op::Get, Output::Get(_))
             | (Op::Delete, Output::Delete { .. })
+            | (Op::Add { .. }, Output::Added(_))
     );
     if !matches {
         let (op, output) = (op_name(&entry.op), output_name(output));
@@ -362,6 +386,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Put { .. } => "put",
         Op::Get => "get",
         Op::Delete => "delete",
+        Op::Add { .. } => "add",
     }
 }
 
@@ -370,6 +395,7 @@ fn output_name(output: &Output) -> &'static str {
         Output::Put => "put",
         Output::Get(_) => "get",
         Output::Delete { .. } => "delete",
+        Output::Added(_) => "add",
     }
 }
 
@@ -405,16 +431,24 @@ struct Observations<'h> {
     absent_until: Option<Tick>,
     /// Deletes that found a value.
     present_until: Option<Tick>,
+    /// Any returned operation (a counter's adds and reads all observe it).
+    any_until: Option<Tick>,
 }
 
 impl<'h> Observations<'h> {
     fn new(entries: impl Iterator<Item = &'h Entry>) -> Observations<'h> {
-        let mut seen =
-            Observations { value_until: BTreeMap::new(), absent_until: None, present_until: None };
+        let mut seen = Observations {
+            value_until: BTreeMap::new(),
+            absent_until: None,
+            present_until: None,
+            any_until: None,
+        };
         for entry in entries {
             let Completion::Returned { at, output } = &entry.completion else { continue };
+            let any = seen.any_until.get_or_insert(*at);
+            *any = (*any).max(*at);
             let until = match output {
-                Output::Put => continue,
+                Output::Put | Output::Added(_) => continue,
                 Output::Get(Some(value)) => seen.value_until.entry(value).or_insert(*at),
                 Output::Get(None) | Output::Delete { existed: false } => {
                     seen.absent_until.get_or_insert(*at)
@@ -441,6 +475,8 @@ impl<'h> Observations<'h> {
                 since(self.value_until.get(&value[..]).copied()) || since(self.present_until)
             }
             (Op::Delete, Completion::Unknown) => since(self.absent_until),
+            // Whatever follows an add on its counter depends on it.
+            (Op::Add { .. }, Completion::Unknown) => since(self.any_until),
         }
     }
 }
@@ -457,6 +493,11 @@ enum Step {
     Get(State),
     /// `None`: the outcome is unknown and any answer fits.
     Delete(Option<bool>),
+    /// An add to a counter, with the sum it returned (`None`: unknown).
+    Add {
+        by: i64,
+        sum: Option<i64>,
+    },
 }
 
 impl Step {
@@ -468,20 +509,56 @@ impl Step {
             Step::Get(expected) => (expected == state).then_some(state),
             Step::Delete(None) => Some(ABSENT),
             Step::Delete(Some(existed)) => (existed == (state != ABSENT)).then_some(ABSENT),
+            Step::Add { by, sum } => {
+                let after = counter_of(state)?.checked_add(by).and_then(counter_state);
+                match sum {
+                    Some(sum) => after.filter(|&after| counter_state(sum) == Some(after)),
+                    // Unknown: it applied, or the state machine refused it.
+                    None => Some(after.unwrap_or(state)),
+                }
+            }
         }
     }
 }
+
+/// A counter key's state: [`ABSENT`], a value's zigzag code plus one, or
+/// [`NOT_A_COUNTER`]. `None` for `i64::MIN` and `i64::MAX`, outside the
+/// model.
+fn counter_state(value: i64) -> Option<State> {
+    let zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    zigzag.checked_add(1).filter(|&state| state != NOT_A_COUNTER)
+}
+
+/// The counter a state holds (absent: 0); `None` for [`NOT_A_COUNTER`].
+fn counter_of(state: State) -> Option<i64> {
+    match state {
+        ABSENT => Some(0),
+        NOT_A_COUNTER => None,
+        code => {
+            let zigzag = code - 1;
+            Some(((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64))
+        }
+    }
+}
+
+/// A counter key's state for a read of a value that is no counter: no
+/// add fits it, so a read of one is a violation.
+const NOT_A_COUNTER: State = State::MAX;
 
 /// A key's values, interned (ids from 1 in order of first appearance), and
 /// its operations as [`Step`]s.
 struct Model<'h> {
     values: Vec<&'h [u8]>,
     steps: Vec<Step>,
+    /// A counter key: states are [`counter_state`]s, not interned values.
+    counter: bool,
 }
 
 impl<'h> Model<'h> {
     fn new(entries: &[&'h Entry]) -> Model<'h> {
-        let mut model = Model { values: Vec::new(), steps: Vec::with_capacity(entries.len()) };
+        let counter = entries.iter().any(|entry| matches!(entry.op, Op::Add { .. }));
+        let mut model =
+            Model { values: Vec::new(), steps: Vec::with_capacity(entries.len()), counter };
         let mut ids: BTreeMap<&'h [u8], State> = BTreeMap::new();
         for entry in entries {
             let mut intern = |value: &'h [u8]| {
@@ -491,6 +568,18 @@ impl<'h> Model<'h> {
                 })
             };
             let step = match (&entry.op, &entry.completion) {
+                (Op::Get, Completion::Returned { output: Output::Get(value), .. }) if counter => {
+                    let parsed =
+                        value.as_deref().map(cairn_storage::cluster_version::parse_counter);
+                    Step::Get(match parsed {
+                        None => ABSENT,
+                        Some(parsed) => parsed.and_then(counter_state).unwrap_or(NOT_A_COUNTER),
+                    })
+                }
+                (Op::Add { by }, Completion::Returned { output: Output::Added(sum), .. }) => {
+                    Step::Add { by: *by, sum: Some(*sum) }
+                }
+                (Op::Add { by }, Completion::Unknown) => Step::Add { by: *by, sum: None },
                 (Op::Put { value }, _) => Step::Put(intern(value)),
                 (Op::Get, Completion::Returned { output: Output::Get(value), .. }) => {
                     Step::Get(value.as_deref().map_or(ABSENT, &mut intern))
@@ -508,6 +597,10 @@ impl<'h> Model<'h> {
     }
 
     fn value(&self, state: State) -> Option<Vec<u8>> {
+        if self.counter {
+            let text = counter_of(state).map_or("(not a counter)".to_string(), |v| v.to_string());
+            return (state != ABSENT).then(|| text.into_bytes());
+        }
         (state != ABSENT).then(|| self.values[state as usize - 1].to_vec())
     }
 }

@@ -368,6 +368,7 @@ fn history(plan: &[Planned]) -> Vec<Entry> {
             }
             (_, Op::Get) => Some(Output::Get(map.get(&planned.key).cloned())),
             (_, Op::Delete) => Some(Output::Delete { existed: map.remove(&planned.key).is_some() }),
+            (_, Op::Add { .. }) => unreachable!("plans hold registers only"),
         };
         let completion = match (planned.fate, output) {
             (Fate::Returned, Some(output)) => {
@@ -421,6 +422,7 @@ fn linearizable_by_brute_force(
             (Op::Delete, Some(Output::Delete { existed })) => {
                 (*existed == value.is_some()).then_some(None)
             }
+            (Op::Add { .. }, _) => unreachable!("register histories hold no adds"),
             (_, Some(_)) => unreachable!("generated outputs match their operations"),
         };
         let Some(after) = after else { continue };
@@ -433,6 +435,75 @@ fn linearizable_by_brute_force(
     }
     // Unknown operations may also never take effect.
     history.iter().zip(done.iter()).all(|(entry, &done)| done || returned_at(entry).is_none())
+}
+
+/// [`linearizable_by_brute_force`] for a counter key: adds and reads.
+fn counter_linearizable_by_brute_force(
+    history: &[Entry],
+    done: &mut Vec<bool>,
+    value: Option<i64>,
+) -> bool {
+    if done.iter().all(|&done| done) {
+        return true;
+    }
+    let returned_at = |entry: &Entry| match entry.completion {
+        Completion::Returned { at, .. } => Some(at),
+        Completion::Unknown => None,
+    };
+    for (i, entry) in history.iter().enumerate() {
+        let must_wait = history.iter().zip(done.iter()).any(|(other, &other_done)| {
+            !other_done && returned_at(other).is_some_and(|at| at < entry.invoked_at)
+        });
+        if done[i] || must_wait {
+            continue;
+        }
+        let output = match &entry.completion {
+            Completion::Returned { output, .. } => Some(output),
+            Completion::Unknown => None,
+        };
+        let sum = value.unwrap_or(0);
+        let after = match (&entry.op, output) {
+            (Op::Add { by }, None) => Some(Some(sum + by)),
+            (Op::Add { by }, Some(Output::Added(got))) => (*got == sum + by).then_some(Some(*got)),
+            (Op::Get, None) => Some(value),
+            (Op::Get, Some(Output::Get(read))) => {
+                let shown = value.map(|v| v.to_string().into_bytes());
+                (read.as_deref() == shown.as_deref()).then_some(value)
+            }
+            _ => unreachable!("counter histories hold adds and reads"),
+        };
+        let Some(after) = after else { continue };
+        done[i] = true;
+        let found = counter_linearizable_by_brute_force(history, done, after);
+        done[i] = false;
+        if found {
+            return true;
+        }
+    }
+    history.iter().zip(done.iter()).all(|(entry, &done)| done || returned_at(entry).is_none())
+}
+
+/// A small counter history with arbitrary outputs: linearizable or not.
+fn arbitrary_counter_history() -> impl Strategy<Value = Vec<Entry>> {
+    let read = prop::option::of(0..6i64);
+    let op = prop_oneof![
+        (1..3i64, 0..6i64).prop_map(|(by, sum)| (Op::Add { by }, Output::Added(sum))),
+        read.prop_map(|v| (Op::Get, Output::Get(v.map(|v| v.to_string().into_bytes())))),
+    ];
+    let entry = (op, 0..8 as Tick, 0..4 as Tick, prop::bool::weighted(0.25)).prop_map(
+        |((op, output), invoked_at, width, unknown)| Entry {
+            client: 1,
+            key: "n".into(),
+            op,
+            invoked_at,
+            completion: if unknown {
+                Completion::Unknown
+            } else {
+                Completion::Returned { at: invoked_at + width, output }
+            },
+        },
+    );
+    prop::collection::vec(entry, 1..=6)
 }
 
 /// A small one-key history with arbitrary outputs: linearizable or not.
@@ -500,6 +571,16 @@ proptest! {
         prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
         prop_assert_eq!(report.unknown_keys(), 0);
     }
+
+    // The same for counters: adds and reads, unknown adds dropped or not.
+    #[test]
+    fn counters_agree_with_brute_force(history in arbitrary_counter_history()) {
+        let expected =
+            counter_linearizable_by_brute_force(&history, &mut vec![false; history.len()], None);
+        let report = checked(&history);
+        prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
+        prop_assert_eq!(report.unknown_keys(), 0);
+    }
 }
 
 // 2,000 operations over 20 keys, each overlapping about 100 others (five on
@@ -519,4 +600,47 @@ fn large_history_checks() {
     assert!(report.is_linearizable(), "{report}");
     let steps: u64 = report.keys.iter().map(|key| key.steps).sum();
     eprintln!("checked {} operations, {steps} steps, in {elapsed:?}", history.len());
+}
+
+fn add(key: &str, by: i64, ticks: Range<Tick>, sum: i64) -> Entry {
+    returned(key, Op::Add { by }, ticks, Output::Added(sum))
+}
+
+// Counters: adds return their sum, so an add applied twice (a retry that
+// took effect again) or lost shows in the sums and the reads.
+#[test]
+fn concurrent_adds_linearize_in_the_order_their_sums_tell() {
+    assert_linearizable(&[
+        add("c", 1, 0..10, 2),
+        add("c", 1, 1..9, 1),
+        get("c", Some("2"), 11..12),
+        add("c", -5, 13..14, -3),
+        get("c", Some("-3"), 15..16),
+    ]);
+}
+
+#[test]
+fn an_add_applied_twice_is_caught() {
+    // One client's add of 1, retried and applied again: the sums 1 then 2
+    // cannot both come from one add, and a later read sees 2.
+    assert_violation_on(&[add("c", 1, 0..2, 1), get("c", Some("2"), 3..4)], "c");
+    assert_violation_on(&[add("c", 2, 0..2, 2), add("c", 1, 3..4, 4)], "c");
+}
+
+#[test]
+fn an_add_of_unknown_outcome_may_have_applied_or_not() {
+    assert_linearizable(&[unknown("c", Op::Add { by: 5 }, 0), get("c", Some("5"), 3..4)]);
+    assert_linearizable(&[unknown("c", Op::Add { by: 5 }, 0), get("c", None, 3..4)]);
+    // ... but only once.
+    let history =
+        [unknown("c", Op::Add { by: 5 }, 0), get("c", Some("5"), 3..4), get("c", Some("10"), 5..6)];
+    assert_violation_on(&history, "c");
+    // A read of something no add makes.
+    assert_violation_on(&[add("c", 1, 0..1, 1), get("c", Some("x"), 2..3)], "c");
+}
+
+#[test]
+fn a_counter_key_takes_adds_and_gets_only() {
+    let history = [add("c", 1, 0..1, 1), put("c", "7", 2..3)];
+    assert!(matches!(check(&history), Err(HistoryError::NotACounterOp { index: 1, .. })));
 }

@@ -48,6 +48,8 @@ struct Totals {
     operations: usize,
     unknown: usize,
     unchecked: usize,
+    adds: usize,
+    adds_refused: u64,
     snapshots: u64,
     configurations: u64,
     ticks: u64,
@@ -67,6 +69,8 @@ impl Totals {
         self.operations += report.operations;
         self.unknown += report.unknown_outcomes;
         self.unchecked += report.unchecked_keys;
+        self.adds += report.adds;
+        self.adds_refused += report.adds_refused;
         self.snapshots += report.snapshots_installed;
         self.configurations += report.configurations - 1;
         self.ticks += report.ticks;
@@ -184,7 +188,8 @@ fn simulated_clusters_keep_their_promises() {
     }
     eprintln!(
         "{} seeds in {elapsed:.1} s on {threads} threads ({:.1} seeds/s): {} ticks \
-         (longest run {}), {} operations ({} unknown), {} keys unchecked (budget), {} snapshots \
+         (longest run {}), {} operations ({} unknown; {} increments, {} refused by the gate), \
+         {} keys unchecked (budget), {} snapshots \
          installed, {} membership changes made, {} messages dropped, {} feed events ({} moves \
          to another node, {} restarts), faults {:?}",
         t.seeds,
@@ -193,6 +198,8 @@ fn simulated_clusters_keep_their_promises() {
         t.longest,
         t.operations,
         t.unknown,
+        t.adds,
+        t.adds_refused,
         t.unchecked,
         t.snapshots,
         t.configurations,

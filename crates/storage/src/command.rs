@@ -145,6 +145,14 @@ pub enum Op {
         json: String,
         expect_revision: Option<u64>,
     },
+    /// Adds `by` to the counter under `key` (absent: 0), stored as decimal
+    /// text. Gated: applies only once the cluster version allows
+    /// [`crate::cluster_version::KV_INCREMENT`]; new variants go last, so
+    /// that older entries keep their encoding.
+    KvIncrement {
+        key: String,
+        by: i64,
+    },
 }
 
 /// The table of the system's own records; its name starts with `_`, which
@@ -183,6 +191,10 @@ pub enum Outcome {
     },
     KvWritten,
     Failed(ApplyError),
+    /// The counter after an increment.
+    Counted {
+        value: i64,
+    },
 }
 
 /// Deterministic refusals: every replica reaches the same one for the same

@@ -530,6 +530,17 @@ impl Store {
         }
     }
 
+    /// The cluster version of this node's state
+    /// ([`crate::cluster_version`]): the base version without a record.
+    pub fn cluster_version(&self) -> Result<crate::ClusterVersion, Error> {
+        match self.get_system(crate::CLUSTER_VERSION_KEY)? {
+            None => Ok(crate::ClusterVersion::BASE),
+            Some(json) => {
+                crate::cluster_version::from_record(&json).map_err(|what| Error::Corrupt { what })
+            }
+        }
+    }
+
     /// The value under a key of the key-value space.
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.db.get_cf(self.cf(CF_KV), key)?)

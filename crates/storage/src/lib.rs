@@ -17,6 +17,7 @@
 
 pub mod backup;
 pub mod changes;
+pub mod cluster_version;
 pub mod command;
 pub mod engine;
 pub mod fnv;
@@ -24,6 +25,7 @@ pub mod log_store;
 pub mod machine;
 pub mod snapshot;
 
+pub use cluster_version::{ClusterVersion, CLUSTER_VERSION_KEY};
 pub use command::{
     ApplyError, Command, CommandId, CompactionMarker, Conflict, Doc, Op, Outcome, WaitKey,
     COMMAND_BYTES_MAX, DOC_BYTES_MAX, KV_VALUE_BYTES_MAX, SEQ_GAP_MAX,
@@ -68,6 +70,15 @@ pub enum Error {
         cairn_util::version()
     )]
     Format { dir: String, found: u64, reads: String },
+    /// The state is at a cluster version this binary cannot run (a data
+    /// directory, a snapshot, or a finalize entry of the log): the node
+    /// stops rather than apply what it may not know.
+    #[error(
+        "the cluster runs at cluster version {cluster}; this version of Cairn ({}) runs \
+         cluster versions {supported}: run a version of Cairn that runs {cluster}",
+        cairn_util::version()
+    )]
+    ClusterVersion { cluster: String, supported: String },
 }
 
 impl Error {

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::changes::{self, Kept, Subject, Window, META_CHANGES_BYTES, META_CHANGES_FIRST};
+use crate::cluster_version::{self, ClusterVersion, Feature, CLUSTER_VERSION_KEY, KV_INCREMENT};
 use crate::command::{
     validate_doc_id, validate_doc_size, validate_kv_key, validate_kv_value, validate_table_name,
     ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome, INSERT_DOCS_MAX, SEQ_GAP_MAX,
@@ -91,6 +92,7 @@ impl StateMachine {
         if store.snapshot_install_incomplete()? {
             return Err(Error::SnapshotIncomplete);
         }
+        check_cluster_version(&store)?;
         // `Store::open` already read the applied index from disk.
         let applied_index = store.applied_index();
         let session_count = store.read_meta_u64(META_SESSION_COUNT)?;
@@ -124,6 +126,7 @@ impl StateMachine {
         if self.store.snapshot_install_incomplete()? {
             return Err(Error::SnapshotIncomplete);
         }
+        check_cluster_version(&self.store)?;
         self.applied_index = self.store.read_meta_u64(META_APPLIED_INDEX)?;
         self.session_count = self.store.read_meta_u64(META_SESSION_COUNT)?;
         self.kept = Kept::read(&self.store)?;
@@ -317,9 +320,13 @@ impl StateMachine {
             Op::Delete { table, id } => delete(batch, table, id),
             Op::KvPut { key, value } => kv_put(batch, key, value),
             Op::KvDelete { key } => kv_delete(batch, key),
+            Op::SystemPut { key, json, expect_revision } if key == CLUSTER_VERSION_KEY => {
+                set_cluster_version(batch, index, json, *expect_revision)
+            }
             Op::SystemPut { key, json, expect_revision } => {
                 system_put(batch, index, key, json, *expect_revision)
             }
+            Op::KvIncrement { key, by } => kv_increment(batch, key, *by),
         };
         Ok(match outcome? {
             Ok(outcome) => outcome,
@@ -609,6 +616,105 @@ fn system_put(
     batch.change(subject, current.as_deref(), Some(&json));
     batch.put(Cf::Docs, doc_key, json);
     Ok(Ok(Outcome::Replaced { created }))
+}
+
+/// Refuses a store at a cluster version this binary does not run.
+fn check_cluster_version(store: &Store) -> Result<(), Error> {
+    let cluster = store.cluster_version()?;
+    let supported = cluster_version::supported();
+    if supported.contains(cluster) {
+        return Ok(());
+    }
+    Err(Error::ClusterVersion { cluster: cluster.to_string(), supported: supported.to_string() })
+}
+
+/// The cluster version in the state as of this point of the batch.
+fn batch_cluster_version(batch: &Batch) -> Result<ClusterVersion, Error> {
+    match batch.get(Cf::Docs, &doc_key(SYSTEM_TABLE, CLUSTER_VERSION_KEY))? {
+        None => Ok(ClusterVersion::BASE),
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            cluster_version::from_record(&text).map_err(|what| Error::Corrupt { what })
+        }
+    }
+}
+
+/// Refuses, the same on every replica, a command of a feature the cluster
+/// version does not turn on yet.
+fn gate(batch: &Batch, feature: Feature) -> Result<Result<(), ApplyError>, Error> {
+    let cluster = batch_cluster_version(batch)?;
+    if feature.allowed_at(cluster) {
+        return Ok(Ok(()));
+    }
+    Ok(Err(invalid(format!(
+        "{} needs cluster version {}, and the cluster runs at {cluster}: once every node runs \
+         Cairn {}.{} or newer, finalize the upgrade (`cairn cluster finalize`)",
+        feature.name, feature.since, feature.since.major, feature.since.minor
+    ))))
+}
+
+/// Finalizing: raises the cluster version record. Its JSON must be
+/// `{"version": "MAJOR.MINOR"}`, at or above the current version; it is
+/// stored in that one form. A version this binary does not run is a fault,
+/// not an answer: the node stops before applying what it may not know,
+/// while the nodes that run it go on.
+fn set_cluster_version(
+    batch: &mut Batch,
+    index: u64,
+    json: &str,
+    expect_revision: Option<u64>,
+) -> Effect {
+    let version = match cluster_version::from_record(json) {
+        Ok(version) => version,
+        Err(message) => return Ok(Err(invalid(message))),
+    };
+    let current = batch_cluster_version(batch)?;
+    if version < current {
+        return Ok(Err(invalid(format!(
+            "the cluster version is {current}, and it never goes down (asked: {version})"
+        ))));
+    }
+    let supported = cluster_version::supported();
+    if !supported.contains(version) {
+        return Err(Error::ClusterVersion {
+            cluster: version.to_string(),
+            supported: supported.to_string(),
+        });
+    }
+    system_put(
+        batch,
+        index,
+        CLUSTER_VERSION_KEY,
+        &cluster_version::record_json(version),
+        expect_revision,
+    )
+}
+
+/// Adds to a counter of the key-value space.
+fn kv_increment(batch: &mut Batch, key: &str, by: i64) -> Effect {
+    if let Err(refusal) = gate(batch, KV_INCREMENT)? {
+        return Ok(Err(refusal));
+    }
+    if let Err(message) = validate_kv_key(key) {
+        return Ok(Err(invalid(message)));
+    }
+    let old = batch.get(Cf::Kv, key.as_bytes())?;
+    let current = match old.as_deref().map(cluster_version::parse_counter) {
+        None => 0,
+        Some(Some(value)) => value,
+        Some(None) => {
+            let message = format!("the value under key '{key}' is not a decimal integer");
+            return Ok(Err(invalid(message)));
+        }
+    };
+    let Some(value) = current.checked_add(by) else {
+        let message = format!("adding {by} to {current} under key '{key}' overflows 64 bits");
+        return Ok(Err(invalid(message)));
+    };
+    let text = value.to_string().into_bytes();
+    batch.change(Subject::Kv { key: key.to_string() }, old.as_deref(), Some(&text));
+    batch.put(Cf::Kv, key.as_bytes().to_vec(), text);
+    Ok(Ok(Outcome::Counted { value }))
 }
 
 fn kv_delete(batch: &mut Batch, key: &str) -> Effect {

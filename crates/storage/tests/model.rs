@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use cairn_storage::{
     ApplyError, Command, CommandId, Conflict, Doc, Op, Outcome, StateMachine, Store,
+    CLUSTER_VERSION_KEY,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -60,11 +61,20 @@ fn op() -> impl Strategy<Value = Op> {
         (key.clone(), prop::collection::vec(any::<u8>(), 0..4))
             .prop_map(|(key, value)| Op::KvPut { key, value }),
         key.clone().prop_map(|key| Op::KvDelete { key }),
-        (key, 0..3u8).prop_map(|(key, n)| Op::SystemPut {
+        (key.clone(), 0..3u8).prop_map(|(key, n)| Op::SystemPut {
             key,
             json: format!("{{\"n\":{n}}}"),
             expect_revision: None
         }),
+        (key.clone(), -3..4i64).prop_map(|(key, by)| Op::KvIncrement { key, by }),
+        (key, Just(i64::MAX)).prop_map(|(key, by)| Op::KvIncrement { key, by }),
+        // Finalizing to each version, and a record that is not one.
+        prop::sample::select(vec![r#"{"version":"0.1"}"#, r#"{"version":"0.2"}"#, r#"{"v":1}"#])
+            .prop_map(|json| Op::SystemPut {
+                key: CLUSTER_VERSION_KEY.into(),
+                json: json.into(),
+                expect_revision: None
+            }),
         Just(Op::Noop),
     ]
 }
@@ -84,6 +94,8 @@ struct Model {
     tables: BTreeMap<String, BTreeMap<String, Value>>,
     kv: BTreeMap<String, Vec<u8>>,
     system: BTreeMap<String, Value>,
+    /// The cluster version, as (major, minor): (0, 1) without a record.
+    cluster_version: (u64, u64),
 }
 
 impl Model {
@@ -99,8 +111,42 @@ impl Model {
     }
 
     fn try_apply(&mut self, op: &Op) -> Result<Outcome, ApplyError> {
+        let invalid = || ApplyError::Invalid { message: String::new() };
         Ok(match op {
             Op::Noop | Op::Barrier { .. } => Outcome::Done,
+            Op::SystemPut { key, json, .. } if key == CLUSTER_VERSION_KEY => {
+                let value: Value = serde_json::from_str(json).unwrap();
+                let version = match value["version"].as_str() {
+                    Some("0.1") => (0, 1),
+                    Some("0.2") => (0, 2),
+                    _ => return Err(invalid()),
+                };
+                if version < self.cluster_version {
+                    return Err(invalid());
+                }
+                self.cluster_version = version;
+                let created = self.system.insert(key.clone(), value).is_none();
+                Outcome::Replaced { created }
+            }
+            Op::KvIncrement { key, by } => {
+                if self.cluster_version < (0, 2) {
+                    return Err(invalid());
+                }
+                let current = match self.kv.get(key) {
+                    None => 0,
+                    Some(bytes) => {
+                        let text = std::str::from_utf8(bytes).map_err(|_| invalid())?;
+                        let digits = text.strip_prefix('-').unwrap_or(text);
+                        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                            return Err(invalid());
+                        }
+                        text.parse::<i64>().map_err(|_| invalid())?
+                    }
+                };
+                let value = current.checked_add(*by).ok_or_else(invalid)?;
+                self.kv.insert(key.clone(), value.to_string().into_bytes());
+                Outcome::Counted { value }
+            }
             Op::OpenSession { .. } => unreachable!("the test opens its session first"),
             Op::SystemPut { key, json, .. } => {
                 let value = serde_json::from_str(json).unwrap();
@@ -260,6 +306,8 @@ fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
         });
         prop_assert_eq!(system, model.system.get(key).cloned(), "system record {}", key);
     }
+    let (major, minor) = model.cluster_version.max((0, 1));
+    prop_assert_eq!(store.cluster_version().unwrap().to_string(), format!("{major}.{minor}"));
     Ok(())
 }
 

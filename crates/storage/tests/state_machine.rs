@@ -396,3 +396,91 @@ fn a_page_is_bounded_in_bytes_whatever_its_limit() {
     assert_eq!(seen, 10);
     assert!(pages >= 3, "10 MiB in pages of at most ~4 MiB takes 3 pages, not {pages}");
 }
+
+fn set_cluster_version(json: &str) -> Op {
+    Op::SystemPut {
+        key: cairn_storage::CLUSTER_VERSION_KEY.into(),
+        json: json.into(),
+        expect_revision: None,
+    }
+}
+
+fn increment(key: &str, by: i64) -> Op {
+    Op::KvIncrement { key: key.into(), by }
+}
+
+fn refused(outcome: Outcome, says: &str) {
+    match outcome {
+        Outcome::Failed(ApplyError::Invalid { message }) => {
+            assert!(message.contains(says), "{message:?} does not say {says:?}")
+        }
+        other => panic!("expected a refusal saying {says:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn increments_are_gated_on_the_cluster_version_and_count_exactly_once() {
+    let mut node = Node::new();
+    assert_eq!(node.sm.store().cluster_version().unwrap().to_string(), "0.1");
+    // Below 0.2 the gate refuses, and nothing is written.
+    refused(node.run(increment("n", 1)), "needs cluster version 0.2");
+    assert_eq!(node.sm.store().kv_get("n").unwrap(), None);
+    // A record that is not a version, or goes down, is refused.
+    refused(node.run(set_cluster_version(r#"{"v":"0.2"}"#)), "no string 'version'");
+    refused(node.run(set_cluster_version(r#"{"version":"0.2.0"}"#)), "not MAJOR.MINOR");
+    assert!(matches!(
+        node.run(set_cluster_version(r#"{"version":"0.2","x":1}"#)),
+        Outcome::Replaced { created: true }
+    ));
+    // Stored in one form: the version and its revision.
+    let record = node.sm.store().get_system(cairn_storage::CLUSTER_VERSION_KEY).unwrap().unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record.as_object().unwrap().len(), 2, "{record}");
+    refused(node.run(set_cluster_version(r#"{"version":"0.1"}"#)), "never goes down");
+
+    // Counters: absent is 0, the sum is stored as decimal text.
+    let session = node.open_session();
+    let id = |seq| Some(CommandId { session, seq });
+    let add = Command::new(id(1), increment("n", 5));
+    let answers = node.apply(vec![add.clone(), add.clone()]);
+    assert_eq!(answers[0].outcome, Outcome::Counted { value: 5 });
+    assert_eq!(answers[1], answers[0], "a retry is answered from memory, not added again");
+    let answers = node.apply(vec![Command::new(id(2), increment("n", -7)), add]);
+    assert_eq!(answers[0].outcome, Outcome::Counted { value: -2 });
+    assert!(matches!(answers[1].outcome, Outcome::Failed(ApplyError::StaleSequence { .. })));
+    assert_eq!(node.sm.store().kv_get("n").unwrap().as_deref(), Some(&b"-2"[..]));
+    // A value that is no counter, and an overflow, are refused unchanged.
+    node.run(Op::KvPut { key: "text".into(), value: b"12 apples".to_vec() });
+    refused(node.run(increment("text", 1)), "not a decimal integer");
+    node.run(Op::KvPut { key: "big".into(), value: i64::MAX.to_string().into_bytes() });
+    refused(node.run(increment("big", 1)), "overflows");
+    assert_eq!(node.sm.store().kv_get("big").unwrap(), Some(i64::MAX.to_string().into_bytes()));
+
+    // The gate and the counters survive a restart.
+    let mut node = node.restart();
+    assert_eq!(node.sm.store().cluster_version().unwrap().to_string(), "0.2");
+    assert_eq!(node.run(increment("n", 2)), Outcome::Counted { value: 0 });
+}
+
+#[test]
+fn a_cluster_version_this_binary_does_not_run_stops_the_machine_before_it_applies() {
+    let mut node = Node::new();
+    let supported = cairn_storage::cluster_version::supported();
+    let beyond = format!("{}.{}", supported.max.major, supported.max.minor + 1);
+    let first = node.sm.applied_index() + 1;
+    let entries = vec![
+        (first, Command::new(None, Op::KvPut { key: "before".into(), value: b"1".to_vec() })),
+        (
+            first + 1,
+            Command::new(None, set_cluster_version(&format!(r#"{{"version":"{beyond}"}}"#))),
+        ),
+    ];
+    let error = node.sm.apply(&entries).unwrap_err().to_string();
+    assert!(error.contains(&format!("cluster version {beyond}")), "{error}");
+    assert!(error.contains(&format!("({})", cairn_util::version())), "{error}");
+    // Nothing of the batch is applied; a restart resumes before it.
+    let node = node.restart();
+    assert_eq!(node.sm.applied_index(), first - 1);
+    assert_eq!(node.sm.store().kv_get("before").unwrap(), None);
+    assert_eq!(node.sm.store().cluster_version().unwrap(), cairn_storage::ClusterVersion::BASE);
+}

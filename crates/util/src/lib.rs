@@ -15,6 +15,7 @@
 //! - [`secret`]: random tokens, kept in owner-only files.
 //! - [`lock`]: the one rule for poisoned locks.
 //! - [`now_ms`]: wall-clock time as Cairn records it.
+//! - [`cluster_version`]: which releases may run a cluster together.
 //! - [`version`]: the version this binary is, from the stamp in its data
 //!   (which tests may rewrite to make a second version of one build).
 //!
@@ -23,6 +24,7 @@
 
 pub mod backoff;
 pub mod browser;
+pub mod cluster_version;
 pub mod files;
 pub mod process;
 pub mod rng;

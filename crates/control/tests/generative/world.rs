@@ -169,7 +169,7 @@ struct SimNode {
     id: u64,
     process: NodeProcess,
     generation: u64,
-    /// The version it runs (a new node runs the agent's own).
+    /// The version it runs (a new node runs the desired one).
     version: String,
     /// Loops until a starting node runs.
     starting_loops: u32,
@@ -396,6 +396,8 @@ impl World {
             members_caught_up: self.catch_up_loops == 0,
             leader: self.leader(),
             now_ms: self.now_ms,
+            // The world never finalizes: every version runs the base one.
+            cluster_version: None,
         };
         self.last_observation = Some(observed.clone());
         observed
@@ -530,7 +532,22 @@ impl World {
             },
             Step::StartNode { host, node_id, join } => {
                 let members_empty = self.members.is_empty();
+                // The executor moves the host to the desired version first.
+                let (wanted, artifacts) =
+                    self.control.accepted.as_ref().map_or((version().to_string(), None), |d| {
+                        (d.version.clone(), d.artifacts.clone())
+                    });
                 let h = self.live_host(host)?;
+                let current = h.node.as_ref().map_or(version().to_string(), |n| n.version.clone());
+                if wanted != current
+                    && wanted != version()
+                    && artifacts.is_none()
+                    && h.installed != Some(wanted.clone())
+                {
+                    return Err(format!(
+                        "{wanted} is not installed on {host} and no artifacts named"
+                    ));
+                }
                 match &mut h.node {
                     Some(n) if n.id != *node_id => {
                         return Err(format!("{host} holds node {}", n.id));
@@ -539,6 +556,10 @@ impl World {
                         if n.process == NodeProcess::Stopped {
                             n.process = NodeProcess::Starting;
                             n.starting_loops = 1;
+                            if n.version != wanted {
+                                h.installed = Some(n.version.clone());
+                                n.version = wanted;
+                            }
                         }
                     }
                     None => {
@@ -546,7 +567,7 @@ impl World {
                             id: *node_id,
                             process: NodeProcess::Starting,
                             generation,
-                            version: version().into(),
+                            version: wanted,
                             starting_loops: 1,
                         });
                         if *join {

@@ -6,6 +6,8 @@
 //!   member that is already there at the same address changes nothing, so a
 //!   joining node can ask again.
 //! - `DELETE /v1/admin/members/{id}`: removes a member.
+//! - `POST /v1/admin/finalize` `{"version": "0.2"}?`: raises the cluster
+//!   version once every member runs a release that runs it.
 //!
 //! Any node takes these; the change is ordered through the log (a StopSign
 //! ends the configuration, the next one starts with a fresh log) and the
@@ -24,11 +26,13 @@ use cairn_consensus::replica::NODE_ID_MAX;
 use cairn_consensus::Membership;
 use serde_json::Value;
 
-use cairn_client::views::MembersView;
+use cairn_client::views::{Finalized, MembersView};
+use cairn_storage::cluster_version::supported_by;
+use cairn_storage::{ClusterVersion, Op, Outcome, CLUSTER_VERSION_KEY};
 
 use super::openapi::Failures;
 use crate::error::ApiError;
-use crate::extract::Body;
+use crate::extract::{Body, WriteId};
 use crate::state::{AppState, Cut};
 
 /// The least time a membership change is given: it may first wait for a
@@ -194,4 +198,110 @@ fn node_id(value: Option<&Value>, field: &str) -> Result<Option<u64>, ApiError> 
             "\"{field}\" must be a node id from 1 to {NODE_ID_MAX}"
         ))),
     }
+}
+
+/// Finalizes an upgrade: raises the cluster version (the feature gate,
+/// see `cairn_storage::cluster_version`) to `version`, or, without a body,
+/// to the highest version every member runs. Every member must be
+/// reachable and run a release that runs the new version; the version
+/// never goes down. Answers the versions before and after.
+#[utoipa::path(post, operation_id = "admin_finalize", path = "/v1/admin/finalize", tag = "cluster",
+    request_body(content = Object,
+        description = "`{\"version\": \"MAJOR.MINOR\"}`, or no body for the highest every member runs."),
+    responses((status = 200, description = "The cluster version before and after.", body = Finalized),
+        Failures))]
+pub async fn finalize(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Json<Finalized>, ApiError> {
+    let asked = if body.0.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let request = body.json("an object {\"version\": \"MAJOR.MINOR\"}")?;
+        let text = match request.as_object() {
+            Some(fields) if fields.len() == 1 => fields.get("version").and_then(Value::as_str),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request("the body must be {\"version\": \"MAJOR.MINOR\"}, or empty")
+        })?;
+        Some(ClusterVersion::parse(text).map_err(ApiError::bad_request)?)
+    };
+    // What every member runs, as the members last said in their hellos.
+    let members = state.log().members();
+    let runs: Vec<(u64, String)> = if members.is_empty() {
+        vec![(state.config.id, cairn_util::version().to_string())]
+    } else {
+        let mut runs = Vec::with_capacity(members.len());
+        for member in members {
+            match member.version {
+                Some(version) if member.reachable => runs.push((member.node_id, version)),
+                _ => {
+                    return Err(not_finalizable(format!(
+                        "node {} is not reachable, so what it runs is unknown: every member \
+                         must answer to finalize",
+                        member.node_id
+                    )))
+                }
+            }
+        }
+        runs
+    };
+    let mut ranges = Vec::with_capacity(runs.len());
+    for (id, version) in &runs {
+        let supported = supported_by(version)
+            .map_err(|e| not_finalizable(format!("node {id} reports version '{version}': {e}")))?;
+        ranges.push((*id, version, supported));
+    }
+    let highest = ranges.iter().map(|(_, _, s)| s.max).min().unwrap_or(ClusterVersion::BASE);
+    let target = asked.unwrap_or(highest);
+    if let Some((id, version, supported)) = ranges.iter().find(|(_, _, s)| !s.contains(target)) {
+        return Err(not_finalizable(format!(
+            "node {id} runs Cairn {version}, which runs cluster versions {supported}, not \
+             {target}: upgrade it first"
+        )));
+    }
+    state.read_barrier().await?;
+    let previous = state.store.cluster_version()?;
+    if target < previous {
+        return Err(not_finalizable(format!(
+            "the cluster version is {previous}, and it never goes down (asked: {target})"
+        )));
+    }
+    if target == previous {
+        let version = previous.to_string();
+        return Ok(Json(Finalized {
+            cluster_version: version.clone(),
+            previous: version,
+            index: None,
+        }));
+    }
+    let revision = match state.store.get_system(CLUSTER_VERSION_KEY)? {
+        None => 0,
+        Some(json) => serde_json::from_str::<Value>(&json)
+            .ok()
+            .and_then(|record| record["revision"].as_u64())
+            .unwrap_or(0),
+    };
+    let op = Op::SystemPut {
+        key: CLUSTER_VERSION_KEY.into(),
+        json: cairn_storage::cluster_version::record_json(target),
+        expect_revision: Some(revision),
+    };
+    let applied = state.write(op, WriteId(None)).await?;
+    match applied.outcome {
+        Outcome::Replaced { .. } => {
+            tracing::info!(%previous, cluster_version = %target, "upgrade finalized");
+            Ok(Json(Finalized {
+                cluster_version: target.to_string(),
+                previous: previous.to_string(),
+                index: Some(applied.index),
+            }))
+        }
+        other => Err(super::unexpected(other)),
+    }
+}
+
+fn not_finalizable(message: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::CONFLICT, "not_finalizable", message)
 }

@@ -79,6 +79,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>,
         nodes,
         leader: status.leader,
         configuration_id: status.configuration_id,
+        cluster_version: Some(state.store.cluster_version()?.to_string()),
         reconciliation: super::system::reconciliation(&state),
     }))
 }

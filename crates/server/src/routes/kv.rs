@@ -5,7 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cairn_client::views::{Deleted, Written};
+use cairn_client::views::{Counted, Deleted, Written};
+use cairn_storage::cluster_version::KV_INCREMENT;
 use cairn_storage::command::validate_kv_key;
 use cairn_storage::{Op, Outcome};
 
@@ -76,6 +77,57 @@ pub async fn delete(
         Outcome::Deleted { existed } => {
             Ok(Json(Deleted { deleted: existed, index: applied.index }))
         }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Adds to the counter under a key: the body is `{"increment": N}` (N a
+/// signed 64-bit integer); the value is decimal text, an absent key counts
+/// as 0. The state machine adds, so concurrent increments never lose one,
+/// and a retried one (same `Cairn-Session`/`Cairn-Seq`) adds once. Needs
+/// cluster version 0.2: 409 `not_finalized` before.
+#[utoipa::path(post, operation_id = "kv_increment", path = "/v1/kv/{key}", tag = "kv", params(KeyParam, WriteId),
+    request_body(content = Object, description = "`{\"increment\": N}`: N a signed 64-bit integer."),
+    responses((status = 200, description = "The counter after the increment.", body = Counted),
+        Failures))]
+pub async fn increment(
+    State(state): State<AppState>,
+    write_id: WriteId,
+    path: KeyPath,
+    body: Body,
+) -> Result<Json<Counted>, ApiError> {
+    let key = key(path)?;
+    let request = body.json("an object {\"increment\": N}")?;
+    let by = match request.as_object() {
+        Some(fields) if fields.len() == 1 => fields.get("increment").and_then(|n| n.as_i64()),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "the body must be {\"increment\": N}, N an integer of 64 bits (negative to subtract)",
+        )
+    })?;
+    if !KV_INCREMENT.allowed_at(state.store.cluster_version()?) {
+        // This node's state may lag a finalize that already happened.
+        state.read_barrier().await?;
+        let cluster = state.store.cluster_version()?;
+        if !KV_INCREMENT.allowed_at(cluster) {
+            let since = KV_INCREMENT.since;
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "not_finalized",
+                format!(
+                    "{} needs cluster version {since}, and the cluster runs at {cluster}: once \
+                     every node runs Cairn {}.{} or newer, finalize the upgrade (`cairn cluster \
+                     finalize`)",
+                    KV_INCREMENT.name, since.major, since.minor
+                ),
+            ));
+        }
+    }
+    let applied = state.write(Op::KvIncrement { key, by }, write_id).await?;
+    match applied.outcome {
+        Outcome::Counted { value } => Ok(Json(Counted { value, index: applied.index })),
         other => Err(unexpected(other)),
     }
 }

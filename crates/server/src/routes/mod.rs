@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(system::get, system::put))
         .routes(routes!(admin::list, admin::add))
         .routes(routes!(admin::remove))
+        .routes(routes!(admin::finalize))
         .routes(routes!(backups::list, backups::create))
         .routes(routes!(backups::delete))
         .routes(routes!(tokens::list, tokens::create))
@@ -57,7 +58,7 @@ pub fn router(state: AppState) -> Router {
     let document = bytes::Bytes::from(openapi::render(document));
     described
         // Keys may contain '/': a wildcard, described by hand (see `openapi`).
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete).post(kv::increment))
         .route("/v1/openapi.json", openapi::serve(document))
         .route("/metrics", get(metrics::scrape))
         .merge(crate::console::routes())

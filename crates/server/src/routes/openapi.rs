@@ -93,7 +93,7 @@ pub struct ApiDoc;
 
 /// The key-value routes, routed by hand (see the module's comment).
 #[derive(OpenApi)]
-#[openapi(paths(super::kv::get, super::kv::put, super::kv::delete))]
+#[openapi(paths(super::kv::get, super::kv::put, super::kv::delete, super::kv::increment))]
 pub struct KvDoc;
 
 /// `GET /v1/openapi.json`: the document, rendered once when the router is made.

@@ -79,6 +79,12 @@ pub async fn put(
     body: Body,
 ) -> Result<Json<Created>, ApiError> {
     let key = key(path)?;
+    if key == cairn_storage::CLUSTER_VERSION_KEY {
+        return Err(ApiError::bad_request(
+            "the cluster version is raised by finalizing an upgrade (POST /v1/admin/finalize, \
+             `cairn cluster finalize`), which checks every member first; it is not written here",
+        ));
+    }
     let Query(PutParams { expect_revision }) = params?;
     let value = body.json("a JSON object")?;
     let json = value.to_string();

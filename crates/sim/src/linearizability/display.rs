@@ -86,6 +86,7 @@ impl fmt::Display for ShowOp<'_> {
             Op::Put { value } => write!(f, "put {}", ShowValue(Some(value)))?,
             Op::Get => write!(f, "get")?,
             Op::Delete => write!(f, "delete")?,
+            Op::Add { by } => write!(f, "add {by}")?,
         }
         match &entry.completion {
             Completion::Returned { output: Output::Put, .. } => Ok(()),
@@ -95,6 +96,7 @@ impl fmt::Display for ShowOp<'_> {
             Completion::Returned { output: Output::Delete { existed }, .. } => {
                 write!(f, " -> {}", if *existed { "existed" } else { "did not exist" })
             }
+            Completion::Returned { output: Output::Added(sum), .. } => write!(f, " -> {sum}"),
             Completion::Unknown => write!(f, " (outcome unknown)"),
         }
     }
