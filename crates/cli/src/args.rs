@@ -174,9 +174,10 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Take, list and delete backups of the node --addr (needs an admin
-    /// token, and a node started with --backup-dir).
-    #[command(subcommand)]
-    Backup(BackupCommand),
+    /// token, and a node started with --backup-dir); with --via-cloud,
+    /// through the cloud's desired state (its `backups`), as the control
+    /// plane takes them.
+    Backup(BackupArgs),
     /// Print a table's changes (or the key-value space's) as they happen,
     /// one line each; moves to another node of the cluster when this one
     /// goes away, and resumes with nothing lost. Ctrl-C stops.
@@ -538,6 +539,28 @@ pub enum TokenCommand {
     List,
     /// Revoke the token ID (the part of the token before the `.`).
     Revoke { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Go through the cloud: add the backup to the desired state's
+    /// `backups` (or remove it), submit it, and wait for the control plane
+    /// to take (or delete) it; `list` shows what the control plane keeps.
+    #[arg(long, global = true)]
+    pub via_cloud: bool,
+    /// The cloud's address, with --via-cloud.
+    #[arg(long, global = true, env = "CAIRN_CLOUD", default_value = CLOUD_DEFAULT)]
+    pub cloud: String,
+    /// The file holding the cloud's admin token, with --via-cloud.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_CLOUD_TOKEN_FILE",
+        default_value = ".cairn/cloud.token"
+    )]
+    pub cloud_token_file: PathBuf,
+    #[command(subcommand)]
+    pub command: BackupCommand,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,7 +8,7 @@ use cairn_client::{Client, Read};
 use serde_json::{json, Value};
 
 use crate::args::{
-    BackupCommand, ClusterCommand, Command, DocCommand, Global, MemberCommand, Output,
+    BackupArgs, BackupCommand, ClusterCommand, Command, DocCommand, Global, MemberCommand, Output,
     TableCommand, TokenCommand, WatchArgs,
 };
 use crate::output::{self, pretty, value_json};
@@ -97,7 +97,9 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 }
             })
         }
-        Command::Backup(BackupCommand::Create { name, sink, here }) => {
+        Command::Backup(BackupArgs {
+            command: BackupCommand::Create { name, sink, here }, ..
+        }) => {
             let (taker, node) = if here { (client.clone(), None) } else { follower(client).await };
             report(out, taker.create_backup(&name, Some(&sink)).await, |b| {
                 let on = node.map(|id| format!(" on node {id} (a follower)")).unwrap_or_default();
@@ -115,7 +117,7 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 )
             })
         }
-        Command::Backup(BackupCommand::List { sink }) => {
+        Command::Backup(BackupArgs { command: BackupCommand::List { sink }, .. }) => {
             report(out, client.list_backups(sink.as_deref()).await, |list| {
                 if list.backups.is_empty() {
                     return "no backups".into();
@@ -133,7 +135,7 @@ pub async fn execute(client: &Client, out: Output, command: Command) -> ExitCode
                 rows.join("\n")
             })
         }
-        Command::Backup(BackupCommand::Delete { name, sink }) => {
+        Command::Backup(BackupArgs { command: BackupCommand::Delete { name, sink }, .. }) => {
             report(out, client.delete_backup(&name, Some(&sink)).await, |deleted| {
                 if deleted.deleted {
                     format!("deleted {name}")

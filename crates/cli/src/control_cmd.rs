@@ -16,10 +16,12 @@ use cairn_agent::AgentConfig;
 use cairn_cloud::{
     ClientError, Cloud, CloudClient, CloudConfig, CreateHost, HostState, StatusEvent,
 };
+use cairn_control::status::ReconcileState;
 use serde_json::{json, Value};
 
 use crate::args::{
-    AgentArgs, ApplyArgs, CloudArg, CloudArgs, ConsoleArgs, Output, StatusArgs, UpArgs,
+    AgentArgs, ApplyArgs, BackupArgs, BackupCommand, CloudArg, CloudArgs, ConsoleArgs, Output,
+    StatusArgs, UpArgs,
 };
 use crate::error::CliError;
 use crate::node_cmd::{init_tracing, shutdown_signal};
@@ -555,6 +557,131 @@ fn read_desired(file: &Path) -> Result<(String, cairn_control::desired::DesiredS
         .and_then(|d| cairn_control::desired::check_supported(&d).map(|()| d))
         .map_err(|e| CliError::Desired { path, message: e.to_string() })?;
     Ok((text, desired))
+}
+
+/// How long `cairn backup --via-cloud` waits for the control plane.
+const VIA_CLOUD_WAIT_MS: u64 = 300_000;
+
+/// `cairn backup --via-cloud`: a backup added to (or removed from) the
+/// desired state's `backups`, submitted to the cloud as `cairn apply`
+/// would, then followed in the control plane's reports until it is taken
+/// (or deleted). `list` shows the backups the control plane keeps.
+pub async fn backup_via_cloud(output: Output, args: BackupArgs) -> ExitCode {
+    let client = match cloud_client(&args.cloud, &args.cloud_token_file) {
+        Ok(client) => client,
+        Err(e) => return fail(output, e),
+    };
+    match via_cloud(&client, args.command).await {
+        Ok((body, text)) => crate::output::success(output, &body, || text),
+        Err(e) => fail(output, e),
+    }
+}
+
+async fn via_cloud(
+    client: &CloudClient,
+    command: BackupCommand,
+) -> Result<(Value, String), CliError> {
+    if let BackupCommand::List { sink } = command {
+        let kept = client.status().await?.last.map(|report| report.backups).unwrap_or_default();
+        let kept: Vec<_> =
+            kept.into_iter().filter(|b| sink.as_ref().is_none_or(|s| *s == b.sink)).collect();
+        let text = if kept.is_empty() {
+            "no backups kept by the control plane".to_string()
+        } else {
+            let rows: Vec<String> = kept
+                .iter()
+                .map(|b| {
+                    let kind = if b.slot_ms.is_some() { "scheduled" } else { "on demand" };
+                    let taken = if b.taken { "taken" } else { "being taken" };
+                    format!("{}/{}  {kind}  {taken}", b.sink, b.name)
+                })
+                .collect();
+            rows.join("\n")
+        };
+        return Ok((serde_json::json!({ "backups": kept }), text));
+    }
+    let record = client.desired().await?.ok_or_else(|| {
+        CliError::Control("the cloud has no desired state yet: start with `cairn up`".into())
+    })?;
+    let mut desired = cairn_control::desired::parse(&record.text).map_err(|e| {
+        CliError::Control(format!("the cloud's desired state {} does not parse: {e}", record.id))
+    })?;
+    let (name, sink, adding) = match command {
+        BackupCommand::Create { here: true, .. } => {
+            return Err(CliError::Usage(
+                "--here names a node; --via-cloud lets the control plane choose one".into(),
+            ))
+        }
+        BackupCommand::Create { name, sink, .. } => (name, sink, true),
+        BackupCommand::Delete { name, sink } => (name, sink, false),
+        BackupCommand::List { .. } => unreachable!("answered above"),
+    };
+    let listed = desired.backups.iter().position(|b| b.name == name && b.sink == sink);
+    match (adding, listed) {
+        (true, Some(_)) | (false, None) => {
+            let what = if adding { "already lists" } else { "does not list" };
+            let text = format!(
+                "desired state {} {what} backup {sink}/{name}: nothing to submit",
+                record.id
+            );
+            return Ok((serde_json::json!({ "desired_id": record.id, "changed": false }), text));
+        }
+        (true, None) => desired
+            .backups
+            .push(cairn_control::desired::Backup { name: name.clone(), sink: sink.clone() }),
+        (false, Some(at)) => {
+            desired.backups.remove(at);
+        }
+    }
+    desired.id = record.id + 1;
+    let id = desired.id;
+    client.put_desired(desired.to_jsonc()).await.map_err(|e| match e {
+        ClientError::Refused { message, .. } => {
+            CliError::Control(format!("the cloud refused desired state {id}: {message}"))
+        }
+        other => other.into(),
+    })?;
+    // Followed through the leader's reports: done once it reports a state
+    // as new as ours at the desired state, with the backup kept (or gone).
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Some(report) = client.status().await?.last {
+            let kept = report.backups.iter().find(|b| b.name == name && b.sink == sink);
+            let current = report.desired_id >= id;
+            last = format!("{:?}: {}", report.state, report.message);
+            if current && report.state == ReconcileState::ErrorState {
+                return Err(CliError::Control(format!(
+                    "the control plane failed desired state {id}: {}",
+                    report.message
+                )));
+            }
+            let done = current
+                && report.state == ReconcileState::AtDesiredState
+                && kept.is_some_and(|b| b.taken) == adding;
+            if done {
+                let text = if adding {
+                    format!("backup {sink}/{name} taken by the control plane (desired state {id})")
+                } else {
+                    format!(
+                        "backup {sink}/{name} deleted by the control plane (desired state {id})"
+                    )
+                };
+                let body = serde_json::json!({
+                    "desired_id": id, "changed": true, "name": name, "sink": sink, "taken": adding,
+                });
+                return Ok((body, text));
+            }
+        }
+        if started.elapsed() > Duration::from_millis(VIA_CLOUD_WAIT_MS) {
+            return Err(CliError::Control(format!(
+                "desired state {id} was submitted, but the control plane did not report it done \
+                 within {} s; its last report: {last}",
+                VIA_CLOUD_WAIT_MS / 1000
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 fn fail(output: Output, error: CliError) -> ExitCode {

@@ -28,6 +28,10 @@ pub enum CliError {
     /// The arguments do not make a command.
     #[error("{0}")]
     Usage(String),
+    /// The control plane did not do what was asked: it failed, or ran out
+    /// of time (says which, with its last message).
+    #[error("{0}")]
+    Control(String),
     /// etcd's client failed (`cairn bench --system etcd`).
     #[cfg(feature = "etcd")]
     #[error("etcd: {0}")]

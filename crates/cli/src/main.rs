@@ -51,6 +51,9 @@ fn main() -> ExitCode {
         Command::Watch(args) => runtime.block_on(client_cmd::watch(&cli.global, args)),
         Command::Shell => shell::run(&runtime, &cli.global),
         Command::Bench(bench) => runtime.block_on(bench::run(&cli.global, bench)),
+        Command::Backup(args) if args.via_cloud => {
+            runtime.block_on(control_cmd::backup_via_cloud(cli.global.output, args))
+        }
         command => runtime.block_on(client_cmd::run(&cli.global, command)),
     }
 }

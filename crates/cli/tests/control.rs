@@ -198,6 +198,22 @@ impl Up {
         out
     }
 
+    /// Runs a `cairn` command against this cluster's cloud, in its
+    /// directory (where the cloud's token is); answers what it printed, and
+    /// fails the test if it failed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .current_dir(self.dir.path())
+            .args(args)
+            .args(["--cloud", &self.cloud])
+            .output()
+            .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "cairn {args:?} failed: {stdout}{stderr}");
+        stdout.into_owned()
+    }
+
     /// What `cairn status` shows now.
     fn status(&self) -> String {
         let out = Command::new(BIN)
@@ -886,11 +902,21 @@ async fn a_new_cluster_restores_from_a_backup() {
     for key in &keys {
         client.kv_put(key, key.clone()).await.unwrap();
     }
-    old.edit(&desired_backups(2, r#"{ "name": "b1", "sink": "manual" }"#, ""));
+    // Taken through the cloud: the CLI adds it to the desired state's
+    // backups and waits for the control plane to take it.
+    let said = old.cli(&["backup", "create", "b1", "--sink", "manual", "--via-cloud"]);
+    assert!(
+        said.contains("backup manual/b1 taken by the control plane (desired state 2)"),
+        "{said}"
+    );
     old.reached(2, 3).await;
     let root = old.dir.path().join(".cairn").join(cairn_cloud::BACKUPS_DIR);
     let backup = root.join("manual").join("b1");
     assert!(backup.join("manifest.json").is_file(), "b1 was taken");
+    let listed = old.cli(&["backup", "list", "--via-cloud"]);
+    assert!(listed.contains("manual/b1  on demand  taken"), "{listed}");
+    let again = old.cli(&["backup", "create", "b1", "--sink", "manual", "--via-cloud"]);
+    assert!(again.contains("already lists backup manual/b1: nothing to submit"), "{again}");
 
     // A copy of the sink with one byte of one file flipped.
     let work = tempfile::tempdir().unwrap();
@@ -917,4 +943,12 @@ async fn a_new_cluster_restores_from_a_backup() {
     let took = new.reached(2, 3).await;
     eprintln!("restored into a new 3-node cluster: {took:.1?}");
     new.read_back(&keys).await;
+
+    // Deleted through the cloud too.
+    let said = old.cli(&["backup", "delete", "b1", "--sink", "manual", "--via-cloud"]);
+    assert!(
+        said.contains("backup manual/b1 deleted by the control plane (desired state 3)"),
+        "{said}"
+    );
+    assert!(!backup.exists(), "b1 was deleted");
 }

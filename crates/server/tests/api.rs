@@ -137,6 +137,110 @@ async fn the_key_value_space_stores_raw_bytes() {
     node.refused(Method::GET, "/v1/kv/nope", "", StatusCode::NOT_FOUND, "key_not_found").await;
 }
 
+/// Counters wait for the cluster version gate: refused at 0.1, with what to
+/// do; a single node of this build finalizes to its own version, and the
+/// record cannot be written around the finalize.
+#[tokio::test]
+async fn counters_open_once_the_upgrade_is_finalized() {
+    let node = TestNode::start().await;
+    let client = node.client();
+    assert_eq!(client.cluster().await.unwrap().cluster_version.as_deref(), Some("0.1"));
+    let message = node
+        .refused(
+            Method::POST,
+            "/v1/kv/n",
+            r#"{"increment": 1}"#,
+            StatusCode::CONFLICT,
+            "not_finalized",
+        )
+        .await;
+    assert!(
+        message.contains("needs cluster version 0.2") && message.contains("cairn cluster finalize")
+    );
+    assert_eq!(client.kv_get("n", Read::Linearizable).await.unwrap(), None);
+    let refused = |body: &'static str, says: &'static str| {
+        let node = &node;
+        async move {
+            let message = node
+                .refused(
+                    Method::POST,
+                    "/v1/admin/finalize",
+                    body,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                )
+                .await;
+            assert!(message.contains(says), "{body}: {message}");
+        }
+    };
+    refused(r#"{"version": "0.2.0"}"#, "not MAJOR.MINOR").await;
+    refused(r#"{"version": 2}"#, "the body must be").await;
+    refused(r#"{"version": "0.2", "now": true}"#, "the body must be").await;
+    let message = node
+        .refused(
+            Method::PUT,
+            "/v1/system/cluster_version",
+            r#"{"version": "0.2"}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+    assert!(message.contains("finaliz"), "{message}");
+    let too_high = node
+        .refused(
+            Method::POST,
+            "/v1/admin/finalize",
+            r#"{"version": "9.9"}"#,
+            StatusCode::CONFLICT,
+            "not_finalizable",
+        )
+        .await;
+    assert!(too_high.contains("not 9.9"), "{too_high}");
+
+    let finalized = client.finalize(None).await.unwrap();
+    let own = cairn_storage::cluster_version::supported().max.to_string();
+    assert_eq!(
+        (finalized.previous.as_str(), finalized.cluster_version.as_str()),
+        ("0.1", own.as_str())
+    );
+    assert!(finalized.index.is_some());
+    assert_eq!(client.finalize(None).await.unwrap().index, None, "nothing left to do");
+    let lower = node
+        .refused(
+            Method::POST,
+            "/v1/admin/finalize",
+            r#"{"version": "0.1"}"#,
+            StatusCode::CONFLICT,
+            "not_finalizable",
+        )
+        .await;
+    assert!(lower.contains("never goes down"), "{lower}");
+
+    assert_eq!(client.kv_increment("n", 5).await.unwrap().value, 5);
+    assert_eq!(client.kv_increment("n", -7).await.unwrap().value, -2);
+    assert_eq!(client.kv_get("n", Read::Linearizable).await.unwrap().unwrap(), "-2".as_bytes());
+    client.kv_put("text", "twelve").await.unwrap();
+    let message = node
+        .refused(
+            Method::POST,
+            "/v1/kv/text",
+            r#"{"increment": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+    assert!(message.contains("not a decimal integer"), "{message}");
+    for body in [r#"{"increment": 1.5}"#, r#"{"by": 1}"#, r#"[1]"#, r#"{"increment": 1, "x": 2}"#] {
+        node.refused(Method::POST, "/v1/kv/n", body, StatusCode::BAD_REQUEST, "bad_request").await;
+    }
+    // A retried increment (same session and sequence) adds once.
+    let session = client.open_session().await.unwrap();
+    let once = client.with_write_id(&session, 1);
+    assert_eq!(once.kv_increment("n", 10).await.unwrap().value, 8);
+    assert_eq!(once.kv_increment("n", 10).await.unwrap().value, 8);
+    assert_eq!(client.kv_get("n", Read::Linearizable).await.unwrap().unwrap(), "8".as_bytes());
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_json_error_and_writes_nothing() {
     let node = TestNode::start().await;
@@ -698,10 +802,11 @@ async fn the_api_is_described_by_an_openapi_document() {
         ("/v1/tables/{table}", &["put", "delete"]),
         ("/v1/tables/{table}/docs", &["get", "post"]),
         ("/v1/tables/{table}/docs/{id}", &["get", "put", "patch", "delete"]),
-        ("/v1/kv/{key}", &["get", "put", "delete"]),
+        ("/v1/kv/{key}", &["get", "put", "delete", "post"]),
         ("/v1/system/{key}", &["get", "put"]),
         ("/v1/admin/members", &["get", "post"]),
         ("/v1/admin/members/{id}", &["delete"]),
+        ("/v1/admin/finalize", &["post"]),
         ("/v1/admin/backups", &["get", "post"]),
         ("/v1/admin/backups/{name}", &["delete"]),
         ("/v1/tokens", &["get", "post"]),

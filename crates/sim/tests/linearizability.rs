@@ -388,13 +388,15 @@ fn history(plan: &[Planned]) -> Vec<Entry> {
 }
 
 /// Whether some order of `history` (one key) respects real time and the
-/// register, trying every order: the oracle for small histories. An
-/// operation of unknown outcome may take any place after its invocation or
-/// none, with any output.
-fn linearizable_by_brute_force(
+/// model, trying every order: the oracle for small histories. `step` gives
+/// the state after an entry, or `None` if its output cannot come from the
+/// state; an operation of unknown outcome may take any place after its
+/// invocation or none, with any output.
+fn brute_force<S: Clone>(
     history: &[Entry],
     done: &mut Vec<bool>,
-    value: Option<&[u8]>,
+    state: S,
+    step: &impl Fn(&Entry, &S) -> Option<S>,
 ) -> bool {
     if done.iter().all(|&done| done) {
         return true;
@@ -410,24 +412,9 @@ fn linearizable_by_brute_force(
         if done[i] || must_wait {
             continue;
         }
-        let output = match &entry.completion {
-            Completion::Returned { output, .. } => Some(output),
-            Completion::Unknown => None,
-        };
-        let after = match (&entry.op, output) {
-            (Op::Put { value }, _) => Some(Some(&value[..])),
-            (Op::Get, None) => Some(value),
-            (Op::Get, Some(Output::Get(read))) => (read.as_deref() == value).then_some(value),
-            (Op::Delete, None) => Some(None),
-            (Op::Delete, Some(Output::Delete { existed })) => {
-                (*existed == value.is_some()).then_some(None)
-            }
-            (Op::Add { .. }, _) => unreachable!("register histories hold no adds"),
-            (_, Some(_)) => unreachable!("generated outputs match their operations"),
-        };
-        let Some(after) = after else { continue };
+        let Some(after) = step(entry, &state) else { continue };
         done[i] = true;
-        let found = linearizable_by_brute_force(history, done, after);
+        let found = brute_force(history, done, after, step);
         done[i] = false;
         if found {
             return true;
@@ -437,50 +424,45 @@ fn linearizable_by_brute_force(
     history.iter().zip(done.iter()).all(|(entry, &done)| done || returned_at(entry).is_none())
 }
 
-/// [`linearizable_by_brute_force`] for a counter key: adds and reads.
-fn counter_linearizable_by_brute_force(
-    history: &[Entry],
-    done: &mut Vec<bool>,
-    value: Option<i64>,
-) -> bool {
-    if done.iter().all(|&done| done) {
-        return true;
-    }
-    let returned_at = |entry: &Entry| match entry.completion {
-        Completion::Returned { at, .. } => Some(at),
+fn output(entry: &Entry) -> Option<&Output> {
+    match &entry.completion {
+        Completion::Returned { output, .. } => Some(output),
         Completion::Unknown => None,
-    };
-    for (i, entry) in history.iter().enumerate() {
-        let must_wait = history.iter().zip(done.iter()).any(|(other, &other_done)| {
-            !other_done && returned_at(other).is_some_and(|at| at < entry.invoked_at)
-        });
-        if done[i] || must_wait {
-            continue;
+    }
+}
+
+/// [`brute_force`] for a register: puts, reads and deletes.
+fn linearizable_by_brute_force(history: &[Entry]) -> bool {
+    let step = |entry: &Entry, value: &Option<Vec<u8>>| match (&entry.op, output(entry)) {
+        (Op::Put { value }, _) => Some(Some(value.clone())),
+        (Op::Get, None) => Some(value.clone()),
+        (Op::Get, Some(Output::Get(read))) => (read == value).then(|| value.clone()),
+        (Op::Delete, None) => Some(None),
+        (Op::Delete, Some(Output::Delete { existed })) => {
+            (*existed == value.is_some()).then_some(None)
         }
-        let output = match &entry.completion {
-            Completion::Returned { output, .. } => Some(output),
-            Completion::Unknown => None,
-        };
+        (Op::Add { .. }, _) => unreachable!("register histories hold no adds"),
+        (_, Some(_)) => unreachable!("generated outputs match their operations"),
+    };
+    brute_force(history, &mut vec![false; history.len()], None, &step)
+}
+
+/// [`brute_force`] for a counter: adds and reads.
+fn counter_linearizable_by_brute_force(history: &[Entry]) -> bool {
+    let step = |entry: &Entry, value: &Option<i64>| {
         let sum = value.unwrap_or(0);
-        let after = match (&entry.op, output) {
+        match (&entry.op, output(entry)) {
             (Op::Add { by }, None) => Some(Some(sum + by)),
             (Op::Add { by }, Some(Output::Added(got))) => (*got == sum + by).then_some(Some(*got)),
-            (Op::Get, None) => Some(value),
+            (Op::Get, None) => Some(*value),
             (Op::Get, Some(Output::Get(read))) => {
                 let shown = value.map(|v| v.to_string().into_bytes());
-                (read.as_deref() == shown.as_deref()).then_some(value)
+                (*read == shown).then_some(*value)
             }
             _ => unreachable!("counter histories hold adds and reads"),
-        };
-        let Some(after) = after else { continue };
-        done[i] = true;
-        let found = counter_linearizable_by_brute_force(history, done, after);
-        done[i] = false;
-        if found {
-            return true;
         }
-    }
-    history.iter().zip(done.iter()).all(|(entry, &done)| done || returned_at(entry).is_none())
+    };
+    brute_force(history, &mut vec![false; history.len()], None, &step)
 }
 
 /// A small counter history with arbitrary outputs: linearizable or not.
@@ -566,7 +548,7 @@ proptest! {
     // trying every order.
     #[test]
     fn agrees_with_brute_force(history in arbitrary_history()) {
-        let expected = linearizable_by_brute_force(&history, &mut vec![false; history.len()], None);
+        let expected = linearizable_by_brute_force(&history);
         let report = checked(&history);
         prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
         prop_assert_eq!(report.unknown_keys(), 0);
@@ -575,8 +557,7 @@ proptest! {
     // The same for counters: adds and reads, unknown adds dropped or not.
     #[test]
     fn counters_agree_with_brute_force(history in arbitrary_counter_history()) {
-        let expected =
-            counter_linearizable_by_brute_force(&history, &mut vec![false; history.len()], None);
+        let expected = counter_linearizable_by_brute_force(&history);
         let report = checked(&history);
         prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
         prop_assert_eq!(report.unknown_keys(), 0);
