@@ -408,6 +408,8 @@ struct StatusView {
     hosts: Vec<HostRow>,
     nodes: Vec<cairn_client::NodeView>,
     leader: Option<u64>,
+    /// The cluster version in the answering node's state.
+    cluster_version: Option<String>,
     /// The backups in the answering node's backup directory (every node of
     /// a `cairn up` cluster shares one); empty when none answered.
     backups: Vec<cairn_client::views::BackupView>,
@@ -467,8 +469,9 @@ async fn gather(
             }
         })
         .collect();
-    let leader = cluster.and_then(|c| c.leader);
-    Ok(StatusView { reconciliation, hosts, nodes, leader, backups })
+    let leader = cluster.as_ref().and_then(|c| c.leader);
+    let cluster_version = cluster.and_then(|c| c.cluster_version);
+    Ok(StatusView { reconciliation, hosts, nodes, leader, cluster_version, backups })
 }
 
 fn render(view: &StatusView) -> String {
@@ -483,6 +486,9 @@ fn render(view: &StatusView) -> String {
     };
     if let Some(message) = r["message"].as_str().filter(|m| !m.is_empty()) {
         out.push_str(&format!("  {message}\n"));
+    }
+    if let Some(version) = &view.cluster_version {
+        out.push_str(&format!("cluster version: {version}\n"));
     }
     out.push_str(&format!(
         "\n{:<10} {:<10} {:<10} {:<5} {:<9} {:<8} {:>9}  {}\n",
