@@ -465,17 +465,18 @@ fn counter_linearizable_by_brute_force(history: &[Entry]) -> bool {
     brute_force(history, &mut vec![false; history.len()], None, &step)
 }
 
-/// A small counter history with arbitrary outputs: linearizable or not.
-fn arbitrary_counter_history() -> impl Strategy<Value = Vec<Entry>> {
-    let read = prop::option::of(0..6i64);
-    let op = prop_oneof![
-        (1..3i64, 0..6i64).prop_map(|(by, sum)| (Op::Add { by }, Output::Added(sum))),
-        read.prop_map(|v| (Op::Get, Output::Get(v.map(|v| v.to_string().into_bytes())))),
-    ];
-    let entry = (op, 0..8 as Tick, 0..4 as Tick, prop::bool::weighted(0.25)).prop_map(
-        |((op, output), invoked_at, width, unknown)| Entry {
+/// A small history of one key with arbitrary outputs, from `op`'s pairs of
+/// an operation and its output; each entry's outcome is unknown with
+/// probability `unknown`.
+fn one_key_history(
+    key: &'static str,
+    op: impl Strategy<Value = (Op, Output)>,
+    unknown: f64,
+) -> impl Strategy<Value = Vec<Entry>> {
+    let entry = (op, 0..8 as Tick, 0..4 as Tick, prop::bool::weighted(unknown)).prop_map(
+        move |((op, output), invoked_at, width, unknown)| Entry {
             client: 1,
-            key: "n".into(),
+            key: key.into(),
             op,
             invoked_at,
             completion: if unknown {
@@ -488,6 +489,16 @@ fn arbitrary_counter_history() -> impl Strategy<Value = Vec<Entry>> {
     prop::collection::vec(entry, 1..=6)
 }
 
+/// A small counter history with arbitrary outputs: linearizable or not.
+fn arbitrary_counter_history() -> impl Strategy<Value = Vec<Entry>> {
+    let read = prop::option::of(0..6i64);
+    let op = prop_oneof![
+        (1..3i64, 0..6i64).prop_map(|(by, sum)| (Op::Add { by }, Output::Added(sum))),
+        read.prop_map(|v| (Op::Get, Output::Get(v.map(|v| v.to_string().into_bytes())))),
+    ];
+    one_key_history("n", op, 0.25)
+}
+
 /// A small one-key history with arbitrary outputs: linearizable or not.
 fn arbitrary_history() -> impl Strategy<Value = Vec<Entry>> {
     let value = prop::option::of(prop::sample::select(vec!["a", "b"]));
@@ -497,20 +508,7 @@ fn arbitrary_history() -> impl Strategy<Value = Vec<Entry>> {
         value.prop_map(|v| (Op::Get, Output::Get(v.map(Into::into)))),
         any::<bool>().prop_map(|existed| (Op::Delete, Output::Delete { existed })),
     ];
-    let entry = (op, 0..8 as Tick, 0..4 as Tick, prop::bool::weighted(0.2)).prop_map(
-        |((op, output), invoked_at, width, unknown)| Entry {
-            client: 1,
-            key: "k".into(),
-            op,
-            invoked_at,
-            completion: if unknown {
-                Completion::Unknown
-            } else {
-                Completion::Returned { at: invoked_at + width, output }
-            },
-        },
-    );
-    prop::collection::vec(entry, 1..=6)
+    one_key_history("k", op, 0.2)
 }
 
 proptest! {
