@@ -61,6 +61,16 @@
 //! one) after [`DriverConfig::catch_up_timeout_ticks`]. While the gap is open
 //! the node takes no new requests (they are refused as unavailable).
 //!
+//! Every node that lags closes its gap in the end, because the node with the
+//! most advanced state can always move on: the leader that decided the next
+//! entry after that state kept it (a node keeps decided entries until it
+//! applies them, and it has not applied that one, or its state would be
+//! further on), and the node asks every peer that decided that entry in
+//! turn, after looking in its own log first. Every other node then gets
+//! entries or a snapshot from a peer past it. A peer past this node but short
+//! of its gap's end answers with a snapshot all the same: it leaves less to
+//! fill, and the entries in between may exist nowhere any more.
+//!
 //! # Membership changes (`driver/reconfigure.rs`)
 //!
 //! A change asked for here is proposed as a StopSign whose metadata is the
@@ -283,8 +293,10 @@ pub struct AppliedEntry {
 pub enum SnapshotEvent {
     /// A checkpoint taken here for `peer`.
     Served { peer: NodeId, applied_index: u64, state: u64 },
-    /// A snapshot from `peer` installed here.
-    Installed { peer: NodeId, applied_index: u64, state: u64 },
+    /// A snapshot from `peer` installed here; `short_of_gap` when it did
+    /// not reach the end of the gap it was fetched for (no peer had applied
+    /// that far), so that entries still had to follow.
+    Installed { peer: NodeId, applied_index: u64, state: u64, short_of_gap: bool },
 }
 
 /// Whether the state machine refused a command for its session or sequence

@@ -197,6 +197,8 @@ pub struct Report {
     pub adds: usize,
     pub adds_refused: u64,
     pub snapshots_installed: u64,
+    /// Of those, installs that stopped short of their gap.
+    pub snapshots_short_of_gap: u64,
     /// Pages feeds read and events they delivered, their moves to other
     /// nodes, and their restarts (no node kept their cursor).
     pub feed_pages: u64,
@@ -224,12 +226,13 @@ impl fmt::Display for Report {
         writeln!(f, "seed {}: {:?}", self.seed, self.params)?;
         writeln!(
             f,
-            "  {} ticks, {} operations ({} unknown), {} snapshots installed, {} configurations, \
-             faults {:?}, network {:?}",
+            "  {} ticks, {} operations ({} unknown), {} snapshots installed ({} short of their \
+             gap), {} configurations, faults {:?}, network {:?}",
             self.ticks,
             self.operations,
             self.unknown_outcomes,
             self.snapshots_installed,
+            self.snapshots_short_of_gap,
             self.configurations,
             self.faults,
             self.network
@@ -1277,6 +1280,7 @@ impl Sim {
     fn report(self) -> Report {
         let unchecked_keys = self.unchecked_keys;
         let snapshots_installed = self.snapshots.installed();
+        let snapshots_short_of_gap = self.snapshots.short_of_gap();
         Report {
             seed: self.seed,
             params: self.params,
@@ -1299,6 +1303,7 @@ impl Sim {
                 .count(),
             adds_refused: self.refused_adds,
             snapshots_installed,
+            snapshots_short_of_gap,
             feed_pages: self.feeds.pages,
             feed_events: self.feeds.events,
             feed_moves: self.feeds.moves,

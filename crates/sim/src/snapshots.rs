@@ -16,6 +16,8 @@ use cairn_consensus::replica::NodeId;
 pub struct Snapshots {
     served: BTreeMap<(NodeId, NodeId), BTreeSet<(u64, u64)>>,
     installed: u64,
+    /// Installs that stopped short of the gap they were fetched for.
+    short_of_gap: u64,
 }
 
 impl Snapshots {
@@ -27,8 +29,9 @@ impl Snapshots {
                 SnapshotEvent::Served { peer, applied_index, state } => {
                     self.served.entry((node, peer)).or_default().insert((applied_index, state));
                 }
-                SnapshotEvent::Installed { peer, applied_index, state } => {
+                SnapshotEvent::Installed { peer, applied_index, state, short_of_gap } => {
                     self.installed += 1;
+                    self.short_of_gap += u64::from(short_of_gap);
                     let served = self
                         .served
                         .get(&(peer, node))
@@ -49,6 +52,11 @@ impl Snapshots {
     pub fn installed(&self) -> u64 {
         self.installed
     }
+
+    /// Installs that did not reach the end of their gap.
+    pub fn short_of_gap(&self) -> u64 {
+        self.short_of_gap
+    }
 }
 
 #[cfg(test)]
@@ -60,12 +68,16 @@ mod tests {
         let mut check = Snapshots::default();
         let served = SnapshotEvent::Served { peer: 2, applied_index: 9, state: 77 };
         assert!(check.observed(1, &[served]).is_empty());
-        let good = SnapshotEvent::Installed { peer: 1, applied_index: 9, state: 77 };
+        let good =
+            SnapshotEvent::Installed { peer: 1, applied_index: 9, state: 77, short_of_gap: false };
         assert!(check.observed(2, &[good]).is_empty());
-        let torn = SnapshotEvent::Installed { peer: 1, applied_index: 9, state: 78 };
+        let torn =
+            SnapshotEvent::Installed { peer: 1, applied_index: 9, state: 78, short_of_gap: true };
         assert_eq!(check.observed(2, &[torn]).len(), 1);
-        let elsewhere = SnapshotEvent::Installed { peer: 1, applied_index: 9, state: 77 };
+        let elsewhere =
+            SnapshotEvent::Installed { peer: 1, applied_index: 9, state: 77, short_of_gap: false };
         assert_eq!(check.observed(3, &[elsewhere]).len(), 1, "served to node 2, not 3");
         assert_eq!(check.installed(), 3);
+        assert_eq!(check.short_of_gap(), 1);
     }
 }

@@ -42,6 +42,17 @@ impl Feature {
     pub fn allowed_at(self, version: ClusterVersion) -> bool {
         version >= self.since
     }
+
+    /// Why a cluster at `cluster` refuses this feature, and what to do. The
+    /// edge and the state machine give the same words.
+    pub fn refusal(self, cluster: ClusterVersion) -> String {
+        let since = self.since;
+        format!(
+            "{} needs cluster version {since}, and the cluster runs at {cluster}: once every node \
+             runs Cairn {}.{} or newer, finalize the upgrade (`cairn cluster finalize`)",
+            self.name, since.major, since.minor
+        )
+    }
 }
 
 /// `Op::KvIncrement`: a counter added to inside the state machine.
@@ -92,6 +103,9 @@ mod tests {
     fn this_build_runs_what_its_gated_features_need() {
         assert!(supported().max >= KV_INCREMENT.since);
         assert!(!KV_INCREMENT.allowed_at(ClusterVersion::BASE));
+        let refusal = KV_INCREMENT.refusal(ClusterVersion::BASE);
+        assert!(refusal.contains("needs cluster version 0.2"), "{refusal}");
+        assert!(refusal.contains("runs at 0.1"), "{refusal}");
     }
 
     #[test]

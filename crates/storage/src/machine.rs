@@ -646,11 +646,7 @@ fn gate(batch: &Batch, feature: Feature) -> Result<Result<(), ApplyError>, Error
     if feature.allowed_at(cluster) {
         return Ok(Ok(()));
     }
-    Ok(Err(invalid(format!(
-        "{} needs cluster version {}, and the cluster runs at {cluster}: once every node runs \
-         Cairn {}.{} or newer, finalize the upgrade (`cairn cluster finalize`)",
-        feature.name, feature.since, feature.since.major, feature.since.minor
-    ))))
+    Ok(Err(invalid(feature.refusal(cluster))))
 }
 
 /// Finalizing: raises the cluster version record. Its JSON must be

@@ -1,10 +1,13 @@
 //! Catching up, both sides. A node whose next entries were compacted away
-//! (OmniPaxos syncs a lagging follower with a compaction marker) asks a peer
-//! that has applied past the gap for the decided entries, and when the peer
-//! compacted them too, for a snapshot of its state machine: a RocksDB
-//! checkpoint streamed one checksummed, bounded chunk per request and
-//! installed crash-safely. A request without an answer is asked again, of
-//! another peer when there is one. The serving side answers from its log, or
+//! (OmniPaxos syncs a lagging follower with a compaction marker) first
+//! applies what its own log still keeps, then asks a peer for the decided
+//! entries after its state (one that has applied past the gap, else one that
+//! decided the next entry), and when the peer compacted them too, for a
+//! snapshot of its state machine: a RocksDB checkpoint streamed one
+//! checksummed, bounded chunk per request and installed crash-safely. A
+//! snapshot short of the gap's end is taken too when it is past this node's
+//! state; entries fill the rest. A request without an answer is asked again,
+//! of another peer when there is one. Why this always ends: `driver.rs`. The serving side answers from its log, or
 //! from a checkpoint it keeps per requesting peer until the transfer goes
 //! idle.
 
@@ -59,11 +62,19 @@ impl Driver {
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else {
             return Ok(());
         };
-        if self.catch_up.is_none() && !self.install_begun {
-            let closed = self.fill_gap_locally(through_index)?;
-            if closed {
+        // What this node still keeps comes first, before every request to a
+        // peer: a fetch can stop at a hole that the local log fills (seed
+        // 470009449: a node asked its peers, for ever, for an entry it held).
+        let fetching_entries = matches!(self.catch_up, None | Some(CatchUp::Entries { .. }));
+        if fetching_entries && !self.install_begun {
+            let before = self.sm.applied_index();
+            if self.fill_gap_locally(through_index)? {
                 self.caught_up();
                 return Ok(());
+            }
+            if self.sm.applied_index() > before {
+                // An answer to the request in flight would start too early.
+                self.catch_up = None;
             }
         }
         let timeout = self.config.catch_up_timeout_ticks.max(1);
@@ -91,10 +102,17 @@ impl Driver {
     }
 
     /// A peer that may hold what fills the gap, other than `avoid` when
-    /// there is a choice: one that has applied past it if any does (it has
-    /// the entries, or a state to snapshot), else one that has decided past
-    /// it (it keeps decided entries it has not applied); the leader first,
-    /// then in turn.
+    /// there is a choice: one that has applied past the gap if any does (it
+    /// has the entries, or a state to snapshot), else one that has decided
+    /// the next entry this node needs (it keeps decided entries it has not
+    /// applied); the leader first, then in turn.
+    ///
+    /// The second tier asks for the next entry, not the whole gap: the
+    /// leader that decided an entry keeps it until it applies it, so the
+    /// entry after the most advanced state is always somewhere, but no peer
+    /// need have decided as far as this node's gap runs, nor applied past it
+    /// (seed 470009449: three nodes each waited for a peer past its own gap,
+    /// and none was).
     ///
     /// The turn runs over the whole tier, stepping past `avoid`: leaving
     /// `avoid` out of the list instead made the list rotate with the turn,
@@ -117,7 +135,8 @@ impl Driver {
         };
         let mut candidates = tier(&|hello| hello.applied_index >= through_index);
         if candidates.is_empty() {
-            candidates = tier(&|hello| hello.decided_index >= through_index);
+            let next = self.sm.applied_index() + 1;
+            candidates = tier(&|hello| hello.decided_index >= next);
         }
         if candidates.is_empty() {
             return None;
@@ -131,15 +150,22 @@ impl Driver {
     }
 
     /// Starts a snapshot transfer from a peer that has applied past the gap,
-    /// taking them in turn.
+    /// taking them in turn; when none has, from one whose state is past this
+    /// node's, which leaves less of the gap to fill.
     fn snapshot_from_any(&mut self, through_index: u64) {
         let me = self.replica.node_id();
-        let sources: Vec<NodeId> = self
-            .hellos
-            .iter()
-            .filter(|(id, hello)| **id != me && hello.applied_index >= through_index)
-            .map(|(id, _)| *id)
-            .collect();
+        let applied = self.sm.applied_index();
+        let past = |least: u64| -> Vec<NodeId> {
+            self.hellos
+                .iter()
+                .filter(|(id, hello)| **id != me && hello.applied_index >= least)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut sources = past(through_index);
+        if sources.is_empty() {
+            sources = past(applied + 1);
+        }
         if sources.is_empty() {
             return;
         }
@@ -169,7 +195,10 @@ impl Driver {
             return Ok(());
         }
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return Ok(()) };
-        if let Err(error) = self.apply_gap(from, commands, through_index) {
+        let applied = self
+            .apply_gap(from, commands, through_index)
+            .and_then(|()| self.fill_gap_locally(through_index));
+        if let Err(error) = applied {
             return Err(self.fail_now(error));
         }
         if self.sm.applied_index() >= through_index {
@@ -237,14 +266,26 @@ impl Driver {
             return;
         }
         let Some(Blocked::NeedsSnapshot { through_index }) = self.blocked else { return };
-        let applied_past = self.hellos.get(&peer).is_some_and(|h| h.applied_index >= through_index);
-        if !applied_past {
-            // It has neither the entries nor a state past the gap: another.
+        let peer_applied = self.hellos.get(&peer).map_or(0, |h| h.applied_index);
+        if peer_applied >= through_index {
+            tracing::info!(peer, from, "the peer compacted the entries: fetching a snapshot");
+            self.restart_snapshot(peer);
+        } else if peer_applied >= from {
+            // Its state is past ours though not past the gap: a snapshot of
+            // it leaves less to fill, and nobody may hold the entries
+            // between (it applied them and let them go).
+            tracing::info!(
+                peer,
+                from,
+                peer_applied,
+                through_index,
+                "the peer compacted the entries: fetching a snapshot of part of the gap"
+            );
+            self.restart_snapshot(peer);
+        } else {
+            // It has neither the entries nor a state past ours: another.
             self.ask_entries(Some(peer));
-            return;
         }
-        tracing::info!(peer, from, "the peer compacted the entries: fetching a snapshot");
-        self.restart_snapshot(peer);
     }
 
     pub(super) fn chunk_arrived(
@@ -270,14 +311,15 @@ impl Driver {
             }
         };
         let applied = self.sm.applied_index();
-        if chunk_seq == 0 && (chunk.applied_index < through_index || chunk.applied_index <= applied)
-        {
+        // A snapshot short of the gap's end still moves this node forward;
+        // one that does not is of no use.
+        if chunk_seq == 0 && chunk.applied_index <= applied {
             tracing::warn!(
                 peer,
                 snapshot = chunk.applied_index,
                 through_index,
                 applied,
-                "the peer's snapshot does not cover the gap: asking again"
+                "the peer's snapshot is not past this node's state: asking again"
             );
             self.catch_up = None;
             return Ok(());
@@ -340,12 +382,23 @@ impl Driver {
         let index = installed.map_err(|error| self.fail_now(error))?;
         self.install_begun = false;
         self.stats.snapshots_installed += 1;
-        tracing::info!(peer, index, "installed a snapshot from a peer");
+        let through_index = match self.blocked {
+            Some(Blocked::NeedsSnapshot { through_index }) => through_index,
+            _ => index,
+        };
+        let short_of_gap = index < through_index;
+        tracing::info!(peer, index, through_index, "installed a snapshot from a peer");
         self.record_snapshot(|applied_index, state| SnapshotEvent::Installed {
             peer,
             applied_index,
             state,
+            short_of_gap,
         });
+        if short_of_gap {
+            // The rest of the gap comes as entries (or another snapshot).
+            self.replica.caught_up_to(self.sm.applied_index());
+            return Ok(());
+        }
         self.caught_up();
         Ok(())
     }

@@ -112,16 +112,10 @@ pub async fn increment(
         state.read_barrier().await?;
         let cluster = state.store.cluster_version()?;
         if !KV_INCREMENT.allowed_at(cluster) {
-            let since = KV_INCREMENT.since;
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "not_finalized",
-                format!(
-                    "{} needs cluster version {since}, and the cluster runs at {cluster}: once \
-                     every node runs Cairn {}.{} or newer, finalize the upgrade (`cairn cluster \
-                     finalize`)",
-                    KV_INCREMENT.name, since.major, since.minor
-                ),
+                KV_INCREMENT.refusal(cluster),
             ));
         }
     }
