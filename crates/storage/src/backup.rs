@@ -3,8 +3,9 @@
 //! directory.
 //!
 //! Taking ([`take`]): a RocksDB checkpoint of the store (hard links to its SST
-//! files, at one sequence number) is opened read-only for its applied index
-//! and state fingerprint. Every file of the checkpoint is hashed (SHA-256) and
+//! files, at one sequence number), with the consensus log's column family
+//! emptied (a restore never reads it), is opened read-only for its applied
+//! index and state fingerprint. Every file of the checkpoint is hashed (SHA-256) and
 //! copied into the sink under its hash, unless the sink already holds that
 //! hash: SST files never change once written, so successive backups share
 //! every file that compaction left alone (incremental). The manifest, written
@@ -49,7 +50,7 @@ use rocksdb::{Options, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    fingerprint_of, u64_from, Store, CF_META, COLUMN_FAMILIES, META_APPLIED_INDEX,
+    fingerprint_of, u64_from, Store, CF_LOG, CF_META, COLUMN_FAMILIES, META_APPLIED_INDEX,
 };
 use crate::snapshot::{SnapshotSink, SnapshotSource, CHUNK_PAYLOAD_BYTES_DEFAULT};
 use crate::Error;
@@ -494,6 +495,35 @@ impl Drop for Scratch {
     }
 }
 
+/// Empties the consensus log's column family in a checkpoint: a restore
+/// never uses it, and its files, written entries and the deletions of
+/// compacted ones that RocksDB has not merged away yet, can weigh as much as
+/// the state (a 1 GiB load left about as much again in the log's files). The
+/// family is dropped and made again empty, so the checkpoint still opens
+/// with every column family. Only the checkpoint's own links go: the store's
+/// files are untouched.
+fn drop_consensus_log(dir: &Path) -> Result<(), Error> {
+    let mut db = DB::open_cf(&Options::default(), dir, COLUMN_FAMILIES)?;
+    db.drop_cf(CF_LOG)?;
+    db.create_cf(CF_LOG, &Options::default())?;
+    Ok(())
+}
+
+/// Removes what opening a checkpoint leaves beside its database (RocksDB's
+/// info logs and lock file), so that a backup lists the database's files.
+fn remove_info_logs(dir: &Path) -> Result<(), Error> {
+    for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "LOCK" || name == "LOG" || name.starts_with("LOG.old") {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens a checkpoint read-only and reads its applied index and fingerprint,
 /// refusing one that holds a partial snapshot install.
 fn read_checkpoint(dir: &Path) -> Result<(u64, u64), Error> {
@@ -530,7 +560,9 @@ pub fn take(
     }
     let scratch = Scratch::new_in(scratch_parent, &format!("backup-{name}"))?;
     Checkpoint::new(store.db.as_ref())?.create_checkpoint(&scratch.0)?;
+    drop_consensus_log(&scratch.0)?;
     let (applied_index, fingerprint) = read_checkpoint(&scratch.0)?;
+    remove_info_logs(&scratch.0)?;
     let mut names = Vec::new();
     for entry in fs::read_dir(&scratch.0).map_err(io_error("list", &scratch.0))? {
         let entry = entry.map_err(io_error("list", &scratch.0))?;

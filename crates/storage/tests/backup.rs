@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use cairn_storage::backup::{self, BackupSink, DirSink, FILES_DIR, MANIFEST_FILE};
+use cairn_storage::log_store::LogStore;
 use cairn_storage::{Command, Conflict, Doc, Error, Op, StateMachine, Store};
+use omnipaxos::storage::Storage;
 use tempfile::TempDir;
 
 struct Node {
@@ -123,6 +125,46 @@ fn successive_backups_share_files_and_delete_collects_only_the_unshared() {
     let target = sinks.path().join("restored");
     backup::restore(&sink, "second", &sinks.path().join("tmp"), &target).unwrap();
     assert_eq!(Store::open(&target).unwrap().count_docs("users").unwrap(), 505);
+}
+
+/// The consensus log stays out of a backup: a store whose log holds far
+/// more than its state backs up to about its state, and still restores.
+#[test]
+fn a_backup_leaves_the_consensus_log_behind() {
+    let node = populated();
+    let mut log = LogStore::open(node.store()).unwrap();
+    // Values that do not compress: bytes of a xorshift sequence.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let entries: Vec<Command> = (0..256)
+        .map(|n| Command::new(None, Op::KvPut { key: format!("log{n}"), value: noise(16 * 1024) }))
+        .collect();
+    log.append_entries(entries).unwrap();
+    let sinks = tempfile::tempdir().unwrap();
+    let sink = DirSink::new(sinks.path()).unwrap();
+    let manifest = node.take(&sink, "small");
+    // 4 MiB of log, and a state of 500 small documents.
+    assert!(manifest.bytes < 1024 * 1024, "the log went into the backup: {manifest:?}");
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert!(!listed.iter().any(|n| *n == "LOCK" || n.starts_with("LOG")), "{listed:?}");
+    assert!(empty(&node.scratch("scratch")), "the scratch checkpoint is removed");
+    // The store's own log is whole.
+    assert_eq!(log.get_log_len().unwrap(), 256);
+    drop(log);
+    let target = sinks.path().join("restored");
+    backup::restore(&sink, "small", &sinks.path().join("tmp"), &target).unwrap();
+    let store = Store::open(&target).unwrap();
+    assert_eq!(format!("{:016x}", store.state_fingerprint().unwrap()), manifest.fingerprint);
+    assert_eq!(store.count_docs("users").unwrap(), 500);
 }
 
 /// One flipped byte in any file of a backup refuses the restore, naming the
