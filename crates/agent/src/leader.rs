@@ -2,12 +2,15 @@
 //! beside the OmniPaxos leader node (before any node exists, the agent of
 //! the cloud's first host, which bootstraps the cluster).
 //!
-//! Each turn (every [`LOOP_MS`]): read the control state from the system
-//! table, the newest desired state from the cloud, and observe; let
+//! Each turn (every [`LOOP_MS`]): read the newest desired state from the
+//! cloud, observe, and read the control state from the system table; let
 //! [`cairn_control::reconcile::turn`] decide; store the control state; run
 //! the step after checking it against a fresh look
 //! ([`Step::check`](cairn_control::model::Step::check)); record the outcome,
-//! store again, and report the status to the cloud.
+//! store again, and report the status to the cloud. A turn first decides
+//! from the local node's copy of the control state, and when that turn
+//! would change nothing it ends there: an idle cluster's log stays idle.
+//! Anything else is decided again from a linearizable read.
 //!
 //! Because the control state is replicated by the data plane and stored
 //! before a step runs, an agent that becomes leader after another died
@@ -43,7 +46,7 @@ use cairn_cloud::{CreateHost, Host, HostState};
 use cairn_control::desired::{parse, DesiredState};
 use cairn_control::execute::{run_turn, Effects, Outcome};
 use cairn_control::model::{ControlRecord, ControlState, Observed, Step};
-use cairn_control::reconcile::report;
+use cairn_control::reconcile::{report, turn};
 use cairn_control::status::Report;
 
 use crate::client::{AgentClient, INSTALL_CALL_TIMEOUT_MS};
@@ -257,7 +260,12 @@ impl Leader {
 
     async fn lead(&mut self, own: &NodeStatus) -> Result<(), TurnError> {
         let bootstrap = own.node_id == 0;
-        let read = if bootstrap { None } else { self.read_control().await? };
+        let offered = self.offered().await;
+        let (observed, hosts) = self.observe(bootstrap).await?;
+        if !bootstrap && self.idle(offered.as_ref(), &observed).await? {
+            return Ok(());
+        }
+        let read = if bootstrap { None } else { self.read_control(Read::Linearizable).await? };
         let read = match read {
             Some(StoredRecord { revision, record }) => {
                 self.revision = revision;
@@ -274,8 +282,6 @@ impl Leader {
             }
         };
         let control = read.or_else(|| self.memory.clone()).unwrap_or_default();
-        let offered = self.offered().await;
-        let (observed, hosts) = self.observe(bootstrap).await?;
         let mut acting = Acting { leader: self, hosts, bootstrap };
         let turned =
             run_turn(&mut acting, &control, offered.as_ref(), &observed, !bootstrap).await?;
@@ -311,8 +317,38 @@ impl Leader {
     }
 
     /// The stored control record, with its revision.
-    async fn read_control(&self) -> Result<Option<StoredRecord>, TurnError> {
-        Ok(self.observer.node.system_get(CONTROL_KEY, Read::Linearizable).await?)
+    async fn read_control(&self, read: Read) -> Result<Option<StoredRecord>, TurnError> {
+        Ok(self.observer.node.system_get(CONTROL_KEY, read).await?)
+    }
+
+    /// Whether this turn has nothing to do, judged from the local node's
+    /// own copy of the control record, which costs no log entry (a
+    /// linearizable read is a barrier entry, and the loop turns twice a
+    /// second: an idle cluster's log would grow for ever). Idle means that
+    /// the turn would run no step and store the record as it is; the status
+    /// is still reported to the cloud. A turn that would do anything reads
+    /// the record again, linearizably, and decides from that: a stale copy
+    /// can make a turn idle late, never act. It lags only by what another
+    /// agent wrote and this node has not applied yet (this agent's own
+    /// writes are applied here before they are answered).
+    async fn idle(
+        &self,
+        offered: Option<&DesiredState>,
+        observed: &Observed,
+    ) -> Result<bool, TurnError> {
+        let Some(StoredRecord { record, .. }) = self.read_control(Read::Local).await? else {
+            return Ok(false);
+        };
+        let t = turn(&record.control, offered, observed);
+        let unchanged = ControlRecord {
+            report: report(&t.control, t.pending_id, Some(self.config.host.clone())),
+            control: t.control,
+        };
+        if t.step.is_some() || unchanged != record {
+            return Ok(false);
+        }
+        self.report(&record.report).await;
+        Ok(true)
     }
 
     /// Stores the control state (when a node exists) and, with `tell`,

@@ -642,6 +642,35 @@ async fn cairn_up_reaches_every_desired_state_under_load() {
         eprintln!("{what}: {took:.1?}");
     }
     eprintln!("{} acknowledged writes, all read back", acked.len());
+    idle_log_stays_idle(&up).await;
+}
+
+/// With no client, a cluster at its desired state appends nothing to its
+/// log: the leader agent's turns read the control state without a log entry
+/// when they have nothing to do. The decided index must hold still for 5 s.
+async fn idle_log_stays_idle(up: &Up) {
+    let api = up.apis().await.remove(0);
+    let node = Client::with_tls(&api, Duration::from_secs(10), up.node_tls())
+        .unwrap()
+        .with_token(Some(up.node_token()));
+    let started = Instant::now();
+    let mut still = (None, Instant::now());
+    loop {
+        let view = node.cluster().await;
+        let decided = view.ok().and_then(|v| v.nodes.iter().filter_map(|n| n.decided_index).max());
+        if decided.is_none() || decided != still.0 {
+            still = (decided, Instant::now());
+        } else if still.1.elapsed() >= Duration::from_secs(5) {
+            eprintln!("idle: the log held still at {decided:?} for 5 s");
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "an idle cluster's log kept growing (now at {decided:?})\n{}",
+            up.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn desired_backups(id: u64, backups: &str, schedule: &str) -> String {
