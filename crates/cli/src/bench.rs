@@ -169,19 +169,46 @@ struct Tally {
     writes: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// Operations answered without error in each whole second of the run,
+    /// by when they were answered (to draw throughput through a fault).
+    per_second: Vec<u64>,
 }
 
 impl Tally {
     fn new() -> Tally {
         let histogram =
             || Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
-        Tally { reads: histogram(), writes: histogram(), errors: 0, first_error: None }
+        Tally {
+            reads: histogram(),
+            writes: histogram(),
+            errors: 0,
+            first_error: None,
+            per_second: Vec::new(),
+        }
+    }
+
+    /// Counts one operation answered `at_us` after the run began.
+    fn answered_at(&mut self, at_us: u64) {
+        let second = usize::try_from(at_us / 1_000_000).unwrap_or(usize::MAX);
+        if second >= PER_SECOND_MAX {
+            return;
+        }
+        if self.per_second.len() <= second {
+            self.per_second.resize(second + 1, 0);
+        }
+        self.per_second[second] += 1;
     }
 
     fn merge(&mut self, other: Tally) {
         self.reads.add(other.reads).expect("same bounds");
         self.writes.add(other.writes).expect("same bounds");
         self.errors += other.errors;
+        if self.per_second.len() < other.per_second.len() {
+            self.per_second.resize(other.per_second.len(), 0);
+        }
+        for (mine, theirs) in self.per_second.iter_mut().zip(other.per_second) {
+            *mine += theirs;
+        }
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -353,6 +380,10 @@ async fn measure(
     }
     (tally, elapsed, failover)
 }
+
+/// Seconds of a run counted one by one (`per_second` in the result); a
+/// longer run's later seconds are left out of that count only.
+const PER_SECOND_MAX: usize = 24 * 3600;
 
 /// Bytes of the send time that begins a stamped value: microseconds since
 /// the Unix epoch, as 16 decimal digits (the feeds run in this process, on
@@ -546,6 +577,9 @@ impl Work {
                 self.client.put(&key, &self.value).await
             };
             let micros = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
+            if result.is_ok() {
+                tally.answered_at(failover.now_us());
+            }
             match result {
                 Ok(()) if is_read => tally.reads.record(micros).expect("clamped into bounds"),
                 Ok(()) => {
@@ -604,6 +638,7 @@ fn summary(args: &BenchArgs, targets: &[String], tally: &Tally, elapsed: Duratio
         "latency": latency(&all),
         "reads": latency(&tally.reads),
         "writes": latency(&tally.writes),
+        "per_second": tally.per_second,
     })
 }
 

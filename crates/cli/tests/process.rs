@@ -355,6 +355,10 @@ async fn bench_reports_throughput_and_latency() {
     assert!(figures["reads"]["count"].as_u64().unwrap() > 0);
     assert!(figures["writes"]["count"].as_u64().unwrap() > 0);
     assert!(figures["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    // Every answered operation is counted in the second it was answered.
+    let per_second: Vec<u64> = serde_json::from_value(figures["per_second"].clone()).unwrap();
+    assert!(!per_second.is_empty(), "{figures}");
+    assert_eq!(per_second.iter().sum::<u64>(), 400, "{figures}");
     let bad = node.cli(&["bench", "--read-ratio", "2"]);
     assert_eq!(bad.status.code(), Some(2));
     // `--output json` prints the same figures as the result file, on stdout.
