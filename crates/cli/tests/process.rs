@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_client::{Client, Read};
+use cairn_client::{Changes, Client, FeedEvent, FeedTarget, Read};
 use tempfile::TempDir;
 
 mod common;
@@ -413,9 +413,18 @@ async fn tokens_are_made_used_listed_and_revoked_from_the_cli() {
     assert!(stderr(&after).contains("unauthorized"), "{}", stderr(&after));
 }
 
+/// The next change a feed delivers, within 30 s.
+async fn next_change(feed: &mut Changes) -> serde_json::Value {
+    match tokio::time::timeout(Duration::from_secs(30), feed.next()).await {
+        Ok(Ok(FeedEvent::Change(change))) => change,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
 /// `cairn backup create` takes a backup of a node run with --backup-dir,
 /// `cairn restore` makes a new data directory of it that a node serves with
-/// exactly the backed-up data, and a backup with one flipped byte is refused
+/// exactly the backed-up data, a changefeed resumes on it from a cursor
+/// before the backup's index, and a backup with one flipped byte is refused
 /// by `cairn restore`, naming the file, with nothing written.
 #[tokio::test]
 async fn a_backup_made_from_the_cli_restores_into_a_new_node() {
@@ -426,7 +435,7 @@ async fn a_backup_made_from_the_cli_restores_into_a_new_node() {
     let node = NodeProcess::start_with_args(&dir.path().join("node1"), free_port(), &token, &more)
         .ready()
         .await;
-    assert!(node.cli(&["put", "greeting", "hello"]).status.success());
+    let before_table = node.client().kv_put("greeting", "hello").await.unwrap();
     assert!(node.cli(&["table", "create", "users"]).status.success());
     let doc = r#"{"id": "ada", "born": 1815}"#;
     assert!(node.cli(&["doc", "insert", "users", doc]).status.success());
@@ -456,6 +465,20 @@ async fn a_backup_made_from_the_cli_restores_into_a_new_node() {
     let ada = copy.cli(&["--output", "json", "doc", "get", "users", "ada"]);
     let ada: serde_json::Value = serde_json::from_slice(&ada.stdout).unwrap();
     assert_eq!(ada["born"], 1815, "{ada}");
+    // Changefeed cursors carry on over the restore point: a feed that
+    // resumes before the backup's index gets the insert the backup holds,
+    // then a write made on the restored node, after it.
+    let users = FeedTarget::Table { table: "users".into(), id: None };
+    let since = Some(format!("{before_table}.0"));
+    let mut feed = Changes::new(vec![copy.client()], users, since, false).unwrap();
+    let first = next_change(&mut feed).await;
+    assert_eq!((first["type"].as_str(), first["id"].as_str()), (Some("add"), Some("ada")));
+    assert!(first["index"].as_u64() <= made["applied_index"].as_u64(), "{first} {made}");
+    let grace = r#"{"id": "grace", "born": 1906}"#;
+    assert!(copy.cli(&["doc", "insert", "users", grace]).status.success());
+    let second = next_change(&mut feed).await;
+    assert_eq!(second["id"], "grace", "{second}");
+    assert!(second["index"].as_u64() > made["applied_index"].as_u64(), "{second} {made}");
     drop(copy);
 
     // One flipped byte in one of its files: refused, naming the file.
