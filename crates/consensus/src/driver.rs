@@ -361,6 +361,7 @@ impl DriverConfig {
             seed: self.seed ^ u64::from(membership.configuration_id).rotate_left(32),
             base_index: membership.base_index,
             message_entries_bytes_max: self.message_entries_bytes_max,
+            leader_priority: 0,
         }
     }
 }

@@ -211,6 +211,14 @@ pub struct ReplicaConfig {
     /// Most bytes of entries one message carries (one entry always goes):
     /// see [`MESSAGE_ENTRIES_BYTES_MAX`].
     pub message_entries_bytes_max: usize,
+    /// This node's leader priority (OmniPaxos's): between ballots of one
+    /// round, the higher priority wins. 1 for the node that led the
+    /// configuration before this one, so that a membership change keeps its
+    /// leader instead of electing the member with the highest id (the new
+    /// one, often); 0 otherwise. It only breaks ties: a node that has the
+    /// priority but is down or cut off is outvoted by a higher round as any
+    /// node is.
+    pub leader_priority: u32,
 }
 
 /// The next thing [`Replica::take_decided`] has for the caller.
@@ -296,6 +304,7 @@ impl Replica {
             seed,
             base_index,
             message_entries_bytes_max,
+            leader_priority,
             ..
         } = config;
         let cluster =
@@ -307,6 +316,7 @@ impl Replica {
             buffer_size: OUTGOING_RESERVE_MESSAGES,
             batch_size: 1,
             message_entries_bytes_max,
+            leader_priority,
             ..ServerConfig::default()
         };
         let log = LogStore::open(store)?;

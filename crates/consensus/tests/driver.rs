@@ -570,6 +570,31 @@ fn membership_changes_on_a_live_cluster_keep_every_write() {
     assert!(matches!(net.answers[&bad].1, Answer::Failed(Error::Refused { .. })));
 }
 
+/// A membership change keeps its leader: the leader of the configuration
+/// that ends has the priority in the next one. Without it the member with
+/// the highest id won the new configuration's election, so every node added
+/// (here 4, then 5) took the leadership, and every change cost a failover.
+#[test]
+fn a_membership_change_keeps_its_leader() {
+    let mut net = Net::new(21);
+    let first = net.settle();
+    let session = net.open_session(first);
+    write_many(&mut net, first, session, 1..5);
+    net.run(300);
+    let mut seq = 5;
+    for new in [4, 5] {
+        let leader = net.settle();
+        let mut members = net.members();
+        members.push(new);
+        let membership = net.change(leader, members);
+        net.add_node(new, membership, 21);
+        write_many(&mut net, leader, session, seq..seq + 5);
+        seq += 5;
+        net.run(300);
+        assert_eq!(net.settle(), leader, "the leader moved when node {new} was added");
+    }
+}
+
 /// A change after which too few members of the new configuration would hold
 /// the data is refused, naming the members that lack it; the same change
 /// passes once they caught up, and one that keeps the holders passes at once.

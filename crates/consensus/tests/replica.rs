@@ -168,6 +168,7 @@ impl Sim {
             seed,
             base_index: 0,
             message_entries_bytes_max,
+            leader_priority: 0,
         };
         let replica = Replica::open(config, &store, sm.applied_index()).expect("open replica");
         assert_eq!(replica.taken_index(), sm.applied_index(), "resumes after the applied index");
@@ -691,6 +692,7 @@ fn bad_configurations_are_refused() {
         seed: 0,
         base_index: 0,
         message_entries_bytes_max: MESSAGE_ENTRIES_BYTES_MAX,
+        leader_priority: 0,
     };
     let bad = [
         config(1, &[1], 1),

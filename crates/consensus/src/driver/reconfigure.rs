@@ -321,7 +321,11 @@ impl Driver {
             self.blocked = Some(Blocked::Alone { configuration_id: next.configuration_id });
             return Ok(());
         }
-        let config = self.config.replica_config(&next);
+        let mut config = self.config.replica_config(&next);
+        // The leader of the configuration that ends keeps leading the next
+        // one where it can: without a priority, the member with the highest
+        // id wins the first election, and every node added became leader.
+        config.leader_priority = u32::from(self.replica.is_leader());
         // A validated membership of two or more members, this node among
         // them, always makes a replica's configuration.
         self.replica = Replica::open(config, self.sm.store(), self.sm.applied_index()).map_err(
