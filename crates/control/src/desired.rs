@@ -605,7 +605,7 @@ impl<'a> Fields<'a> {
         };
         if let Some(unknown) = map.keys().find(|key| !known.contains(&key.as_str())) {
             return Err(DesiredError::new(
-                join(path, unknown),
+                join(path, &field_name(unknown)),
                 format!("is not a known field; the known fields are {}", known.join(", ")),
             ));
         }
@@ -704,6 +704,18 @@ fn join(path: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{path}.{name}")
+    }
+}
+
+/// A field name as an error shows it: plain when it is a plain name, quoted
+/// as JSON otherwise, so that an empty or dotted name stays visible.
+fn field_name(name: &str) -> String {
+    let plain =
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        name.to_string()
+    } else {
+        serde_json::to_string(name).unwrap_or_else(|_| format!("{name:?}"))
     }
 }
 

@@ -190,6 +190,10 @@ fn unknown_fields_are_refused_with_the_known_ones_listed() {
         "backup_schedule.at",
         "every, keep, sink",
     );
+    // A name that is empty or holds a dot is quoted, so that the error still
+    // names it (found by `a_damaged_example_never_panics`).
+    assert_refused(&with(r#""": "0.2.0""#), r#""""#, "id, running, version");
+    assert_refused(&with(r#""a.b": 1"#), r#""a.b""#, "not a known field");
 }
 
 /// The document's size and nesting are bounded before parsing; brackets
