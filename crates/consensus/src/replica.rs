@@ -125,17 +125,22 @@ pub const MESSAGE_ENTRIES_BYTES_MAX: usize =
 /// this; the event loop drains it every turn).
 const OUTGOING_RESERVE_MESSAGES: usize = 1024;
 
-/// The entries a message carries in a batch: those of an `AcceptDecide` or a
-/// `ProposalForward`, the messages [`MESSAGE_ENTRIES_BYTES_MAX`] bounds.
+/// The entries a message carries in a batch, which
+/// [`MESSAGE_ENTRIES_BYTES_MAX`] bounds: those of an `AcceptDecide` or a
+/// `ProposalForward`, and the suffix of a log sync (`AcceptSync`,
+/// `Promise`), which holds its sender's entries past its decided index and
+/// is bounded because a leader keeps those within the bound (OmniPaxos
+/// patch 4).
 pub fn batched_entries(message: &Message) -> Option<&[Command]> {
     use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
-    match message {
-        Message::SequencePaxos(PaxosMessage { msg: PaxosMsg::AcceptDecide(accept), .. }) => {
-            Some(&accept.entries)
-        }
-        Message::SequencePaxos(PaxosMessage {
-            msg: PaxosMsg::ProposalForward(entries), ..
-        }) => Some(entries),
+    let Message::SequencePaxos(PaxosMessage { msg, .. }) = message else {
+        return None;
+    };
+    match msg {
+        PaxosMsg::AcceptDecide(accept) => Some(&accept.entries),
+        PaxosMsg::ProposalForward(entries) => Some(entries),
+        PaxosMsg::AcceptSync(sync) => Some(&sync.log_sync.suffix),
+        PaxosMsg::Promise(promise) => promise.log_sync.as_ref().map(|sync| &sync.suffix[..]),
         _ => None,
     }
 }
@@ -152,6 +157,10 @@ pub enum Error {
     /// Too many proposals await their decision here; retry later.
     #[error("{pending} proposals await their decision on this node; retry later")]
     Busy { pending: usize },
+    /// This node leads and holds as many bytes of undecided entries as a log
+    /// sync may carry; retry once some are decided.
+    #[error("this leader's undecided entries fill {bytes_max} bytes; retry later")]
+    Backlog { bytes_max: usize },
     /// The configuration is being replaced (a StopSign was accepted); retry in
     /// the next configuration.
     #[error("configuration {configuration_id} is stopping for a membership change")]
@@ -167,7 +176,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy { .. } | Error::Stopping { .. })
+        matches!(self, Error::Busy { .. } | Error::Backlog { .. } | Error::Stopping { .. })
     }
 }
 
@@ -286,6 +295,8 @@ pub struct Replica {
     last_leader: Option<NodeId>,
     /// Scratch for OmniPaxos's outgoing messages, reused across calls.
     outgoing: Vec<Message>,
+    /// The bound on one message's entries, and on a leader's undecided ones.
+    message_entries_bytes_max: usize,
 }
 
 impl Replica {
@@ -338,6 +349,7 @@ impl Replica {
             rng: Rng::new(seed ^ node_id),
             last_leader: None,
             outgoing: Vec::with_capacity(OUTGOING_RESERVE_MESSAGES),
+            message_entries_bytes_max,
         };
         replica.retain_unapplied();
         Ok(replica)
@@ -387,8 +399,14 @@ impl Replica {
         if self.pending.len() >= PENDING_PROPOSALS_MAX {
             return Err(Error::Busy { pending: self.pending.len() });
         }
-        self.append(command.clone())?;
-        let due_tick = self.next_due_tick();
+        // A leader whose undecided entries fill their budget takes the
+        // command at a later tick, once some are decided: the command waits
+        // here, as one forwarded to it waits at its proposer.
+        let due_tick = match self.append(command.clone()) {
+            Ok(()) => self.next_due_tick(),
+            Err(Error::Backlog { .. }) => self.now_ticks + 1,
+            Err(error) => return Err(error),
+        };
         self.pending.insert(k, Pending { command, due_tick });
         self.due.insert((due_tick, k));
         self.check_pending();
@@ -705,6 +723,9 @@ impl Replica {
             Err(ProposeErr::PendingReconfigEntry(_)) => {
                 Err(Error::Stopping { configuration_id: self.configuration_id })
             }
+            Err(ProposeErr::Busy(_)) => {
+                Err(Error::Backlog { bytes_max: self.message_entries_bytes_max })
+            }
             Err(other) => unreachable!("append of an entry failed with {other:?}"),
         }
     }
@@ -739,10 +760,19 @@ impl Replica {
             pending.due_tick = next;
             let command = pending.command.clone();
             self.due.insert((next, k));
-            if self.append(command).is_err() {
+            match self.append(command) {
+                Ok(()) => {}
+                Err(Error::Backlog { .. }) => {
+                    // No room at this leader: try again next tick.
+                    let soon = self.now_ticks + 1;
+                    self.due.remove(&(next, k));
+                    self.due.insert((soon, k));
+                    self.pending.get_mut(&k).expect("every due key is pending").due_tick = soon;
+                    break;
+                }
                 // Stopping: nothing more is decided in this configuration, so
                 // the caller fails these proposals over to the next one.
-                break;
+                Err(_) => break,
             }
         }
         self.check_pending();

@@ -105,6 +105,10 @@ struct Sim {
     faults: Faults,
     /// Directed links that lose everything.
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Directed links that lose the log's messages but pass the leader
+    /// election's heartbeats, so that a leader stays leader without a quorum
+    /// that accepts.
+    log_cut: BTreeSet<(NodeId, NodeId)>,
     in_flight: BTreeMap<(u64, u64), (NodeId, Message)>,
     sent: u64,
     clients: Vec<Client>,
@@ -133,6 +137,7 @@ impl Sim {
             nodes,
             faults: CALM,
             cut: BTreeSet::new(),
+            log_cut: BTreeSet::new(),
             in_flight: BTreeMap::new(),
             sent: 0,
             clients: Vec::new(),
@@ -242,6 +247,8 @@ impl Sim {
                 }
                 let faults = self.faults;
                 if self.cut.contains(&(from, to))
+                    || (self.log_cut.contains(&(from, to))
+                        && matches!(message, Message::SequencePaxos(_)))
                     || (faults.drop_forwards && is_forward(&message))
                     || self.rng.chance(faults.drop_percent)
                 {
@@ -520,6 +527,45 @@ fn batches_of_entries_stay_within_the_message_bound() {
         assert!(unbounded > BOUND, "seed {seed}: the load makes batches of {unbounded} bytes");
         let bounded = run(BOUND);
         assert!(bounded <= BOUND, "seed {seed}: a batch of {bounded} bytes");
+    }
+}
+
+/// A log sync carries its sender's entries past its decided index whole, so a
+/// leader keeps those within the message bound (OmniPaxos patch 4). Here the
+/// log's messages between a leader and its followers are lost while the
+/// election's heartbeats pass, so the leader stays leader and goes on taking
+/// writes from twelve clients that nothing decides. Once the messages pass
+/// again, a follower sees a gap and asks for a sync, which carries what the
+/// leader holds undecided. Without the bound the leader held every write and
+/// its re-proposals, and the sync carried them all in one message over the
+/// bound; with it, writes beyond the bound wait at the leader, and every
+/// write still takes effect once.
+#[test]
+fn a_log_sync_stays_within_the_message_bound() {
+    const BOUND: usize = 300;
+    for seed in seeds(&[21, 22]) {
+        let _hint = ReplayHint { test: "a_log_sync_stays_within", seed };
+        let mut sim = Sim::new(seed);
+        sim.message_entries_bytes_max = BOUND;
+        for id in NODES {
+            sim.crash(id);
+            sim.start(id);
+        }
+        let sessions = sim.setup(12);
+        let leader = sim.agreed_leader().expect("a leader");
+        sim.largest_batch_bytes = 0;
+        for follower in NODES.into_iter().filter(|&n| n != leader) {
+            sim.log_cut.insert((leader, follower));
+            sim.log_cut.insert((follower, leader));
+        }
+        sim.add_clients(&[leader], &sessions, 3);
+        sim.run_for(4 * TIMING.repropose_timeout_ticks);
+        assert_eq!(sim.agreed_leader(), Some(leader), "seed {seed}: the leader stays");
+        sim.log_cut.clear();
+        sim.run_until(4000, "all writes applied", |sim| sim.clients_done() && sim.converged());
+        sim.check_outcome();
+        let largest = sim.largest_batch_bytes;
+        assert!(largest <= BOUND, "seed {seed}: {largest} bytes of entries in one message");
     }
 }
 

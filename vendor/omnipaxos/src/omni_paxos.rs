@@ -178,6 +178,8 @@ pub struct ServerConfig {
     /// Cairn patch 3 (PATCHES.md): most bytes of entries (by
     /// `Entry::message_bytes`) that one `AcceptDecide` or `ProposalForward`
     /// carries; one entry always goes, whatever its size. No bound by default.
+    /// Cairn patch 4: a leader also keeps its entries past its decided index
+    /// within it (one entry always goes), so that a log sync fits it too.
     pub message_entries_bytes_max: usize,
     /// The path where the default logger logs events.
     #[cfg(feature = "logging")]
@@ -476,6 +478,10 @@ where
     /// Couldn't propose reconfiguration because of an invalid cluster config. Contains the config
     /// error and the failed, proposed cluster config and metadata.
     ConfigError(ConfigError, ClusterConfig, Option<Vec<u8>>),
+    /// Cairn patch 4 (PATCHES.md): this node leads, and its entries past the
+    /// decided index already take `ServerConfig::message_entries_bytes_max`
+    /// bytes. Returns the entry; propose it again once some are decided.
+    Busy(T),
 }
 
 /// An error returning the proposal that was failed due to that the current configuration is stopped.

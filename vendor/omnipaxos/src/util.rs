@@ -86,6 +86,9 @@ where
     /// Cairn patch 3 (PATCHES.md): the entries' bytes in each follower's
     /// latest `AcceptDecide`.
     latest_accept_bytes: Vec<usize>,
+    /// Cairn patch 4 (PATCHES.md): each follower's accepted index at the
+    /// leader's last resend.
+    probed_accepted_idx: Vec<Option<usize>>,
     pub max_pid: usize,
     // The number of promises needed in the prepare phase to become synced and
     // the number of accepteds needed in the accept phase to decide an entry.
@@ -106,6 +109,7 @@ where
             max_promise_sync: None,
             latest_accept_meta: vec![None; max_pid],
             latest_accept_bytes: vec![0; max_pid],
+            probed_accepted_idx: vec![None; max_pid],
             max_pid,
             quorum,
         }
@@ -230,6 +234,16 @@ where
         let meta = idx.map(|x| (self.n_leader, x));
         self.latest_accept_meta[Self::pid_to_idx(pid)] = meta;
         self.latest_accept_bytes[Self::pid_to_idx(pid)] = 0;
+    }
+
+    /// Cairn patch 4 (PATCHES.md).
+    pub fn get_probed_accepted_idx(&self, pid: NodeId) -> Option<usize> {
+        self.probed_accepted_idx[Self::pid_to_idx(pid)]
+    }
+
+    /// Cairn patch 4 (PATCHES.md).
+    pub fn set_probed_accepted_idx(&mut self, pid: NodeId, idx: Option<usize>) {
+        self.probed_accepted_idx[Self::pid_to_idx(pid)] = idx;
     }
 
     /// Cairn patch 3 (PATCHES.md).

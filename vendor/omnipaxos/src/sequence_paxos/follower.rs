@@ -94,6 +94,9 @@ where
             let entries = acc_dec.entries;
             #[cfg(feature = "unicache")]
             let entries = self.internal_storage.decode_entries(acc_dec.entries);
+            // Cairn patch 4 (PATCHES.md): an empty one is a leader's probe,
+            // and is always answered.
+            let probe = entries.is_empty();
             let mut new_accepted_idx = self
                 .internal_storage
                 .append_entries_and_get_accepted_idx(entries)
@@ -104,6 +107,9 @@ where
                 new_accepted_idx = flushed_after_decide;
             }
             if let Some(idx) = new_accepted_idx {
+                self.reply_accepted(acc_dec.n, idx);
+            } else if probe {
+                let idx = self.internal_storage.get_accepted_idx();
                 self.reply_accepted(acc_dec.n, idx);
             }
         }

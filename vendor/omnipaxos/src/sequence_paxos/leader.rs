@@ -77,9 +77,72 @@ where
         if !self.accepted_reconfiguration() {
             match self.state {
                 (Role::Leader, Phase::Prepare) => self.buffered_proposals.append(&mut entries),
-                (Role::Leader, Phase::Accept) => self.accept_entries_leader(entries),
+                (Role::Leader, Phase::Accept) => {
+                    // Cairn patch 4 (PATCHES.md): what does not fit is
+                    // dropped; its proposer proposes it again.
+                    let admitted = self.leader_admits(&entries);
+                    entries.truncate(admitted);
+                    if !entries.is_empty() {
+                        self.accept_entries_leader(entries);
+                    }
+                }
                 _ => self.forward_proposals(entries),
             }
+        }
+    }
+
+    /// Cairn patch 4 (PATCHES.md): how many of `entries`, from the first, this
+    /// leader takes now. A leader keeps the bytes of its entries past its
+    /// decided index within `message_entries_bytes_max`, so that a log sync,
+    /// which carries those entries whole, fits one message; with none
+    /// undecided it takes one entry, whatever its size.
+    pub(crate) fn leader_admits(&mut self, entries: &[T]) -> usize {
+        let max = self.message_entries_bytes_max;
+        if max == usize::MAX {
+            return entries.len();
+        }
+        let decided_idx = self.internal_storage.get_decided_idx();
+        while let Some(&(end, bytes)) = self.undecided.front() {
+            if end > decided_idx {
+                break;
+            }
+            self.undecided.pop_front();
+            self.undecided_bytes -= bytes;
+        }
+        let mut held = self.undecided_bytes;
+        let mut empty = self.undecided.is_empty();
+        let mut admitted = 0;
+        for entry in entries {
+            let bytes = entry.message_bytes();
+            if !empty && held.saturating_add(bytes) > max {
+                break;
+            }
+            held = held.saturating_add(bytes);
+            empty = false;
+            admitted += 1;
+        }
+        admitted
+    }
+
+    /// Cairn patch 4 (PATCHES.md): counts the entries of this leader's log
+    /// past its decided index afresh, as it begins to accept.
+    fn count_undecided(&mut self) {
+        self.undecided.clear();
+        self.undecided_bytes = 0;
+        if self.message_entries_bytes_max == usize::MAX {
+            return;
+        }
+        let decided_idx = self.internal_storage.get_decided_idx();
+        let suffix = self
+            .internal_storage
+            .get_suffix(decided_idx)
+            .expect(READ_ERROR_MSG);
+        if !suffix.is_empty() {
+            let bytes = suffix
+                .iter()
+                .fold(0usize, |sum, entry| sum.saturating_add(entry.message_bytes()));
+            self.undecided.push_back((decided_idx + suffix.len(), bytes));
+            self.undecided_bytes = bytes;
         }
     }
 
@@ -203,6 +266,13 @@ where
         } else {
             accepted.entries.iter().map(Entry::message_bytes).collect()
         };
+        // Cairn patch 4 (PATCHES.md): every entry a leader accepts passes
+        // here; count it undecided.
+        if max != usize::MAX && !accepted.entries.is_empty() {
+            let bytes = sizes.iter().fold(0usize, |sum, size| sum.saturating_add(*size));
+            self.undecided.push_back((accepted.accepted_idx, bytes));
+            self.undecided_bytes = self.undecided_bytes.saturating_add(bytes);
+        }
         for pid in self.leader_state.get_promised_followers() {
             let mut start = 0;
             loop {
@@ -295,9 +365,14 @@ where
             .internal_storage
             .sync_log(self.leader_state.n_leader, decided_idx, max_promise_sync)
             .expect(WRITE_ERROR_MSG);
+        self.count_undecided();
         if !self.accepted_reconfiguration() {
             if !self.buffered_proposals.is_empty() {
-                let entries = std::mem::take(&mut self.buffered_proposals);
+                let mut entries = std::mem::take(&mut self.buffered_proposals);
+                // Cairn patch 4 (PATCHES.md): what does not fit is dropped;
+                // its proposer proposes it again.
+                let admitted = self.leader_admits(&entries);
+                entries.truncate(admitted);
                 new_accepted_idx = self
                     .internal_storage
                     .append_entries_without_batching(entries)
@@ -310,6 +385,7 @@ where
                 new_accepted_idx = self.internal_storage.get_accepted_idx();
             }
         }
+        self.count_undecided();
         self.state = (Role::Leader, Phase::Accept);
         self.leader_state
             .set_accepted_idx(self.pid, new_accepted_idx);
@@ -425,6 +501,7 @@ where
                         }
                     }
                 }
+                self.probe_stalled_followers();
                 // Resend Prepare
                 let preparable_peers = self.leader_state.get_preparable_peers(&self.peers);
                 for peer in preparable_peers {
@@ -433,6 +510,44 @@ where
             }
             Phase::Recover => (),
             Phase::None => (),
+        }
+    }
+
+    /// Cairn patch 4 (PATCHES.md): a follower behind this leader whose
+    /// accepted index did not move since the last resend may have lost an
+    /// accept, or the leader its answer. Only a later accept would show
+    /// either, and a leader whose undecided entries fill their budget sends
+    /// none. So it sends an empty `AcceptDecide` with the next sequence
+    /// number: a follower that lost a message sees the gap and asks for a
+    /// sync; one that did not answers with its accepted index.
+    fn probe_stalled_followers(&mut self) {
+        if self.message_entries_bytes_max == usize::MAX {
+            return;
+        }
+        let accepted_idx = self.internal_storage.get_accepted_idx();
+        let decided_idx = self.internal_storage.get_decided_idx();
+        for follower in self.leader_state.get_promised_followers() {
+            let follower_idx = self.leader_state.get_accepted_idx(follower);
+            let stalled = follower_idx < accepted_idx
+                && self.leader_state.get_probed_accepted_idx(follower) == Some(follower_idx);
+            self.leader_state
+                .set_probed_accepted_idx(follower, Some(follower_idx));
+            if !stalled {
+                continue;
+            }
+            self.leader_state
+                .set_latest_accept_meta(follower, Some(self.outgoing.len()));
+            let probe = AcceptDecide {
+                n: self.leader_state.n_leader,
+                seq_num: self.leader_state.next_seq_num(follower),
+                decided_idx,
+                entries: vec![],
+            };
+            self.outgoing.push(Message::SequencePaxos(PaxosMessage {
+                from: self.pid,
+                to: follower,
+                msg: PaxosMsg::AcceptDecide(probe),
+            }));
         }
     }
 

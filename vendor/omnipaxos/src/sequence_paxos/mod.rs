@@ -14,7 +14,7 @@ use crate::{
 };
 #[cfg(feature = "logging")]
 use slog::{debug, info, trace, warn, Logger};
-use std::{fmt::Debug, vec};
+use std::{collections::VecDeque, fmt::Debug, vec};
 
 pub mod follower;
 pub mod leader;
@@ -39,8 +39,14 @@ where
     // Keeps track of sequence of accepts from leader where AcceptSync = 1
     current_seq_num: SequenceNumber,
     cached_promise_message: Option<Promise<T>>,
-    /// Cairn patch 3 (PATCHES.md).
+    /// Cairn patch 3 (PATCHES.md); patch 4 bounds a leader's undecided
+    /// entries by it too.
     message_entries_bytes_max: usize,
+    /// Cairn patch 4 (PATCHES.md): as leader, the entries accepted past the
+    /// decided index, as runs of (the log index after the run, its bytes),
+    /// oldest first; and their bytes in all.
+    undecided: VecDeque<(usize, usize)>,
+    undecided_bytes: usize,
     #[cfg(feature = "logging")]
     logger: Logger,
 }
@@ -100,6 +106,8 @@ where
             current_seq_num: SequenceNumber::default(),
             cached_promise_message: None,
             message_entries_bytes_max: config.message_entries_bytes_max,
+            undecided: VecDeque::new(),
+            undecided_bytes: 0,
             #[cfg(feature = "logging")]
             logger: {
                 if let Some(logger) = config.custom_logger {
@@ -301,6 +309,11 @@ where
     pub(crate) fn append(&mut self, entry: T) -> Result<(), ProposeErr<T>> {
         if self.accepted_reconfiguration() {
             Err(ProposeErr::PendingReconfigEntry(entry))
+        } else if self.state == (Role::Leader, Phase::Accept)
+            && self.leader_admits(std::slice::from_ref(&entry)) == 0
+        {
+            // Cairn patch 4 (PATCHES.md).
+            Err(ProposeErr::Busy(entry))
         } else {
             self.propose_entry(entry);
             Ok(())
