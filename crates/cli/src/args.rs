@@ -341,6 +341,43 @@ pub enum CertCommand {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
+    /// Make what a cluster lacks, in one go: the CA in DIR/ca, then for each
+    /// --node a directory DIR/node-ID with its certificate, key and ca.crt.
+    /// What exists is kept, so running it again changes nothing (container
+    /// set-ups run it at every start).
+    Init {
+        /// Where to keep them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        certs_dir: PathBuf,
+        /// A node and the names clients reach it by: `ID=NAME[,NAME...]`
+        /// (`localhost` and `127.0.0.1` are always named). Repeat per node.
+        #[arg(long = "node", value_name = "ID=NAMES", value_parser = parse_node_names, required = true)]
+        nodes: Vec<(u64, Vec<String>)>,
+    },
+}
+
+/// `ID=NAME[,NAME...]`, for `cairn cert init --node`.
+fn parse_node_names(text: &str) -> Result<(u64, Vec<String>), String> {
+    let (id, names) =
+        text.split_once('=').ok_or_else(|| format!("`{text}` is not ID=NAME[,NAME...]"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| format!("`{id}` is not a node id (a positive integer)"))?;
+    let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    for name in names.split(',').map(str::trim) {
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+        {
+            return Err(format!("`{name}` is not a host name or an IP address"));
+        }
+        if !all.iter().any(|known| known == name) {
+            all.push(name.to_string());
+        }
+    }
+    Ok((id, all))
 }
 
 /// Where the cloud listens, by default.
@@ -388,6 +425,10 @@ pub struct ConsoleArgs {
     /// the desired state but cannot submit one.
     #[arg(long)]
     pub no_cloud: bool,
+    /// The address a browser reaches the node by, when it is not --addr
+    /// (a port a container publishes, say): `https://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -211,8 +211,14 @@ async fn print_event(
 pub async fn login_urls(
     node: &cairn_client::Client,
     cloud: Option<&CloudClient>,
+    url: Option<&str>,
 ) -> Result<(String, String), CliError> {
-    let base = node.base();
+    let base = match url {
+        Some(url) => {
+            cairn_client::base_url(url).map_err(|e| CliError::Usage(format!("--url {url}: {e}")))?
+        }
+        None => node.base().to_string(),
+    };
     let role = cairn_client::views::Role::Admin;
     let console = node.create_login_code("console login", role).await?.token;
     let todo = node.create_login_code("todo app login", role).await?.token;
@@ -252,7 +258,7 @@ pub async fn console(global: &crate::args::Global, args: ConsoleArgs) -> ExitCod
             Err(e) => return fail(output, e),
         }
     };
-    match login_urls(&node, cloud.as_ref()).await {
+    match login_urls(&node, cloud.as_ref(), args.url.as_deref()).await {
         Ok((console, todo)) => {
             let urls = json!({ "console": console, "todo": todo });
             crate::output::success(output, &urls, || {
@@ -285,7 +291,7 @@ async fn print_login_urls(
         let node =
             cairn_client::Client::with_tls(api_address, timeout, Some(tls))?.with_token(token);
         let cloud = cloud_client(&cloud.to_string(), cloud_token_file)?;
-        login_urls(&node, Some(&cloud)).await
+        login_urls(&node, Some(&cloud), None).await
     };
     match made.await {
         Ok((console, todo)) => {

@@ -161,6 +161,33 @@ fn restore_from(
     backup::restore(&sink, name, parent, data_dir)
 }
 
+/// `cairn cert init`: the CA under `certs_dir/ca` and each node's directory
+/// `certs_dir/node-ID`, each made only when missing.
+fn init_certs(
+    certs_dir: &std::path::Path,
+    nodes: &[(u64, Vec<String>)],
+) -> Result<serde_json::Value, cairn_tls::Error> {
+    let ca_dir = certs_dir.join("ca");
+    let ca_made = !ca_dir.join(cairn_tls::CA_CERT_FILE).exists();
+    let ca = if ca_made { cairn_tls::Ca::create(&ca_dir)? } else { cairn_tls::Ca::load(&ca_dir)? };
+    let (mut made, mut kept) = (Vec::new(), Vec::new());
+    for (id, names) in nodes {
+        let dir = certs_dir.join(format!("node-{id}"));
+        if dir.join(cairn_tls::node_cert_file(*id)).exists() {
+            kept.push(dir);
+        } else {
+            ca.issue_node(&dir, *id, names)?;
+            made.push(dir);
+        }
+    }
+    Ok(serde_json::json!({
+        "ca": ca_dir,
+        "ca_made": ca_made,
+        "made": made,
+        "kept": kept,
+    }))
+}
+
 pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> ExitCode {
     use crate::args::CertCommand;
     let made = match command {
@@ -190,6 +217,7 @@ pub fn cert(output: crate::args::Output, command: crate::args::CertCommand) -> E
                     })
                 })
         }
+        CertCommand::Init { certs_dir, nodes } => init_certs(&certs_dir, &nodes),
     };
     match made {
         Ok(answer) => {

@@ -409,6 +409,50 @@ async fn cluster_shows_every_node_and_the_leader() {
     }
 }
 
+/// `cairn cert init` makes what a cluster lacks and keeps what it has, so
+/// that a container set-up can run it at every start: the CA and each node's
+/// directory the first time, only the new node's the next, and the same
+/// files otherwise. A bad `--node` is refused, naming it, with nothing made.
+#[test]
+fn cert_init_makes_what_is_missing_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |nodes: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(["--output", "json", "cert", "init", "--certs-dir"]).arg(dir.path());
+        for node in nodes {
+            command.arg("--node").arg(node);
+        }
+        command.output().unwrap()
+    };
+    let answer = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = answer(init(&["1=node1,10.0.0.11", "2=node2"]));
+    assert_eq!(first["ca_made"], true, "{first}");
+    assert_eq!(first["made"].as_array().unwrap().len(), 2, "{first}");
+    let read = |path: &str| std::fs::read(dir.path().join(path)).unwrap();
+    let (ca, node_1) = (read("ca/ca.crt"), read("node-1/node-1.crt"));
+    // Each node's directory is what `cairn node --certs-dir` reads.
+    cairn_tls::PeerTls::load(&dir.path().join("node-1"), 1).expect("node 1's certificates");
+    assert_eq!(read("node-2/ca.crt"), ca);
+
+    let second = answer(init(&["1=node1,10.0.0.11", "2=node2", "3=node3"]));
+    assert_eq!(second["ca_made"], false, "{second}");
+    assert_eq!(second["made"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["kept"].as_array().unwrap().len(), 2, "{second}");
+    assert_eq!(read("ca/ca.crt"), ca, "the CA is kept");
+    assert_eq!(read("node-1/node-1.crt"), node_1, "node 1's certificate is kept");
+    cairn_tls::PeerTls::load(&dir.path().join("node-3"), 3).expect("node 3's certificates");
+
+    for bad in ["x=node1", "0=node1", "4", "4=bad name"] {
+        let out = init(&[bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("--node"), "{bad}: {stderr}");
+        assert!(!dir.path().join("node-4").exists(), "{bad}: nothing made");
+    }
+}
+
 /// Certificates made with `cairn cert` (a CA, then one per node) make the
 /// peers talk mutual TLS: the cluster forms and replicates as without, and a
 /// node whose certificate is of another CA cannot take part.
