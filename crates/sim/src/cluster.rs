@@ -199,6 +199,10 @@ pub struct Report {
     pub snapshots_installed: u64,
     /// Of those, installs that stopped short of their gap.
     pub snapshots_short_of_gap: u64,
+    /// Log syncs sent (`AcceptSync`, and `Promise`s with a sync), and
+    /// leaders' probes of stalled followers (empty `AcceptDecide`s).
+    pub syncs: u64,
+    pub probes: u64,
     /// Pages feeds read and events they delivered, their moves to other
     /// nodes, and their restarts (no node kept their cursor).
     pub feed_pages: u64,
@@ -227,12 +231,14 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "  {} ticks, {} operations ({} unknown), {} snapshots installed ({} short of their \
-             gap), {} configurations, faults {:?}, network {:?}",
+             gap), {} log syncs, {} probes, {} configurations, faults {:?}, network {:?}",
             self.ticks,
             self.operations,
             self.unknown_outcomes,
             self.snapshots_installed,
             self.snapshots_short_of_gap,
+            self.syncs,
+            self.probes,
             self.configurations,
             self.faults,
             self.network
@@ -386,6 +392,9 @@ struct Sim {
     next_request: RequestId,
     history: Vec<Entry>,
     violations: Vec<String>,
+    /// Log syncs and probes sent (see [`Report`]).
+    syncs: u64,
+    probes: u64,
     faults: BTreeMap<FaultKind, u64>,
     // The checkers, one file each.
     agreement: Agreement,
@@ -444,6 +453,8 @@ impl Sim {
             next_request: 0,
             history: Vec::new(),
             violations: Vec::new(),
+            syncs: 0,
+            probes: 0,
             faults: BTreeMap::new(),
             agreement: Agreement::default(),
             exactly_once: ExactlyOnce::default(),
@@ -1304,6 +1315,8 @@ impl Sim {
             adds_refused: self.refused_adds,
             snapshots_installed,
             snapshots_short_of_gap,
+            syncs: self.syncs,
+            probes: self.probes,
             feed_pages: self.feeds.pages,
             feed_events: self.feeds.events,
             feed_moves: self.feeds.moves,
@@ -1318,8 +1331,22 @@ impl Sim {
     /// message carries more bytes of entries than the run's bound (one
     /// entry always goes).
     fn send_all(&mut self, from: NodeId, messages: Vec<(NodeId, PeerMessage)>) {
+        use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+        use omnipaxos::messages::Message;
         use omnipaxos::storage::Entry;
         for (to, message) in messages {
+            if let PeerMessage::Paxos {
+                message: Message::SequencePaxos(PaxosMessage { msg, .. }),
+                ..
+            } = &message
+            {
+                match msg {
+                    PaxosMsg::AcceptSync(_) => self.syncs += 1,
+                    PaxosMsg::Promise(promise) if promise.log_sync.is_some() => self.syncs += 1,
+                    PaxosMsg::AcceptDecide(accept) if accept.entries.is_empty() => self.probes += 1,
+                    _ => {}
+                }
+            }
             let entries = match &message {
                 PeerMessage::Paxos { message, .. } => {
                     cairn_consensus::replica::batched_entries(message)

@@ -52,6 +52,8 @@ struct Totals {
     adds_refused: u64,
     snapshots: u64,
     snapshots_short: u64,
+    syncs: u64,
+    probes: u64,
     configurations: u64,
     ticks: u64,
     longest: u64,
@@ -74,6 +76,8 @@ impl Totals {
         self.adds_refused += report.adds_refused;
         self.snapshots += report.snapshots_installed;
         self.snapshots_short += report.snapshots_short_of_gap;
+        self.syncs += report.syncs;
+        self.probes += report.probes;
         self.configurations += report.configurations - 1;
         self.ticks += report.ticks;
         self.longest = self.longest.max(report.ticks);
@@ -192,7 +196,8 @@ fn simulated_clusters_keep_their_promises() {
         "{} seeds in {elapsed:.1} s on {threads} threads ({:.1} seeds/s): {} ticks \
          (longest run {}), {} operations ({} unknown; {} increments, {} refused by the gate), \
          {} keys unchecked (budget), {} snapshots \
-         installed ({} short of their gap), {} membership changes made, {} messages dropped, {} feed events ({} moves \
+         installed ({} short of their gap), {} log syncs, {} probes of stalled followers, \
+         {} membership changes made, {} messages dropped, {} feed events ({} moves \
          to another node, {} restarts), faults {:?}",
         t.seeds,
         t.seeds as f64 / elapsed,
@@ -205,6 +210,8 @@ fn simulated_clusters_keep_their_promises() {
         t.unchecked,
         t.snapshots,
         t.snapshots_short,
+        t.syncs,
+        t.probes,
         t.configurations,
         t.dropped,
         t.feed_events,
