@@ -237,6 +237,11 @@ pub struct NodeArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = ADDR_DEFAULT)]
     pub listen: SocketAddr,
+    /// Where clients reach the API, when that is not --listen: HOST:PORT (a
+    /// port a container publishes, say). Peers learn it, and `/v1/cluster`
+    /// lists it.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
     /// Zone label reported by /v1/cluster.
     #[arg(long)]
     pub zone: Option<String>,
@@ -356,6 +361,26 @@ pub enum CertCommand {
     },
 }
 
+/// `HOST:PORT`, for `cairn node --advertise`: a host name or an IP address
+/// (IPv6 in brackets) and a port.
+fn parse_advertise(text: &str) -> Result<String, String> {
+    let bad = || format!("`{text}` is not HOST:PORT");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().ok().filter(|port| *port > 0).ok_or_else(bad)?;
+    let host_ok = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        ip.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    };
+    if host_ok {
+        Ok(text.to_string())
+    } else {
+        Err(bad())
+    }
+}
+
 /// `ID=NAME[,NAME...]`, for `cairn cert init --node`.
 fn parse_node_names(text: &str) -> Result<(u64, Vec<String>), String> {
     let (id, names) =
@@ -406,6 +431,10 @@ pub struct UpArgs {
     /// the next one).
     #[arg(long, default_value = CLOUD_DEFAULT)]
     pub listen: SocketAddr,
+    /// Let the cloud's API (plain HTTP) listen beyond loopback: its admin
+    /// token then crosses the network in the clear.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -494,6 +523,10 @@ pub struct CloudArgs {
     /// Host N's ports are BASE+10(N-1)+1 (API), +2 (peers), +3 (agent).
     #[arg(long)]
     pub base_port: Option<u16>,
+    /// Let the API (plain HTTP) listen beyond loopback: its admin token then
+    /// crosses the network in the clear.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Peer addresses by node id.

@@ -75,7 +75,8 @@ pub async fn agent(output: Output, args: AgentArgs) -> ExitCode {
 
 pub async fn cloud(output: Output, args: CloudArgs) -> ExitCode {
     init_tracing();
-    let mut config = match cloud_config(&args.dir, args.listen, args.file.as_deref()) {
+    let mut config = match cloud_config(&args.dir, args.listen, args.file.as_deref(), args.insecure)
+    {
         Ok(config) => config,
         Err(e) => return fail(output, e),
     };
@@ -97,6 +98,7 @@ fn cloud_config(
     dir: &Path,
     listen: std::net::SocketAddr,
     file: Option<&Path>,
+    insecure: bool,
 ) -> Result<CloudConfig, CliError> {
     let agent_bin = std::env::current_exe().map_err(|source| CliError::Io {
         what: "find this program at",
@@ -105,6 +107,7 @@ fn cloud_config(
     })?;
     let mut config = CloudConfig::new(dir.to_path_buf(), listen, agent_bin);
     config.desired_file = file.map(Path::to_path_buf);
+    config.insecure = insecure;
     // Host 1 serves its API on the port after the cloud's.
     config.base_port = listen.port();
     Ok(config)
@@ -121,7 +124,7 @@ pub async fn up(output: Output, args: UpArgs) -> ExitCode {
     if let Err(source) = std::fs::create_dir_all(&args.dir) {
         return fail(output, CliError::Io { what: "create", path: args.dir.clone(), source });
     }
-    let config = match cloud_config(&args.dir, args.listen, Some(&args.file)) {
+    let config = match cloud_config(&args.dir, args.listen, Some(&args.file), args.insecure) {
         Ok(config) => config,
         Err(e) => return fail(output, e),
     };

@@ -117,12 +117,23 @@ pub struct CloudConfig {
     pub agent_bin: PathBuf,
     /// Host `n` gets ports `base_port + 10 (n - 1) + 1 ..= + 3`.
     pub base_port: u16,
+    /// Lets the API listen beyond loopback. It speaks plain HTTP, so its
+    /// admin token then crosses the network in the clear; without this, an
+    /// address that is not loopback is refused.
+    pub insecure: bool,
 }
 
 impl CloudConfig {
     /// Settings with no watched file and [`BASE_PORT_DEFAULT`].
     pub fn new(root: PathBuf, listen: SocketAddr, agent_bin: PathBuf) -> CloudConfig {
-        CloudConfig { root, listen, desired_file: None, agent_bin, base_port: BASE_PORT_DEFAULT }
+        CloudConfig {
+            root,
+            listen,
+            desired_file: None,
+            agent_bin,
+            base_port: BASE_PORT_DEFAULT,
+            insecure: false,
+        }
     }
 }
 
@@ -183,6 +194,21 @@ impl Cloud {
                     u32::from(*range.start()) - PORTS_PER_HOST,
                 )));
             }
+        }
+        if !config.listen.ip().is_loopback() {
+            if !config.insecure {
+                return Err(Error::Config(format!(
+                    "the cloud's API speaks plain HTTP, so it listens on loopback only, not on \
+                     {}: its admin token would cross the network in the clear (--insecure \
+                     accepts that)",
+                    config.listen
+                )));
+            }
+            tracing::warn!(
+                listen = %config.listen,
+                "the cloud's API listens beyond loopback in plain HTTP (--insecure): its admin \
+                 token crosses the network in the clear"
+            );
         }
         std::fs::create_dir_all(&config.root)
             .map_err(|e| Error::io("cannot create the cloud's root", &config.root, e))?;

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use cairn_cloud::Cloud;
 use common::{alive, eventually, kill9, Harness};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -397,6 +398,24 @@ async fn the_api_needs_the_admin_token() {
     let token_file = h.root.path().join(cairn_cloud::TOKEN_FILE);
     let mode = std::fs::metadata(token_file).expect("the token file").permissions().mode();
     assert_eq!(mode & 0o077, 0, "the token file is readable by others: {mode:o}");
+}
+
+/// The cloud's API speaks plain HTTP, so it listens on loopback only: an
+/// address beyond it is refused, naming it, unless the operator accepts that
+/// the admin token crosses the network in the clear (`insecure`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_listens_beyond_loopback_only_when_told_to() {
+    let h = Harness::new();
+    let mut config = h.config();
+    config.listen = "0.0.0.0:0".parse().expect("addr");
+    let error = match Cloud::start(config.clone()).await {
+        Ok(_) => panic!("a cloud on 0.0.0.0 started without --insecure"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("0.0.0.0") && error.contains("--insecure"), "{error}");
+    config.insecure = true;
+    let cloud = Cloud::start(config).await.expect("with insecure, it starts");
+    assert!(cloud.local_addr().ip().is_unspecified());
 }
 
 /// `POST /v1/shutdown` stops a serving cloud and its agents.

@@ -67,6 +67,10 @@ pub struct NodeConfig {
     pub id: u64,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where clients reach the API when that is not `listen` (`HOST:PORT`:
+    /// a port a container publishes, a name behind a proxy): what the node
+    /// tells its peers and lists in `/v1/cluster`.
+    pub advertise: Option<String>,
     pub zone: Option<String>,
     pub max_body_bytes: usize,
     /// HTTP connections served at once; more wait.
@@ -116,6 +120,7 @@ impl NodeConfig {
             id,
             data_dir,
             listen,
+            advertise: None,
             zone: None,
             max_body_bytes: MAX_BODY_BYTES_DEFAULT,
             max_connections: crate::http::MAX_CONNECTIONS_DEFAULT,
@@ -187,9 +192,10 @@ impl NodeConfig {
         self.feeds_max.min(self.max_connections.saturating_sub(1)).max(1)
     }
 
-    /// The address clients should use for this node.
+    /// The address clients should use for this node: `advertise`, else the
+    /// address it listens on.
     pub fn advertise_address(&self) -> String {
-        self.listen.to_string()
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 }
 

@@ -29,6 +29,28 @@ async fn health_and_cluster_describe_the_single_node() {
     assert!(nodes[0].version.is_some());
 }
 
+/// A node that clients reach at another address than it listens on (a port
+/// a container publishes) lists that one, and takes a page of it as its own.
+#[tokio::test]
+async fn an_advertised_address_is_the_one_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start_with(dir, |config| {
+        config.advertise = Some("localhost:18081".into());
+    })
+    .await;
+    let cluster = node.client().cluster().await.unwrap();
+    assert_eq!(cluster.nodes[0].address.as_deref(), Some("localhost:18081"));
+    let from = |origin: &'static str| {
+        let url = format!("http://{}/v1/tables", node.addr);
+        async move {
+            let request = reqwest::Client::new().get(url).header("origin", origin);
+            request.bearer_auth(ADMIN_TOKEN).send().await.unwrap().status()
+        }
+    };
+    assert_eq!(from("http://localhost:18081").await, StatusCode::OK, "its own page");
+    assert_eq!(from("http://localhost:18082").await, StatusCode::FORBIDDEN, "another page");
+}
+
 #[tokio::test]
 async fn tables_are_listed_created_idempotently_and_dropped() {
     let node = TestNode::start().await;
