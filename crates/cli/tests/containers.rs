@@ -1,0 +1,417 @@
+//! Tier 5: a cluster in containers under faults, with every client history
+//! checked for linearizability.
+//!
+//! Runs the repository's `compose.yaml` with an image of this build's
+//! `cairn` (made by `scripts/image`), as its own compose project on a free
+//! /24 and free published ports. Six clients put, read and delete a few keys
+//! through the published HTTPS ports while the test kills, pauses and cuts
+//! off containers: `docker kill` and start of the leader, `docker pause` and
+//! unpause of a follower and of the leader, and `docker network disconnect`
+//! and connect of a follower and of the leader, and a chained cut: the link
+//! between the leader and one follower dropped with iptables inside both
+//! containers' network namespaces (through `nsenter`), so that the follower
+//! reaches only the other follower. The history (a write that
+//! failed counts as unknown: it may have applied) goes to the simulator's
+//! checker, which must find it linearizable. For each fault the test prints
+//! the longest time without an acknowledged write.
+//!
+//! Needs a running Docker Engine, `docker-compose` (or `docker compose`;
+//! `scripts/setup --tests` installs it), and `nsenter` and `iptables` run
+//! as root. Each fault lasts
+//! `CAIRN_CONTAINER_FAULT_MS` (default 3000).
+//!
+//! Run it: `cargo test --workspace --locked --features cairn/etcd --test containers -- --nocapture`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, Read};
+use cairn_sim::linearizability::{self, Completion, Entry, Op, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+/// Anything the cluster does within this, on a slow shared machine.
+const DEADLINE: Duration = Duration::from_secs(120);
+const CLIENTS: u64 = 6;
+const KEYS: usize = 4;
+/// A request's deadline: one that meets a paused node gives up, unknown.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const IMAGE: &str = "cairn:containers-test";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a command; its standard output, or a panic naming it.
+fn run(program: &str, args: &[&str], envs: &[(String, String)]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker-compose`, or the `docker compose` plugin.
+fn compose_program() -> Vec<String> {
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program).args(args).output().is_ok_and(|out| out.status.success())
+    };
+    if works("docker-compose", &["version"]) {
+        vec!["docker-compose".into()]
+    } else if works("docker", &["compose", "version"]) {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        panic!("neither docker-compose nor `docker compose` works (scripts/setup --tests)")
+    }
+}
+
+/// A /24 prefix (`10.89.X`) that no Docker network uses.
+fn free_subnet() -> String {
+    let ids = run("docker", &["network", "ls", "-q"], &[]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let mut used = String::new();
+    if !ids.is_empty() {
+        let mut args =
+            vec!["network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"];
+        args.extend(ids);
+        used = run("docker", &args, &[]);
+    }
+    let start = std::process::id() as usize % 100;
+    (0..100)
+        .map(|i| format!("10.89.{}", 100 + (start + i) % 100))
+        .find(|prefix| !used.contains(&format!("{prefix}.0/")))
+        .expect("a free /24 under 10.89")
+}
+
+/// The compose project: brought up by `up`, taken down with its volumes on
+/// drop.
+struct Project {
+    compose: Vec<String>,
+    name: String,
+    env: Vec<(String, String)>,
+    ports: [u16; 3],
+    net: String,
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn up() -> Project {
+        run(
+            &repo().join("scripts/image").display().to_string(),
+            &["--binary", BIN, "--tag", IMAGE],
+            &[],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let net = free_subnet();
+        let ports = [free_port(), free_port(), free_port()];
+        let mut env = vec![
+            ("CAIRN_IMAGE".to_string(), IMAGE.to_string()),
+            ("CAIRN_COMPOSE_DIR".to_string(), dir.path().join("state").display().to_string()),
+            ("CAIRN_COMPOSE_NET".to_string(), net.clone()),
+        ];
+        for (i, port) in ports.iter().enumerate() {
+            env.push((format!("CAIRN_COMPOSE_PORT_{}", i + 1), port.to_string()));
+        }
+        let project = Project {
+            compose: compose_program(),
+            name: format!("cairn-containers-test-{}", std::process::id()),
+            env,
+            ports,
+            net,
+            dir,
+        };
+        project.compose(&["up", "-d"]);
+        project
+    }
+
+    fn compose(&self, args: &[&str]) -> String {
+        let file = repo().join("compose.yaml").display().to_string();
+        let mut all: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
+        all.extend(["-f", &file, "-p", &self.name]);
+        all.extend(args);
+        run(&self.compose[0], &all, &self.env)
+    }
+
+    fn container(&self, node: u64) -> String {
+        self.compose(&["ps", "-q", &format!("node{node}")]).trim().to_string()
+    }
+
+    fn docker(&self, args: &[&str]) {
+        run("docker", args, &[]);
+    }
+
+    /// The compose network's name and node's address on it.
+    fn network(&self) -> String {
+        let prefix: String =
+            self.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        format!("{prefix}_cairn")
+    }
+
+    fn ip(&self, node: u64) -> String {
+        format!("{}.1{node}", self.net)
+    }
+
+    /// Adds (`-A`) or deletes (`-D`) a rule in node `node`'s network
+    /// namespace that drops what comes from node `from`.
+    fn drop_from(&self, action: &str, node: u64, from: u64) {
+        let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", &self.container(node)], &[]);
+        let source = self.ip(from);
+        run(
+            "nsenter",
+            &["-t", pid.trim(), "-n", "iptables", action, "INPUT", "-s", &source, "-j", "DROP"],
+            &[],
+        );
+    }
+
+    fn client(&self, first: usize) -> Client {
+        let state = self.dir.path().join("state");
+        let tls = cairn_tls::api_client(&state.join("certs/ca/ca.crt")).expect("the CA");
+        let token = std::fs::read_to_string(state.join("token/admin.token")).expect("the token");
+        let addrs: Vec<String> =
+            (0..3).map(|i| format!("https://localhost:{}", self.ports[(first + i) % 3])).collect();
+        Client::with_tls(&addrs[0], REQUEST_TIMEOUT, Some(tls))
+            .unwrap()
+            .with_token(Some(token.trim().to_string()))
+            .with_endpoints(&addrs[1..])
+            .unwrap()
+    }
+
+    /// A client of node `node` alone.
+    fn node_client(&self, node: u64) -> Client {
+        let client = self.client(0);
+        client.at(&format!("https://localhost:{}", self.ports[node as usize - 1])).unwrap()
+    }
+
+    /// The leader every answering node names.
+    async fn leader(&self) -> u64 {
+        let started = Instant::now();
+        loop {
+            let mut named = BTreeSet::new();
+            for node in 1..=3 {
+                if let Ok(cluster) = self.node_client(node).cluster().await {
+                    named.insert(cluster.leader);
+                }
+            }
+            if let [Some(leader)] = named.into_iter().collect::<Vec<_>>()[..] {
+                return leader;
+            }
+            assert!(started.elapsed() < DEADLINE, "no leader that every node names");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until node `node` answers a linearizable read.
+    async fn serving(&self, node: u64) {
+        let started = Instant::now();
+        while self.node_client(node).kv_get("k0", Read::Linearizable).await.is_err() {
+            assert!(started.elapsed() < DEADLINE, "node {node} does not serve again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let file = repo().join("compose.yaml").display().to_string();
+        let mut all: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
+        all.extend(["-f", &file, "-p", &self.name, "down", "-v", "--remove-orphans"]);
+        let _ = Command::new(&self.compose[0])
+            .args(&all)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output();
+    }
+}
+
+/// One client's loop: random operations on the keys until `stop`.
+async fn client_loop(
+    id: u64,
+    client: Client,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Entry>>>,
+) {
+    let mut rng = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut seq = 0u64;
+    let tick = || start.elapsed().as_micros() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("k{}", next() % KEYS as u64);
+        let roll = next() % 10;
+        let invoked_at = tick();
+        let (op, completion) = if roll < 5 {
+            match client.kv_get(&key, Read::Linearizable).await {
+                Ok(value) => (Op::Get, Some(Output::Get(value.map(|bytes| bytes.to_vec())))),
+                // A failed read changed nothing: it is left out.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        } else if roll < 9 {
+            seq += 1;
+            let value = format!("{id}-{seq}").into_bytes();
+            let op = Op::Put { value: value.clone() };
+            match client.kv_put(&key, value).await {
+                Ok(_) => (op, Some(Output::Put)),
+                Err(_) => (op, None),
+            }
+        } else {
+            match client.kv_delete(&key).await {
+                Ok(existed) => (Op::Delete, Some(Output::Delete { existed })),
+                Err(_) => (Op::Delete, None),
+            }
+        };
+        let completion = match completion {
+            Some(output) => Completion::Returned { at: tick(), output },
+            None => Completion::Unknown,
+        };
+        let failed = completion == Completion::Unknown;
+        history.lock().unwrap().push(Entry { client: id, key, op, invoked_at, completion });
+        tokio::time::sleep(Duration::from_millis(if failed { 50 } else { 5 })).await;
+    }
+}
+
+/// The longest time between acknowledged writes from `from` to `to`, in
+/// history ticks (µs).
+fn longest_write_gap(history: &[Entry], from: u64, to: u64) -> u64 {
+    let mut acks: Vec<u64> = history
+        .iter()
+        .filter(|e| !matches!(e.op, Op::Get))
+        .filter_map(|e| match e.completion {
+            Completion::Returned { at, .. } if at >= from && at <= to => Some(at),
+            _ => None,
+        })
+        .collect();
+    acks.sort_unstable();
+    let mut points = vec![from];
+    points.extend(acks);
+    points.push(to);
+    points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_in_containers_stays_linearizable_through_kills_pauses_and_cuts() {
+    let fault = Duration::from_millis(
+        std::env::var("CAIRN_CONTAINER_FAULT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
+    );
+    let project = Project::up();
+    let leader = project.leader().await;
+    for node in 1..=3 {
+        project.serving(node).await;
+    }
+    eprintln!("containers: three nodes serve, node {leader} leads");
+
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for id in 0..CLIENTS {
+        let client = project.client(id as usize % 3);
+        clients.push(tokio::spawn(client_loop(
+            id,
+            client,
+            start,
+            Arc::clone(&stop),
+            Arc::clone(&history),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut windows: Vec<(String, u64, u64)> = Vec::new();
+    let tick = || start.elapsed().as_micros() as u64;
+    let network = project.network();
+    for name in [
+        "kill the leader",
+        "pause a follower",
+        "pause the leader",
+        "disconnect a follower",
+        "disconnect the leader",
+        "cut the leader from one follower (chained)",
+    ] {
+        let leader = project.leader().await;
+        let target = if name.ends_with("leader") { leader } else { leader % 3 + 1 };
+        let target = if name.starts_with("cut") { leader % 3 + 1 } else { target };
+        let container = project.container(target);
+        let began = tick();
+        match name {
+            "kill the leader" => {
+                project.docker(&["kill", &container]);
+                tokio::time::sleep(fault).await;
+                project.docker(&["start", &container]);
+            }
+            "pause a follower" | "pause the leader" => {
+                project.docker(&["pause", &container]);
+                tokio::time::sleep(fault).await;
+                project.docker(&["unpause", &container]);
+            }
+            "cut the leader from one follower (chained)" => {
+                project.drop_from("-A", target, leader);
+                project.drop_from("-A", leader, target);
+                tokio::time::sleep(fault).await;
+                project.drop_from("-D", target, leader);
+                project.drop_from("-D", leader, target);
+            }
+            _ => {
+                project.docker(&["network", "disconnect", &network, &container]);
+                tokio::time::sleep(fault).await;
+                let ip = project.ip(target);
+                project.docker(&["network", "connect", "--ip", &ip, &network, &container]);
+            }
+        }
+        project.serving(target).await;
+        let ended = tick();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        windows.push((format!("{name} (node {target})"), began, ended));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let history = history.lock().unwrap().clone();
+    for (name, began, ended) in &windows {
+        let gap = longest_write_gap(&history, *began, *ended);
+        eprintln!(
+            "containers: {name}: {:.1} s, longest time without an acknowledged write {:.2} s",
+            (ended - began) as f64 / 1e6,
+            gap as f64 / 1e6
+        );
+    }
+    let returned = history.iter().filter(|e| e.completion != Completion::Unknown).count();
+    let report = linearizability::check(&history).expect("a well-formed history");
+    eprintln!(
+        "containers: {} operations ({returned} returned, {} unknown), verdict {:?}",
+        history.len(),
+        history.len() - returned,
+        report.verdict()
+    );
+    if let Some(violation) = report.violations().next() {
+        panic!("not linearizable:\n{violation}");
+    }
+    assert!(report.is_linearizable(), "the checker ran out of budget on some key");
+    let writes = history
+        .iter()
+        .filter(|e| !matches!(e.op, Op::Get) && e.completion != Completion::Unknown)
+        .count();
+    assert!(writes > 100, "the load made only {writes} acknowledged writes");
+}
