@@ -127,10 +127,8 @@ const OUTGOING_RESERVE_MESSAGES: usize = 1024;
 
 /// The entries a message carries in a batch, which
 /// [`MESSAGE_ENTRIES_BYTES_MAX`] bounds: those of an `AcceptDecide` or a
-/// `ProposalForward`, and the suffix of a log sync (`AcceptSync`,
-/// `Promise`), which holds its sender's entries past its decided index and
-/// is bounded because a leader keeps those within the bound (OmniPaxos
-/// patch 4).
+/// `ProposalForward` (OmniPaxos patch 3), and the suffix of an `AcceptSync`
+/// (patch 5). A `Promise`'s suffix is not bounded: see patch 4.
 pub fn batched_entries(message: &Message) -> Option<&[Command]> {
     use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
     let Message::SequencePaxos(PaxosMessage { msg, .. }) = message else {
@@ -140,7 +138,6 @@ pub fn batched_entries(message: &Message) -> Option<&[Command]> {
         PaxosMsg::AcceptDecide(accept) => Some(&accept.entries),
         PaxosMsg::ProposalForward(entries) => Some(entries),
         PaxosMsg::AcceptSync(sync) => Some(&sync.log_sync.suffix),
-        PaxosMsg::Promise(promise) => promise.log_sync.as_ref().map(|sync| &sync.suffix[..]),
         _ => None,
     }
 }

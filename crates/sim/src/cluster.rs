@@ -1356,9 +1356,15 @@ impl Sim {
             if let Some(entries) = entries.filter(|entries| entries.len() > 1) {
                 let bytes: usize = entries.iter().map(Entry::message_bytes).sum();
                 if bytes > self.params.message_entries_bytes_max {
+                    let kind = match &message {
+                        PeerMessage::Paxos { message: Message::SequencePaxos(m), .. } => {
+                            format!("{:?}", m.msg).chars().take_while(|c| *c != '(').collect()
+                        }
+                        _ => String::new(),
+                    };
                     self.violations.push(format!(
-                        "t={}: node {from} sent {} entries of {bytes} bytes in one message \
-                         (bound {})",
+                        "t={}: node {from} sent {} entries of {bytes} bytes in one {kind} to \
+                         node {to} (bound {})",
                         self.now,
                         entries.len(),
                         self.params.message_entries_bytes_max

@@ -235,12 +235,32 @@ where
         } else {
             followers_decided_idx
         };
-        let log_sync = self.create_log_sync(followers_valid_entries_idx, followers_decided_idx);
+        let mut log_sync =
+            self.create_log_sync(followers_valid_entries_idx, followers_decided_idx);
+        // Cairn patch 5 (PATCHES.md): a suffix over the byte budget goes in
+        // runs: the first in the AcceptSync, the rest in AcceptDecides with
+        // the next sequence numbers, as accepts that came later. The sync's
+        // decided index then stops where its entries do. With a StopSign,
+        // which must follow the whole suffix, the sync goes whole.
+        let mut rest = vec![];
+        let mut decided_idx = self.get_decided_idx();
+        if log_sync.stopsign.is_none() && self.message_entries_bytes_max != usize::MAX {
+            let mut runs = split_by_bytes(
+                std::mem::take(&mut log_sync.suffix),
+                self.message_entries_bytes_max,
+            )
+            .into_iter();
+            log_sync.suffix = runs.next().unwrap_or_default();
+            rest = runs.collect::<Vec<_>>();
+            if !rest.is_empty() {
+                decided_idx = decided_idx.min(log_sync.sync_idx + log_sync.suffix.len());
+            }
+        }
         self.leader_state.increment_seq_num_session(to);
         let acc_sync = AcceptSync {
             n: current_n,
             seq_num: self.leader_state.next_seq_num(to),
-            decided_idx: self.get_decided_idx(),
+            decided_idx,
             log_sync,
             #[cfg(feature = "unicache")]
             unicache: self.internal_storage.get_unicache(),
@@ -251,6 +271,26 @@ where
             msg: PaxosMsg::AcceptSync(acc_sync),
         });
         self.outgoing.push(msg);
+        let decided_idx = self.get_decided_idx();
+        for entries in rest {
+            let bytes = entries
+                .iter()
+                .fold(0usize, |sum, entry| sum.saturating_add(entry.message_bytes()));
+            self.leader_state
+                .set_latest_accept_meta(to, Some(self.outgoing.len()));
+            self.leader_state.add_latest_accept_bytes(to, bytes);
+            let acc = AcceptDecide {
+                n: current_n,
+                seq_num: self.leader_state.next_seq_num(to),
+                decided_idx,
+                entries,
+            };
+            self.outgoing.push(Message::SequencePaxos(PaxosMessage {
+                from: self.pid,
+                to,
+                msg: PaxosMsg::AcceptDecide(acc),
+            }));
+        }
     }
 
     fn send_acceptdecide(&mut self, accepted: AcceptedMetaData<T>) {

@@ -477,7 +477,7 @@ where
 
 /// Cairn patch 3 (PATCHES.md): `entries` in runs whose `message_bytes` add up
 /// to at most `max`, in order; a run holds at least one entry.
-fn split_by_bytes<T: Entry>(entries: Vec<T>, max: usize) -> Vec<Vec<T>> {
+pub(crate) fn split_by_bytes<T: Entry>(entries: Vec<T>, max: usize) -> Vec<Vec<T>> {
     if max == usize::MAX {
         return vec![entries];
     }
