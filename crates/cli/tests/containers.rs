@@ -1,9 +1,12 @@
 //! Tier 5: a cluster in containers under faults, with every client history
 //! checked for linearizability.
 //!
-//! Runs the repository's `compose.yaml` with an image of this build's
-//! `cairn` (made by `scripts/image`), as its own compose project on a free
-//! /24 and free published ports. Six clients put, read and delete a few keys
+//! Runs the repository's `compose.yaml` (the container quickstart) with an
+//! image of this build's `cairn` (made by `scripts/image`), as its own
+//! compose project on a free /24 and free published ports. It first checks
+//! the quickstart itself: three nodes serve, each listed at its published
+//! port, and the CLI inside a container prints console login links. Then six
+//! clients put, read and delete a few keys
 //! through the published HTTPS ports while the test kills, pauses and cuts
 //! off containers: `docker kill` and start of the leader, `docker pause` and
 //! unpause of a follower and of the leader, and `docker network disconnect`
@@ -319,6 +322,29 @@ async fn a_cluster_in_containers_stays_linearizable_through_kills_pauses_and_cut
         project.serving(node).await;
     }
     eprintln!("containers: three nodes serve, node {leader} leads");
+    // Each node advertises its published port, so that what `/v1/cluster`
+    // lists is what clients and browsers on the host reach.
+    // (A node learns a peer's address from the peer's hello.)
+    let published: Vec<(u64, Option<String>)> = (1..=3)
+        .map(|n| (n, Some(format!("localhost:{}", project.ports[n as usize - 1]))))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let cluster = project.node_client(1).cluster().await.unwrap();
+        let listed: Vec<(u64, Option<String>)> =
+            cluster.nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+        if listed == published {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "listed {listed:?}, published {published:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The CLI inside a container reaches its node, and prints login links
+    // on the published port.
+    let url = format!("https://localhost:{}", project.ports[0]);
+    let links =
+        project.compose(&["exec", "-T", "node1", "cairn", "console", "--no-cloud", "--url", &url]);
+    assert!(links.contains(&format!("{url}/#code=")), "{links}");
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
