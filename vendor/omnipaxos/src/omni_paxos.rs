@@ -179,7 +179,8 @@ pub struct ServerConfig {
     /// `Entry::message_bytes`) that one `AcceptDecide` or `ProposalForward`
     /// carries; one entry always goes, whatever its size. No bound by default.
     /// Cairn patch 4: a leader also keeps its entries past its decided index
-    /// within it (one entry always goes), so that a log sync fits it too.
+    /// within it (one entry always goes). Patch 5: a leader's log sync goes
+    /// in runs within it.
     pub message_entries_bytes_max: usize,
     /// The path where the default logger logs events.
     #[cfg(feature = "logging")]

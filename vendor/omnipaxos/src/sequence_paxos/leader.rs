@@ -93,9 +93,9 @@ where
 
     /// Cairn patch 4 (PATCHES.md): how many of `entries`, from the first, this
     /// leader takes now. A leader keeps the bytes of its entries past its
-    /// decided index within `message_entries_bytes_max`, so that a log sync,
-    /// which carries those entries whole, fits one message; with none
-    /// undecided it takes one entry, whatever its size.
+    /// decided index within `message_entries_bytes_max`, so that what a log
+    /// sync carries whole stays within one message while decided indexes are
+    /// current; with none undecided it takes one entry, whatever its size.
     pub(crate) fn leader_admits(&mut self, entries: &[T]) -> usize {
         let max = self.message_entries_bytes_max;
         if max == usize::MAX {
