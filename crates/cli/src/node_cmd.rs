@@ -27,12 +27,6 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     config.backup_dir = args.backup_dir;
     config.join = args.join;
     config.browser.allowed_hosts = args.allow_hosts;
-    // The advertised name is one this node answers to.
-    if let Some((host, _)) = config.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
-        if host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[') {
-            config.browser.allowed_hosts.push(host.to_string());
-        }
-    }
     config.certs_dir = args.certs_dir;
     config.insecure = args.insecure;
     config.admin_token_file = args.admin_token_file;

@@ -52,16 +52,17 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Runs a command; its standard output, or a panic naming it.
-fn run(program: &str, args: &[&str], envs: &[(String, String)]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+/// Runs `program` with `args`; its standard output, or a panic naming it.
+fn run(program: &str, args: &[&str]) -> String {
+    output_of(Command::new(program).args(args))
+}
+
+/// Runs `command`; its standard output, or a panic naming it.
+fn output_of(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         out.status.success(),
-        "{program} {args:?} failed: {}\n{}",
+        "{command:?} failed: {}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -84,14 +85,14 @@ fn compose_program() -> Vec<String> {
 
 /// A /24 prefix (`10.89.X`) that no Docker network uses.
 fn free_subnet() -> String {
-    let ids = run("docker", &["network", "ls", "-q"], &[]);
+    let ids = run("docker", &["network", "ls", "-q"]);
     let ids: Vec<&str> = ids.split_whitespace().collect();
     let mut used = String::new();
     if !ids.is_empty() {
         let mut args =
             vec!["network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"];
         args.extend(ids);
-        used = run("docker", &args, &[]);
+        used = run("docker", &args);
     }
     let start = std::process::id() as usize % 100;
     (0..100)
@@ -116,7 +117,6 @@ impl Project {
         run(
             &repo().join("scripts/image").display().to_string(),
             &["--binary", BIN, "--tag", IMAGE],
-            &[],
         );
         let dir = tempfile::tempdir().unwrap();
         let net = free_subnet();
@@ -141,12 +141,18 @@ impl Project {
         project
     }
 
+    /// The compose command for this project, with `args`.
+    fn compose_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.compose[0]);
+        command.args(&self.compose[1..]).arg("-f").arg(repo().join("compose.yaml"));
+        command.args(["-p", &self.name]).args(args);
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    /// Runs compose with `args`; its standard output, or a panic.
     fn compose(&self, args: &[&str]) -> String {
-        let file = repo().join("compose.yaml").display().to_string();
-        let mut all: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
-        all.extend(["-f", &file, "-p", &self.name]);
-        all.extend(args);
-        run(&self.compose[0], &all, &self.env)
+        output_of(&mut self.compose_command(args))
     }
 
     fn container(&self, node: u64) -> String {
@@ -154,7 +160,7 @@ impl Project {
     }
 
     fn docker(&self, args: &[&str]) {
-        run("docker", args, &[]);
+        run("docker", args);
     }
 
     /// The compose network's name and node's address on it.
@@ -171,12 +177,11 @@ impl Project {
     /// Adds (`-A`) or deletes (`-D`) a rule in node `node`'s network
     /// namespace that drops what comes from node `from`.
     fn drop_from(&self, action: &str, node: u64, from: u64) {
-        let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", &self.container(node)], &[]);
+        let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", &self.container(node)]);
         let source = self.ip(from);
         run(
             "nsenter",
             &["-t", pid.trim(), "-n", "iptables", action, "INPUT", "-s", &source, "-j", "DROP"],
-            &[],
         );
     }
 
@@ -229,13 +234,7 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let file = repo().join("compose.yaml").display().to_string();
-        let mut all: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
-        all.extend(["-f", &file, "-p", &self.name, "down", "-v", "--remove-orphans"]);
-        let _ = Command::new(&self.compose[0])
-            .args(&all)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output();
+        let _ = self.compose_command(&["down", "-v", "--remove-orphans"]).output();
     }
 }
 

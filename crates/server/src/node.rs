@@ -385,6 +385,11 @@ impl Node {
             .map_err(|source| Error::Listen { addr: config.listen, source })?;
         // Port 0 picks a free port: advertise the real one.
         config.listen = listener.local_addr().map_err(Error::Serve)?;
+        // The name it advertises is one this node answers to.
+        let advertised = config.advertise.as_deref().and_then(cairn_util::browser::host_name);
+        if let Some(name) = advertised.filter(|name| name.parse::<std::net::IpAddr>().is_err()) {
+            config.browser.allowed_hosts.push(name.to_string());
+        }
         let peer_tls = match &config.certs_dir {
             Some(dir) => Some(cairn_tls::PeerTls::load(dir, config.id)?),
             None => None,

@@ -237,7 +237,7 @@ pub fn check_content_type(method: &str, content_type: Option<&str>) -> Result<()
 
 /// The name in a `Host` header value: `name`, `name:port`, `[v6]` or
 /// `[v6]:port`; `None` when it is none of these.
-fn host_name(host: &str) -> Option<&str> {
+pub fn host_name(host: &str) -> Option<&str> {
     if let Some(rest) = host.strip_prefix('[') {
         let (inside, after) = rest.split_once(']')?;
         if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
