@@ -785,6 +785,21 @@ pub struct BenchArgs {
     /// the run's changes back from the history (Cairn only).
     #[arg(long, default_value_t = 0)]
     pub feeds: usize,
+    /// Nodes to open the --feeds on, comma-separated (defaults to
+    /// --targets): feeds on other nodes than the writers' give the
+    /// write-to-event latency between them (across zones, say).
+    #[arg(long, value_delimiter = ',')]
+    pub feed_targets: Vec<String>,
+    /// Give up on a request after this many milliseconds (it counts as an
+    /// error); without it a request waits as long as the client library
+    /// does (30 s for Cairn, no limit for etcd).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: Option<u64>,
+    /// A client whose request failed sends its next one to the next of
+    /// --targets, as a client that knows every node would (for runs under
+    /// faults: see bench/partial-connectivity).
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,11 @@
 //! bar runs on a terminal; `--result-file` writes the figures as JSON.
 //!
 //! Errors are counted, not retried, and never stop the run: a benchmark reports
-//! what happened.
+//! what happened. `--request-timeout-ms` caps each request, and `--rotate`
+//! sends a client's next request to the next target after a failure. The
+//! result counts the operations answered in each second (`per_second`) and
+//! in each 100 ms (`per_100ms`), from `started_unix_ms`, so that a script
+//! that injects faults can line its fault windows up with them.
 //!
 //! `--system etcd` drives etcd's gRPC key-value API instead, with the same
 //! workers, keys, values and histograms, so the two systems are measured by
@@ -172,6 +176,30 @@ struct Tally {
     /// Operations answered without error in each whole second of the run,
     /// by when they were answered (to draw throughput through a fault).
     per_second: Vec<u64>,
+    /// The same in each 100 ms.
+    per_100ms: Vec<u64>,
+}
+
+/// Counts `at_us` into `buckets` of `width_us`, up to `max` buckets.
+fn count_into(buckets: &mut Vec<u64>, at_us: u64, width_us: u64, max: usize) {
+    let bucket = usize::try_from(at_us / width_us).unwrap_or(usize::MAX);
+    if bucket >= max {
+        return;
+    }
+    if buckets.len() <= bucket {
+        buckets.resize(bucket + 1, 0);
+    }
+    buckets[bucket] += 1;
+}
+
+/// Adds `theirs` into `mine`, bucket by bucket.
+fn add_buckets(mine: &mut Vec<u64>, theirs: Vec<u64>) {
+    if mine.len() < theirs.len() {
+        mine.resize(theirs.len(), 0);
+    }
+    for (mine, theirs) in mine.iter_mut().zip(theirs) {
+        *mine += theirs;
+    }
 }
 
 impl Tally {
@@ -184,31 +212,22 @@ impl Tally {
             errors: 0,
             first_error: None,
             per_second: Vec::new(),
+            per_100ms: Vec::new(),
         }
     }
 
     /// Counts one operation answered `at_us` after the run began.
     fn answered_at(&mut self, at_us: u64) {
-        let second = usize::try_from(at_us / 1_000_000).unwrap_or(usize::MAX);
-        if second >= PER_SECOND_MAX {
-            return;
-        }
-        if self.per_second.len() <= second {
-            self.per_second.resize(second + 1, 0);
-        }
-        self.per_second[second] += 1;
+        count_into(&mut self.per_second, at_us, 1_000_000, PER_SECOND_MAX);
+        count_into(&mut self.per_100ms, at_us, 100_000, PER_100MS_MAX);
     }
 
     fn merge(&mut self, other: Tally) {
         self.reads.add(other.reads).expect("same bounds");
         self.writes.add(other.writes).expect("same bounds");
         self.errors += other.errors;
-        if self.per_second.len() < other.per_second.len() {
-            self.per_second.resize(other.per_second.len(), 0);
-        }
-        for (mine, theirs) in self.per_second.iter_mut().zip(other.per_second) {
-            *mine += theirs;
-        }
+        add_buckets(&mut self.per_second, other.per_second);
+        add_buckets(&mut self.per_100ms, other.per_100ms);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -227,6 +246,11 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
     }
     if args.ops == Some(0) {
         return Err(CliError::Usage("--ops must be at least 1".into()));
+    }
+    if !args.feed_targets.is_empty() && args.feeds == 0 {
+        return Err(CliError::Usage(
+            "--feed-targets names where --feeds open: give --feeds".into(),
+        ));
     }
     if args.feeds > 0 && args.system != SystemArg::Cairn {
         return Err(CliError::Usage("--feeds measures Cairn's changefeeds only".into()));
@@ -265,15 +289,17 @@ pub async fn run(global: &Global, args: BenchArgs) -> ExitCode {
         }
     }
     let feeds = if args.feeds > 0 {
-        match Feeds::open(global, &targets, args.feeds).await {
+        let feed_targets = if args.feed_targets.is_empty() { &targets } else { &args.feed_targets };
+        match Feeds::open(global, feed_targets, args.feeds).await {
             Ok(feeds) => Some(feeds),
             Err(e) => return crate::output::failed(global.output, "feeds", &e.to_string()),
         }
     } else {
         None
     };
-    let (tally, elapsed, failover) = measure(&clients, &args, value).await;
+    let (tally, elapsed, failover, started_unix_ms) = measure(&clients, &args, value).await;
     let mut result = summary(&args, &targets, &tally, elapsed);
+    result["started_unix_ms"] = json!(started_unix_ms);
     if let Some(feeds) = feeds {
         let writes = tally.writes.len();
         result["feeds"] = feeds.finish(global, &targets[0], writes, elapsed).await;
@@ -328,8 +354,9 @@ async fn measure(
     clients: &[Backend],
     args: &BenchArgs,
     value: Bytes,
-) -> (Tally, Duration, Arc<Failover>) {
+) -> (Tally, Duration, Arc<Failover>, u64) {
     let started = Instant::now();
+    let started_unix_ms = unix_us() / 1000;
     let failover = Arc::new(Failover::new(started));
     let killer = match (args.kill_after, args.kill_cmd.clone()) {
         (Some(after), Some(command)) => {
@@ -358,14 +385,18 @@ async fn measure(
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..args.clients {
-        let client = clients[worker % clients.len()].clone();
+        let clients = clients.to_vec();
+        let at = worker % clients.len();
+        let timeout = args.request_timeout_ms.map(Duration::from_millis);
+        let rotate = args.rotate;
         let rng = Rng::new(args.seed.wrapping_add(worker as u64));
         let (issued, value, progress) = (issued.clone(), value.clone(), progress.clone());
         let (keys, read_ratio, read) = (args.keys, args.read_ratio, args.read.into());
         let failover = failover.clone();
         let stamped = args.feeds > 0;
         tasks.spawn(async move {
-            let work = Work { client, rng, keys, read_ratio, read, value, stamped };
+            let work =
+                Work { clients, at, timeout, rotate, rng, keys, read_ratio, read, value, stamped };
             work.run(stop, &issued, &progress, &failover).await
         });
     }
@@ -378,12 +409,17 @@ async fn measure(
     if let Some(killer) = killer {
         killer.abort();
     }
-    (tally, elapsed, failover)
+    (tally, elapsed, failover, started_unix_ms)
 }
 
 /// Seconds of a run counted one by one (`per_second` in the result); a
 /// longer run's later seconds are left out of that count only.
 const PER_SECOND_MAX: usize = 24 * 3600;
+/// Tenths of a second counted one by one (`per_100ms`): the first hour.
+const PER_100MS_MAX: usize = 36_000;
+/// The pause after a failed request, so that a node that refuses at once is
+/// not asked again in a busy loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// Bytes of the send time that begins a stamped value: microseconds since
 /// the Unix epoch, as 16 decimal digits (the feeds run in this process, on
@@ -531,7 +567,13 @@ fn progress_bar(stop: Stop, args: &BenchArgs) -> ProgressBar {
 }
 
 struct Work {
-    client: Backend,
+    /// A connection to each target, and the one this client uses now.
+    clients: Vec<Backend>,
+    at: usize,
+    /// The cap on each request, if any.
+    timeout: Option<Duration>,
+    /// Whether a failure moves this client to the next target.
+    rotate: bool,
     rng: Rng,
     keys: u64,
     read_ratio: f64,
@@ -568,13 +610,27 @@ impl Work {
             let is_read = self.rng.unit() < self.read_ratio;
             let started = Instant::now();
             let sent_us = failover.now_us();
-            let result = if is_read {
-                self.client.get(&key, self.read).await
+            let value = if is_read {
+                None
             } else if self.stamped {
-                let value = stamped(&self.value, unix_us());
-                self.client.put(&key, &value).await
+                Some(stamped(&self.value, unix_us()))
             } else {
-                self.client.put(&key, &self.value).await
+                Some(self.value.clone())
+            };
+            let read = self.read;
+            let client = &mut self.clients[self.at];
+            let request = async {
+                match &value {
+                    None => client.get(&key, read).await,
+                    Some(value) => client.put(&key, value).await,
+                }
+            };
+            let result = match self.timeout {
+                None => request.await,
+                Some(limit) => match tokio::time::timeout(limit, request).await {
+                    Ok(result) => result,
+                    Err(_) => Err(CliError::TimedOut(limit.as_millis())),
+                },
             };
             let micros = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
             if result.is_ok() {
@@ -589,6 +645,10 @@ impl Work {
                 Err(e) => {
                     tally.errors += 1;
                     tally.first_error.get_or_insert(e.to_string());
+                    if self.rotate {
+                        self.at = (self.at + 1) % self.clients.len();
+                    }
+                    tokio::time::sleep(ERROR_PAUSE).await;
                 }
             }
             match stop {
@@ -639,6 +699,7 @@ fn summary(args: &BenchArgs, targets: &[String], tally: &Tally, elapsed: Duratio
         "reads": latency(&tally.reads),
         "writes": latency(&tally.writes),
         "per_second": tally.per_second,
+        "per_100ms": tally.per_100ms,
     })
 }
 

@@ -36,6 +36,10 @@ pub enum CliError {
     #[cfg(feature = "etcd")]
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// A request got no answer within its time (`cairn bench
+    /// --request-timeout-ms`).
+    #[error("no answer within {0} ms")]
+    TimedOut(u128),
     /// A task of the command died.
     #[error("a task of the command failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -18,6 +18,20 @@
 //! checker, which must find it linearizable. For each fault the test prints
 //! the longest time without an acknowledged write.
 //!
+//! A second test runs five nodes (with `docker run`, peers and clients in
+//! plain TCP) through the partial-connectivity scenarios of the Omni-Paxos
+//! paper, each made with iptables rules inside the containers' network
+//! namespaces: quorum-loss (every link cut but one follower's, so that the
+//! leader reaches only that follower, as does everyone else), constrained
+//! election (a follower cut off until its log lags; then the leader cut off
+//! from all, the other followers from each other, and the laggard's links
+//! back: the only node that reaches a majority has the shortest log),
+//! chained (one link, the leader's to a follower, cut), and the leader cut
+//! off from all. Under each the cluster must acknowledge writes sent after
+//! the fault began, before it ends; the history must be linearizable. It
+//! prints the longest time without an acknowledged write under each.
+//! (`bench/partial-connectivity` runs the same scenarios against etcd too.)
+//!
 //! Needs a running Docker Engine, `docker-compose` (or `docker compose`;
 //! `scripts/setup --tests` installs it), and `nsenter` and `iptables` run
 //! as root. Each fault lasts
@@ -43,6 +57,27 @@ const KEYS: usize = 4;
 /// A request's deadline: one that meets a paused node gives up, unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const IMAGE: &str = "cairn:containers-test";
+/// The tests of this file run one at a time: each makes a network on a free
+/// /24, and two clusters at once would slow each other's faults.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The image of this build, made once.
+fn image() {
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(|| {
+        run(
+            &repo().join("scripts/image").display().to_string(),
+            &["--binary", BIN, "--tag", IMAGE],
+        );
+    });
+}
+
+/// How long each fault lasts (`CAIRN_CONTAINER_FAULT_MS`, default 3000).
+fn fault_duration() -> Duration {
+    Duration::from_millis(
+        std::env::var("CAIRN_CONTAINER_FAULT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
+    )
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -114,10 +149,7 @@ struct Project {
 
 impl Project {
     fn up() -> Project {
-        run(
-            &repo().join("scripts/image").display().to_string(),
-            &["--binary", BIN, "--tag", IMAGE],
-        );
+        image();
         let dir = tempfile::tempdir().unwrap();
         let net = free_subnet();
         let ports = [free_port(), free_port(), free_port()];
@@ -312,9 +344,8 @@ fn longest_write_gap(history: &[Entry], from: u64, to: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_in_containers_stays_linearizable_through_kills_pauses_and_cuts() {
-    let fault = Duration::from_millis(
-        std::env::var("CAIRN_CONTAINER_FAULT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
-    );
+    let _one = ONE_AT_A_TIME.lock().await;
+    let fault = fault_duration();
     let project = Project::up();
     let leader = project.leader().await;
     for node in 1..=3 {
@@ -439,4 +470,267 @@ async fn a_cluster_in_containers_stays_linearizable_through_kills_pauses_and_cut
         .filter(|e| !matches!(e.op, Op::Get) && e.completion != Completion::Unknown)
         .count();
     assert!(writes > 100, "the load made only {writes} acknowledged writes");
+}
+
+/// Five nodes started with `docker run` on their own network, peers and
+/// clients in plain TCP (`--insecure`), removed on drop. Links between them
+/// are cut and mended with iptables in their network namespaces.
+struct Five {
+    name: String,
+    net: String,
+    pids: Vec<String>,
+    cuts: BTreeSet<(u64, u64)>,
+}
+
+impl Five {
+    fn up() -> Five {
+        image();
+        let net = free_subnet();
+        let name = format!("cairn-five-test-{}", std::process::id());
+        run("docker", &["network", "create", "--subnet", &format!("{net}.0/24"), &name]);
+        let mut five = Five { name, net, pids: Vec::new(), cuts: BTreeSet::new() };
+        let peers: Vec<String> = (1..=5).map(|n| format!("{n}={}:7100", five.ip(n))).collect();
+        let peers = format!("--peers={}", peers.join(","));
+        for node in 1..=5 {
+            let ip = five.ip(node);
+            let container = five.container(node);
+            run(
+                "docker",
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    &container,
+                    "--network",
+                    &five.name,
+                    "--ip",
+                    &ip,
+                    IMAGE,
+                    "node",
+                    &format!("--id={node}"),
+                    "--data-dir=/data",
+                    &format!("--listen={ip}:8080"),
+                    &format!("--peer-listen={ip}:7100"),
+                    &peers,
+                    "--insecure",
+                ],
+            );
+            let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", &container]);
+            five.pids.push(pid.trim().to_string());
+        }
+        five
+    }
+
+    fn container(&self, node: u64) -> String {
+        format!("{}-{node}", self.name)
+    }
+
+    fn ip(&self, node: u64) -> String {
+        format!("{}.1{node}", self.net)
+    }
+
+    fn iptables(&self, node: u64, action: &str, from: u64) {
+        let pid = &self.pids[node as usize - 1];
+        let source = self.ip(from);
+        run(
+            "nsenter",
+            &["-t", pid, "-n", "iptables", action, "INPUT", "-s", &source, "-j", "DROP"],
+        );
+    }
+
+    /// Drops what `a` and `b` send each other.
+    fn cut(&mut self, a: u64, b: u64) {
+        if self.cuts.insert((a.min(b), a.max(b))) {
+            self.iptables(a, "-A", b);
+            self.iptables(b, "-A", a);
+        }
+    }
+
+    fn mend(&mut self, a: u64, b: u64) {
+        if self.cuts.remove(&(a.min(b), a.max(b))) {
+            self.iptables(a, "-D", b);
+            self.iptables(b, "-D", a);
+        }
+    }
+
+    fn mend_all(&mut self) {
+        for (a, b) in std::mem::take(&mut self.cuts) {
+            self.iptables(a, "-D", b);
+            self.iptables(b, "-D", a);
+        }
+    }
+
+    fn addr(&self, node: u64) -> String {
+        format!("http://{}:8080", self.ip(node))
+    }
+
+    /// A client of every node, node `first` tried first.
+    fn client(&self, first: u64) -> Client {
+        let others: Vec<String> = (1..5).map(|i| self.addr((first - 1 + i) % 5 + 1)).collect();
+        Client::with_timeout(&self.addr(first), REQUEST_TIMEOUT)
+            .unwrap()
+            .with_endpoints(&others)
+            .unwrap()
+    }
+
+    fn node_client(&self, node: u64) -> Client {
+        Client::with_timeout(&self.addr(node), REQUEST_TIMEOUT).unwrap()
+    }
+
+    /// The leader that a majority of the nodes name.
+    async fn leader(&self) -> u64 {
+        let started = Instant::now();
+        loop {
+            let mut named = std::collections::BTreeMap::new();
+            for node in 1..=5 {
+                if let Ok(cluster) = self.node_client(node).cluster().await {
+                    if let Some(leader) = cluster.leader {
+                        *named.entry(leader).or_insert(0) += 1;
+                    }
+                }
+            }
+            if let Some((leader, _)) = named.into_iter().find(|(_, count)| *count >= 3) {
+                return leader;
+            }
+            assert!(started.elapsed() < DEADLINE, "no leader that a majority names");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until node `node` answers a linearizable read.
+    async fn serving(&self, node: u64) {
+        let started = Instant::now();
+        while self.node_client(node).kv_get("k0", Read::Linearizable).await.is_err() {
+            assert!(started.elapsed() < DEADLINE, "node {node} does not serve again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Five {
+    fn drop(&mut self) {
+        for node in 1..=5 {
+            let _ = Command::new("docker").args(["rm", "-f", &self.container(node)]).output();
+        }
+        let _ = Command::new("docker").args(["network", "rm", &self.name]).output();
+    }
+}
+
+/// Pairs of distinct nodes among `nodes`.
+fn pairs(nodes: &[u64]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            out.push((*a, *b));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_in_containers_make_progress_under_partial_connectivity() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let fault = fault_duration();
+    let mut five = Five::up();
+    let leader = five.leader().await;
+    for node in 1..=5 {
+        five.serving(node).await;
+    }
+    eprintln!("five: five nodes serve, node {leader} leads");
+
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for id in 0..CLIENTS {
+        let client = five.client(id % 5 + 1);
+        let (stop, history) = (Arc::clone(&stop), Arc::clone(&history));
+        clients.push(tokio::spawn(client_loop(id, client, start, stop, history)));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let tick = || start.elapsed().as_micros() as u64;
+    let mut windows: Vec<(String, u64, u64)> = Vec::new();
+    for name in ["quorum-loss", "constrained election", "chained", "leader isolation"] {
+        let leader = five.leader().await;
+        let others: Vec<u64> = (1..=5).filter(|n| *n != leader).collect();
+        let (cuts, lagging) = match name {
+            "quorum-loss" => {
+                // Only others[0], the hub, keeps its links.
+                let mut rest = vec![leader];
+                rest.extend(&others[1..]);
+                (pairs(&rest), Vec::new())
+            }
+            "constrained election" => {
+                let laggard = others[0];
+                let lagging: Vec<(u64, u64)> =
+                    (1..=5).filter(|n| *n != laggard).map(|n| (laggard, n)).collect();
+                let mut cuts: Vec<(u64, u64)> = others.iter().map(|n| (leader, *n)).collect();
+                cuts.extend(pairs(&others[1..]));
+                (cuts, lagging)
+            }
+            "chained" => (vec![(leader, others[0])], Vec::new()),
+            _ => (others.iter().map(|n| (leader, *n)).collect(), Vec::new()),
+        };
+        if !lagging.is_empty() {
+            for (a, b) in &lagging {
+                five.cut(*a, *b);
+            }
+            tokio::time::sleep(fault).await;
+        }
+        let began = tick();
+        for (a, b) in &cuts {
+            five.cut(*a, *b);
+        }
+        for (a, b) in &lagging {
+            if !cuts.contains(&(*a, *b)) && !cuts.contains(&(*b, *a)) {
+                five.mend(*a, *b);
+            }
+        }
+        tokio::time::sleep(fault).await;
+        let ended = tick();
+        five.mend_all();
+        for node in 1..=5 {
+            five.serving(node).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        windows.push((format!("{name} (leader {leader})"), began, ended));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let history = history.lock().unwrap().clone();
+    let mut stalled = Vec::new();
+    for (name, began, ended) in &windows {
+        let gap = longest_write_gap(&history, *began, *ended);
+        let progressed = history.iter().any(|e| {
+            !matches!(e.op, Op::Get)
+                && e.invoked_at >= *began
+                && matches!(e.completion, Completion::Returned { at, .. } if at <= *ended)
+        });
+        eprintln!(
+            "five: {name}: {:.1} s, longest time without an acknowledged write {:.2} s{}",
+            (ended - began) as f64 / 1e6,
+            gap as f64 / 1e6,
+            if progressed { "" } else { ", no write sent in the fault acknowledged in it" }
+        );
+        if !progressed {
+            stalled.push(name.clone());
+        }
+    }
+    let returned = history.iter().filter(|e| e.completion != Completion::Unknown).count();
+    let report = linearizability::check(&history).expect("a well-formed history");
+    eprintln!(
+        "five: {} operations ({returned} returned, {} unknown), verdict {:?}",
+        history.len(),
+        history.len() - returned,
+        report.verdict()
+    );
+    if let Some(violation) = report.violations().next() {
+        panic!("not linearizable:\n{violation}");
+    }
+    assert!(report.is_linearizable(), "the checker ran out of budget on some key");
+    assert!(stalled.is_empty(), "no progress under {stalled:?}");
 }
