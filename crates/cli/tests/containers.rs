@@ -27,9 +27,10 @@
 //! from all, the other followers from each other, and the laggard's links
 //! back: the only node that reaches a majority has the shortest log),
 //! chained (one link, the leader's to a follower, cut), and the leader cut
-//! off from all. Under each the cluster must acknowledge writes sent after
-//! the fault began, before it ends; the history must be linearizable. It
-//! prints the longest time without an acknowledged write under each.
+//! off from all. Each lasts twice `CAIRN_CONTAINER_FAULT_MS`. Under each
+//! the cluster must acknowledge writes sent after the fault began, before it
+//! ends; the history must be linearizable. It prints the longest time
+//! without an acknowledged write under each.
 //! (`bench/partial-connectivity` runs the same scenarios against etcd too.)
 //!
 //! Needs a running Docker Engine, `docker-compose` (or `docker compose`;
@@ -630,7 +631,9 @@ fn pairs(nodes: &[u64]) -> Vec<(u64, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_nodes_in_containers_make_progress_under_partial_connectivity() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let fault = fault_duration();
+    // Twice the other test's faults: a new leader must be elected and take
+    // writes within each, and clients give up on a request after 2 s.
+    let fault = fault_duration() * 2;
     let mut five = Five::up();
     let leader = five.leader().await;
     for node in 1..=5 {
