@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cairn_agent::AgentConfig;
 use cairn_cloud::{
-    ClientError, Cloud, CloudClient, CloudConfig, CreateHost, HostState, StatusEvent,
+    ClientError, Cloud, CloudClient, CloudConfig, CreateHost, HostState, StatusEvent, StatusView,
 };
 use cairn_control::status::ReconcileState;
 use serde_json::{json, Value};
@@ -379,13 +379,10 @@ pub async fn apply(output: Output, args: ApplyArgs) -> ExitCode {
 
 pub async fn status(global: &crate::args::Global, args: StatusArgs) -> ExitCode {
     let output = global.output;
-    let node = match global.token().and_then(|token| Ok((token, global.tls()?))) {
-        Ok(node) => node,
-        Err(e) => return crate::output::usage(output, &e),
-    };
     loop {
+        // The cloud joins its hosts with the nodes (`GET /v1/cluster`).
         let gathered = match cloud_client(&args.cloud.cloud, &args.cloud.cloud_token_file) {
-            Ok(client) => gather(&client, &node).await,
+            Ok(client) => client.cluster().await.map_err(CliError::from),
             Err(e) => Err(e),
         };
         let view = match gathered {
@@ -406,81 +403,6 @@ pub async fn status(global: &crate::args::Global, args: StatusArgs) -> ExitCode 
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// What `cairn status` shows: the cloud's hosts joined with the nodes as an
-/// answering node sees them, and the last reconciliation report.
-#[derive(Debug, serde::Serialize)]
-struct StatusView {
-    /// The cloud's last report, or the node's copy when the cloud has none.
-    reconciliation: Value,
-    hosts: Vec<HostRow>,
-    nodes: Vec<cairn_client::NodeView>,
-    leader: Option<u64>,
-    /// The cluster version in the answering node's state.
-    cluster_version: Option<String>,
-    /// The backups in the answering node's backup directory (every node of
-    /// a `cairn up` cluster shares one); empty when none answered.
-    backups: Vec<cairn_client::views::BackupView>,
-}
-
-/// One host of [`StatusView`].
-#[derive(Debug, serde::Serialize)]
-struct HostRow {
-    name: String,
-    zone: String,
-    state: HostState,
-    api_address: String,
-    node_id: Option<u64>,
-}
-
-/// The cluster as the cloud and any answering node see it.
-/// `node`: the token and TLS settings to reach the nodes with.
-async fn gather(
-    cloud: &CloudClient,
-    node: &(Option<String>, Option<std::sync::Arc<rustls::ClientConfig>>),
-) -> Result<StatusView, CliError> {
-    let (token, tls) = node;
-    let hosts = cloud.hosts().await?;
-    let last = cloud.status().await.ok().and_then(|status| status.last);
-    let mut cluster = None;
-    let mut backups = Vec::new();
-    for host in hosts.iter().filter(|h| h.state == HostState::Running) {
-        let Ok(node) = cairn_client::Client::with_tls(
-            &host.api_address,
-            Duration::from_millis(CALL_TIMEOUT_MS),
-            tls.clone(),
-        ) else {
-            continue;
-        };
-        let node = node.with_token(token.clone());
-        if let Ok(answered) = node.cluster().await {
-            cluster = Some(answered);
-            backups = node.list_backups(None).await.map(|list| list.backups).unwrap_or_default();
-            break;
-        }
-    }
-    let nodes = cluster.as_ref().map(|c| c.nodes.clone()).unwrap_or_default();
-    let reconciliation = match last {
-        Some(report) => serde_json::to_value(report).unwrap_or(Value::Null),
-        None => cluster.as_ref().map_or(Value::Null, |c| c.reconciliation.clone()),
-    };
-    let hosts = hosts
-        .into_iter()
-        .map(|h| {
-            let node = nodes.iter().find(|n| n.address.as_deref() == Some(&h.api_address));
-            HostRow {
-                node_id: node.map(|n| n.id),
-                name: h.name,
-                zone: h.zone,
-                state: h.state,
-                api_address: h.api_address,
-            }
-        })
-        .collect();
-    let leader = cluster.as_ref().and_then(|c| c.leader);
-    let cluster_version = cluster.and_then(|c| c.cluster_version);
-    Ok(StatusView { reconciliation, hosts, nodes, leader, cluster_version, backups })
 }
 
 fn render(view: &StatusView) -> String {

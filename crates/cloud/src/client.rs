@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::desired::DesiredRecord;
 use crate::local::{CreateHost, Host};
 use crate::status::StatusSnapshot;
+use crate::view::StatusView;
 
 /// What can go wrong talking to the cloud.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,12 @@ impl CloudClient {
     /// The last report and the transitions.
     pub async fn status(&self) -> Result<StatusSnapshot, ClientError> {
         self.call(Method::GET, "/v1/status", None::<&()>).await
+    }
+
+    /// The hosts joined with the nodes, and the last report (`GET
+    /// /v1/cluster`, what `cairn status` shows).
+    pub async fn cluster(&self) -> Result<StatusView, ClientError> {
+        self.call(Method::GET, "/v1/cluster", None::<&()>).await
     }
 
     /// Posts a leader's report.

@@ -13,6 +13,8 @@
 //! - `desired`: the desired state, from the watched file or `PUT
 //!   /v1/desired`, kept in `<root>/desired_state.jsonc`.
 //! - `status`: the leader's reports, their transitions, and the events.
+//! - `view`: the hosts joined with the nodes (`GET /v1/cluster`, what
+//!   `cairn status` shows).
 //! - `routes`: the HTTP API (its table is in that module).
 //!
 //! A cloud's life: [`Cloud::start`] binds, loads what a previous run kept
@@ -50,6 +52,7 @@ pub mod ports;
 mod process;
 mod routes;
 mod status;
+mod view;
 
 pub use client::{ClientError, CloudClient};
 pub use desired::{
@@ -64,6 +67,7 @@ pub use local::{
 pub use process::{AGENT_LOG_FILE, NODE_PID_FILE};
 pub use routes::{HOST_BODY_BYTES_MAX, STATUS_BODY_BYTES_MAX};
 pub use status::{HostChange, StatusEvent, StatusSnapshot, Transition, STATUS_HISTORY_MAX};
+pub use view::{HostRow, StatusView, NODE_CALL_TIMEOUT_MS};
 
 use desired::DesiredStore;
 use local::{LocalProvider, ProviderConfig};
@@ -152,6 +156,10 @@ pub(crate) struct Shared {
     pub login_codes: std::sync::Mutex<Vec<(String, u64)>>,
     /// `<root>/artifacts`, served read-only at `GET /artifacts/{file}`.
     pub artifacts_dir: std::path::PathBuf,
+    /// The nodes' admin token and the cluster's CA certificate, to ask the
+    /// nodes for `GET /v1/cluster`.
+    pub node_token_file: std::path::PathBuf,
+    pub ca_cert: std::path::PathBuf,
 }
 
 /// How long a cloud login code is good for: 15 minutes.
@@ -235,6 +243,8 @@ impl Cloud {
         })?;
         let backup_dir = root.join(BACKUPS_DIR);
         let artifacts_dir = root.join(ARTIFACTS_DIR);
+        let ca_cert = ca_dir.join(cairn_tls::CA_CERT_FILE);
+        let node_token_for_views = node_token_file.clone();
         let provider_config = ProviderConfig {
             root,
             agent_bin,
@@ -256,6 +266,8 @@ impl Cloud {
             token,
             login_codes: std::sync::Mutex::default(),
             artifacts_dir,
+            node_token_file: node_token_for_views,
+            ca_cert,
         });
         tracing::info!(%local_addr, "cloud started");
         Ok(Cloud { listener, local_addr, shared, events })

@@ -9,6 +9,7 @@
 //! | `POST /v1/hosts/{name}/fail` | kill the host's agent and node; never restarted |
 //! | `GET /v1/desired` · `PUT /v1/desired` | the current desired state · submit one (JSONC text) |
 //! | `GET /v1/status` · `POST /v1/status` | the last report and the transitions · a leader's report |
+//! | `GET /v1/cluster` | the hosts joined with the nodes as the first answering node sees them, and the last report ([`crate::StatusView`]) |
 //! | `POST /v1/shutdown` | 202, then the cloud stops its agents and exits |
 //! | `POST /v1/login-codes` | a one-time login code (`{"code", "until_ms"}`), good for 15 minutes |
 //! | `POST /v1/login` | with the code as bearer token: the cloud's token, once (`{"token"}`) |
@@ -63,6 +64,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/hosts/{name}/fail", post(fail_host))
         .route("/v1/desired", get(get_desired).put(put_desired))
         .route("/v1/status", get(get_status).post(post_status))
+        .route("/v1/cluster", get(get_cluster))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/login-codes", post(create_login_code))
         .route("/v1/login", post(login))
@@ -359,6 +361,13 @@ async fn put_desired(
 
 async fn get_status(State(shared): AppState) -> Response {
     Json(shared.status.snapshot()).into_response()
+}
+
+async fn get_cluster(State(shared): AppState) -> Response {
+    let hosts = shared.provider.list();
+    let status = shared.status.snapshot();
+    let view = crate::view::gather(hosts, status, &shared.node_token_file, &shared.ca_cert).await;
+    Json(view).into_response()
 }
 
 async fn post_status(

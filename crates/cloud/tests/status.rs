@@ -73,3 +73,41 @@ async fn transitions_are_logged_once() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     h.stop().await;
 }
+
+/// `GET /v1/cluster` joins the hosts with the nodes and the last report:
+/// with no node answering (the fake agents run none), every host is listed
+/// without a node, and the report is the one posted; it needs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_lists_hosts_and_the_last_report() {
+    let mut h = Harness::new();
+    h.start().await;
+    let (status, empty) = h.get("/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty["reconciliation"], serde_json::Value::Null, "{empty}");
+    assert_eq!(empty["hosts"], json!([]), "{empty}");
+    assert_eq!(empty["nodes"], json!([]), "{empty}");
+
+    for (name, zone) in [("host-1", "zone-a"), ("host-2", "zone-b")] {
+        let (status, body) = h.create(name, zone).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let done = report(ReconcileState::AtDesiredState, 3, None);
+    let (status, answer) = h.post("/v1/status", json!(done)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let (status, view) = h.get("/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["reconciliation"], json!(done), "{view}");
+    let hosts = view["hosts"].as_array().expect("hosts");
+    let named: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|host| (host["name"].as_str().unwrap(), host["zone"].as_str().unwrap()))
+        .collect();
+    assert_eq!(named, [("host-1", "zone-a"), ("host-2", "zone-b")], "{view}");
+    assert!(hosts.iter().all(|host| host["node_id"].is_null()), "{view}");
+    assert_eq!(view["nodes"], json!([]), "{view}");
+    assert_eq!(view["leader"], serde_json::Value::Null, "{view}");
+
+    let refused = reqwest::Client::new().get(h.url("/v1/cluster")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}
