@@ -105,6 +105,22 @@ fn output_of(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until `client`'s node (`node`, for the message) answers a
+/// linearizable read.
+async fn wait_serving(client: &Client, node: u64) {
+    let started = Instant::now();
+    while client.kv_get("k0", Read::Linearizable).await.is_err() {
+        assert!(started.elapsed() < DEADLINE, "node {node} does not serve again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Adds (`-A`) or deletes (`-D`) a rule in the network namespace of the
+/// process `pid` (a container's) that drops what comes from `source`.
+fn drop_rule(pid: &str, action: &str, source: &str) {
+    run("nsenter", &["-t", pid, "-n", "iptables", action, "INPUT", "-s", source, "-j", "DROP"]);
+}
+
 /// `docker-compose`, or the `docker compose` plugin.
 fn compose_program() -> Vec<String> {
     let works = |program: &str, args: &[&str]| {
@@ -211,11 +227,7 @@ impl Project {
     /// namespace that drops what comes from node `from`.
     fn drop_from(&self, action: &str, node: u64, from: u64) {
         let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", &self.container(node)]);
-        let source = self.ip(from);
-        run(
-            "nsenter",
-            &["-t", pid.trim(), "-n", "iptables", action, "INPUT", "-s", &source, "-j", "DROP"],
-        );
+        drop_rule(pid.trim(), action, &self.ip(from));
     }
 
     fn client(&self, first: usize) -> Client {
@@ -257,11 +269,7 @@ impl Project {
 
     /// Waits until node `node` answers a linearizable read.
     async fn serving(&self, node: u64) {
-        let started = Instant::now();
-        while self.node_client(node).kv_get("k0", Read::Linearizable).await.is_err() {
-            assert!(started.elapsed() < DEADLINE, "node {node} does not serve again");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_serving(&self.node_client(node), node).await;
     }
 }
 
@@ -531,12 +539,7 @@ impl Five {
     }
 
     fn iptables(&self, node: u64, action: &str, from: u64) {
-        let pid = &self.pids[node as usize - 1];
-        let source = self.ip(from);
-        run(
-            "nsenter",
-            &["-t", pid, "-n", "iptables", action, "INPUT", "-s", &source, "-j", "DROP"],
-        );
+        drop_rule(&self.pids[node as usize - 1], action, &self.ip(from));
     }
 
     /// Drops what `a` and `b` send each other.
@@ -600,11 +603,7 @@ impl Five {
 
     /// Waits until node `node` answers a linearizable read.
     async fn serving(&self, node: u64) {
-        let started = Instant::now();
-        while self.node_client(node).kv_get("k0", Read::Linearizable).await.is_err() {
-            assert!(started.elapsed() < DEADLINE, "node {node} does not serve again");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_serving(&self.node_client(node), node).await;
     }
 }
 
