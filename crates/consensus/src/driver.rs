@@ -96,6 +96,7 @@ use serde::{Deserialize, Serialize};
 use crate::membership::Membership;
 
 mod catch_up;
+mod reads;
 mod reconfigure;
 
 use crate::replica::{Decided, Message, NodeId, Replica, ReplicaConfig, Timing};
@@ -103,6 +104,7 @@ pub use crate::CatchUpStats;
 use crate::{Error, Member, Role, Status};
 use cairn_util::Rng;
 use catch_up::{CatchUp, Serving};
+pub use reads::ReadStats;
 use reconfigure::Reconfiguration;
 
 /// The caller's name for one request.
@@ -160,6 +162,20 @@ pub enum PeerMessage {
     FetchMembership,
     /// The sender's current membership.
     Membership(Membership),
+    /// A leader asks which ballot the receiver has promised, for its read
+    /// confirmation round `round` (see `driver/reads.rs`).
+    ReadConfirm { configuration_id: u32, round: u64 },
+    /// The answer to [`PeerMessage::ReadConfirm`].
+    ReadConfirmed {
+        configuration_id: u32,
+        round: u64,
+        promise: omnipaxos::ballot_leader_election::Ballot,
+    },
+    /// A follower asks its leader for a read index; `ask` names the request.
+    ReadIndex { configuration_id: u32, ask: u64 },
+    /// The leader's answer: serve once applied through `index`, or (`None`)
+    /// it cannot say, and the reads go through the log.
+    ReadIndexReply { ask: u64, index: Option<u64> },
 }
 
 /// Why bytes from a peer are not a [`PeerMessage`].
@@ -263,6 +279,10 @@ pub struct DriverConfig {
     /// Where checkpoints for peers are taken: a directory on the store's
     /// file system (checkpoints are hard links), emptied at start.
     pub snapshot_dir: PathBuf,
+    /// After how many ticks a read that waits for a confirmation round, a
+    /// leader's answer or its state to catch up goes through the log
+    /// instead (see `driver/reads.rs`).
+    pub read_index_timeout_ticks: u64,
     /// Keep a record of every applied entry for [`Driver::take_applied`]
     /// (simulations check replicas against each other with it).
     pub record_applied: bool,
@@ -271,6 +291,10 @@ pub struct DriverConfig {
     /// in test builds (feature `planted-bugs`).
     #[cfg(feature = "planted-bugs")]
     pub planted_stale_reads: bool,
+    /// A planted bug: a leader serves reads after a confirmation round that
+    /// nobody answered (no quorum check). Test builds only.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_unconfirmed_reads: bool,
 }
 
 /// One entry as a driver applied it (see [`DriverConfig::record_applied`]).
@@ -345,9 +369,12 @@ impl DriverConfig {
             snapshot_chunk_bytes: CHUNK_PAYLOAD_BYTES_DEFAULT,
             message_entries_bytes_max: crate::replica::MESSAGE_ENTRIES_BYTES_MAX,
             snapshot_dir,
+            read_index_timeout_ticks: election * 2,
             record_applied: false,
             #[cfg(feature = "planted-bugs")]
             planted_stale_reads: false,
+            #[cfg(feature = "planted-bugs")]
+            planted_unconfirmed_reads: false,
         }
     }
 
@@ -390,6 +417,8 @@ pub struct Driver {
     keys: BTreeMap<RequestId, WaitKey>,
     /// Reads that arrived since the last barrier was proposed.
     unbarriered: Vec<RequestId>,
+    /// Reads served after a confirmation round instead of a barrier.
+    reads: reads::Reads,
     blocked: Option<Blocked>,
     catch_up: Option<CatchUp>,
     /// Catch-up requests made so far, to take peers in turn.
@@ -460,6 +489,7 @@ impl Driver {
             waiting: BTreeMap::new(),
             keys: BTreeMap::new(),
             unbarriered: Vec::new(),
+            reads: reads::Reads::default(),
             blocked: None,
             catch_up: None,
             catch_up_turn: 0,
@@ -511,12 +541,15 @@ impl Driver {
             out.answers.push((request, Answer::ReadReady { index }));
             return;
         }
-        self.unbarriered.push(request);
+        self.read_arrived(request);
     }
 
     /// The caller gave up on `request`: it gets no answer, and the command is
     /// no longer re-proposed if nobody else waits for it.
     pub fn cancel(&mut self, request: RequestId) {
+        if self.reads.cancel(request) {
+            return;
+        }
         if let Some(pos) = self.unbarriered.iter().position(|r| *r == request) {
             self.unbarriered.swap_remove(pos);
             return;
@@ -583,6 +616,18 @@ impl Driver {
                 self.pending_messages.push((from, PeerMessage::Membership(membership)));
             }
             PeerMessage::Membership(next) => return self.membership_arrived(from, next),
+            PeerMessage::ReadConfirm { configuration_id, round } => {
+                self.read_confirm_arrived(from, configuration_id, round)
+            }
+            PeerMessage::ReadConfirmed { configuration_id, round, promise } => {
+                self.read_confirmed_arrived(from, configuration_id, round, promise)
+            }
+            PeerMessage::ReadIndex { configuration_id, ask } => {
+                self.read_index_asked(from, configuration_id, ask)
+            }
+            PeerMessage::ReadIndexReply { ask, index } => {
+                self.read_index_answered(from, ask, index)
+            }
         }
         Ok(())
     }
@@ -624,6 +669,7 @@ impl Driver {
         if self.reconfiguration.as_ref().is_some_and(|change| change.due_tick <= self.now_ticks) {
             self.propose_reconfiguration();
         }
+        self.expire_reads();
         if self.now_ticks.is_multiple_of(self.config.compact_interval_ticks.max(1)) {
             self.compact();
             self.expire_serving();
@@ -638,8 +684,10 @@ impl Driver {
         if self.failed {
             return Err(Error::Stopped);
         }
+        self.drive_reads(out);
         self.propose_barrier(out);
         let result = self.apply_decided(out).and_then(|()| self.drive_catch_up());
+        self.serve_ready(out);
         // Everything this turn wrote reaches the disk before any message or
         // answer that depends on it leaves.
         let result = result.and_then(|()| {
@@ -797,7 +845,12 @@ impl Driver {
 
     /// How many requests wait for an answer (reads included).
     pub fn waiting_len(&self) -> usize {
-        self.keys.len() + self.unbarriered.len()
+        self.keys.len() + self.unbarriered.len() + self.reads.len()
+    }
+
+    /// How reads were served so far.
+    pub fn read_stats(&self) -> ReadStats {
+        self.reads_stats_snapshot()
     }
 
     fn hello(&self) -> Hello {
@@ -818,6 +871,9 @@ impl Driver {
             out.answers.push((request, Answer::Failed(Error::Storage(message.clone()))));
         }
         for request in self.unbarriered.drain(..) {
+            out.answers.push((request, Answer::Failed(Error::Storage(message.clone()))));
+        }
+        for request in self.reads.take_all() {
             out.answers.push((request, Answer::Failed(Error::Storage(message.clone()))));
         }
         self.keys.clear();

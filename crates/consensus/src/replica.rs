@@ -657,6 +657,23 @@ impl Replica {
         self.base_index + self.omni.get_decided_idx() as u64
     }
 
+    /// Global index of the last entry in this node's log, decided or not
+    /// (entries still in OmniPaxos's batch are not in the log yet).
+    pub fn accepted_index(&self) -> u64 {
+        self.base_index + self.omni.get_accepted_idx() as u64
+    }
+
+    /// The ballot this node promised: its own while it leads.
+    pub fn promise(&self) -> omnipaxos::ballot_leader_election::Ballot {
+        self.omni.get_promise()
+    }
+
+    /// Whether this configuration's log holds a StopSign, accepted or
+    /// decided: the configuration is ending.
+    pub fn has_stopsign(&self) -> bool {
+        self.omni.has_stopsign()
+    }
+
     /// Global index of the last entry handed out by `take_decided`.
     pub fn taken_index(&self) -> u64 {
         self.taken_index

@@ -1,8 +1,8 @@
 //! Scenarios for the driver: three drivers in one thread, each on its own
 //! RocksDB, joined by an in-memory network with one tick of latency that can
 //! cut links. They check what clients of a replicated node see: writes on any
-//! node answered once applied there, linearizable reads through barriers,
-//! refusals when no quorum is in sight, cancelled requests, and progress after
+//! node answered once applied there, linearizable reads (after a confirmation
+//! round, or through a barrier), refusals when no quorum is in sight, cancelled requests, and progress after
 //! the leader stops.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -296,11 +296,91 @@ fn a_read_waits_for_every_write_acknowledged_before_it() {
     match &net.answers[&read] {
         (node, Answer::ReadReady { index }) => {
             assert_eq!(*node, follower);
-            assert!(*index > acknowledged_at, "the barrier comes after the write");
+            assert!(*index >= acknowledged_at, "the read is served after the write applied");
         }
         other => panic!("expected a ready read, got {other:?}"),
     }
     assert_eq!(net.kv(follower, "x").as_deref(), Some("1"));
+}
+
+/// Reads on any node, once the leader knows its peers answer rounds, are
+/// served after a confirmation round: the log does not grow.
+#[test]
+fn reads_leave_the_log_as_it_is() {
+    let mut net = Net::new(4);
+    let leader = net.settle();
+    let follower = NODES.into_iter().find(|n| *n != leader).unwrap();
+    let session = net.open_session(leader);
+    let write = net.write(follower, CommandId { session, seq: 1 }, "r", "1");
+    net.run_until(200, "the write is acknowledged", |n| n.answers.contains_key(&write));
+    // The first reads teach the nodes that their peers answer rounds.
+    for node in NODES {
+        let read = net.read(node);
+        net.run_until(200, "a first read", |n| n.answers.contains_key(&read));
+    }
+    net.run(10);
+    let decided: Vec<u64> = net.drivers.values().map(|d| d.replica().decided_index()).collect();
+    let before: BTreeMap<NodeId, u64> =
+        net.drivers.iter().map(|(id, d)| (*id, d.read_stats().read_index)).collect();
+    let mut reads = Vec::new();
+    for _ in 0..5 {
+        for node in NODES {
+            reads.push(net.read(node));
+        }
+        net.step();
+    }
+    net.run_until(200, "every read is ready", |n| reads.iter().all(|r| n.answers.contains_key(r)));
+    for read in &reads {
+        assert!(matches!(net.answers[read].1, Answer::ReadReady { .. }), "{:?}", net.answers[read]);
+    }
+    let after: Vec<u64> = net.drivers.values().map(|d| d.replica().decided_index()).collect();
+    assert_eq!(decided, after, "reads appended to the log");
+    for (id, driver) in &net.drivers {
+        assert_eq!(driver.read_stats().read_index - before[id], 5, "node {id}'s reads");
+    }
+    assert_eq!(net.kv(follower, "r").as_deref(), Some("1"));
+}
+
+/// A leader cut off from the others, before it notices, gets no answer to
+/// its round: it serves no read until it has what the new leader's majority
+/// acknowledged.
+#[test]
+fn a_leader_cut_off_serves_no_read_it_cannot_confirm() {
+    let mut net = Net::new(5);
+    let old = net.settle();
+    let session = net.open_session(old);
+    let write = net.write(old, CommandId { session, seq: 1 }, "z", "1");
+    net.run_until(200, "the write is acknowledged", |n| n.answers.contains_key(&write));
+    let read = net.read(old);
+    net.run_until(200, "a first read", |n| n.answers.contains_key(&read));
+    net.isolate(old);
+    let read = net.read(old);
+    let new = loop {
+        net.step();
+        let leader = net
+            .drivers
+            .iter()
+            .find(|(id, d)| **id != old && d.replica().is_leader())
+            .map(|(id, _)| *id);
+        if let Some(leader) = leader {
+            break leader;
+        }
+        assert!(net.drivers[&1].now_ticks() < 1000, "no new leader");
+    };
+    let write = net.write(new, CommandId { session, seq: 2 }, "z", "2");
+    net.run_until(200, "the new leader writes", |n| n.answers.contains_key(&write));
+    net.run(2 * SILENCE_TICKS);
+    match net.answers.get(&read) {
+        None | Some((_, Answer::Failed(_))) => {}
+        Some(other) => panic!("a cut-off leader answered a read: {other:?}"),
+    }
+    assert_eq!(net.kv(old, "z").as_deref(), Some("1"));
+    net.cut.clear();
+    net.run_until(300, "the old leader rejoins", |n| n.drivers[&old].quorum_in_sight());
+    let read = net.read(old);
+    net.run_until(300, "the old leader reads again", |n| n.answers.contains_key(&read));
+    assert!(matches!(net.answers[&read].1, Answer::ReadReady { .. }));
+    assert_eq!(net.kv(old, "z").as_deref(), Some("2"));
 }
 
 #[test]

@@ -1112,12 +1112,13 @@ async fn a_node_off_loopback_needs_certificates_or_insecure() {
     node.serve(async {}).await.unwrap();
 }
 
-/// Made-up tokens cannot fill the log. A node waits for a read barrier
+/// Made-up tokens cannot fill the log. A node waits for a linearizable read
 /// before it refuses a token it does not know (it may have been made on
-/// another node a moment ago), but such barriers begin at most once per
-/// `UNKNOWN_TOKEN_BARRIER_INTERVAL`, however many requests show one: each
-/// barrier is a log entry on every node. Before the limit, every such request
-/// appended one.
+/// another node a moment ago), but such reads begin at most once per
+/// `UNKNOWN_TOKEN_BARRIER_INTERVAL`, however many requests show one: a read
+/// that goes through the log (a barrier, when no confirmation round can
+/// serve it) is a log entry on every node. Before the limit, every such
+/// request appended one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_tokens_cannot_fill_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -1168,7 +1169,6 @@ async fn made_up_tokens_cannot_fill_the_log() {
     // barriers (the pair's own, an interval split by a slow scheduler). A
     // barrier per refused token would be 200.
     let most = u64::try_from(elapsed.as_millis() / 100).unwrap() + 1 + 3;
-    assert!(barriers >= 1, "an unknown token waits for a barrier");
     assert!(barriers <= most, "{barriers} barriers in {elapsed:?} (at most {most})");
     // A token made through the other node is found all the same, once an
     // interval has passed since the last barrier.

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use cairn_consensus::driver::{
-    Answer, Driver, DriverConfig, Hello, Output, PeerMessage, RequestId,
+    Answer, Driver, DriverConfig, Hello, Output, PeerMessage, ReadStats, RequestId,
 };
 use cairn_consensus::replica::{NodeId, Timing};
 use cairn_consensus::Membership;
@@ -212,6 +212,9 @@ pub struct Report {
     /// Configurations the cluster went through (1 without a membership
     /// change).
     pub configurations: u64,
+    /// How the nodes served linearizable reads, summed over every node and
+    /// restart.
+    pub reads: ReadStats,
     pub ticks: u64,
     /// A hash of every delivered message and every history entry, when the
     /// run was traced ([`run_traced`]): two runs of one seed have the same
@@ -248,6 +251,12 @@ impl fmt::Display for Report {
             "  feeds: {} pages, {} events, {} moves to another node, {} restarts",
             self.feed_pages, self.feed_events, self.feed_moves, self.feed_restarts
         )?;
+        writeln!(
+            f,
+            "  reads: {} after a confirmation round, {} through a barrier ({} fell back), {} \
+             rounds",
+            self.reads.read_index, self.reads.barrier, self.reads.fell_back, self.reads.rounds
+        )?;
         for violation in &self.violations {
             writeln!(f, "  VIOLATION: {violation}")?;
         }
@@ -268,6 +277,10 @@ pub enum Planted {
     /// Linearizable reads answered from local state without a barrier.
     #[cfg(feature = "planted-bugs")]
     StaleReads,
+    /// A leader serves reads without hearing from a majority in its
+    /// confirmation round.
+    #[cfg(feature = "planted-bugs")]
+    UnconfirmedReads,
     /// A read of the change history that resumes inside an entry skips a
     /// change.
     #[cfg(feature = "planted-bugs")]
@@ -414,6 +427,15 @@ struct Sim {
     /// Whether a client was given the finalize to send.
     finalize_sent: bool,
     refused_adds: u64,
+    /// Read counters of the drivers that crashed.
+    reads: ReadStats,
+}
+
+fn add_reads(sum: &mut ReadStats, more: ReadStats) {
+    sum.read_index += more.read_index;
+    sum.barrier += more.barrier;
+    sum.fell_back += more.fell_back;
+    sum.rounds += more.rounds;
 }
 
 impl Sim {
@@ -467,6 +489,7 @@ impl Sim {
             unchecked_keys: 0,
             finalize_sent: false,
             refused_adds: 0,
+            reads: ReadStats::default(),
         };
         for id in ids {
             sim.start(id);
@@ -547,15 +570,15 @@ impl Sim {
         #[cfg(feature = "planted-bugs")]
         {
             config.planted_stale_reads = self.planted == Planted::StaleReads;
+            config.planted_unconfirmed_reads = self.planted == Planted::UnconfirmedReads;
         }
         node.driver = Some(Driver::open(config, sm).expect("the driver opens"));
     }
 
     fn crash(&mut self, id: NodeId, down_for: u64) {
         let node = self.nodes.get_mut(&id).expect("a node");
-        if node.driver.take().is_none() {
-            return;
-        }
+        let Some(driver) = node.driver.take() else { return };
+        add_reads(&mut self.reads, driver.read_stats());
         node.down_until = Some(self.now + down_for.max(1));
         tracing::info!(t = self.now, id, down_for, "node crashes");
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -1290,6 +1313,10 @@ impl Sim {
 
     fn report(self) -> Report {
         let unchecked_keys = self.unchecked_keys;
+        let mut reads = self.reads;
+        for driver in self.nodes.values().filter_map(|n| n.driver.as_ref()) {
+            add_reads(&mut reads, driver.read_stats());
+        }
         let snapshots_installed = self.snapshots.installed();
         let snapshots_short_of_gap = self.snapshots.short_of_gap();
         Report {
@@ -1322,6 +1349,7 @@ impl Sim {
             feed_moves: self.feeds.moves,
             feed_restarts: self.feeds.restarts,
             configurations: self.configurations,
+            reads,
             ticks: self.now,
             trace: self.trace.map(|trace| trace.finish()),
         }

@@ -314,6 +314,12 @@ where
         self.seq_paxos.get_promise()
     }
 
+    /// Cairn patch 6 (PATCHES.md): whether this node's log holds a StopSign,
+    /// accepted or decided.
+    pub fn has_stopsign(&self) -> bool {
+        self.seq_paxos.internal_storage.get_stopsign().is_some()
+    }
+
     /// Returns this node's own pid.
     pub fn get_pid(&self) -> NodeId {
         self.seq_paxos.get_pid()
