@@ -326,20 +326,50 @@ fn a_seed_replays_exactly() {
     assert_ne!(first.trace, other.trace, "two seeds gave one trace");
 }
 
+/// Runs seeds from 0 with `planted` (on every core, seeds taken in turn)
+/// until one of them shows a violation containing `marker`; panics with
+/// `what` if none of the first `default_seeds` (or `CAIRN_SIM_PLANTED_SEEDS`)
+/// does.
+fn planted_bug_is_caught(planted: Planted, default_seeds: u64, marker: &str, what: &str) {
+    let seeds = env_u64("CAIRN_SIM_PLANTED_SEEDS").unwrap_or(default_seeds);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let caught = Mutex::new(None::<(u64, String)>);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                let done = caught.lock().unwrap().as_ref().is_some_and(|(s, _)| *s < seed);
+                if seed >= seeds || done {
+                    return;
+                }
+                let report = run_with(seed, planted);
+                if report.violations.iter().any(|v| v.contains(marker)) {
+                    let mut caught = caught.lock().unwrap();
+                    if caught.as_ref().is_none_or(|(s, _)| seed < *s) {
+                        *caught = Some((seed, report.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    match caught.into_inner().unwrap() {
+        Some((seed, report)) => eprintln!("the planted bug was caught at seed {seed}:\n{report}"),
+        None => panic!("{what} went unnoticed for {seeds} seeds"),
+    }
+}
+
 /// The simulator earns its keep: with reads answered from local state while
 /// claiming to be linearizable (a bug planted behind a test-only switch), some
 /// seed among the first few shows a history that is not linearizable.
 #[test]
 fn a_planted_stale_read_bug_is_caught() {
-    let seeds = env_u64("CAIRN_SIM_PLANTED_SEEDS").unwrap_or(PLANTED_SEEDS_DEFAULT);
-    for seed in 0..seeds {
-        let report = run_with(seed, Planted::StaleReads);
-        if report.violations.iter().any(|v| v.contains("not linearizable")) {
-            eprintln!("the planted bug was caught at seed {seed}:\n{report}");
-            return;
-        }
-    }
-    panic!("stale reads went unnoticed for {seeds} seeds");
+    planted_bug_is_caught(
+        Planted::StaleReads,
+        PLANTED_SEEDS_DEFAULT,
+        "not linearizable",
+        "stale reads",
+    );
 }
 
 /// The same for the round path: with leaders that serve reads after a
@@ -348,15 +378,12 @@ fn a_planted_stale_read_bug_is_caught() {
 /// that misses what a newer leader's majority acknowledged.
 #[test]
 fn a_planted_unconfirmed_read_bug_is_caught() {
-    let seeds = env_u64("CAIRN_SIM_PLANTED_SEEDS").unwrap_or(PLANTED_ROUND_SEEDS_DEFAULT);
-    for seed in 0..seeds {
-        let report = run_with(seed, Planted::UnconfirmedReads);
-        if report.violations.iter().any(|v| v.contains("not linearizable")) {
-            eprintln!("the planted bug was caught at seed {seed}:\n{report}");
-            return;
-        }
-    }
-    panic!("reads without a confirmed round went unnoticed for {seeds} seeds");
+    planted_bug_is_caught(
+        Planted::UnconfirmedReads,
+        PLANTED_ROUND_SEEDS_DEFAULT,
+        "not linearizable",
+        "reads without a confirmed round",
+    );
 }
 
 /// The feed checker earns its keep too: with history reads that skip a
@@ -364,13 +391,10 @@ fn a_planted_unconfirmed_read_bug_is_caught() {
 /// first few shows a feed with a gap.
 #[test]
 fn a_planted_feed_gap_is_caught() {
-    let seeds = env_u64("CAIRN_SIM_PLANTED_SEEDS").unwrap_or(PLANTED_SEEDS_DEFAULT);
-    for seed in 0..seeds {
-        let report = run_with(seed, Planted::FeedSkipsOnResume);
-        if report.violations.iter().any(|v| v.contains("a feed on node")) {
-            eprintln!("the planted bug was caught at seed {seed}:\n{report}");
-            return;
-        }
-    }
-    panic!("feeds that skip a change went unnoticed for {seeds} seeds");
+    planted_bug_is_caught(
+        Planted::FeedSkipsOnResume,
+        PLANTED_SEEDS_DEFAULT,
+        "a feed on node",
+        "feeds that skip a change",
+    );
 }
