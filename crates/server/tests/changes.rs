@@ -108,6 +108,8 @@ async fn a_feed_sends_every_change_in_order_and_resumes_after_its_cursor() {
     let text = read_until(&mut response, |t| t.contains("\"drop\"")).await;
     assert!(!text.contains("\"remove\""), "{text}");
     assert!(text.contains(&format!("id: {}", events[4]["cursor"].as_str().unwrap())), "{text}");
+    // Stopped, not dropped: its store closes before the process exits.
+    node.stop().await;
 }
 
 /// `include_initial` sends the documents as of one index, page after page
@@ -149,6 +151,8 @@ async fn include_initial_sends_the_table_then_ready_then_changes() {
     client.update_doc("big", "d00042", &json!({"x": 2})).await.unwrap();
     let event = change(next(&mut changes).await);
     assert_eq!(event["id"], "d00042", "another document's change is not followed");
+    // Stopped, not dropped: its store closes before the process exits.
+    node.stop().await;
 }
 
 /// The key-value feed follows a prefix, with values in base64.
@@ -181,6 +185,8 @@ async fn the_key_value_feed_follows_a_prefix() {
             ("a/1", "delete", &json!("dW5v"), &Value::Null),
         ]
     );
+    // Stopped, not dropped: its store closes before the process exits.
+    node.stop().await;
 }
 
 /// What cannot be served is refused before the stream begins, in the JSON
@@ -236,6 +242,8 @@ async fn feeds_that_cannot_be_served_are_refused_with_the_reason() {
         feed(&node, FeedTarget::Kv { prefix: String::new() }, Some("3".into()), false);
     let error = tokio::time::timeout(PATIENCE, expired.next()).await.unwrap().unwrap_err();
     assert_eq!(error.code(), Some("cursor_expired"));
+    // Stopped, not dropped: its store closes before the process exits.
+    node.stop().await;
 }
 
 /// A node serves at most `--feeds-max` feeds; one more gets 503, and a
@@ -270,6 +278,8 @@ async fn open_feeds_are_capped_and_places_come_back() {
         assert!(std::time::Instant::now() < deadline, "the closed feed's place never came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Stopped, not dropped: its store closes before the process exits.
+    node.stop().await;
 }
 
 /// A node that shuts down ends its feeds with an error event that says so,
@@ -296,4 +306,6 @@ async fn feeds_need_a_token() {
     let status =
         reqwest::Client::new().get(node.url("/v1/tables/t/changes")).send().await.unwrap().status();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Stopped, not dropped: its store closes before the process exits.
+    node.stop().await;
 }
