@@ -295,6 +295,10 @@ pub struct DriverConfig {
     /// nobody answered (no quorum check). Test builds only.
     #[cfg(feature = "planted-bugs")]
     pub planted_unconfirmed_reads: bool,
+    /// A planted bug: every replica message leaves before the turn's sync,
+    /// acceptances and promises included. Test builds only.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_early_acceptances: bool,
 }
 
 /// One entry as a driver applied it (see [`DriverConfig::record_applied`]).
@@ -325,6 +329,21 @@ pub enum SnapshotEvent {
 
 /// Whether the state machine refused a command for its session or sequence
 /// (it did not take effect, and it is not a fresh application).
+/// Whether a replica message may leave before the turn's writes are on
+/// disk: the leader's accepts and decisions, and proposals forwarded to it.
+/// Promises, acceptances and the leader's sync of a follower's log all
+/// report what this node wrote: they wait for the sync.
+fn leaves_before_sync(message: &Message) -> bool {
+    use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+    matches!(
+        message,
+        Message::SequencePaxos(PaxosMessage {
+            msg: PaxosMsg::AcceptDecide(_) | PaxosMsg::Decide(_) | PaxosMsg::ProposalForward(_),
+            ..
+        })
+    )
+}
+
 fn refused_as_repeat(outcome: &cairn_storage::Outcome) -> bool {
     use cairn_storage::ApplyError;
     matches!(
@@ -375,6 +394,8 @@ impl DriverConfig {
             planted_stale_reads: false,
             #[cfg(feature = "planted-bugs")]
             planted_unconfirmed_reads: false,
+            #[cfg(feature = "planted-bugs")]
+            planted_early_acceptances: false,
         }
     }
 
@@ -438,6 +459,8 @@ pub struct Driver {
     deferred_membership: Option<Membership>,
     /// Scratch for the replica's outgoing messages.
     paxos_out: Vec<(NodeId, Message)>,
+    /// The replica's messages that wait for this turn's sync.
+    held_out: Vec<(NodeId, Message)>,
     stats: CatchUpStats,
     /// Applied entries and snapshots, when `record_applied` is set.
     applied_log: Vec<AppliedEntry>,
@@ -502,6 +525,7 @@ impl Driver {
             deferred_answers: Vec::new(),
             deferred_membership: None,
             paxos_out: Vec::new(),
+            held_out: Vec::new(),
             stats: CatchUpStats::default(),
             applied_log: Vec::new(),
             snapshot_log: Vec::new(),
@@ -676,11 +700,25 @@ impl Driver {
         }
     }
 
-    /// Proposes the barrier for waiting reads, applies what was decided, goes
-    /// on with catching up, and moves messages and answers into `out`. After
-    /// a storage fault it answers every waiting request with the fault and
-    /// returns it; the driver is then unusable.
+    /// One whole turn: [`Driver::prepare`], then [`Driver::commit`], with
+    /// every message and answer of both in `out`.
     pub fn poll(&mut self, out: &mut Output) -> Result<(), Error> {
+        self.prepare(out)?;
+        self.commit(out)
+    }
+
+    /// The first half of a turn: proposes the barrier for waiting reads,
+    /// applies what was decided and goes on with catching up. It leaves in
+    /// `out` only what may leave before this turn's writes reach the disk:
+    /// the leader's accepts and decisions, sent while it syncs its own copy
+    /// of the entries (its own accept counts only in a later turn, after
+    /// [`Driver::commit`] synced: Raft's "write to the leader's disk in
+    /// parallel"), forwarded proposals, and the answers of applied entries,
+    /// which rest on entries a majority holds on disk, not on this node's
+    /// copy. Send those, then call [`Driver::commit`] before anything else.
+    /// After a storage fault it answers every waiting request with the fault
+    /// and returns it; the driver is then unusable.
+    pub fn prepare(&mut self, out: &mut Output) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Stopped);
         }
@@ -688,22 +726,47 @@ impl Driver {
         self.propose_barrier(out);
         let result = self.apply_decided(out).and_then(|()| self.drive_catch_up());
         self.serve_ready(out);
-        // Everything this turn wrote reaches the disk before any message or
-        // answer that depends on it leaves.
-        let result = result.and_then(|()| {
-            if self.sm.store().durability() != Durability::Synced {
-                self.sm.store().sync()?;
-            }
-            Ok(())
-        });
         if let Err(error) = result {
             out.answers.append(&mut self.deferred_answers);
             return Err(self.fail(error, out));
         }
         self.replica.drain_outgoing(&mut self.paxos_out);
         let configuration_id = self.replica.status().configuration_id;
+        // A message leaves early only if no message before it to the same
+        // node waits for the sync: each link keeps its order.
+        let mut held: BTreeSet<NodeId> = BTreeSet::new();
+        #[cfg(feature = "planted-bugs")]
+        let planted = self.config.planted_early_acceptances;
+        #[cfg(not(feature = "planted-bugs"))]
+        let planted = false;
+        for (to, message) in self.paxos_out.drain(..) {
+            if !held.contains(&to) && (planted || leaves_before_sync(&message)) {
+                out.messages.push((to, PeerMessage::Paxos { configuration_id, message }));
+            } else {
+                held.insert(to);
+                self.held_out.push((to, message));
+            }
+        }
+        Ok(())
+    }
+
+    /// The second half of a turn: syncs this turn's writes if anything
+    /// depends on them (a log append, a promise; applying entries owes no
+    /// sync, as recovery replays the log), then moves the other messages and
+    /// answers into `out`.
+    pub fn commit(&mut self, out: &mut Output) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::Stopped);
+        }
+        if self.sm.store().durability() != Durability::Synced {
+            if let Err(error) = self.sm.store().sync_owed() {
+                out.answers.append(&mut self.deferred_answers);
+                return Err(self.fail(error, out));
+            }
+        }
+        let configuration_id = self.replica.status().configuration_id;
         out.messages.extend(
-            self.paxos_out
+            self.held_out
                 .drain(..)
                 .map(|(to, message)| (to, PeerMessage::Paxos { configuration_id, message })),
         );
@@ -850,7 +913,7 @@ impl Driver {
 
     /// How reads were served so far.
     pub fn read_stats(&self) -> ReadStats {
-        self.reads_stats_snapshot()
+        self.reads.stats
     }
 
     fn hello(&self) -> Hello {

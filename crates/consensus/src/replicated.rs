@@ -302,17 +302,14 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Polls the driver, sends its messages and delivers its answers.
+    /// Polls the driver, sends its messages and delivers its answers: what
+    /// may leave before the turn's sync leaves first, so peers and clients
+    /// work while this node syncs.
     fn flush(&mut self) -> Result<(), Error> {
-        let result = self.driver.poll(&mut self.out);
-        for (to, message) in self.out.messages.drain(..) {
-            send(&self.transport, to, &message);
-        }
-        for (id, answer) in self.out.answers.drain(..) {
-            if let Some(reply) = self.replies.remove(&id) {
-                reply.send(answer);
-            }
-        }
+        let result = self.driver.prepare(&mut self.out);
+        self.deliver();
+        let result = result.and_then(|()| self.driver.commit(&mut self.out));
+        self.deliver();
         if let Some(membership) = self.out.membership.take() {
             let me = self.driver.status().node_id;
             if let Err(error) = self.transport.set_peers(membership.peers_of(me)) {
@@ -324,6 +321,18 @@ impl EventLoop {
         let status = self.driver.status();
         self.shared.publish(|published| *published = status);
         result
+    }
+
+    /// Sends the messages and delivers the answers in `out`.
+    fn deliver(&mut self) {
+        for (to, message) in self.out.messages.drain(..) {
+            send(&self.transport, to, &message);
+        }
+        for (id, answer) in self.out.answers.drain(..) {
+            if let Some(reply) = self.replies.remove(&id) {
+                reply.send(answer);
+            }
+        }
     }
 
     /// Cancels the requests whose caller stopped waiting (a timeout, a client

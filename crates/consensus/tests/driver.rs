@@ -270,6 +270,87 @@ fn writes_on_any_node_are_answered_once_applied_there() {
     }
 }
 
+/// The kind of a replica message, for the tests that look at what a turn sends.
+fn paxos_kind(message: &PeerMessage) -> Option<&'static str> {
+    use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
+    use omnipaxos::messages::Message;
+    match message {
+        PeerMessage::Paxos {
+            message: Message::SequencePaxos(PaxosMessage { msg, .. }), ..
+        } => Some(match msg {
+            PaxosMsg::AcceptDecide(_) => "AcceptDecide",
+            PaxosMsg::Accepted(_) => "Accepted",
+            PaxosMsg::Decide(_) => "Decide",
+            _ => "other",
+        }),
+        _ => None,
+    }
+}
+
+/// A write waits for one fsync after another no more than twice: the leader
+/// sends its accepts before it syncs its own copy, a follower answers only
+/// after its sync, and the leader answers the client from a turn that only
+/// applies, with no sync at all.
+#[test]
+fn a_write_waits_for_the_follower_s_sync_and_the_leader_s_runs_beside_it() {
+    let mut net = Net::new(11);
+    let leader = net.settle();
+    let session = net.open_session(leader);
+    net.run(20);
+    let follower = *NODES.iter().find(|&&id| id != leader).unwrap();
+    net.drivers[&leader].state_machine().store().sync().unwrap();
+    let request = net.write(leader, CommandId { session, seq: 1 }, "k", "v");
+
+    // The leader's turn: its accepts leave before its sync.
+    let driver = net.drivers.get_mut(&leader).unwrap();
+    let mut out = Output::default();
+    driver.prepare(&mut out).unwrap();
+    let store = driver.state_machine().store().clone();
+    let early: Vec<_> = out.messages.iter().filter_map(|(_, m)| paxos_kind(m)).collect();
+    assert!(early.contains(&"AcceptDecide"), "the accepts leave first: {early:?}");
+    assert!(!store.all_synced(), "the entry is not yet on the leader's disk");
+    driver.commit(&mut out).unwrap();
+    assert!(store.all_synced(), "the leader syncs its copy in the same turn");
+    let to_follower: Vec<PeerMessage> =
+        out.messages.into_iter().filter(|(to, _)| *to == follower).map(|(_, m)| m).collect();
+
+    // The follower's turn: its acceptance waits for its sync.
+    let driver = net.drivers.get_mut(&follower).unwrap();
+    for message in to_follower {
+        driver.step(leader, message).unwrap();
+    }
+    let mut out = Output::default();
+    driver.prepare(&mut out).unwrap();
+    assert!(
+        !out.messages.iter().any(|(_, m)| paxos_kind(m) == Some("Accepted")),
+        "an acceptance must not leave before the sync"
+    );
+    driver.commit(&mut out).unwrap();
+    assert!(driver.state_machine().store().all_synced());
+    let accepted: Vec<PeerMessage> = out
+        .messages
+        .into_iter()
+        .filter(|(to, m)| *to == leader && paxos_kind(m) == Some("Accepted"))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(!accepted.is_empty(), "the follower accepts after its sync");
+
+    // The leader's next turn decides, applies and answers, without a sync.
+    let driver = net.drivers.get_mut(&leader).unwrap();
+    for message in accepted {
+        driver.step(follower, message).unwrap();
+    }
+    let mut out = Output::default();
+    driver.prepare(&mut out).unwrap();
+    assert!(
+        out.answers.iter().any(|(r, a)| *r == request && matches!(a, Answer::Applied(_))),
+        "the answer leaves before any sync: {:?}",
+        out.answers
+    );
+    driver.commit(&mut out).unwrap();
+    assert!(!store.all_synced(), "applying owes no sync, so the turn made none");
+}
+
 #[test]
 fn a_read_waits_for_every_write_acknowledged_before_it() {
     let mut net = Net::new(2);

@@ -11,8 +11,10 @@
 //!    go: message loss, duplication and delay; symmetric, asymmetric and
 //!    partial partitions (the OmniPaxos paper's quorum-loss, constrained
 //!    election and chained scenarios among them); crashes and restarts of any
-//!    node (some between taking messages and answering them), and nodes kept
-//!    down long enough to need a snapshot (logs keep few entries here).
+//!    node (some between taking messages and answering them), power cuts
+//!    (a node loses every write it had not synced, in the middle of a turn:
+//!    [`Store::keep_durable_copy`]), and nodes kept down long enough to need
+//!    a snapshot (logs keep few entries here).
 //! 2. **liveness**: everything heals, every node comes back, and within a
 //!    bound every client request must be answered, every node must reach the
 //!    same applied index with the same state, and a final linearizable read
@@ -33,6 +35,7 @@ use cairn_consensus::replica::{NodeId, Timing};
 use cairn_consensus::Membership;
 use cairn_storage::changes::Window;
 use cairn_storage::fnv::Fnv1a;
+use cairn_storage::log_store::LogStore;
 use cairn_storage::{Command, CommandId, Durability, Footprint, Op, Outcome, StateMachine, Store};
 use cairn_util::Rng;
 use tempfile::TempDir;
@@ -43,6 +46,7 @@ use crate::feeds::Feeds;
 use crate::linearizability::{self, Completion, Entry, Output as KvOutput, Verdict};
 use crate::log_invariants::{LogInvariants, Progress};
 use crate::network::{Faults, Network, NetworkStats};
+use crate::promises::Promises;
 use crate::snapshots::Snapshots;
 
 /// Tries of one client operation before it gives up (safety phase).
@@ -52,6 +56,9 @@ const RETRY_BACKOFF_TICKS: u64 = 5;
 /// Restarts that reopen RocksDB (the others take a fresh handle on the open
 /// database; see `SimNode::store`), in percent.
 const REOPEN_PERCENT: u64 = 10;
+/// Each tick, the chance in a thousand that a node is picked to lose its
+/// power a few ticks later (and keeps a copy of its disk's state until then).
+const POWER_CUT_PER_MILLE: u64 = 3;
 /// How often every node compacts its log, in ticks.
 const COMPACT_INTERVAL_TICKS: u64 = 5;
 /// Timing of every replica, in ticks.
@@ -135,6 +142,9 @@ pub enum FaultKind {
     Heal,
     Crash,
     CrashBeforePoll,
+    /// A power cut: the node loses every write not yet on disk, after
+    /// sending what a turn sends before its sync.
+    PowerCut,
     KeepDown,
     Restart,
     /// Membership changes asked for: one node more, one fewer, one swapped
@@ -285,6 +295,9 @@ pub enum Planted {
     /// change.
     #[cfg(feature = "planted-bugs")]
     FeedSkipsOnResume,
+    /// Acceptances and promises leave before the sync of what they report.
+    #[cfg(feature = "planted-bugs")]
+    EarlyAcceptances,
 }
 
 /// Runs `seed` with a planted bug.
@@ -306,6 +319,7 @@ impl SimNode {
             starts: 0,
             down_until: None,
             leaving: false,
+            power_cut: None,
         }
     }
 }
@@ -329,6 +343,9 @@ struct SimNode {
     /// Removed from the cluster, and kept running until the members have
     /// caught up: they may need its state.
     leaving: bool,
+    /// A power cut to come: at this tick, with the copy of what the node's
+    /// disk holds ([`Store::keep_durable_copy`]).
+    power_cut: Option<(u64, TempDir)>,
 }
 
 #[derive(Clone, Debug)]
@@ -391,6 +408,9 @@ struct Sim {
     /// Draws which restarts reopen RocksDB, apart from `rng`: the choice
     /// changes nothing a node can see, so it must not change the schedule.
     reopen_rng: Rng,
+    /// Draws power cuts, apart from `rng`, so that the other faults keep
+    /// the schedule they had before power cuts were simulated.
+    power_rng: Rng,
     /// Membership changes asked for and not yet answered, by request.
     admin_requests: BTreeMap<RequestId, FaultKind>,
     /// Configurations the cluster went through (seen by the simulator).
@@ -413,6 +433,7 @@ struct Sim {
     agreement: Agreement,
     exactly_once: ExactlyOnce,
     log_invariants: LogInvariants,
+    promises: Promises,
     snapshots: Snapshots,
     feeds: Feeds,
     /// Hashes what the run did, when it is traced (encoding every message
@@ -429,13 +450,6 @@ struct Sim {
     refused_adds: u64,
     /// Read counters of the drivers that crashed.
     reads: ReadStats,
-}
-
-fn add_reads(sum: &mut ReadStats, more: ReadStats) {
-    sum.read_index += more.read_index;
-    sum.barrier += more.barrier;
-    sum.fell_back += more.fell_back;
-    sum.rounds += more.rounds;
 }
 
 impl Sim {
@@ -463,6 +477,7 @@ impl Sim {
             rng: Rng::new(seed),
             admin_rng: Rng::new(seed ^ 0xAD41_0000_0000_0001),
             reopen_rng: Rng::new(seed ^ 0x0FE4_0000_0000_0002),
+            power_rng: Rng::new(seed ^ 0x90E7_0000_0000_0003),
             admin_requests: BTreeMap::new(),
             configurations: 1,
             params,
@@ -481,6 +496,7 @@ impl Sim {
             agreement: Agreement::default(),
             exactly_once: ExactlyOnce::default(),
             log_invariants,
+            promises: Promises::default(),
             snapshots: Snapshots::default(),
             feeds: Feeds::new(seed, &ids, keys),
             trace: traced.then(Fnv1a::new),
@@ -545,6 +561,10 @@ impl Sim {
             membership.begin(&store).expect("the membership is stored");
         }
         let stored = Membership::load(&store).expect("loads").expect("stored");
+        let log = LogStore::open(&store).expect("the log opens");
+        let forgotten = self.promises.restarted(id, stored.configuration_id, &log);
+        drop(log);
+        self.violations.extend(forgotten);
         let wiped = cairn_storage::snapshot::discard_unfinished_install(&store).expect("a reset");
         #[cfg(feature = "planted-bugs")]
         if self.planted == Planted::FeedSkipsOnResume {
@@ -571,6 +591,7 @@ impl Sim {
         {
             config.planted_stale_reads = self.planted == Planted::StaleReads;
             config.planted_unconfirmed_reads = self.planted == Planted::UnconfirmedReads;
+            config.planted_early_acceptances = self.planted == Planted::EarlyAcceptances;
         }
         node.driver = Some(Driver::open(config, sm).expect("the driver opens"));
     }
@@ -578,7 +599,11 @@ impl Sim {
     fn crash(&mut self, id: NodeId, down_for: u64) {
         let node = self.nodes.get_mut(&id).expect("a node");
         let Some(driver) = node.driver.take() else { return };
-        add_reads(&mut self.reads, driver.read_stats());
+        self.reads += driver.read_stats();
+        if node.power_cut.take().is_some() {
+            // A process crash first: the disk keeps everything.
+            driver.state_machine().store().stop_durable_copy();
+        }
         node.down_until = Some(self.now + down_for.max(1));
         tracing::info!(t = self.now, id, down_for, "node crashes");
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -634,6 +659,9 @@ impl Sim {
                 self.crash(id, down_for);
             }
         }
+        if !self.liveness && self.power_rng.per_mille(POWER_CUT_PER_MILLE) {
+            self.arm_power_cut();
+        }
         for id in self.up_nodes() {
             self.poll(id);
         }
@@ -655,12 +683,15 @@ impl Sim {
     fn poll(&mut self, id: NodeId) {
         let mut out = Output::default();
         // A node removed from the cluster earlier in this tick is gone.
-        let Some(driver) = self.nodes.get_mut(&id).and_then(|n| n.driver.as_mut()) else {
-            return;
-        };
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let cut = node.power_cut.as_ref().is_some_and(|(at, _)| *at <= self.now);
+        let Some(driver) = node.driver.as_mut() else { return };
         let _span = tracing::info_span!("node", id, t = self.now).entered();
         driver.tick();
-        if let Err(error) = driver.poll(&mut out) {
+        // A power cut comes between what a turn sends before its sync and
+        // the sync.
+        let polled = if cut { driver.prepare(&mut out) } else { driver.poll(&mut out) };
+        if let Err(error) = polled {
             self.violations.push(format!("node {id} stopped: {error}"));
             return;
         }
@@ -682,6 +713,8 @@ impl Sim {
             self.log_invariants.observed(id, progress),
             self.feeds.observe(id, &store),
         ];
+        // Every handle on the store closes before a power cut.
+        drop(store);
         self.violations.extend(found.into_iter().flatten());
         self.send_all(id, out.messages);
         for (request, answer) in out.answers {
@@ -690,6 +723,73 @@ impl Sim {
         if let Some(membership) = out.membership {
             self.observe_membership(id, membership);
         }
+        if cut {
+            self.power_cut(id);
+        }
+    }
+
+    /// Picks a running node to lose its power in a few ticks; from now on
+    /// its store keeps a copy of what its disk holds.
+    fn arm_power_cut(&mut self) {
+        let armable: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.driver.is_some() && n.power_cut.is_none() && !n.leaving)
+            .map(|(id, _)| *id)
+            .collect();
+        if armable.is_empty() {
+            return;
+        }
+        let id = armable[self.power_rng.below(armable.len() as u64) as usize];
+        let at = self.now + 1 + self.power_rng.below(4);
+        let node = self.nodes.get_mut(&id).expect("a node");
+        let copy = node_dir();
+        let store = node.driver.as_ref().expect("running").state_machine().store();
+        store.keep_durable_copy(&copy.path().join("db")).expect("a copy of the disk");
+        node.power_cut = Some((at, copy));
+    }
+
+    /// The power cut armed on `id`: every handle on its store closes, and
+    /// its directory goes back to what the disk held at its last sync.
+    fn power_cut(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("a node");
+        if node.leaving {
+            // A node removed from the cluster runs until it is deleted; it
+            // does not store the configuration that removed it, so a restart
+            // would find it in the one before.
+            if node.power_cut.take().is_some() {
+                if let Some(driver) = &node.driver {
+                    driver.state_machine().store().stop_durable_copy();
+                }
+            }
+            return;
+        }
+        let (Some((_, copy)), Some(driver)) = (node.power_cut.take(), node.driver.take()) else {
+            return;
+        };
+        self.reads += driver.read_stats();
+        drop(driver);
+        node.store = None;
+        let dir = node.dir.path();
+        for entry in std::fs::read_dir(dir).expect("the node's directory lists") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("a directory goes");
+            } else {
+                std::fs::remove_file(&path).expect("a file goes");
+            }
+        }
+        for entry in std::fs::read_dir(copy.path().join("db")).expect("the copy lists") {
+            let entry = entry.expect("an entry");
+            std::fs::rename(entry.path(), dir.join(entry.file_name())).expect("a file moves");
+        }
+        let down_for = 5 + self.power_rng.below(40);
+        node.down_until = Some(self.now + down_for);
+        tracing::info!(t = self.now, id, down_for, "node loses its power");
+        self.log_invariants.power_cut(id);
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.net.crash(id, self.now, &ids);
+        self.count(FaultKind::PowerCut);
     }
 
     // ---- Faults ----
@@ -910,6 +1010,7 @@ impl Sim {
             self.nodes.remove(&id);
             self.exactly_once.deleted(id);
             self.log_invariants.deleted(id);
+            self.promises.deleted(id);
             self.net.crash(id, self.now, &ids);
         }
     }
@@ -1315,7 +1416,7 @@ impl Sim {
         let unchecked_keys = self.unchecked_keys;
         let mut reads = self.reads;
         for driver in self.nodes.values().filter_map(|n| n.driver.as_ref()) {
-            add_reads(&mut reads, driver.read_stats());
+            reads += driver.read_stats();
         }
         let snapshots_installed = self.snapshots.installed();
         let snapshots_short_of_gap = self.snapshots.short_of_gap();
@@ -1363,6 +1464,7 @@ impl Sim {
         use omnipaxos::messages::Message;
         use omnipaxos::storage::Entry;
         for (to, message) in messages {
+            self.promises.sent(from, &message);
             if let PeerMessage::Paxos {
                 message: Message::SequencePaxos(PaxosMessage { msg, .. }),
                 ..

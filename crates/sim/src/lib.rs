@@ -16,6 +16,8 @@
 //!   the same state;
 //! - [`log_invariants`]: applied, decided and compacted indexes move only
 //!   forward, nothing is applied undecided, and logs stay bounded;
+//! - [`promises`]: a node that restarts, after a power cut too, still holds
+//!   every promise and acceptance it sent;
 //! - [`snapshots`]: every snapshot installed is the state its peer served;
 //! - [`feeds`]: every replica records the same change history, and
 //!   changefeeds read from any node miss, repeat and reorder nothing.
@@ -27,4 +29,5 @@ pub mod feeds;
 pub mod linearizability;
 pub mod log_invariants;
 pub mod network;
+pub mod promises;
 pub mod snapshots;

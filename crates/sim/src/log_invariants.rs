@@ -4,7 +4,8 @@
 //! - nothing is applied that no node decided;
 //! - the applied and decided indexes and the configuration never go back,
 //!   across restarts too (a process crash keeps what was written), except
-//!   the applied index after a restart that wiped a half-installed snapshot;
+//!   the applied index after a restart that wiped a half-installed snapshot,
+//!   and both indexes after a power cut (which loses what was not synced);
 //! - nothing is compacted that the node has not decided itself (a compacted
 //!   index past the decided index is how OmniPaxos 0.2.4 once synced
 //!   followers with entries missing: patch 1 of `vendor/omnipaxos`, seed
@@ -109,6 +110,16 @@ impl LogInvariants {
     pub fn restarted(&mut self, node: NodeId, wiped: bool) {
         if let Some(seen) = self.nodes.get_mut(&node) {
             seen.wiped |= wiped;
+        }
+    }
+
+    /// `node` lost its power: its applied and decided indexes may go back
+    /// to what it had synced (its configuration may not: a new one is
+    /// stored with a synced write).
+    pub fn power_cut(&mut self, node: NodeId) {
+        if let Some(seen) = self.nodes.get_mut(&node) {
+            seen.progress.applied = 0;
+            seen.progress.decided = 0;
         }
     }
 

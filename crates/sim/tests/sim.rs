@@ -33,6 +33,9 @@ const PLANTED_SEEDS_DEFAULT: u64 = 2_000;
 /// a client reads from a deposed leader that still hears a majority, which
 /// takes more seeds (the first at 2,101).
 const PLANTED_ROUND_SEEDS_DEFAULT: u64 = 4_000;
+/// The same for acceptances sent before their sync, which a power cut must
+/// catch between the send and the sync.
+const PLANTED_POWER_SEEDS_DEFAULT: u64 = 2_000;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
@@ -383,6 +386,19 @@ fn a_planted_unconfirmed_read_bug_is_caught() {
         PLANTED_ROUND_SEEDS_DEFAULT,
         "not linearizable",
         "reads without a confirmed round",
+    );
+}
+
+/// Power cuts earn their keep: with acceptances and promises sent before
+/// the sync of what they report (planted), some node that loses its power
+/// restarts without an entry it told the leader it had accepted.
+#[test]
+fn a_planted_acceptance_before_its_sync_is_caught() {
+    planted_bug_is_caught(
+        Planted::EarlyAcceptances,
+        PLANTED_POWER_SEEDS_DEFAULT,
+        "it told a peer it had accepted",
+        "acceptances sent before their sync",
     );
 }
 

@@ -23,9 +23,9 @@
 //! Not here: applying commands (`machine`), the consensus log's logic
 //! (`log_store`).
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
@@ -126,10 +126,38 @@ pub struct Store {
     /// The first log entry (OmniPaxos index) the state machine has not
     /// applied: compaction keeps it and what follows on disk.
     log_retention: Arc<AtomicU64>,
+    /// Which writes since the last sync are not yet on disk.
+    unsynced: Arc<Unsynced>,
     /// A bug planted on purpose: history reads that resume inside an
     /// entry skip a change (feature `planted-bugs`, for the simulator).
     #[cfg(feature = "planted-bugs")]
     pub(crate) planted_skip_on_resume: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How a write reaches the disk ([`Store::write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Synced before it returns, whatever the [`Durability`].
+    Durable,
+    /// Synced unless the durability defers syncs; then a later message or
+    /// answer may depend on it, and [`Store::sync_owed`] syncs.
+    Owed,
+    /// Synced unless the durability defers syncs; then nothing owes a sync,
+    /// as recovery makes it again (applied entries, the decided index).
+    Replayed,
+    /// Never synced on its own: a later synced write makes it durable.
+    Unsynced,
+}
+
+/// What is not yet on disk.
+#[derive(Debug, Default)]
+struct Unsynced {
+    /// Some write since the last sync.
+    any: AtomicBool,
+    /// Some write since the last sync that something depends on.
+    owed: AtomicBool,
+    /// Where each durable point leaves a copy (simulations only).
+    durable_copy: Mutex<Option<PathBuf>>,
 }
 
 /// When the state machine's and the log's writes reach the disk.
@@ -140,7 +168,11 @@ pub enum Durability {
     /// Writes reach the operating system at once (a crashed process loses
     /// nothing) and the disk at the owner's next [`Store::sync`]. The owner
     /// must let nothing depend on a write (a message, an answer) before that
-    /// sync: one sync then covers every write of a turn.
+    /// sync: one sync then covers every write of a turn. Writes that
+    /// recovery makes again by itself (applying decided entries, which the
+    /// log replays; the decided index, which peers tell again) owe no sync:
+    /// [`Store::sync_owed`] syncs only after a write that does (a log
+    /// append, a promise).
     Deferred,
     /// Writes reach the operating system and are never forced to disk:
     /// [`Store::sync`] does nothing. A crashed process loses nothing, a power
@@ -253,6 +285,7 @@ impl Store {
             applied_watch: Arc::new(tokio::sync::watch::Sender::new(0)),
             durability: Arc::new(AtomicU8::new(Durability::Synced.code())),
             log_retention: Arc::new(AtomicU64::new(u64::MAX)),
+            unsynced: Arc::default(),
             #[cfg(feature = "planted-bugs")]
             planted_skip_on_resume: Arc::default(),
         };
@@ -316,10 +349,90 @@ impl Store {
     /// Makes every write so far durable (syncs the write-ahead log); nothing
     /// under `Durability::Unsynced`.
     pub fn sync(&self) -> Result<(), Error> {
-        if self.durability() == Durability::Unsynced {
-            return Ok(());
+        if self.durability() != Durability::Unsynced {
+            self.db.flush_wal(true)?;
         }
-        Ok(self.db.flush_wal(true)?)
+        self.durable_point();
+        Ok(())
+    }
+
+    /// Syncs if a write since the last sync owes one (see
+    /// [`Durability::Deferred`]); says whether it synced.
+    pub fn sync_owed(&self) -> Result<bool, Error> {
+        if !self.unsynced.owed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.sync()?;
+        Ok(true)
+    }
+
+    /// Whether every write so far is durable.
+    pub fn all_synced(&self) -> bool {
+        !self.unsynced.any.load(Ordering::Acquire)
+    }
+
+    /// Writes `batch`: synced as `write` says, and recorded as owing a sync
+    /// or not when it is left to a later one.
+    pub(crate) fn write(&self, batch: rocksdb::WriteBatch, write: Write) -> Result<(), Error> {
+        let sync = match write {
+            Write::Durable => true,
+            Write::Owed | Write::Replayed => self.syncs_each_write(),
+            Write::Unsynced => false,
+        };
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts)?;
+        if sync {
+            // A synced write syncs every write before it too.
+            self.durable_point();
+        } else {
+            self.unsynced.any.store(true, Ordering::Release);
+            if write == Write::Owed {
+                self.unsynced.owed.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every write so far is on disk.
+    fn durable_point(&self) {
+        self.unsynced.owed.store(false, Ordering::Release);
+        self.unsynced.any.store(false, Ordering::Release);
+        let copy = self.unsynced.durable_copy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = copy.as_ref() {
+            if let Err(error) = self.copy_to(dir) {
+                // Only simulations keep a copy; they check that it exists.
+                tracing::error!(%error, dir = %dir.display(), "the durable copy failed");
+            }
+        }
+    }
+
+    fn copy_to(&self, dir: &Path) -> Result<(), Error> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::Snapshot {
+                reason: format!("cannot remove the old durable copy {}: {e}", dir.display()),
+            })?;
+        }
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// For simulations of power cuts, which lose every write not yet on
+    /// disk: from now on each durable point (a sync, a synced write) leaves a
+    /// copy of the database in `dir` (a RocksDB checkpoint, made now too).
+    /// Replacing the store's directory with that copy, with every handle
+    /// closed, gives what the disk would hold after a power cut. Costly:
+    /// keep it on for a few turns at a time.
+    pub fn keep_durable_copy(&self, dir: &Path) -> Result<(), Error> {
+        self.copy_to(dir)?;
+        *self.unsynced.durable_copy.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Stops what [`Store::keep_durable_copy`] started.
+    pub fn stop_durable_copy(&self) {
+        *self.unsynced.durable_copy.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// A fingerprint of the whole state machine (every state-machine column
@@ -339,11 +452,9 @@ impl Store {
 
     /// Stores the replication settings (synced).
     pub fn set_cluster_config(&self, encoded: &[u8]) -> Result<(), Error> {
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(self.cf(CF_LOG_META), META_CLUSTER_CONFIG, encoded);
-        Ok(self.db.write_opt(batch, &opts)?)
+        self.write(batch, Write::Durable)
     }
 
     /// Starts a new configuration's log: empties the consensus log and its
@@ -362,9 +473,7 @@ impl Store {
             }
         }
         batch.put_cf(self.cf(CF_LOG_META), META_CLUSTER_CONFIG, encoded);
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        Ok(self.db.write_opt(batch, &opts)?)
+        self.write(batch, Write::Durable)
     }
 
     /// Publishes a new applied index to readers and waiters.

@@ -60,10 +60,10 @@
 
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{Entry, StopSign, Storage, StorageOp, StorageResult};
-use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::engine::{u64_from, Store, CF_LOG, CF_LOG_META};
+use crate::engine::{u64_from, Store, Write, CF_LOG, CF_LOG_META};
 use crate::{Command, Error};
 
 /// The snapshot type OmniPaxos stores for our entries.
@@ -139,19 +139,19 @@ impl LogStore {
             meta: self.store.cf(CF_LOG_META),
             retain_from: usize::try_from(self.store.log_retention()).unwrap_or(usize::MAX),
             decided_before: self.cache.decided_idx,
+            owed: false,
         };
         for op in ops {
             staged.stage(op);
         }
-        let Staged { batch, cache, .. } = staged;
+        let Staged { batch, cache, owed, .. } = staged;
         if batch.is_empty() {
             return Ok(());
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(self.store.syncs_each_write());
-        if let Err(e) = self.store.db.write_opt(batch, &opts) {
+        let write = if owed { Write::Owed } else { Write::Replayed };
+        if let Err(e) = self.store.write(batch, write) {
             self.poisoned = true;
-            return Err(e.into());
+            return Err(e);
         }
         self.cache = cache;
         Ok(())
@@ -205,10 +205,19 @@ struct Staged<'a> {
     /// The decided index before this batch: only entries decided before it
     /// can be retained (later ones may be stale, from an older round).
     decided_before: usize,
+    /// Whether the batch holds what a message may depend on: entries, a
+    /// promise, an accepted round, a stopsign, a snapshot. The decided index,
+    /// trims and compaction owe no sync: a node that loses them learns the
+    /// decided index again from its peers and keeps more log than it needed.
+    owed: bool,
 }
 
 impl Staged<'_> {
     fn stage(&mut self, op: StorageOp<Command>) {
+        self.owed |= !matches!(
+            op,
+            StorageOp::SetDecidedIndex(_) | StorageOp::SetCompactedIdx(_) | StorageOp::Trim(_)
+        );
         match op {
             StorageOp::AppendEntry(entry) => self.append(&[entry]),
             StorageOp::AppendEntries(entries) => self.append(&entries),
@@ -415,9 +424,7 @@ pub fn release_retained(store: &Store, below: usize) -> Result<(), Error> {
     if to > 0 {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(store.cf(CF_LOG), entry_key(0), entry_key(to));
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
-        store.db.write_opt(batch, &opts)?;
+        store.write(batch, Write::Unsynced)?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -45,8 +45,8 @@ use crate::command::{
     SYSTEM_TABLE,
 };
 use crate::engine::{
-    doc_key, doc_prefix, doc_prefix_end, Store, CF_CHANGES, CF_DOCS, CF_KV, CF_META, CF_SESSIONS,
-    CF_SESSION_LRU, CF_TABLES, META_APPLIED_INDEX, META_SESSION_COUNT,
+    doc_key, doc_prefix, doc_prefix_end, Store, Write, CF_CHANGES, CF_DOCS, CF_KV, CF_META,
+    CF_SESSIONS, CF_SESSION_LRU, CF_TABLES, META_APPLIED_INDEX, META_SESSION_COUNT,
 };
 use crate::fnv::Fnv1a;
 use crate::Error;
@@ -225,9 +225,7 @@ impl StateMachine {
         batch.wb.put_cf(meta, META_SESSION_COUNT, self.session_count.to_be_bytes());
         batch.wb.put_cf(meta, META_CHANGES_FIRST, self.kept.first.to_be_bytes());
         batch.wb.put_cf(meta, META_CHANGES_BYTES, self.kept.bytes.to_be_bytes());
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync && self.store.syncs_each_write());
-        self.store.db.write_opt(batch.wb, &opts)?;
+        self.store.write(batch.wb, if sync { Write::Replayed } else { Write::Unsynced })?;
         self.store.publish_applied(self.applied_index);
         Ok(())
     }

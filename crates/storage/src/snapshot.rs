@@ -58,12 +58,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    u64_from, Store, CF_CHANGES, CF_DOCS, CF_KV, CF_META, CF_SESSIONS, CF_SESSION_LRU, CF_TABLES,
-    COLUMN_FAMILIES, META_APPLIED_INDEX, META_SESSION_COUNT, META_SNAPSHOT_INSTALL,
+    u64_from, Store, Write, CF_CHANGES, CF_DOCS, CF_KV, CF_META, CF_SESSIONS, CF_SESSION_LRU,
+    CF_TABLES, COLUMN_FAMILIES, META_APPLIED_INDEX, META_SESSION_COUNT, META_SNAPSHOT_INSTALL,
 };
 use crate::fnv::Fnv1a;
 use crate::Error;
@@ -449,7 +449,7 @@ impl SnapshotSink {
         }
         // After the range deletion in the same batch, so the marker survives it.
         batch.put_cf(store.cf(CF_META), META_SNAPSHOT_INSTALL, applied_index.to_be_bytes());
-        store.db.write_opt(batch, &synced())?;
+        store.write(batch, Write::Durable)?;
         store.publish_applied(0);
         tracing::info!(applied_index, "snapshot install begun");
         Ok(SnapshotSink {
@@ -475,9 +475,9 @@ impl SnapshotSink {
         for (key, value) in &chunk.pairs {
             batch.put_cf(handle, key, value);
         }
-        if let Err(error) = self.store.db.write(batch) {
+        if let Err(error) = self.store.write(batch, Write::Unsynced) {
             self.poisoned = true;
-            return Err(error.into());
+            return Err(error);
         }
         self.next_seq += 1;
         self.last_received = chunk.last;
@@ -509,7 +509,7 @@ impl SnapshotSink {
         }
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.store.cf(CF_META), META_SNAPSHOT_INSTALL);
-        self.store.db.write_opt(batch, &synced())?;
+        self.store.write(batch, Write::Durable)?;
         self.store.publish_applied(self.applied_index);
         tracing::info!(
             applied_index = self.applied_index,
@@ -606,12 +606,6 @@ impl SnapshotSink {
         }
         Ok(carries_applied_index)
     }
-}
-
-fn synced() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    opts
 }
 
 impl fmt::Debug for SnapshotSource {

@@ -86,6 +86,15 @@ pub struct ReadStats {
     pub rounds: u64,
 }
 
+impl std::ops::AddAssign for ReadStats {
+    fn add_assign(&mut self, more: ReadStats) {
+        self.read_index += more.read_index;
+        self.barrier += more.barrier;
+        self.fell_back += more.fell_back;
+        self.rounds += more.rounds;
+    }
+}
+
 /// Who waits for a round.
 enum Waiter {
     Local(RequestId),
@@ -115,10 +124,12 @@ struct Ask {
 /// The state of the round path. See the module docs.
 #[derive(Default)]
 pub(super) struct Reads {
-    /// Every read on this path, with the tick at which it falls back to the
-    /// log. A read that leaves this map (answered, fallen back, cancelled)
-    /// is skipped wherever else it is still listed.
-    live: BTreeMap<RequestId, u64>,
+    /// Every read on this path. A read that leaves it (answered, fallen
+    /// back, cancelled) is skipped wherever else it is still listed.
+    live: BTreeSet<RequestId>,
+    /// When each read falls back to the log, in arrival order (so in order
+    /// of the tick, too).
+    deadlines: VecDeque<(u64, RequestId)>,
     /// Reads that arrived since the last poll.
     arrived: Vec<RequestId>,
     /// The configuration the state below belongs to.
@@ -156,12 +167,12 @@ impl Reads {
 
     /// Takes `request` off this path, if it is on it.
     pub(super) fn cancel(&mut self, request: RequestId) -> bool {
-        self.live.remove(&request).is_some()
+        self.live.remove(&request)
     }
 
     /// Every read on this path, which leaves it.
     pub(super) fn take_all(&mut self) -> Vec<RequestId> {
-        let requests = std::mem::take(&mut self.live).into_keys().collect();
+        let requests = std::mem::take(&mut self.live).into_iter().collect();
         let stats = self.stats;
         *self = Reads { stats, ..Reads::default() };
         requests
@@ -172,26 +183,23 @@ impl Driver {
     /// A linearizable read that passed the availability checks.
     pub(super) fn read_arrived(&mut self, request: RequestId) {
         let deadline = self.now_ticks + self.config.read_index_timeout_ticks;
-        self.reads.live.insert(request, deadline);
+        self.reads.live.insert(request);
+        self.reads.deadlines.push_back((deadline, request));
         self.reads.arrived.push(request);
     }
 
     /// Sends `request` through a barrier entry instead, if it is still on
-    /// the round path.
-    fn fall_back(&mut self, request: RequestId) {
-        if self.reads.live.remove(&request).is_some() {
-            self.reads.stats.fell_back += 1;
+    /// the round path: `tried` says whether it tried a round or an ask.
+    fn route_to_barrier(&mut self, request: RequestId, tried: bool) {
+        if self.reads.live.remove(&request) {
+            self.reads.stats.fell_back += u64::from(tried);
             self.reads.stats.barrier += 1;
             self.unbarriered.push(request);
         }
     }
 
-    /// Sends a read that has not tried the round path through a barrier.
-    fn send_to_barrier(&mut self, request: RequestId) {
-        if self.reads.live.remove(&request).is_some() {
-            self.reads.stats.barrier += 1;
-            self.unbarriered.push(request);
-        }
+    fn fall_back(&mut self, request: RequestId) {
+        self.route_to_barrier(request, true);
     }
 
     /// Routes the reads that arrived, starts a round for what waits for one,
@@ -217,10 +225,6 @@ impl Driver {
         self.route_arrived();
         self.start_round();
         self.serve_ready(out);
-    }
-
-    pub(super) fn reads_stats_snapshot(&self) -> ReadStats {
-        self.reads.stats
     }
 
     /// A membership change starts the path afresh: other peers, other
@@ -251,7 +255,7 @@ impl Driver {
     fn route_arrived(&mut self) {
         let arrived = std::mem::take(&mut self.reads.arrived);
         let arrived: Vec<RequestId> =
-            arrived.into_iter().filter(|r| self.reads.live.contains_key(r)).collect();
+            arrived.into_iter().filter(|r| self.reads.live.contains(r)).collect();
         if arrived.is_empty() {
             return;
         }
@@ -278,7 +282,7 @@ impl Driver {
             }
         }
         for request in arrived {
-            self.send_to_barrier(request);
+            self.route_to_barrier(request, false);
         }
     }
 
@@ -344,7 +348,7 @@ impl Driver {
         for waiter in waiters {
             match (waiter, index) {
                 (Waiter::Local(request), Some(index)) => {
-                    if self.reads.live.contains_key(&request) {
+                    if self.reads.live.contains(&request) {
                         self.reads.ready.entry(index).or_default().push(request);
                     }
                 }
@@ -379,7 +383,7 @@ impl Driver {
                 break;
             }
             for request in entry.remove() {
-                if self.reads.live.remove(&request).is_some() {
+                if self.reads.live.remove(&request) {
                     self.reads.stats.read_index += 1;
                     out.answers.push((request, Answer::ReadReady { index: applied }));
                 }
@@ -454,11 +458,8 @@ impl Driver {
         match index {
             Some(index) => {
                 let pending = self.reads.asks.remove(&ask).expect("an ask");
-                let live: Vec<RequestId> = pending
-                    .requests
-                    .into_iter()
-                    .filter(|r| self.reads.live.contains_key(r))
-                    .collect();
+                let live: Vec<RequestId> =
+                    pending.requests.into_iter().filter(|r| self.reads.live.contains(r)).collect();
                 if !live.is_empty() {
                     self.reads.ready.entry(index).or_default().extend(live);
                 }
@@ -490,22 +491,21 @@ impl Driver {
             }
             self.ask_failed(id);
         }
-        let expired: Vec<RequestId> = self
-            .reads
-            .live
-            .iter()
-            .filter(|(_, &deadline)| deadline <= now)
-            .map(|(&r, _)| r)
-            .collect();
-        if expired.is_empty() {
-            return;
-        }
-        for request in expired {
+        let mut expired = false;
+        while let Some(&(deadline, request)) = self.reads.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.reads.deadlines.pop_front();
+            expired |= self.reads.live.contains(&request);
             self.fall_back(request);
+        }
+        if !expired {
+            return;
         }
         let live = &self.reads.live;
         self.reads.ready.retain(|_, requests| {
-            requests.retain(|r| live.contains_key(r));
+            requests.retain(|r| live.contains(r));
             !requests.is_empty()
         });
     }
