@@ -27,6 +27,7 @@ async fn health_and_cluster_describe_the_single_node() {
     assert!(nodes[0].reachable);
     assert!(nodes[0].applied_index.is_some() && nodes[0].decided_index.is_some());
     assert!(nodes[0].version.is_some());
+    node.stop().await;
 }
 
 /// A node that clients reach at another address than it listens on (a port
@@ -49,6 +50,7 @@ async fn an_advertised_address_is_the_one_listed() {
     };
     assert_eq!(from("http://localhost:18081").await, StatusCode::OK, "its own page");
     assert_eq!(from("http://localhost:18082").await, StatusCode::FORBIDDEN, "another page");
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -66,6 +68,7 @@ async fn tables_are_listed_created_idempotently_and_dropped() {
     assert_eq!(client.list_tables().await.unwrap(), vec!["users"]);
     node.refused(Method::DELETE, "/v1/tables/posts", "", StatusCode::NOT_FOUND, "table_not_found")
         .await;
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -120,6 +123,7 @@ async fn documents_go_through_their_whole_life() {
     client.replace_doc("users", "x/y z", &json!({})).await.unwrap();
     let odd = client.get_doc("users", "x/y z", Read::Linearizable).await.unwrap().unwrap();
     assert_eq!(odd["id"], "x/y z");
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -136,6 +140,7 @@ async fn listing_pages_through_a_table_with_a_cursor() {
     let ids: Vec<&str> = rest.docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["d3", "d4", "d5", "d6"]);
     assert_eq!(rest.next, None);
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -157,6 +162,7 @@ async fn the_key_value_space_stores_raw_bytes() {
     assert!(!client.kv_delete("bin/a b").await.unwrap());
     assert_eq!(client.kv_get("bin/a b", Read::Linearizable).await.unwrap(), None);
     node.refused(Method::GET, "/v1/kv/nope", "", StatusCode::NOT_FOUND, "key_not_found").await;
+    node.stop().await;
 }
 
 /// Counters wait for the cluster version gate: refused at 0.1, with what to
@@ -261,6 +267,7 @@ async fn counters_open_once_the_upgrade_is_finalized() {
     assert_eq!(once.kv_increment("n", 10).await.unwrap().value, 8);
     assert_eq!(once.kv_increment("n", 10).await.unwrap().value, 8);
     assert_eq!(client.kv_get("n", Read::Linearizable).await.unwrap().unwrap(), "8".as_bytes());
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -326,6 +333,7 @@ async fn bad_input_gets_a_clear_json_error_and_writes_nothing() {
     let page = node.client().list_docs("t", None, 10, Read::Linearizable).await.unwrap();
     assert!(page.docs.is_empty(), "{:?}", page.docs);
     assert_eq!(node.client().list_tables().await.unwrap(), vec!["t"]);
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -342,6 +350,7 @@ async fn bodies_over_the_limit_are_refused_with_413() {
     // Just under the limit is fine.
     node.client().kv_put("k", vec![b'v'; 1000]).await.unwrap();
     assert_eq!(node.client().get_doc("t", "a", Read::Local).await.unwrap(), None);
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -539,6 +548,7 @@ async fn metrics_count_requests_by_route_in_prometheus_text() {
     assert!(text.contains("route=\"/v1/kv/{*key}\""), "{text}");
     assert!(text.contains("cairn_http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains("cairn_applied_index"), "{text}");
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -556,6 +566,7 @@ async fn a_node_stopped_gracefully_restarts_with_its_data() {
     assert_eq!(client.health().await.unwrap().applied_index, index);
     // New writes continue the index sequence.
     assert!(client.kv_put("k2", "v").await.unwrap() > index);
+    node.stop().await;
 }
 
 #[tokio::test]
@@ -590,6 +601,7 @@ async fn concurrent_writers_each_get_their_own_answer() {
             client.kv_get(&format!("w{writer}/19"), Read::Linearizable).await.unwrap().unwrap();
         assert_eq!(value, format!("{writer}:19").as_bytes());
     }
+    node.stop().await;
 }
 
 /// Session numbers are log indexes, so a client could guess the node's own
@@ -688,6 +700,7 @@ async fn a_client_retrying_with_its_session_id_writes_once() {
         .bearer_auth(ADMIN_TOKEN)
         .header("cairn-seq", "3");
     assert_eq!(only_one.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    node.stop().await;
 }
 
 /// The system table keeps the control plane's records apart from user
