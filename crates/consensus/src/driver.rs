@@ -327,8 +327,6 @@ pub enum SnapshotEvent {
     Installed { peer: NodeId, applied_index: u64, state: u64, short_of_gap: bool },
 }
 
-/// Whether the state machine refused a command for its session or sequence
-/// (it did not take effect, and it is not a fresh application).
 /// Whether a replica message may leave before the turn's writes are on
 /// disk: the leader's accepts and decisions, and proposals forwarded to it.
 /// Promises, acceptances and the leader's sync of a follower's log all
@@ -344,6 +342,8 @@ fn leaves_before_sync(message: &Message) -> bool {
     )
 }
 
+/// Whether the state machine refused a command for its session or sequence
+/// (it did not take effect, and it is not a fresh application).
 fn refused_as_repeat(outcome: &cairn_storage::Outcome) -> bool {
     use cairn_storage::ApplyError;
     matches!(
